@@ -430,3 +430,46 @@ metadata: {name: a}
         );
     }
 }
+
+#[cfg(test)]
+mod corpus_tests {
+    use super::*;
+
+    /// Every manifest of the conformance corpus is real-world YAML: it must load without errors.
+    #[test]
+    fn conformance_manifests_load_without_errors() {
+        let corpus = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/conformance");
+        if !corpus.is_dir() {
+            eprintln!("skipped: no conformance corpus at {}", corpus.display());
+            return;
+        }
+        let mut files = Vec::new();
+        for entry in std::fs::read_dir(&corpus).unwrap().flatten() {
+            let path = entry.path();
+            for candidate in [
+                path.join("manifests.yaml"),
+                path.join("gateway/manifests.yaml"),
+                path.join("mesh/manifests.yaml"),
+            ] {
+                if candidate.is_file() {
+                    files.push(candidate);
+                }
+            }
+        }
+        assert!(
+            files.len() > 100,
+            "found only {} manifest files",
+            files.len()
+        );
+        for file in files {
+            let text = std::fs::read_to_string(&file).unwrap();
+            let report = load_str(&text, &file);
+            assert!(
+                report.errors.is_empty(),
+                "{}: {:#?}",
+                file.display(),
+                report.errors
+            );
+        }
+    }
+}

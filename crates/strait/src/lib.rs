@@ -1,0 +1,10 @@
+//! The `strait` binary's library half: the standalone runtime and the offline checker, shared by
+//! the CLI and the conformance harness (which drives standalone in-process).
+
+mod addresses;
+pub mod check;
+pub mod demo;
+pub mod standalone;
+mod store;
+
+pub use addresses::AddressMode;

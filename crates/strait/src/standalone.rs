@@ -1,0 +1,267 @@
+//! `strait standalone DIR`: the controller's logic and the gateway proxy in one process, fed from
+//! YAML files instead of an API server.
+//!
+//! Every reload runs the same pipeline a cluster would: load → stamp (generation, creation time)
+//! → compile → swap the proxy config atomically. In-flight requests finish on the config they
+//! started with; open connections are kept.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use arc_swap::ArcSwap;
+use k8s_openapi::jiff::Timestamp;
+use serde_json::Value;
+use strait_compile::{CONTROLLER_NAME, CompileInput, ObjectStatus, compile};
+use strait_config::ProxyConfig;
+use strait_model::{Snapshot, load_dir};
+use strait_proxy::{Proxy, ProxyOptions};
+use tokio::sync::Mutex;
+
+use crate::addresses::{AddressAllocator, AddressMode};
+use crate::store::{ObjectStore, keep_transition_times};
+
+/// How to run standalone.
+#[derive(Clone, Debug)]
+pub struct StandaloneOptions {
+    /// Directory of YAML manifests (read recursively).
+    pub dir: PathBuf,
+    /// Listener port P is served on local port P + `port_offset`.
+    pub port_offset: u16,
+    /// Reload when files under `dir` change.
+    pub watch: bool,
+}
+
+/// A running standalone instance.
+pub struct Standalone {
+    inner: Arc<Inner>,
+    watcher: Option<tokio::task::JoinHandle<()>>,
+}
+
+struct Inner {
+    dir: PathBuf,
+    proxy: Proxy,
+    /// Reloads run one at a time; this also owns the state that carries across reloads.
+    reloader: Mutex<Reloader>,
+    published: ArcSwap<Published>,
+}
+
+/// What the last reload produced, readable without taking the reload lock.
+#[derive(Default)]
+struct Published {
+    snapshot: Snapshot,
+    statuses: BTreeMap<(String, String, String), ObjectStatus>,
+    config: Arc<ProxyConfig>,
+    load_errors: Vec<String>,
+}
+
+struct Reloader {
+    store: ObjectStore,
+    addresses: AddressAllocator,
+    version: u64,
+}
+
+impl Standalone {
+    /// Loads the directory, starts serving, and (with `watch`) follows file changes.
+    pub async fn start(options: StandaloneOptions) -> anyhow::Result<Standalone> {
+        Self::start_with(options, AddressMode::PerGateway).await
+    }
+
+    /// As [`Standalone::start`], choosing how Gateway addresses are assigned.
+    pub async fn start_with(
+        options: StandaloneOptions,
+        address_mode: AddressMode,
+    ) -> anyhow::Result<Standalone> {
+        anyhow::ensure!(
+            options.dir.is_dir(),
+            "{}: not a directory",
+            options.dir.display()
+        );
+        let inner = Arc::new(Inner {
+            dir: options.dir.clone(),
+            proxy: Proxy::new(ProxyOptions {
+                port_offset: options.port_offset,
+            }),
+            reloader: Mutex::new(Reloader {
+                store: ObjectStore::default(),
+                addresses: AddressAllocator::new(address_mode),
+                version: 0,
+            }),
+            published: ArcSwap::from_pointee(Published::default()),
+        });
+        inner.reload().await?;
+        let watcher = if options.watch {
+            Some(spawn_watcher(inner.clone())?)
+        } else {
+            None
+        };
+        Ok(Standalone { inner, watcher })
+    }
+
+    /// Re-reads the directory now and applies it; returns when the new config is serving.
+    pub async fn reload(&self) -> anyhow::Result<()> {
+        self.inner.reload().await
+    }
+
+    /// Current status of every object Strait writes status for.
+    pub fn statuses(&self) -> Vec<ObjectStatus> {
+        self.inner.published.load().statuses.values().cloned().collect()
+    }
+
+    /// The stored object as the API server would return it, with its current status.
+    pub fn object(&self, kind: &str, namespace: &str, name: &str) -> Option<Value> {
+        let published = self.inner.published.load();
+        let mut object = find_object(&published.snapshot, kind, namespace, name)?;
+        let key = (kind.to_string(), namespace.to_string(), name.to_string());
+        if let (Some(status), Some(map)) = (published.statuses.get(&key), object.as_object_mut())
+        {
+            map.insert("status".into(), status.status.clone());
+        }
+        Some(object)
+    }
+
+    /// The config the proxy is serving.
+    pub fn config(&self) -> Arc<ProxyConfig> {
+        self.inner.published.load().config.clone()
+    }
+
+    /// Documents of the last reload that could not be loaded.
+    pub fn load_errors(&self) -> Vec<String> {
+        self.inner.published.load().load_errors.clone()
+    }
+
+    /// Stops watching and serving; open connections get a short grace period.
+    pub async fn shutdown(self) {
+        if let Some(watcher) = self.watcher {
+            watcher.abort();
+        }
+        self.inner.proxy.shutdown(Duration::from_secs(5)).await;
+    }
+}
+
+impl Inner {
+    async fn reload(&self) -> anyhow::Result<()> {
+        let mut reloader = self.reloader.lock().await;
+        let report = load_dir(&self.dir);
+        let load_errors: Vec<String> = report.errors.iter().map(ToString::to_string).collect();
+        for error in &load_errors {
+            tracing::warn!("{error}");
+        }
+        let mut snapshot = report.snapshot;
+        let now = Timestamp::now();
+        reloader.store.stamp(&mut snapshot, now);
+        let gateway_addresses = reloader.addresses.assign(&snapshot.gateways);
+        let now_text = now.to_string();
+        let output = compile(&CompileInput {
+            snapshot: &snapshot,
+            controller_name: CONTROLLER_NAME,
+            gateway_addresses: &gateway_addresses,
+            now: &now_text,
+        });
+
+        let previous = self.published.load_full();
+        let mut statuses = BTreeMap::new();
+        for mut status in output.statuses {
+            let key = (
+                status.kind.clone(),
+                status.namespace.clone(),
+                status.name.clone(),
+            );
+            if let Some(old) = previous.statuses.get(&key) {
+                keep_transition_times(&old.status, &mut status.status);
+            }
+            statuses.insert(key, status);
+        }
+
+        let mut config = output.config;
+        let unchanged = {
+            let mut old = (*previous.config).clone();
+            old.version = 0;
+            config.version = 0;
+            old == config && reloader.version > 0
+        };
+        let config = if unchanged {
+            previous.config.clone()
+        } else {
+            reloader.version += 1;
+            config.version = reloader.version;
+            let config = Arc::new(config);
+            for error in self.proxy.apply(config.clone()).await {
+                tracing::error!("{error}");
+            }
+            tracing::info!(
+                version = config.version,
+                gateways = config.gateways.len(),
+                "config applied"
+            );
+            config
+        };
+        self.published.store(Arc::new(Published {
+            snapshot,
+            statuses,
+            config,
+            load_errors,
+        }));
+        Ok(())
+    }
+}
+
+/// Follows changes under the directory; bursts of events (an editor's save, a `cp -r`) are
+/// coalesced into one reload.
+fn spawn_watcher(inner: Arc<Inner>) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    use notify::Watcher as _;
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        if event.is_ok_and(|e| !e.kind.is_access()) {
+            let _ = tx.send(());
+        }
+    })
+    .context("starting the file watcher")?;
+    watcher
+        .watch(&inner.dir, notify::RecursiveMode::Recursive)
+        .with_context(|| format!("watching {}", inner.dir.display()))?;
+    Ok(tokio::spawn(async move {
+        // The watcher stops when dropped: keep it in this task.
+        let _watcher = watcher;
+        while rx.recv().await.is_some() {
+            tokio::time::sleep(Duration::from_millis(150)).await;
+            while rx.try_recv().is_ok() {}
+            if let Err(error) = inner.reload().await {
+                tracing::error!("reload failed: {error:#}");
+            }
+        }
+    }))
+}
+
+fn find_object(snapshot: &Snapshot, kind: &str, namespace: &str, name: &str) -> Option<Value> {
+    fn find<T: kube::Resource + serde::Serialize>(
+        list: &[T],
+        namespace: &str,
+        name: &str,
+    ) -> Option<Value> {
+        list.iter()
+            .find(|o| {
+                o.meta().name.as_deref() == Some(name)
+                    && o.meta().namespace.as_deref().unwrap_or("") == namespace
+            })
+            .and_then(|o| serde_json::to_value(o).ok())
+    }
+    match kind {
+        "GatewayClass" => find(&snapshot.gateway_classes, namespace, name),
+        "Gateway" => find(&snapshot.gateways, namespace, name),
+        "HTTPRoute" => find(&snapshot.http_routes, namespace, name),
+        "GRPCRoute" => find(&snapshot.grpc_routes, namespace, name),
+        "TCPRoute" => find(&snapshot.tcp_routes, namespace, name),
+        "TLSRoute" => find(&snapshot.tls_routes, namespace, name),
+        "ReferenceGrant" => find(&snapshot.reference_grants, namespace, name),
+        "Service" => find(&snapshot.services, namespace, name),
+        "EndpointSlice" => find(&snapshot.endpoint_slices, namespace, name),
+        "Namespace" => find(&snapshot.namespaces, namespace, name),
+        "Secret" => find(&snapshot.secrets, namespace, name),
+        "ConfigMap" => find(&snapshot.config_maps, namespace, name),
+        "Pod" => find(&snapshot.pods, namespace, name),
+        _ => None,
+    }
+}

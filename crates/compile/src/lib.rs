@@ -3,7 +3,9 @@
 //! No I/O, no clocks, no randomness: the same input always gives the same output, so it can be
 //! tested with YAML fixtures and run identically in the controller and in standalone mode.
 //!
-//! SKELETON: the API below is the contract; the implementation is in progress.
+//! Pipeline: GatewayClasses ([`gateway_class`]) → Gateways and their listeners ([`gateway`],
+//! [`listeners`], [`tls`]) → HTTPRoutes attached to listeners ([`http_route`], [`attachment`],
+//! [`backends`]) → statuses ([`status`]) and config.
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -11,8 +13,56 @@ use std::net::IpAddr;
 use strait_config::{ObjectRef, ProxyConfig};
 use strait_model::Snapshot;
 
+mod attachment;
+mod backends;
+mod conditions;
+mod context;
+mod gateway;
+mod gateway_class;
+mod hostnames;
+mod http_route;
+mod listeners;
+mod namespaces;
+mod reference_grants;
+mod status;
+mod tls;
+
 /// The `spec.controllerName` of GatewayClasses Strait implements.
 pub const CONTROLLER_NAME: &str = "strait.dev/gateway-controller";
+
+/// Gateway API features reported in `GatewayClass.status.supportedFeatures` (sorted), so the
+/// conformance suite knows which extended tests to run.
+pub const SUPPORTED_FEATURES: &[&str] = &[
+    "Gateway",
+    "GatewayHTTPListenerIsolation",
+    "GatewayPort8080",
+    "HTTPRoute",
+    "HTTPRoute303RedirectStatusCode",
+    "HTTPRoute307RedirectStatusCode",
+    "HTTPRoute308RedirectStatusCode",
+    "HTTPRouteBackendProtocolH2C",
+    "HTTPRouteBackendProtocolWebSocket",
+    "HTTPRouteBackendRequestHeaderModification",
+    "HTTPRouteBackendTimeout",
+    "HTTPRouteCORS",
+    "HTTPRouteDestinationPortMatching",
+    "HTTPRouteHostRewrite",
+    "HTTPRouteMethodMatching",
+    "HTTPRouteNamedRouteRule",
+    "HTTPRouteParentRefPort",
+    "HTTPRoutePathRedirect",
+    "HTTPRoutePathRewrite",
+    "HTTPRoutePortRedirect",
+    "HTTPRouteQueryParamMatching",
+    "HTTPRouteRequestMirror",
+    "HTTPRouteRequestMultipleMirrors",
+    "HTTPRouteRequestPercentageMirror",
+    "HTTPRouteRequestTimeout",
+    "HTTPRouteResponseHeaderModification",
+    "HTTPRouteRetry",
+    "HTTPRouteSchemeRedirect",
+    "ReferenceGrant",
+];
 
 /// What compile needs beyond the objects themselves.
 #[derive(Clone, Debug)]
@@ -23,6 +73,9 @@ pub struct CompileInput<'a> {
     /// Addresses the infrastructure assigned to each Gateway (the provisioned Service's IPs, or
     /// standalone's loopback addresses). A Gateway with none is not Programmed.
     pub gateway_addresses: &'a BTreeMap<ObjectRef, Vec<IpAddr>>,
+    /// RFC 3339 time written as every condition's `lastTransitionTime`. Compile is pure, so the
+    /// caller supplies it (and keeps the previous time when a condition did not change).
+    pub now: &'a str,
 }
 
 /// The status one object should have.
@@ -42,12 +95,36 @@ pub struct ObjectStatus {
 pub struct CompileOutput {
     pub config: ProxyConfig,
     /// The status of every GatewayClass of ours, every Gateway of our classes, and every route
-    /// with at least one parentRef to one of those Gateways (only our parent entries).
+    /// with at least one parentRef to one of those Gateways (only our parent entries). Sorted by
+    /// kind, namespace, name.
     pub statuses: Vec<ObjectStatus>,
 }
 
 /// Compiles a snapshot. Never fails: invalid input becomes status conditions.
 pub fn compile(input: &CompileInput<'_>) -> CompileOutput {
-    let _ = input;
-    todo!("compile")
+    let ctx = context::Context::new(input);
+    let mut statuses = Vec::new();
+
+    let classes = gateway_class::evaluate(&ctx, &mut statuses);
+    let mut gateways = gateway::evaluate(&ctx, &classes);
+    let mut clusters = BTreeMap::new();
+    http_route::attach_all(&ctx, &mut gateways, &mut clusters, &mut statuses);
+
+    let mut config = ProxyConfig {
+        version: 0,
+        gateways: Vec::new(),
+        clusters,
+    };
+    for gw in gateways {
+        statuses.push(status::gateway_status(&ctx, &gw));
+        if let Some(c) = gw.into_config() {
+            config.gateways.push(c);
+        }
+    }
+    statuses
+        .sort_by(|a, b| (&a.kind, &a.namespace, &a.name).cmp(&(&b.kind, &b.namespace, &b.name)));
+    CompileOutput { config, statuses }
 }
+
+#[cfg(test)]
+mod tests;

@@ -6,16 +6,27 @@
 //! the Gateway API spec orders them. The filters module holds the pure request/response
 //! transformations the proxy applies for the chosen rule.
 //!
-//! SKELETON: the API below is the contract with `strait-proxy`; bodies are being implemented.
+//! Precedence follows the HTTPRoute spec: route hostname (exact before wildcard before none,
+//! longer first), then path (Exact, then RegularExpression, then PathPrefix by length — the
+//! regex position is our choice, the spec leaves it to implementations), then method match,
+//! then number of header matches, then number of query matches; remaining ties go to the oldest
+//! route, then `namespace/name`, then rule order, then match order.
 
 pub mod filters;
+mod host;
+mod matcher;
+mod path;
+mod table;
 
 use std::sync::Arc;
 
 use http::{HeaderMap, Method};
 use strait_config::{
-    ClusterKey, HeaderModifier, HttpFilter, PathMatch, PortConfig, Retry, RouteRef, Timeouts,
+    BackendTarget, ClusterKey, HeaderModifier, HttpFilter, HttpRule, PathMatch, PortConfig, Retry,
+    RouteRef, Timeouts,
 };
+
+pub use host::parse_host;
 
 /// Why a [`RouteTable`] could not be built. Compile validates first, so this means a config
 /// produced elsewhere (or a compile bug); the message names the route.
@@ -28,6 +39,12 @@ pub enum BuildError {
         #[source]
         source: regex::Error,
     },
+    #[error("{route}: invalid header name {name:?} in a match")]
+    HeaderName { route: String, name: String },
+    #[error("{route}: invalid method {method:?} in a match")]
+    Method { route: String, method: String },
+    #[error("{route}: too many route matches on one listener")]
+    TooLarge { route: String },
 }
 
 /// What the proxy knows about a request when routing it. All borrowed: routing allocates nothing.
@@ -69,20 +86,27 @@ pub struct RouteMatch<'t> {
 /// A routing table for one port of a Gateway.
 #[derive(Debug)]
 pub struct RouteTable {
-    _private: (),
+    inner: table::Table,
 }
 
 impl RouteTable {
     /// Builds the indexes for every listener and route on `port`.
     pub fn build(port: &PortConfig) -> Result<RouteTable, BuildError> {
-        let _ = port;
-        todo!("route engine")
+        Ok(RouteTable {
+            inner: table::Table::build(port)?,
+        })
     }
 
-    /// Finds the rule for a request. No allocation, no linear scan over all routes.
+    /// Finds the rule for a request. No allocation (unless the caller passes a host or SNI that
+    /// is not lower-case), no linear scan over all routes.
     pub fn route<'t>(&'t self, req: &RequestInfo<'_>) -> Decision<'t> {
-        let _ = req;
-        todo!("route engine")
+        self.inner.route(req)
+    }
+
+    /// The sectionName of the listener a host (lower-case, no port) selects, if any: what
+    /// listener isolation gives the request, also usable to pick certificates by SNI.
+    pub fn listener_for_host(&self, host: &str) -> Option<&str> {
+        self.inner.listener_for_host(host)
     }
 }
 
@@ -106,6 +130,32 @@ pub struct Backend {
     pub filters: Arc<[HttpFilter]>,
 }
 
+impl From<&HttpRule> for Rule {
+    fn from(rule: &HttpRule) -> Rule {
+        let backends: Vec<Backend> = rule
+            .backends
+            .iter()
+            .map(|b| Backend {
+                weight: b.weight,
+                cluster: match &b.target {
+                    BackendTarget::Cluster(key) => Some(key.clone()),
+                    BackendTarget::Invalid { .. } => None,
+                },
+                filters: b.filters.clone().into(),
+            })
+            .collect();
+        let total_weight = backends.iter().map(|b| u64::from(b.weight)).sum();
+        Rule {
+            name: rule.name.clone(),
+            filters: rule.filters.clone().into(),
+            backends,
+            timeouts: rule.timeouts.clone(),
+            retry: rule.retry.clone(),
+            total_weight,
+        }
+    }
+}
+
 impl Rule {
     /// Picks a backend by weight; `roll` is uniform random in `0..u64::MAX`. `None` when the rule
     /// has no backends or all weights are 0 (answer 500).
@@ -127,3 +177,6 @@ impl Rule {
 
 /// Re-exported so the proxy need not depend on config for header modifiers.
 pub type Modifier = HeaderModifier;
+
+#[cfg(test)]
+mod tests;

@@ -47,7 +47,7 @@ pub fn loopback_endpoints(dir: &Path) -> Vec<DemoEndpoint> {
             .unwrap_or_default();
         let ports = slice.ports.iter().flatten().filter_map(|p| p.port);
         for port in ports {
-            for endpoint in &slice.endpoints {
+            for endpoint in slice.endpoints.iter().flatten() {
                 for address in &endpoint.addresses {
                     let Ok(ip) = address.parse::<IpAddr>() else {
                         continue;

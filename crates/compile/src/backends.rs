@@ -1,0 +1,131 @@
+//! backendRef resolution to Service ports and their ready endpoints.
+
+use std::net::{IpAddr, SocketAddr};
+
+use strait_config::{AppProtocol, Cluster, ClusterKey};
+
+use crate::context::Context;
+use crate::reference_grants::{self, From, To};
+use crate::tls::RefFailure;
+
+/// A backendRef independent of the generated type (rule, filter or mirror) it came from.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub(crate) struct BackendRefSpec {
+    pub group: Option<String>,
+    pub kind: Option<String>,
+    pub name: String,
+    pub namespace: Option<String>,
+    pub port: Option<i32>,
+}
+
+/// Resolves a backendRef of a route (`route_kind` in `route_ns`) to a cluster.
+pub(crate) fn resolve(
+    ctx: &Context<'_>,
+    route_kind: &str,
+    route_ns: &str,
+    r: &BackendRefSpec,
+) -> Result<(ClusterKey, Cluster), RefFailure> {
+    let group = r.group.as_deref().unwrap_or("");
+    let kind = r.kind.as_deref().unwrap_or("Service");
+    let namespace = r.namespace.as_deref().unwrap_or(route_ns);
+    let what = format!("Service {namespace}/{}", r.name);
+    if !group.is_empty() || kind != "Service" {
+        return Err(RefFailure {
+            reason: "InvalidKind",
+            message: format!(
+                "backendRef {group}/{kind} {} is not a supported kind",
+                r.name
+            ),
+        });
+    }
+    if !reference_grants::permitted(
+        ctx.snapshot,
+        &From {
+            group: crate::listeners::GATEWAY_GROUP,
+            kind: route_kind,
+            namespace: route_ns,
+        },
+        &To {
+            group: "",
+            kind: "Service",
+            namespace,
+            name: &r.name,
+        },
+    ) {
+        return Err(RefFailure {
+            reason: "RefNotPermitted",
+            message: format!("backendRef to {what} is not permitted by any ReferenceGrant"),
+        });
+    }
+    let Some(service) = ctx.service(namespace, &r.name) else {
+        return Err(RefFailure {
+            reason: "BackendNotFound",
+            message: format!("backendRef {what} not found"),
+        });
+    };
+    let Some(port) = r.port else {
+        return Err(RefFailure {
+            reason: "BackendNotFound",
+            message: format!("backendRef {what} has no port"),
+        });
+    };
+    let service_port = service
+        .spec
+        .as_ref()
+        .and_then(|s| s.ports.as_ref())
+        .and_then(|ports| ports.iter().find(|p| p.port == port));
+    let Some(service_port) = service_port else {
+        return Err(RefFailure {
+            reason: "BackendNotFound",
+            message: format!("backendRef {what} has no port {port}"),
+        });
+    };
+    let key = ClusterKey {
+        namespace: namespace.to_string(),
+        name: r.name.clone(),
+        port: u16::try_from(port).unwrap_or(0),
+    };
+    let protocol = match service_port.app_protocol.as_deref() {
+        Some("kubernetes.io/h2c") => AppProtocol::H2c,
+        Some("kubernetes.io/ws") => AppProtocol::WebSocket,
+        _ => AppProtocol::Http1,
+    };
+    let port_name = service_port.name.as_deref().unwrap_or("");
+    let mut endpoints = Vec::new();
+    for slice in ctx.slices(namespace, &r.name) {
+        let Some(slice_port) = slice
+            .ports
+            .iter()
+            .flatten()
+            .find(|p| p.name.as_deref().unwrap_or("") == port_name)
+            .and_then(|p| p.port)
+            .and_then(|p| u16::try_from(p).ok())
+        else {
+            continue;
+        };
+        for endpoint in slice.endpoints.iter().flatten() {
+            let ready = endpoint
+                .conditions
+                .as_ref()
+                .and_then(|c| c.ready)
+                .unwrap_or(true);
+            if !ready {
+                continue;
+            }
+            for address in &endpoint.addresses {
+                if let Ok(ip) = address.parse::<IpAddr>() {
+                    endpoints.push(SocketAddr::new(ip, slice_port));
+                }
+            }
+        }
+    }
+    endpoints.sort();
+    endpoints.dedup();
+    Ok((
+        key,
+        Cluster {
+            protocol,
+            endpoints,
+        },
+    ))
+}

@@ -1,0 +1,209 @@
+//! Gateway acceptance, addresses and the per-Gateway config.
+
+use std::collections::BTreeSet;
+use std::net::IpAddr;
+
+use strait_config::{GatewayConfig, ListenerConfig, ObjectRef, PortConfig};
+use strait_model::types::Gateway;
+
+use crate::conditions::Condition;
+use crate::context::{Context, name, ns};
+use crate::listeners::{self, ListenerState};
+use crate::tls;
+
+/// A Gateway of one of our accepted classes, after validation.
+#[derive(Debug)]
+pub(crate) struct GatewayState<'a> {
+    pub gateway: &'a Gateway,
+    pub key: ObjectRef,
+    pub accepted: bool,
+    pub conditions: Vec<Condition>,
+    /// What `status.addresses` reports and the listeners bind.
+    pub addresses: Vec<IpAddr>,
+    pub listeners: Vec<ListenerState>,
+}
+
+/// Validates every Gateway whose class is one of `classes`, sorted by namespace/name.
+pub(crate) fn evaluate<'a>(ctx: &Context<'a>, classes: &BTreeSet<String>) -> Vec<GatewayState<'a>> {
+    let mut out: Vec<GatewayState<'a>> = ctx
+        .snapshot
+        .gateways
+        .iter()
+        .filter(|g| classes.contains(&g.spec.gateway_class_name))
+        .map(|g| evaluate_one(ctx, g))
+        .collect();
+    out.sort_by(|a, b| a.key.cmp(&b.key));
+    out
+}
+
+fn evaluate_one<'a>(ctx: &Context<'a>, gateway: &'a Gateway) -> GatewayState<'a> {
+    let key = ObjectRef {
+        namespace: ns(&gateway.metadata).to_string(),
+        name: name(&gateway.metadata).to_string(),
+    };
+    let listeners = listeners::evaluate(ctx, gateway);
+    let assigned = ctx
+        .input
+        .gateway_addresses
+        .get(&key)
+        .cloned()
+        .unwrap_or_default();
+
+    // Requested addresses: unsupported types reject the Gateway; IPs we were not given make it
+    // unprogrammable; requests without a value (type only) take whatever was assigned.
+    let mut unsupported_address = None;
+    let mut unusable_address = None;
+    let mut requested: Vec<IpAddr> = Vec::new();
+    for a in gateway.spec.addresses.iter().flatten() {
+        let ty = a.r#type.as_deref().unwrap_or("IPAddress");
+        if ty != "IPAddress" {
+            unsupported_address.get_or_insert_with(|| {
+                format!("Gateway {key}: address type {ty} is not supported")
+            });
+            continue;
+        }
+        let Some(value) = a.value.as_deref().filter(|v| !v.is_empty()) else {
+            continue;
+        };
+        match value.parse::<IpAddr>() {
+            Ok(ip) if assigned.contains(&ip) => requested.push(ip),
+            _ => {
+                unusable_address.get_or_insert_with(|| {
+                    format!("Gateway {key}: address {value} cannot be assigned")
+                });
+            }
+        }
+    }
+    let addresses = if requested.is_empty() {
+        assigned
+    } else {
+        requested
+    };
+
+    let invalid_parameters = gateway
+        .spec
+        .infrastructure
+        .as_ref()
+        .and_then(|i| i.parameters_ref.as_ref())
+        .and_then(|p| {
+            let found = p.group.is_empty()
+                && p.kind == "ConfigMap"
+                && ctx
+                    .snapshot
+                    .config_maps
+                    .iter()
+                    .any(|c| ns(&c.metadata) == key.namespace && name(&c.metadata) == p.name);
+            (!found).then(|| {
+                format!(
+                    "Gateway {key}: parametersRef {}/{} {} not found or not supported",
+                    p.group, p.kind, p.name
+                )
+            })
+        });
+
+    let valid = listeners.iter().filter(|l| l.routable).count();
+    let accepted_cond = if let Some(msg) = invalid_parameters {
+        Condition::new("Accepted", false, "InvalidParameters", msg)
+    } else if let Some(msg) = unsupported_address {
+        Condition::new("Accepted", false, "UnsupportedAddress", msg)
+    } else if valid == 0 {
+        Condition::new(
+            "Accepted",
+            false,
+            "ListenersNotValid",
+            format!("Gateway {key}: no valid listener"),
+        )
+    } else if valid < listeners.len() {
+        Condition::new(
+            "Accepted",
+            true,
+            "ListenersNotValid",
+            format!("Gateway {key}: some listeners are not valid"),
+        )
+    } else {
+        Condition::new("Accepted", true, "Accepted", "Gateway accepted")
+    };
+    let accepted = accepted_cond.status;
+    let programmed_cond = if !accepted {
+        let reason = if accepted_cond.reason == "ListenersNotValid" {
+            "ListenersNotValid"
+        } else {
+            "Invalid"
+        };
+        Condition::new("Programmed", false, reason, accepted_cond.message.clone())
+    } else if let Some(msg) = unusable_address {
+        Condition::new("Programmed", false, "AddressNotUsable", msg)
+    } else if addresses.is_empty() {
+        Condition::new(
+            "Programmed",
+            false,
+            "AddressNotAssigned",
+            format!("Gateway {key}: no address assigned yet"),
+        )
+    } else {
+        Condition::new("Programmed", true, "Programmed", "Gateway programmed")
+    };
+    let programmed = programmed_cond.status;
+    let mut conditions = vec![accepted_cond, programmed_cond];
+    if let Some(result) = tls::backend_client_certificate(ctx, gateway) {
+        conditions.push(match result {
+            Ok(_) => Condition::new("ResolvedRefs", true, "ResolvedRefs", "References resolved"),
+            Err(e) => Condition::new("ResolvedRefs", false, e.reason, e.message),
+        });
+    }
+    if tls::insecure_frontend(gateway) {
+        conditions.push(Condition::new(
+            "InsecureFrontendValidationMode",
+            true,
+            "ConfigurationChanged",
+            format!(
+                "Gateway {}: client certificate validation allows insecure fallback",
+                key
+            ),
+        ));
+    }
+    GatewayState {
+        gateway,
+        key,
+        accepted: accepted && programmed,
+        conditions,
+        addresses,
+        listeners,
+    }
+}
+
+impl GatewayState<'_> {
+    /// The data-plane config of an accepted, programmed Gateway: one port per distinct listener
+    /// port (protocol of its first listener), servable listeners only.
+    pub(crate) fn into_config(self) -> Option<GatewayConfig> {
+        if !self.accepted {
+            return None;
+        }
+        let mut ports: Vec<PortConfig> = Vec::new();
+        for l in self.listeners {
+            let (Some(protocol), true) = (l.protocol, l.servable) else {
+                continue;
+            };
+            let listener = ListenerConfig {
+                name: l.name,
+                hostname: l.hostname,
+                tls: l.tls,
+                http_routes: l.http_routes,
+            };
+            match ports.iter_mut().find(|p| p.port == l.port) {
+                Some(p) => p.listeners.push(listener),
+                None => ports.push(PortConfig {
+                    port: l.port,
+                    protocol,
+                    listeners: vec![listener],
+                }),
+            }
+        }
+        ports.sort_by_key(|p| p.port);
+        Some(GatewayConfig {
+            gateway: self.key,
+            addresses: self.addresses,
+            ports,
+        })
+    }
+}

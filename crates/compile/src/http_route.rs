@@ -1,0 +1,514 @@
+//! HTTPRoute translation (rules, matches, filters, backends) and attachment to listeners.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use strait_config::{
+    BackendTarget, Cluster, ClusterKey, Cors, HeaderMatch, HeaderModifier, HttpFilter, HttpMatch,
+    HttpRoute as RouteConfig, HttpRule, PathMatch, PathModifier, QueryParamMatch, RequestMirror,
+    RequestRedirect, Retry, RouteRef, StringMatch, Timeouts, UrlRewrite, WeightedBackend,
+};
+use strait_model::types::HttpRoute;
+
+use crate::ObjectStatus;
+use crate::attachment::{self, Attach};
+use crate::backends::{self, BackendRefSpec};
+use crate::conditions::{Condition, render};
+use crate::context::{Context, name, ns};
+use crate::gateway::GatewayState;
+use crate::listeners::GATEWAY_GROUP;
+use crate::tls::RefFailure;
+
+const KIND: &str = "HTTPRoute";
+
+/// A route translated once, before attachment.
+struct Compiled {
+    rules: Vec<HttpRule>,
+    /// Set when the route uses something we cannot serve: it is then not Accepted anywhere.
+    unsupported: Option<String>,
+    /// First backend reference that failed to resolve.
+    ref_failure: Option<RefFailure>,
+    clusters: Vec<(ClusterKey, Cluster)>,
+}
+
+/// Attaches every HTTPRoute to the listeners of our Gateways, writing route statuses and
+/// collecting the clusters of accepted routes.
+pub(crate) fn attach_all(
+    ctx: &Context<'_>,
+    gateways: &mut [GatewayState<'_>],
+    clusters: &mut BTreeMap<ClusterKey, Cluster>,
+    statuses: &mut Vec<ObjectStatus>,
+) {
+    let mut routes: Vec<&HttpRoute> = ctx.snapshot.http_routes.iter().collect();
+    routes.sort_by(|a, b| {
+        (ns(&a.metadata), name(&a.metadata)).cmp(&(ns(&b.metadata), name(&b.metadata)))
+    });
+    for route in routes {
+        let route_ns = ns(&route.metadata);
+        let route_name = name(&route.metadata);
+        let generation = route.metadata.generation;
+        let hostnames = route.spec.hostnames.clone().unwrap_or_default();
+        let mut compiled: Option<Compiled> = None;
+        let mut parents = Vec::new();
+        let mut attached_to: BTreeSet<(usize, usize)> = BTreeSet::new();
+        let mut any_accepted = false;
+        for pref in route.spec.parent_refs.iter().flatten() {
+            let group = pref.group.as_deref().unwrap_or(GATEWAY_GROUP);
+            let kind = pref.kind.as_deref().unwrap_or("Gateway");
+            if group != GATEWAY_GROUP || kind != "Gateway" {
+                continue;
+            }
+            let parent_ns = pref.namespace.as_deref().unwrap_or(route_ns);
+            let Some(gi) = gateways
+                .iter()
+                .position(|g| g.key.namespace == parent_ns && g.key.name == pref.name)
+            else {
+                continue;
+            };
+            let c = compiled.get_or_insert_with(|| compile_route(ctx, route));
+            let result = match &c.unsupported {
+                Some(msg) => Attach::Rejected("UnsupportedValue", msg.clone()),
+                None => attachment::attach(
+                    ctx,
+                    &gateways[gi],
+                    KIND,
+                    route_ns,
+                    pref.section_name.as_deref(),
+                    pref.port,
+                    &hostnames,
+                ),
+            };
+            let accepted = match result {
+                Attach::Accepted(listeners) => {
+                    any_accepted = true;
+                    for (li, effective) in listeners {
+                        if !attached_to.insert((gi, li)) {
+                            continue;
+                        }
+                        let listener = &mut gateways[gi].listeners[li];
+                        listener.attached_routes += 1;
+                        listener.http_routes.push(RouteConfig {
+                            route: RouteRef {
+                                kind: KIND.into(),
+                                namespace: route_ns.into(),
+                                name: route_name.into(),
+                            },
+                            creation_timestamp: creation_timestamp(route),
+                            hostnames: effective,
+                            rules: c.rules.clone(),
+                        });
+                    }
+                    Condition::new("Accepted", true, "Accepted", "Route accepted")
+                }
+                Attach::Rejected(reason, msg) => Condition::new("Accepted", false, reason, msg),
+            };
+            let resolved = match &c.ref_failure {
+                Some(f) => Condition::new("ResolvedRefs", false, f.reason, f.message.clone()),
+                None => Condition::new("ResolvedRefs", true, "ResolvedRefs", "References resolved"),
+            };
+            let mut parent_ref = json!({
+                "group": GATEWAY_GROUP,
+                "kind": "Gateway",
+                "namespace": parent_ns,
+                "name": pref.name,
+            });
+            if let Some(map) = parent_ref.as_object_mut() {
+                if let Some(s) = &pref.section_name {
+                    map.insert("sectionName".into(), json!(s));
+                }
+                if let Some(p) = pref.port {
+                    map.insert("port".into(), json!(p));
+                }
+            }
+            parents.push(json!({
+                "parentRef": parent_ref,
+                "controllerName": ctx.input.controller_name,
+                "conditions": render(&[accepted, resolved], generation, ctx.now()),
+            }));
+        }
+        if let (true, Some(c)) = (any_accepted, compiled) {
+            clusters.extend(c.clusters);
+        }
+        if !parents.is_empty() {
+            statuses.push(ObjectStatus {
+                kind: KIND.into(),
+                namespace: route_ns.into(),
+                name: route_name.into(),
+                status: json!({ "parents": parents }),
+            });
+        }
+    }
+}
+
+fn creation_timestamp(route: &HttpRoute) -> String {
+    route
+        .metadata
+        .creation_timestamp
+        .as_ref()
+        .and_then(|t| serde_json::to_value(t).ok())
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_default()
+}
+
+/// Parses a Gateway API duration (`500ms`, `1h2m`); zero means "no timeout".
+pub(crate) fn parse_duration(s: &str) -> Result<Option<Duration>, String> {
+    let d: gateway_api::Duration = s
+        .parse()
+        .map_err(|e| format!("invalid duration {s:?}: {e}"))?;
+    let d = Duration::new(d.as_secs(), d.subsec_nanos());
+    Ok((!d.is_zero()).then_some(d))
+}
+
+fn compile_route(ctx: &Context<'_>, route: &HttpRoute) -> Compiled {
+    let route_ns = ns(&route.metadata);
+    let mut out = Compiled {
+        rules: Vec::new(),
+        unsupported: None,
+        ref_failure: None,
+        clusters: Vec::new(),
+    };
+    let what = format!("HTTPRoute {route_ns}/{}", name(&route.metadata));
+    for (ri, rule) in route.spec.rules.iter().flatten().enumerate() {
+        let mut rule_error: Option<String> = None;
+        // Matches.
+        let mut matches = Vec::new();
+        for m in rule.matches.iter().flatten() {
+            match translate_match(m) {
+                Ok(m) => matches.push(m),
+                Err(e) => {
+                    out.unsupported
+                        .get_or_insert_with(|| format!("{what}: rule {ri}: {e}"));
+                }
+            }
+        }
+        if matches.is_empty() {
+            matches.push(HttpMatch {
+                path: PathMatch::Prefix("/".into()),
+                headers: Vec::new(),
+                query_params: Vec::new(),
+                method: None,
+            });
+        }
+        // Filters.
+        let mut filters = Vec::new();
+        for f in rule.filters.iter().flatten() {
+            let v = serde_json::to_value(f).unwrap_or(Value::Null);
+            match translate_filter(ctx, route_ns, &v, &mut out) {
+                Ok(f) => filters.push(f),
+                Err(e) => {
+                    rule_error.get_or_insert(e);
+                }
+            }
+        }
+        // Backends.
+        let mut backends = Vec::new();
+        for b in rule.backend_refs.iter().flatten() {
+            let spec = BackendRefSpec {
+                group: b.group.clone(),
+                kind: b.kind.clone(),
+                name: b.name.clone(),
+                namespace: b.namespace.clone(),
+                port: b.port,
+            };
+            let target = resolve_target(ctx, route_ns, &spec, &mut out);
+            let mut bfilters = Vec::new();
+            for f in b.filters.iter().flatten() {
+                let v = serde_json::to_value(f).unwrap_or(Value::Null);
+                match translate_filter(ctx, route_ns, &v, &mut out) {
+                    Ok(f) => bfilters.push(f),
+                    Err(e) => {
+                        rule_error.get_or_insert(e);
+                    }
+                }
+            }
+            backends.push(WeightedBackend {
+                weight: u32::try_from(b.weight.unwrap_or(1)).unwrap_or(0),
+                target,
+                filters: bfilters,
+            });
+        }
+        if let Some(e) = rule_error {
+            // A filter we cannot apply must not be skipped: the rule answers 500 instead.
+            backends = vec![WeightedBackend {
+                weight: 1,
+                target: BackendTarget::Invalid {
+                    reason: format!("{what}: rule {ri}: {e}"),
+                },
+                filters: Vec::new(),
+            }];
+            filters.clear();
+        }
+        // Timeouts and retry.
+        let mut timeouts = Timeouts::default();
+        if let Some(t) = &rule.timeouts {
+            for (field, value) in [
+                (&mut timeouts.request, &t.request),
+                (&mut timeouts.backend_request, &t.backend_request),
+            ] {
+                if let Some(v) = value {
+                    match parse_duration(v) {
+                        Ok(d) => *field = d,
+                        Err(e) => {
+                            out.unsupported
+                                .get_or_insert_with(|| format!("{what}: rule {ri}: {e}"));
+                        }
+                    }
+                }
+            }
+        }
+        let retry = rule.retry.as_ref().map(|r| Retry {
+            codes: r
+                .codes
+                .iter()
+                .flatten()
+                .filter_map(|c| u16::try_from(*c).ok())
+                .collect(),
+            attempts: r.attempts.and_then(|a| u32::try_from(a).ok()).unwrap_or(1),
+            backoff: r
+                .backoff
+                .as_deref()
+                .and_then(|b| parse_duration(b).ok().flatten()),
+        });
+        out.rules.push(HttpRule {
+            name: rule.name.clone(),
+            matches,
+            filters,
+            backends,
+            timeouts,
+            retry,
+        });
+    }
+    out
+}
+
+fn resolve_target(
+    ctx: &Context<'_>,
+    route_ns: &str,
+    spec: &BackendRefSpec,
+    out: &mut Compiled,
+) -> BackendTarget {
+    match backends::resolve(ctx, KIND, route_ns, spec) {
+        Ok((key, cluster)) => {
+            out.clusters.push((key.clone(), cluster));
+            BackendTarget::Cluster(key)
+        }
+        Err(f) => {
+            let reason = f.message.clone();
+            out.ref_failure.get_or_insert(f);
+            BackendTarget::Invalid { reason }
+        }
+    }
+}
+
+fn check_regex(what: &str, re: &str) -> Result<(), String> {
+    regex::Regex::new(re)
+        .map(|_| ())
+        .map_err(|e| format!("invalid {what} regular expression {re:?}: {e}"))
+}
+
+fn translate_match(
+    m: &gateway_api::experimental::httproutes::HttpRouteRulesMatches,
+) -> Result<HttpMatch, String> {
+    use gateway_api::experimental::httproutes::{
+        HttpRouteRulesMatchesHeadersType as H, HttpRouteRulesMatchesPathType as P,
+        HttpRouteRulesMatchesQueryParamsType as Q,
+    };
+    let path = match &m.path {
+        None => PathMatch::Prefix("/".into()),
+        Some(p) => {
+            let value = p.value.clone().unwrap_or_else(|| "/".into());
+            match p.r#type {
+                Some(P::Exact) => PathMatch::Exact(value),
+                None | Some(P::PathPrefix) => PathMatch::Prefix(value),
+                Some(P::RegularExpression) => {
+                    check_regex("path", &value)?;
+                    PathMatch::RegularExpression(value)
+                }
+            }
+        }
+    };
+    let mut headers = Vec::new();
+    for h in m.headers.iter().flatten() {
+        let value = match h.r#type {
+            None | Some(H::Exact) => StringMatch::Exact(h.value.clone()),
+            Some(H::RegularExpression) => {
+                check_regex("header", &h.value)?;
+                StringMatch::RegularExpression(h.value.clone())
+            }
+        };
+        headers.push(HeaderMatch {
+            name: h.name.clone(),
+            value,
+        });
+    }
+    let mut query_params = Vec::new();
+    for q in m.query_params.iter().flatten() {
+        let value = match q.r#type {
+            None | Some(Q::Exact) => StringMatch::Exact(q.value.clone()),
+            Some(Q::RegularExpression) => {
+                check_regex("query parameter", &q.value)?;
+                StringMatch::RegularExpression(q.value.clone())
+            }
+        };
+        query_params.push(QueryParamMatch {
+            name: q.name.clone(),
+            value,
+        });
+    }
+    let method = m
+        .method
+        .as_ref()
+        .and_then(|m| serde_json::to_value(m).ok())
+        .and_then(|v| v.as_str().map(str::to_ascii_uppercase));
+    Ok(HttpMatch {
+        path,
+        headers,
+        query_params,
+        method,
+    })
+}
+
+fn str_field(v: &Value, key: &str) -> Option<String> {
+    v.get(key).and_then(Value::as_str).map(str::to_owned)
+}
+
+fn str_list(v: &Value, key: &str) -> Vec<String> {
+    v.get(key)
+        .and_then(Value::as_array)
+        .map(|a| {
+            a.iter()
+                .filter_map(|s| s.as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn header_pairs(v: &Value, key: &str) -> Vec<(String, String)> {
+    v.get(key)
+        .and_then(Value::as_array)
+        .map(|a| {
+            a.iter()
+                .filter_map(|h| Some((str_field(h, "name")?, str_field(h, "value")?)))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn header_modifier(v: &Value) -> HeaderModifier {
+    HeaderModifier {
+        set: header_pairs(v, "set"),
+        add: header_pairs(v, "add"),
+        remove: str_list(v, "remove"),
+    }
+}
+
+fn path_modifier(v: Option<&Value>) -> Option<PathModifier> {
+    let v = v?;
+    match v.get("type").and_then(Value::as_str)? {
+        "ReplaceFullPath" => Some(PathModifier::ReplaceFullPath(
+            str_field(v, "replaceFullPath").unwrap_or_default(),
+        )),
+        "ReplacePrefixMatch" => Some(PathModifier::ReplacePrefixMatch(
+            str_field(v, "replacePrefixMatch").unwrap_or_default(),
+        )),
+        _ => None,
+    }
+}
+
+/// Translates one filter (rule or backend level, same JSON shape).
+fn translate_filter(
+    ctx: &Context<'_>,
+    route_ns: &str,
+    v: &Value,
+    out: &mut Compiled,
+) -> Result<HttpFilter, String> {
+    let ty = v.get("type").and_then(Value::as_str).unwrap_or("");
+    let empty = Value::Null;
+    match ty {
+        "RequestHeaderModifier" => Ok(HttpFilter::RequestHeaderModifier(header_modifier(
+            v.get("requestHeaderModifier").unwrap_or(&empty),
+        ))),
+        "ResponseHeaderModifier" => Ok(HttpFilter::ResponseHeaderModifier(header_modifier(
+            v.get("responseHeaderModifier").unwrap_or(&empty),
+        ))),
+        "RequestRedirect" => {
+            let r = v.get("requestRedirect").unwrap_or(&empty);
+            let status_code = r
+                .get("statusCode")
+                .and_then(|s| {
+                    s.as_u64()
+                        .or_else(|| s.as_str().and_then(|s| s.parse().ok()))
+                })
+                .and_then(|s| u16::try_from(s).ok())
+                .unwrap_or(302);
+            Ok(HttpFilter::RequestRedirect(RequestRedirect {
+                scheme: str_field(r, "scheme").map(|s| s.to_ascii_lowercase()),
+                hostname: str_field(r, "hostname"),
+                path: path_modifier(r.get("path")),
+                port: r
+                    .get("port")
+                    .and_then(Value::as_u64)
+                    .and_then(|p| u16::try_from(p).ok()),
+                status_code,
+            }))
+        }
+        "URLRewrite" => {
+            let r = v.get("urlRewrite").unwrap_or(&empty);
+            Ok(HttpFilter::UrlRewrite(UrlRewrite {
+                hostname: str_field(r, "hostname"),
+                path: path_modifier(r.get("path")),
+            }))
+        }
+        "RequestMirror" => {
+            let r = v.get("requestMirror").unwrap_or(&empty);
+            let b = r.get("backendRef").unwrap_or(&empty);
+            let spec = BackendRefSpec {
+                group: str_field(b, "group"),
+                kind: str_field(b, "kind"),
+                name: str_field(b, "name").unwrap_or_default(),
+                namespace: str_field(b, "namespace"),
+                port: b
+                    .get("port")
+                    .and_then(Value::as_i64)
+                    .and_then(|p| i32::try_from(p).ok()),
+            };
+            let backend = resolve_target(ctx, route_ns, &spec, out);
+            let percent = if let Some(p) = r.get("percent").and_then(Value::as_f64) {
+                p
+            } else if let Some(f) = r.get("fraction") {
+                let num = f.get("numerator").and_then(Value::as_f64).unwrap_or(0.0);
+                let den = f
+                    .get("denominator")
+                    .and_then(Value::as_f64)
+                    .unwrap_or(100.0);
+                if den > 0.0 { num * 100.0 / den } else { 0.0 }
+            } else {
+                100.0
+            };
+            Ok(HttpFilter::RequestMirror(RequestMirror {
+                backend,
+                percent: percent.clamp(0.0, 100.0),
+            }))
+        }
+        "CORS" => {
+            let c = v.get("cors").unwrap_or(&empty);
+            Ok(HttpFilter::Cors(Cors {
+                allow_origins: str_list(c, "allowOrigins"),
+                allow_methods: str_list(c, "allowMethods"),
+                allow_headers: str_list(c, "allowHeaders"),
+                expose_headers: str_list(c, "exposeHeaders"),
+                allow_credentials: c
+                    .get("allowCredentials")
+                    .and_then(Value::as_bool)
+                    .unwrap_or(false),
+                max_age: c
+                    .get("maxAge")
+                    .and_then(Value::as_u64)
+                    .and_then(|m| u32::try_from(m).ok())
+                    .unwrap_or(5),
+            }))
+        }
+        other => Err(format!("filter type {other} is not supported")),
+    }
+}

@@ -1,0 +1,42 @@
+//! Gateway `status` blocks.
+
+use serde_json::json;
+
+use crate::ObjectStatus;
+use crate::conditions::render;
+use crate::context::Context;
+use crate::gateway::GatewayState;
+use crate::listeners::GATEWAY_GROUP;
+
+pub(crate) fn gateway_status(ctx: &Context<'_>, gw: &GatewayState<'_>) -> ObjectStatus {
+    let generation = gw.gateway.metadata.generation;
+    let listeners: Vec<_> = gw
+        .listeners
+        .iter()
+        .map(|l| {
+            json!({
+                "name": l.name,
+                "supportedKinds": l.supported_kinds.iter()
+                    .map(|k| json!({"group": GATEWAY_GROUP, "kind": k}))
+                    .collect::<Vec<_>>(),
+                "attachedRoutes": l.attached_routes,
+                "conditions": render(&l.conditions, generation, ctx.now()),
+            })
+        })
+        .collect();
+    let addresses: Vec<_> = gw
+        .addresses
+        .iter()
+        .map(|a| json!({"type": "IPAddress", "value": a.to_string()}))
+        .collect();
+    ObjectStatus {
+        kind: "Gateway".into(),
+        namespace: gw.key.namespace.clone(),
+        name: gw.key.name.clone(),
+        status: json!({
+            "addresses": addresses,
+            "conditions": render(&gw.conditions, generation, ctx.now()),
+            "listeners": listeners,
+        }),
+    }
+}

@@ -1,0 +1,532 @@
+//! Per-request pipeline: route, filters, backend choice, forwarding with timeouts and retries.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::uri::PathAndQuery;
+use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, Version, header};
+use http_body_util::{BodyExt, Either, Full};
+use hyper::body::{Body as _, Incoming};
+use hyper::upgrade::OnUpgrade;
+use hyper_util::rt::TokioIo;
+use strait_config::{AppProtocol, BackendTarget, HttpFilter, ObjectRef, Retry};
+use strait_route::filters::{self, CorsOutcome, RequestTarget};
+use strait_route::{Decision, RequestInfo, RouteMatch, RouteTable};
+
+use crate::headers;
+use crate::tls::PortTls;
+use crate::upstream::{self, Body, ClusterState, Clusters, InFlight, Outgoing, Runtime, SendError};
+
+/// Bodies up to this size are buffered so retries and mirrors can replay them.
+const REPLAY_LIMIT: u64 = 64 * 1024;
+/// Extra attempts on other endpoints after a refused connection, without a retry policy.
+const MAX_CONNECT_RETRIES: usize = 2;
+/// A mirror never lives longer than this.
+const MIRROR_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Everything a port serves under one config version.
+#[derive(Debug)]
+pub(crate) struct PortState {
+    pub(crate) gateway: ObjectRef,
+    /// The Gateway listener port (not the local one): redirects use it.
+    pub(crate) listener_port: u16,
+    pub(crate) table: RouteTable,
+    pub(crate) clusters: Arc<Clusters>,
+    pub(crate) tls: Option<PortTls>,
+}
+
+/// What a connection knows about itself.
+#[derive(Debug)]
+pub(crate) struct ConnInfo {
+    pub(crate) peer: SocketAddr,
+    pub(crate) https: bool,
+    pub(crate) sni: Option<String>,
+}
+
+/// Filter effects carried from request processing to the upstream call and the response.
+#[derive(Default)]
+struct Effects<'t> {
+    host_rewrite: Option<&'t str>,
+    path_rewrite: Option<String>,
+    cors: Option<HeaderMap>,
+}
+
+pub(crate) fn status(code: StatusCode) -> Response<Body> {
+    let mut response = Response::new(upstream::empty());
+    *response.status_mut() = code;
+    response
+}
+
+/// Handles one request; never fails (errors become status codes).
+pub(crate) async fn handle(
+    state: Arc<PortState>,
+    rt: &Arc<Runtime>,
+    conn: &ConnInfo,
+    mut req: Request<Incoming>,
+) -> Response<Body> {
+    let client_version = req.version();
+    let host_value: Option<HeaderValue> = match req.uri().authority() {
+        Some(authority) => HeaderValue::from_str(authority.as_str()).ok(),
+        None => req.headers().get(header::HOST).cloned(),
+    };
+    let raw_host = host_value
+        .as_ref()
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let host = headers::normalize_host(raw_host);
+    let decision = state.table.route(&RequestInfo {
+        method: req.method(),
+        host: &host,
+        path: req.uri().path(),
+        query: req.uri().query(),
+        headers: req.headers(),
+        sni: conn.sni.as_deref(),
+    });
+    let matched = match decision {
+        Decision::NotFound => {
+            tracing::debug!(host = %host, path = req.uri().path(), "no route: 404");
+            return status(StatusCode::NOT_FOUND);
+        }
+        Decision::Misdirected => {
+            tracing::debug!(host = %host, sni = ?conn.sni, "misdirected: 421");
+            return status(StatusCode::MISDIRECTED_REQUEST);
+        }
+        Decision::Matched(m) => m,
+    };
+    tracing::debug!(
+        host = %host,
+        path = req.uri().path(),
+        route = %format_args!("{}/{}", matched.route.namespace, matched.route.name),
+        listener = matched.listener,
+        "matched"
+    );
+    let rule = matched.rule;
+    let mut effects = Effects::default();
+    if let Some(response) = request_filters(
+        &rule.filters,
+        &mut req,
+        &matched,
+        &state,
+        conn,
+        &host,
+        &mut effects,
+    ) {
+        return response;
+    }
+    let Some(backend) = rule.pick_backend(rand::random::<u64>()) else {
+        tracing::debug!("rule without usable backend: 500");
+        return status(StatusCode::INTERNAL_SERVER_ERROR);
+    };
+    if let Some(response) = request_filters(
+        &backend.filters,
+        &mut req,
+        &matched,
+        &state,
+        conn,
+        &host,
+        &mut effects,
+    ) {
+        return response;
+    }
+    let Some(cluster) = backend
+        .cluster
+        .as_ref()
+        .and_then(|key| state.clusters.get(key))
+    else {
+        tracing::debug!(cluster = ?backend.cluster, "invalid backend: 500");
+        return status(StatusCode::INTERNAL_SERVER_ERROR);
+    };
+    if cluster.endpoints.is_empty() {
+        tracing::debug!(cluster = %cluster.key, "no endpoints: 503");
+        return status(StatusCode::SERVICE_UNAVAILABLE);
+    }
+
+    let upgrade = client_version == Version::HTTP_11
+        && cluster.protocol != AppProtocol::H2c
+        && headers::is_websocket_upgrade(req.headers());
+    let client_upgrade = if upgrade {
+        req.extensions_mut().remove::<OnUpgrade>()
+    } else {
+        None
+    };
+    let (parts, body) = req.into_parts();
+    let path_and_query = match effects.path_rewrite.take() {
+        Some(path) => {
+            let pq = match parts.uri.query() {
+                Some(q) => format!("{path}?{q}"),
+                None => path,
+            };
+            match PathAndQuery::try_from(pq) {
+                Ok(pq) => pq,
+                Err(_) => return status(StatusCode::INTERNAL_SERVER_ERROR),
+            }
+        }
+        None => parts
+            .uri
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/")),
+    };
+    let upstream_host = match effects.host_rewrite {
+        Some(hostname) => HeaderValue::from_str(hostname).ok(),
+        None => host_value,
+    };
+    let mut outgoing = Outgoing {
+        method: parts.method,
+        path_and_query,
+        headers: parts.headers,
+        host: upstream_host,
+    };
+    headers::strip_hop_by_hop(&mut outgoing.headers, upgrade);
+    outgoing.headers.remove(header::HOST);
+    headers::add_forwarded(&mut outgoing.headers, conn.peer.ip(), conn.https);
+
+    let filters = || rule.filters.iter().chain(backend.filters.iter());
+    let request_timeout = rule.timeouts.request.filter(|d| !d.is_zero());
+    let backend_timeout = rule.timeouts.backend_request.filter(|d| !d.is_zero());
+
+    let result = if upgrade {
+        let attempt = forward_upgrade(cluster, outgoing, client_upgrade);
+        with_timeout(request_timeout.or(backend_timeout), attempt).await
+    } else {
+        let has_mirror = filters().any(|f| matches!(f, HttpFilter::RequestMirror(_)));
+        let retries = rule.retry.as_ref().filter(|r| r.attempts > 0);
+        let body = if has_mirror || retries.is_some() {
+            match buffer_small(body).await {
+                Ok(body) => body,
+                Err(response) => return response,
+            }
+        } else if body.is_end_stream() {
+            // No body (GET...): replayable for free.
+            ReqBody::Buffered(Bytes::new())
+        } else {
+            ReqBody::Streaming(Some(body))
+        };
+        if has_mirror {
+            for filter in filters() {
+                if let HttpFilter::RequestMirror(mirror) = filter {
+                    spawn_mirror(rt, &state.clusters, mirror, &outgoing, &body);
+                }
+            }
+        }
+        let attempt = forward(rt, cluster, outgoing, body, retries, backend_timeout);
+        with_timeout(request_timeout, attempt).await
+    };
+    let response = match result {
+        Ok(response) => response,
+        Err(code) => return status(code),
+    };
+    let (mut parts, body) = response.into_parts();
+    if parts.status != StatusCode::SWITCHING_PROTOCOLS {
+        headers::strip_hop_by_hop(&mut parts.headers, false);
+    }
+    parts.version = client_version;
+    if let Some(cors) = effects.cors {
+        // `None` names continue the previous header: replace the backend's values, keep all ours.
+        let mut last = None;
+        for (name, value) in cors {
+            match name {
+                Some(name) => {
+                    parts.headers.insert(name.clone(), value);
+                    last = Some(name);
+                }
+                None => {
+                    if let Some(name) = &last {
+                        parts.headers.append(name.clone(), value);
+                    }
+                }
+            }
+        }
+    }
+    for filter in filters() {
+        if let HttpFilter::ResponseHeaderModifier(modifier) = filter {
+            filters::modify_headers(modifier, &mut parts.headers);
+        }
+    }
+    Response::from_parts(parts, Either::Right(body))
+}
+
+async fn with_timeout<F>(limit: Option<Duration>, fut: F) -> Result<Response<Incoming>, StatusCode>
+where
+    F: Future<Output = Result<Response<Incoming>, StatusCode>>,
+{
+    match limit {
+        Some(limit) => match tokio::time::timeout(limit, fut).await {
+            Ok(result) => result,
+            Err(_) => {
+                tracing::debug!(?limit, "request timeout: 504");
+                Err(StatusCode::GATEWAY_TIMEOUT)
+            }
+        },
+        None => fut.await,
+    }
+}
+
+/// Applies request-side filters; returns a response when a filter answers directly.
+fn request_filters<'t>(
+    list: &'t [HttpFilter],
+    req: &mut Request<Incoming>,
+    matched: &RouteMatch<'_>,
+    state: &PortState,
+    conn: &ConnInfo,
+    host: &str,
+    effects: &mut Effects<'t>,
+) -> Option<Response<Body>> {
+    for filter in list {
+        match filter {
+            HttpFilter::RequestHeaderModifier(modifier) => {
+                filters::modify_headers(modifier, req.headers_mut());
+            }
+            HttpFilter::ResponseHeaderModifier(_) | HttpFilter::RequestMirror(_) => {}
+            HttpFilter::RequestRedirect(redirect) => {
+                let target = RequestTarget {
+                    scheme: if conn.https { "https" } else { "http" },
+                    host,
+                    listener_port: state.listener_port,
+                    path: req.uri().path(),
+                    query: req.uri().query(),
+                };
+                let location = filters::redirect_location(redirect, &target, matched.path_match);
+                let code = StatusCode::from_u16(redirect.status_code).unwrap_or(StatusCode::FOUND);
+                let Ok(location) = HeaderValue::from_str(&location) else {
+                    tracing::warn!(location, "redirect produced an invalid Location: 500");
+                    return Some(status(StatusCode::INTERNAL_SERVER_ERROR));
+                };
+                let mut response = status(code);
+                response.headers_mut().insert(header::LOCATION, location);
+                return Some(response);
+            }
+            HttpFilter::UrlRewrite(rewrite) => {
+                if let Some(hostname) = &rewrite.hostname {
+                    effects.host_rewrite = Some(hostname);
+                }
+                if let Some(path) = &rewrite.path {
+                    effects.path_rewrite = Some(filters::rewrite_path(
+                        path,
+                        matched.path_match,
+                        req.uri().path(),
+                    ));
+                }
+            }
+            HttpFilter::Cors(cors) => match filters::cors(cors, req.method(), req.headers()) {
+                CorsOutcome::NotCors => {}
+                CorsOutcome::Preflight(headers) => {
+                    let mut response = status(StatusCode::OK);
+                    *response.headers_mut() = headers;
+                    return Some(response);
+                }
+                CorsOutcome::Simple(headers) => effects.cors = Some(headers),
+            },
+        }
+    }
+    None
+}
+
+/// A request body, buffered when it is small enough to be replayed.
+enum ReqBody {
+    Buffered(Bytes),
+    Streaming(Option<Incoming>),
+}
+
+impl ReqBody {
+    fn replayable(&self) -> bool {
+        matches!(self, ReqBody::Buffered(_))
+    }
+
+    fn take(&mut self) -> Body {
+        match self {
+            ReqBody::Buffered(bytes) => Either::Left(Full::new(bytes.clone())),
+            ReqBody::Streaming(body) => match body.take() {
+                Some(body) => Either::Right(body),
+                None => upstream::empty(),
+            },
+        }
+    }
+}
+
+async fn buffer_small(body: Incoming) -> Result<ReqBody, Response<Body>> {
+    if body.is_end_stream() {
+        return Ok(ReqBody::Buffered(Bytes::new()));
+    }
+    match body.size_hint().upper() {
+        Some(upper) if upper <= REPLAY_LIMIT => match body.collect().await {
+            Ok(collected) => Ok(ReqBody::Buffered(collected.to_bytes())),
+            Err(e) => {
+                tracing::debug!(error = %e, "client body failed: 400");
+                Err(status(StatusCode::BAD_REQUEST))
+            }
+        },
+        _ => Ok(ReqBody::Streaming(Some(body))),
+    }
+}
+
+/// Sends the request with retries; each attempt may pick another endpoint.
+async fn forward(
+    rt: &Runtime,
+    cluster: &ClusterState,
+    outgoing: Outgoing,
+    mut body: ReqBody,
+    retry: Option<&Retry>,
+    per_attempt: Option<Duration>,
+) -> Result<Response<Incoming>, StatusCode> {
+    let replayable = body.replayable();
+    let mut retries = match retry {
+        Some(retry) if replayable => retry.attempts,
+        _ => 0,
+    };
+    // A refused connection never reached the backend: trying another endpoint is always safe,
+    // policy or not (endpoint lists lag behind pods going away).
+    let mut connect_retries = if replayable {
+        cluster
+            .endpoints
+            .len()
+            .saturating_sub(1)
+            .min(MAX_CONNECT_RETRIES)
+    } else {
+        0
+    };
+    let mut previous = None;
+    let mut outgoing = Some(outgoing);
+    loop {
+        let Some(endpoint) = cluster.pick_avoiding(previous) else {
+            return Err(StatusCode::SERVICE_UNAVAILABLE);
+        };
+        // Only a request that may be retried pays for a copy of its head.
+        let more = retries > 0 || connect_retries > 0;
+        let head = if more {
+            outgoing.clone()
+        } else {
+            outgoing.take()
+        };
+        let Some(head) = head else {
+            return Err(StatusCode::BAD_GATEWAY);
+        };
+        let guard = InFlight::new(endpoint);
+        let send = upstream::send(rt, cluster.protocol, endpoint, head, body.take());
+        let outcome = match per_attempt {
+            Some(limit) => tokio::time::timeout(limit, send).await.ok(),
+            None => Some(send.await),
+        };
+        drop(guard);
+        previous = Some(endpoint.addr);
+        match outcome {
+            Some(Ok(response)) => {
+                let code = response.status().as_u16();
+                let retriable = retry.is_some_and(|r| r.codes.contains(&code));
+                if retries == 0 || !retriable {
+                    return Ok(response);
+                }
+                tracing::debug!(code, endpoint = %endpoint.addr, "retrying on status");
+            }
+            Some(Err(SendError::Connect(e))) if connect_retries > 0 => {
+                tracing::warn!(cluster = %cluster.key, endpoint = %endpoint.addr, error = %e, "upstream connect failed, trying another endpoint");
+                connect_retries -= 1;
+                continue;
+            }
+            Some(Err(e)) => {
+                tracing::warn!(cluster = %cluster.key, endpoint = %endpoint.addr, error = %e, "upstream request failed");
+                if retries == 0 {
+                    return Err(StatusCode::BAD_GATEWAY);
+                }
+            }
+            None => {
+                tracing::debug!(cluster = %cluster.key, endpoint = %endpoint.addr, "backend request timeout");
+                if retries == 0 {
+                    return Err(StatusCode::GATEWAY_TIMEOUT);
+                }
+            }
+        }
+        retries -= 1;
+        if let Some(backoff) = retry.and_then(|r| r.backoff).filter(|d| !d.is_zero()) {
+            tokio::time::sleep(backoff).await;
+        }
+    }
+}
+
+/// Forwards a WebSocket upgrade and, on 101, splices the two upgraded streams.
+async fn forward_upgrade(
+    cluster: &ClusterState,
+    outgoing: Outgoing,
+    client: Option<OnUpgrade>,
+) -> Result<Response<Incoming>, StatusCode> {
+    let Some(endpoint) = cluster.pick() else {
+        return Err(StatusCode::SERVICE_UNAVAILABLE);
+    };
+    let mut response = match upstream::send_upgrade(endpoint, outgoing).await {
+        Ok(response) => response,
+        Err(e) => {
+            tracing::warn!(cluster = %cluster.key, endpoint = %endpoint.addr, error = %e, "upgrade request failed");
+            return Err(StatusCode::BAD_GATEWAY);
+        }
+    };
+    if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+        let Some(client) = client else {
+            return Err(StatusCode::BAD_GATEWAY);
+        };
+        let upstream = hyper::upgrade::on(&mut response);
+        let guard = InFlight::new(endpoint);
+        tokio::spawn(async move {
+            let _guard = guard;
+            let (client, upstream) = match tokio::try_join!(client, upstream) {
+                Ok(pair) => pair,
+                Err(e) => {
+                    tracing::debug!(error = %e, "upgrade did not complete");
+                    return;
+                }
+            };
+            let mut client = TokioIo::new(client);
+            let mut upstream = TokioIo::new(upstream);
+            if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
+                tracing::debug!(error = %e, "upgraded connection ended with error");
+            }
+        });
+    }
+    Ok(response)
+}
+
+/// Fire-and-forget copy of the request; never delays or fails the primary.
+fn spawn_mirror(
+    rt: &Arc<Runtime>,
+    clusters: &Arc<Clusters>,
+    mirror: &strait_config::RequestMirror,
+    outgoing: &Outgoing,
+    body: &ReqBody,
+) {
+    if mirror.percent < 100.0 && rand::random::<f64>() * 100.0 >= mirror.percent {
+        return;
+    }
+    let BackendTarget::Cluster(key) = &mirror.backend else {
+        return;
+    };
+    let Some(cluster) = clusters.get(key).cloned() else {
+        return;
+    };
+    let Some(endpoint) = cluster.pick().cloned() else {
+        return;
+    };
+    let mut copy = outgoing.clone();
+    let body = match body {
+        ReqBody::Buffered(bytes) => Either::Left(Full::new(bytes.clone())),
+        ReqBody::Streaming(_) => {
+            copy.headers.remove(header::CONTENT_LENGTH);
+            upstream::empty()
+        }
+    };
+    let rt = rt.clone();
+    tokio::spawn(async move {
+        let _guard = InFlight::new(&endpoint);
+        let send = upstream::send(&rt, cluster.protocol, &endpoint, copy, body);
+        match tokio::time::timeout(MIRROR_TIMEOUT, send).await {
+            Ok(Ok(response)) => {
+                // Drain so the pooled connection can be reused.
+                let _ = tokio::time::timeout(MIRROR_TIMEOUT, response.into_body().collect()).await;
+            }
+            Ok(Err(SendError::Connect(e) | SendError::Other(e))) => {
+                tracing::debug!(cluster = %cluster.key, error = %e, "mirror failed");
+            }
+            Err(_) => tracing::debug!(cluster = %cluster.key, "mirror timed out"),
+        }
+    });
+}

@@ -1,0 +1,215 @@
+//! Header hygiene between client and backend.
+
+use std::borrow::Cow;
+
+use http::{HeaderMap, HeaderName, HeaderValue, header};
+
+static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+static HTTP2_SETTINGS: HeaderName = HeaderName::from_static("http2-settings");
+pub(crate) static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+pub(crate) static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+
+/// Removes hop-by-hop headers. When `upgrade` is set, `Upgrade` survives and `Connection`
+/// is reduced to `upgrade`, so the upgrade can be forwarded.
+pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
+    if headers.contains_key(header::CONNECTION) {
+        let named: Vec<HeaderName> = headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|token| HeaderName::from_bytes(token.trim().as_bytes()).ok())
+            .collect();
+        for name in named {
+            if upgrade && name == header::UPGRADE {
+                continue;
+            }
+            headers.remove(&name);
+        }
+        headers.remove(header::CONNECTION);
+    }
+    headers.remove(&KEEP_ALIVE);
+    headers.remove(&PROXY_CONNECTION);
+    headers.remove(header::TRANSFER_ENCODING);
+    headers.remove(&HTTP2_SETTINGS);
+    // `TE: trailers` is the one TE value HTTP/2 (gRPC) relies on.
+    let te_trailers = headers
+        .get(header::TE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| {
+            v.split(',')
+                .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
+        });
+    headers.remove(header::TE);
+    if te_trailers {
+        headers.insert(header::TE, HeaderValue::from_static("trailers"));
+    }
+    if upgrade {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    } else {
+        headers.remove(header::UPGRADE);
+    }
+}
+
+/// True for an HTTP/1.1 `Upgrade: websocket` request.
+pub(crate) fn is_websocket_upgrade(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(header::UPGRADE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case("websocket"))
+}
+
+/// Host without port, lower-cased (borrowed when already lower-case).
+pub(crate) fn normalize_host(raw: &str) -> Cow<'_, str> {
+    let host = if raw.starts_with('[') {
+        match raw.find(']') {
+            Some(end) => &raw[..=end],
+            None => raw,
+        }
+    } else {
+        match raw.rfind(':') {
+            Some(i) if raw[i + 1..].bytes().all(|b| b.is_ascii_digit()) => &raw[..i],
+            _ => raw,
+        }
+    };
+    let host = host.strip_suffix('.').unwrap_or(host);
+    if host.bytes().any(|b| b.is_ascii_uppercase()) {
+        Cow::Owned(host.to_ascii_lowercase())
+    } else {
+        Cow::Borrowed(host)
+    }
+}
+
+/// Appends the client address to `x-forwarded-for` and sets `x-forwarded-proto`.
+pub(crate) fn add_forwarded(headers: &mut HeaderMap, client: std::net::IpAddr, https: bool) {
+    let ip = client.to_string();
+    let value = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+        Some(existing) if !existing.is_empty() => format!("{existing}, {ip}"),
+        _ => ip,
+    };
+    if let Ok(value) = HeaderValue::from_str(&value) {
+        headers.insert(X_FORWARDED_FOR.clone(), value);
+    }
+    let proto = HeaderValue::from_static(if https { "https" } else { "http" });
+    headers.insert(X_FORWARDED_PROTO.clone(), proto);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        h
+    }
+
+    fn names(h: &HeaderMap) -> Vec<String> {
+        let mut v: Vec<String> = h.keys().map(|k| k.as_str().to_owned()).collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn hop_by_hop_headers_are_removed() {
+        type Case<'a> = (&'a [(&'a str, &'a str)], bool, &'a [&'a str]);
+        let cases: &[Case<'_>] = &[
+            (&[("connection", "close"), ("x-a", "1")], false, &["x-a"]),
+            (
+                &[
+                    ("connection", "X-Foo, keep-alive"),
+                    ("x-foo", "1"),
+                    ("keep-alive", "5"),
+                    ("x-b", "2"),
+                ],
+                false,
+                &["x-b"],
+            ),
+            (
+                &[
+                    ("transfer-encoding", "chunked"),
+                    ("te", "gzip"),
+                    ("proxy-connection", "x"),
+                    ("upgrade", "h2c"),
+                ],
+                false,
+                &[],
+            ),
+            (&[("te", "trailers, deflate")], false, &["te"]),
+            (
+                &[
+                    ("connection", "Upgrade"),
+                    ("upgrade", "websocket"),
+                    ("sec-websocket-key", "k"),
+                ],
+                true,
+                &["connection", "sec-websocket-key", "upgrade"],
+            ),
+        ];
+        for (input, upgrade, want) in cases {
+            let mut h = map(input);
+            strip_hop_by_hop(&mut h, *upgrade);
+            assert_eq!(
+                names(&h),
+                want.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
+                "{input:?}"
+            );
+        }
+        let mut h = map(&[("te", "trailers, deflate")]);
+        strip_hop_by_hop(&mut h, false);
+        assert_eq!(h["te"], "trailers");
+        let mut h = map(&[("connection", "Upgrade"), ("upgrade", "websocket")]);
+        strip_hop_by_hop(&mut h, true);
+        assert_eq!(h["connection"], "upgrade");
+        assert_eq!(h["upgrade"], "websocket");
+    }
+
+    #[test]
+    fn host_normalization() {
+        let cases = [
+            ("Example.COM:8080", "example.com"),
+            ("example.com", "example.com"),
+            ("example.com.", "example.com"),
+            ("[::1]:80", "[::1]"),
+            ("[::1]", "[::1]"),
+            ("127.0.0.1:80", "127.0.0.1"),
+            ("", ""),
+            ("weird:port", "weird:port"),
+        ];
+        for (raw, want) in cases {
+            assert_eq!(normalize_host(raw), want, "{raw}");
+        }
+    }
+
+    #[test]
+    fn forwarded_headers() {
+        let ip: std::net::IpAddr = "127.0.0.9".parse().unwrap();
+        let mut h = HeaderMap::new();
+        add_forwarded(&mut h, ip, false);
+        assert_eq!(h[&X_FORWARDED_FOR], "127.0.0.9");
+        assert_eq!(h[&X_FORWARDED_PROTO], "http");
+        let mut h = map(&[
+            ("x-forwarded-for", "10.0.0.1"),
+            ("x-forwarded-proto", "ftp"),
+        ]);
+        add_forwarded(&mut h, ip, true);
+        assert_eq!(h[&X_FORWARDED_FOR], "10.0.0.1, 127.0.0.9");
+        assert_eq!(h[&X_FORWARDED_PROTO], "https");
+    }
+
+    #[test]
+    fn websocket_detection() {
+        assert!(is_websocket_upgrade(&map(&[("upgrade", "WebSocket")])));
+        assert!(is_websocket_upgrade(&map(&[("upgrade", "foo, websocket")])));
+        assert!(!is_websocket_upgrade(&map(&[("upgrade", "h2c")])));
+        assert!(!is_websocket_upgrade(&HeaderMap::new()));
+    }
+}

@@ -1,0 +1,166 @@
+//! Listeners and client connections.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::sync::{mpsc, watch};
+
+use crate::handler::{self, ConnInfo, PortState};
+use crate::upstream::Runtime;
+
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// State shared by a listener and its connections; `state` is swapped on every config apply.
+pub(crate) struct ListenerShared {
+    pub(crate) state: ArcSwap<PortState>,
+    pub(crate) rt: Arc<Runtime>,
+}
+
+/// Binds with SO_REUSEADDR so a restarted proxy can rebind while old connections linger.
+pub(crate) fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(1024)
+}
+
+/// Accepts until `stop` flips; each connection holds a clone of `tracker` so the owner can wait
+/// for all of them to finish.
+pub(crate) async fn accept_loop(
+    listener: TcpListener,
+    shared: Arc<ListenerShared>,
+    mut stop: watch::Receiver<bool>,
+    tracker: mpsc::Sender<()>,
+) {
+    loop {
+        if *stop.borrow() {
+            break;
+        }
+        tokio::select! {
+            changed = stop.changed() => {
+                if changed.is_err() || *stop.borrow() {
+                    break;
+                }
+            }
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => {
+                    let _ = stream.set_nodelay(true);
+                    let conn = serve_connection(shared.clone(), stream, peer, stop.clone(), tracker.clone());
+                    tokio::spawn(conn);
+                }
+                Err(e) => {
+                    // Typically EMFILE: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+    }
+    tracing::debug!(addr = ?listener.local_addr().ok(), "listener stopped");
+}
+
+async fn serve_connection(
+    shared: Arc<ListenerShared>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    stop: watch::Receiver<bool>,
+    _tracker: mpsc::Sender<()>,
+) {
+    let state = shared.state.load_full();
+    let Some(tls) = &state.tls else {
+        let conn = ConnInfo {
+            peer,
+            https: false,
+            sni: None,
+        };
+        serve_http(shared, TokioIo::new(stream), conn, stop).await;
+        return;
+    };
+    let acceptor =
+        tokio_rustls::LazyConfigAcceptor::new(rustls::server::Acceptor::default(), stream);
+    let start = match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor).await {
+        Ok(Ok(start)) => start,
+        Ok(Err(e)) => {
+            tracing::debug!(%peer, error = %e, "TLS ClientHello failed");
+            return;
+        }
+        Err(_) => return,
+    };
+    let sni = start
+        .client_hello()
+        .server_name()
+        .map(|s| s.to_ascii_lowercase());
+    let Some(config) = tls.select(sni.as_deref()).cloned() else {
+        tracing::debug!(%peer, ?sni, "no certificate for SNI");
+        return;
+    };
+    drop(state);
+    let stream = match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, start.into_stream(config)).await
+    {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(e)) => {
+            tracing::debug!(%peer, error = %e, "TLS handshake failed");
+            return;
+        }
+        Err(_) => return,
+    };
+    let conn = ConnInfo {
+        peer,
+        https: true,
+        sni,
+    };
+    serve_http(shared, TokioIo::new(stream), conn, stop).await;
+}
+
+async fn serve_http<I>(
+    shared: Arc<ListenerShared>,
+    io: I,
+    conn: ConnInfo,
+    mut stop: watch::Receiver<bool>,
+) where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder.http1().timer(TokioTimer::new()).keep_alive(true);
+    builder.http2().timer(TokioTimer::new());
+    let peer = conn.peer;
+    let conn = Arc::new(conn);
+    let service = service_fn(move |req| {
+        let shared = shared.clone();
+        let conn = conn.clone();
+        async move {
+            let state = shared.state.load_full();
+            Ok::<_, Infallible>(handler::handle(state, &shared.rt, &conn, req).await)
+        }
+    });
+    let connection = builder.serve_connection_with_upgrades(io, service);
+    tokio::pin!(connection);
+    let stopping = async {
+        while !*stop.borrow() {
+            if stop.changed().await.is_err() {
+                break;
+            }
+        }
+    };
+    let result = tokio::select! {
+        result = connection.as_mut() => result,
+        () = stopping => {
+            connection.as_mut().graceful_shutdown();
+            connection.await
+        }
+    };
+    if let Err(e) = result {
+        tracing::debug!(%peer, error = %e, "client connection ended with error");
+    }
+}

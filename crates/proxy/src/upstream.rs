@@ -1,0 +1,434 @@
+//! Upstream side: clusters, endpoint choice and pooled connections.
+//!
+//! HTTP/1.1 goes through hyper-util's pooled client (keep-alive per endpoint). h2c keeps one
+//! multiplexed connection per endpoint. WebSocket upgrades use a dedicated HTTP/1.1 connection,
+//! since an upgraded connection never returns to a pool. Endpoint state (in-flight counters, the
+//! h2 connection) outlives config versions so a config swap does not reset connections.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use arc_swap::ArcSwapOption;
+use bytes::Bytes;
+use http::uri::{Authority, PathAndQuery, Scheme};
+use http::{HeaderMap, HeaderValue, Method, Request, Response, Uri, Version, header};
+use http_body_util::{Either, Full};
+use hyper::body::Incoming;
+use hyper::client::conn::{http1, http2};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use rand::Rng;
+use strait_config::{AppProtocol, ClusterKey, ProxyConfig};
+use tokio::net::TcpStream;
+
+/// Body type used both ways: a buffered/local body or a streamed one.
+pub(crate) type Body = Either<Full<Bytes>, Incoming>;
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// An empty body.
+pub(crate) fn empty() -> Body {
+    Either::Left(Full::new(Bytes::new()))
+}
+
+/// One backend address, shared by every cluster and config version that lists it.
+#[derive(Debug)]
+pub(crate) struct Endpoint {
+    pub(crate) addr: SocketAddr,
+    authority: Authority,
+    in_flight: AtomicUsize,
+    h2: ArcSwapOption<http2::SendRequest<Body>>,
+    h2_connect: tokio::sync::Mutex<()>,
+}
+
+impl Endpoint {
+    fn new(addr: SocketAddr) -> Option<Endpoint> {
+        let authority = Authority::try_from(addr.to_string()).ok()?;
+        Some(Endpoint {
+            addr,
+            authority,
+            in_flight: AtomicUsize::new(0),
+            h2: ArcSwapOption::empty(),
+            h2_connect: tokio::sync::Mutex::new(()),
+        })
+    }
+
+    pub(crate) fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// The shared h2c connection, (re)connecting when there is none or it closed.
+    async fn h2_sender(&self) -> Result<http2::SendRequest<Body>, SendError> {
+        if let Some(sender) = self.h2.load_full()
+            && !sender.is_closed()
+        {
+            return Ok((*sender).clone());
+        }
+        // Only one task connects; the others wait and reuse its connection.
+        let _connecting = self.h2_connect.lock().await;
+        if let Some(sender) = self.h2.load_full()
+            && !sender.is_closed()
+        {
+            return Ok((*sender).clone());
+        }
+        let stream = connect(self.addr).await?;
+        let (sender, conn) = http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| SendError::Connect(e.into()))?;
+        let addr = self.addr;
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(%addr, error = %e, "h2c upstream connection closed");
+            }
+        });
+        self.h2.store(Some(Arc::new(sender.clone())));
+        Ok(sender)
+    }
+}
+
+/// Counts a request against an endpoint for load balancing while alive.
+pub(crate) struct InFlight(Arc<Endpoint>);
+
+impl InFlight {
+    pub(crate) fn new(endpoint: &Arc<Endpoint>) -> InFlight {
+        endpoint.in_flight.fetch_add(1, Ordering::Relaxed);
+        InFlight(endpoint.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// A Service port as the proxy runs it.
+#[derive(Debug)]
+pub(crate) struct ClusterState {
+    pub(crate) key: ClusterKey,
+    pub(crate) protocol: AppProtocol,
+    pub(crate) endpoints: Vec<Arc<Endpoint>>,
+}
+
+impl ClusterState {
+    /// Power of two choices on in-flight requests.
+    pub(crate) fn pick(&self) -> Option<&Arc<Endpoint>> {
+        self.pick_avoiding(None)
+    }
+
+    /// Like [`pick`](Self::pick), but never returns `avoid` when another endpoint exists
+    /// (a retry should not go back to the endpoint that just failed).
+    pub(crate) fn pick_avoiding(&self, avoid: Option<SocketAddr>) -> Option<&Arc<Endpoint>> {
+        match self.endpoints.len() {
+            0 => None,
+            1 => self.endpoints.first(),
+            n => {
+                let mut rng = rand::rng();
+                let a = rng.random_range(0..n);
+                let mut b = rng.random_range(0..n - 1);
+                if b >= a {
+                    b += 1;
+                }
+                let (ea, eb) = (self.endpoints.get(a)?, self.endpoints.get(b)?);
+                Some(if Some(ea.addr) == avoid {
+                    eb
+                } else if Some(eb.addr) == avoid || ea.in_flight() <= eb.in_flight() {
+                    ea
+                } else {
+                    eb
+                })
+            }
+        }
+    }
+}
+
+pub(crate) type Clusters = HashMap<ClusterKey, Arc<ClusterState>>;
+
+/// Process-wide upstream machinery.
+pub(crate) struct Runtime {
+    client: Client<HttpConnector, Body>,
+    endpoints: Mutex<HashMap<SocketAddr, Weak<Endpoint>>>,
+}
+
+impl Runtime {
+    pub(crate) fn new() -> Runtime {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(CONNECT_TIMEOUT));
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(60))
+            .pool_timer(TokioTimer::new())
+            .timer(TokioTimer::new())
+            .set_host(false)
+            .build(connector);
+        Runtime {
+            client,
+            endpoints: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Builds the clusters of a config, reusing endpoint state that already exists.
+    pub(crate) fn clusters(&self, config: &ProxyConfig) -> Clusters {
+        let mut registry = match self.endpoints.lock() {
+            Ok(guard) => guard,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        registry.retain(|_, weak| weak.strong_count() > 0);
+        let mut clusters = Clusters::with_capacity(config.clusters.len());
+        for (key, cluster) in &config.clusters {
+            let mut endpoints = Vec::with_capacity(cluster.endpoints.len());
+            for addr in &cluster.endpoints {
+                if let Some(existing) = registry.get(addr).and_then(Weak::upgrade) {
+                    endpoints.push(existing);
+                } else if let Some(endpoint) = Endpoint::new(*addr) {
+                    let endpoint = Arc::new(endpoint);
+                    registry.insert(*addr, Arc::downgrade(&endpoint));
+                    endpoints.push(endpoint);
+                }
+            }
+            let state = ClusterState {
+                key: key.clone(),
+                protocol: cluster.protocol,
+                endpoints,
+            };
+            clusters.insert(key.clone(), Arc::new(state));
+        }
+        clusters
+    }
+}
+
+/// Why an upstream attempt failed before a response.
+#[derive(Debug)]
+pub(crate) enum SendError {
+    /// The connection could not be established.
+    Connect(BoxError),
+    /// The connection failed before a response (reset, protocol error...).
+    Other(BoxError),
+}
+
+impl std::fmt::Display for SendError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SendError::Connect(e) => write!(f, "connect: {e}"),
+            SendError::Other(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+/// What is sent upstream, kept apart from the body so retries and mirrors can rebuild it.
+#[derive(Clone, Debug)]
+pub(crate) struct Outgoing {
+    pub(crate) method: Method,
+    pub(crate) path_and_query: PathAndQuery,
+    /// Hop-by-hop headers already removed; no Host (see `host`).
+    pub(crate) headers: HeaderMap,
+    pub(crate) host: Option<HeaderValue>,
+}
+
+impl Outgoing {
+    fn into_request(self, protocol: AppProtocol, endpoint: &Endpoint, body: Body) -> Request<Body> {
+        let h2 = protocol == AppProtocol::H2c;
+        let authority = match (&self.host, h2) {
+            (Some(host), true) => {
+                Authority::try_from(host.as_bytes()).unwrap_or_else(|_| endpoint.authority.clone())
+            }
+            _ => endpoint.authority.clone(),
+        };
+        let mut parts = http::uri::Parts::default();
+        parts.scheme = Some(Scheme::HTTP);
+        parts.authority = Some(authority);
+        parts.path_and_query = Some(self.path_and_query);
+        let uri = Uri::from_parts(parts).unwrap_or_else(|_| Uri::from_static("/"));
+        let mut request = Request::new(body);
+        *request.method_mut() = self.method;
+        *request.uri_mut() = uri;
+        *request.headers_mut() = self.headers;
+        if h2 {
+            *request.version_mut() = Version::HTTP_2;
+        } else {
+            *request.version_mut() = Version::HTTP_11;
+            let host = self
+                .host
+                .or_else(|| HeaderValue::from_str(endpoint.authority.as_str()).ok());
+            if let Some(host) = host {
+                request.headers_mut().insert(header::HOST, host);
+            }
+        }
+        request
+    }
+}
+
+async fn connect(addr: SocketAddr) -> Result<TcpStream, SendError> {
+    let stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr))
+        .await
+        .map_err(|_| SendError::Connect("connect timed out".into()))?
+        .map_err(|e| SendError::Connect(e.into()))?;
+    let _ = stream.set_nodelay(true);
+    Ok(stream)
+}
+
+/// Sends one request to one endpoint.
+pub(crate) async fn send(
+    rt: &Runtime,
+    protocol: AppProtocol,
+    endpoint: &Endpoint,
+    outgoing: Outgoing,
+    body: Body,
+) -> Result<Response<Incoming>, SendError> {
+    let request = outgoing.into_request(protocol, endpoint, body);
+    match protocol {
+        AppProtocol::H2c => {
+            let mut sender = endpoint.h2_sender().await?;
+            let request = match sender.ready().await {
+                Ok(()) => match sender.try_send_request(request).await {
+                    Ok(response) => return Ok(response),
+                    Err(mut e) => match e.take_message() {
+                        Some(request) => request,
+                        None => return Err(SendError::Other(e.into_error().into())),
+                    },
+                },
+                Err(_) => request,
+            };
+            // The cached connection went away (GOAWAY, reset) before taking the request: the
+            // request was not sent, so it is safe to send it on a fresh connection.
+            endpoint.h2.store(None);
+            let mut sender = endpoint.h2_sender().await?;
+            sender
+                .ready()
+                .await
+                .map_err(|e| SendError::Other(e.into()))?;
+            sender
+                .send_request(request)
+                .await
+                .map_err(|e| SendError::Other(e.into()))
+        }
+        AppProtocol::Http1 | AppProtocol::WebSocket => {
+            rt.client.request(request).await.map_err(|e| {
+                if e.is_connect() {
+                    SendError::Connect(e.into())
+                } else {
+                    SendError::Other(e.into())
+                }
+            })
+        }
+    }
+}
+
+/// Sends an upgrade request (WebSocket) on a fresh HTTP/1.1 connection that supports upgrades.
+pub(crate) async fn send_upgrade(
+    endpoint: &Endpoint,
+    outgoing: Outgoing,
+) -> Result<Response<Incoming>, SendError> {
+    let stream = connect(endpoint.addr).await?;
+    let (mut sender, conn) = http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| SendError::Connect(e.into()))?;
+    let addr = endpoint.addr;
+    tokio::spawn(async move {
+        if let Err(e) = conn.with_upgrades().await {
+            tracing::debug!(%addr, error = %e, "upgrade upstream connection failed");
+        }
+    });
+    let request = outgoing.into_request(AppProtocol::Http1, endpoint, empty());
+    sender
+        .send_request(request)
+        .await
+        .map_err(|e| SendError::Other(e.into()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+    use strait_config::Cluster;
+
+    fn key(name: &str) -> ClusterKey {
+        ClusterKey {
+            namespace: "ns".into(),
+            name: name.into(),
+            port: 80,
+        }
+    }
+
+    fn config(endpoints: &[(&str, Vec<SocketAddr>)]) -> ProxyConfig {
+        let clusters: BTreeMap<_, _> = endpoints
+            .iter()
+            .map(|(name, eps)| {
+                (
+                    key(name),
+                    Cluster {
+                        protocol: AppProtocol::Http1,
+                        endpoints: eps.clone(),
+                    },
+                )
+            })
+            .collect();
+        ProxyConfig {
+            version: 1,
+            gateways: vec![],
+            clusters,
+        }
+    }
+
+    #[test]
+    fn endpoint_state_survives_config_versions_and_is_shared() {
+        let rt = Runtime::new();
+        let a: SocketAddr = "127.0.0.1:1001".parse().unwrap();
+        let b: SocketAddr = "127.0.0.1:1002".parse().unwrap();
+        let first = rt.clusters(&config(&[("x", vec![a, b]), ("y", vec![a])]));
+        let xa = first[&key("x")].endpoints[0].clone();
+        assert!(
+            Arc::ptr_eq(&xa, &first[&key("y")].endpoints[0]),
+            "same address, same endpoint"
+        );
+        let _guard = InFlight::new(&xa);
+        let second = rt.clusters(&config(&[("z", vec![a])]));
+        let za = &second[&key("z")].endpoints[0];
+        assert!(Arc::ptr_eq(&xa, za));
+        assert_eq!(za.in_flight(), 1);
+        drop(first);
+        drop(second);
+        drop(_guard);
+        drop(xa);
+        let third = rt.clusters(&config(&[("z", vec![b])]));
+        assert_eq!(
+            rt.endpoints.lock().unwrap().len(),
+            1,
+            "dead endpoints are forgotten"
+        );
+        assert_eq!(third[&key("z")].endpoints[0].in_flight(), 0);
+    }
+
+    #[test]
+    fn p2c_prefers_less_loaded_endpoint() {
+        let rt = Runtime::new();
+        let a: SocketAddr = "127.0.0.1:1001".parse().unwrap();
+        let b: SocketAddr = "127.0.0.1:1002".parse().unwrap();
+        let clusters = rt.clusters(&config(&[("x", vec![a, b]), ("empty", vec![])]));
+        assert!(clusters[&key("empty")].pick().is_none());
+        let cluster = &clusters[&key("x")];
+        let busy: Vec<_> = (0..5)
+            .map(|_| InFlight::new(&cluster.endpoints[0]))
+            .collect();
+        for _ in 0..50 {
+            assert_eq!(cluster.pick().unwrap().addr, b);
+        }
+        drop(busy);
+        for _ in 0..50 {
+            assert_eq!(cluster.pick_avoiding(Some(b)).unwrap().addr, a);
+        }
+        let mut seen = std::collections::HashSet::new();
+        for _ in 0..200 {
+            seen.insert(cluster.pick().unwrap().addr);
+        }
+        assert_eq!(seen.len(), 2, "idle endpoints are both used");
+    }
+}

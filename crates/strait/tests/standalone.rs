@@ -1,0 +1,266 @@
+//! Standalone end to end on loopback: serving, hot reload without dropping connections, bad
+//! input that leaves the rest of the config serving, and `check`.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty};
+use hyper::client::conn::http1;
+use hyper_util::rt::TokioIo;
+use serde_json::Value;
+use strait::standalone::{Standalone, StandaloneOptions};
+use strait_echo::{EchoServer, Identity};
+
+/// A temp dir removed on drop, also when the test fails.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(name: &str) -> TempDir {
+        let dir = std::env::temp_dir().join(format!("strait-test-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        TempDir(dir)
+    }
+    fn write(&self, file: &str, text: &str) {
+        std::fs::write(self.0.join(file), text).unwrap();
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn gateway_yaml(port: u16) -> String {
+    format!(
+        "
+apiVersion: gateway.networking.k8s.io/v1
+kind: GatewayClass
+metadata: {{name: strait}}
+spec: {{controllerName: strait.dev/gateway-controller}}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {{name: gw, namespace: t}}
+spec:
+  gatewayClassName: strait
+  listeners: [{{name: http, port: {port}, protocol: HTTP}}]
+"
+    )
+}
+
+fn backend_yaml(name: &str, addr: SocketAddr) -> String {
+    format!(
+        "
+apiVersion: v1
+kind: Service
+metadata: {{name: {name}, namespace: t}}
+spec: {{ports: [{{name: http, port: 80, targetPort: {port}}}]}}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {{name: {name}-1, namespace: t, labels: {{kubernetes.io/service-name: {name}}}}}
+addressType: IPv4
+ports: [{{name: http, port: {port}}}]
+endpoints: [{{addresses: [\"{ip}\"]}}]
+",
+        port = addr.port(),
+        ip = addr.ip()
+    )
+}
+
+fn route_yaml(name: &str, path: &str, backend: &str) -> String {
+    format!(
+        "
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {{name: {name}, namespace: t}}
+spec:
+  parentRefs: [{{name: gw}}]
+  rules:
+  - matches: [{{path: {{type: PathPrefix, value: {path}}}}}]
+    backendRefs: [{{name: {backend}, port: 80}}]
+"
+    )
+}
+
+async fn echo(addr: &str, service: &str) -> EchoServer {
+    EchoServer::start_http(
+        addr.parse().unwrap(),
+        Identity {
+            namespace: "t".into(),
+            service: service.into(),
+            pod: format!("{service}-pod"),
+            ingress: String::new(),
+        },
+    )
+    .await
+    .unwrap()
+}
+
+fn gateway_address(standalone: &Standalone) -> std::net::IpAddr {
+    let gateway = standalone.object("Gateway", "t", "gw").expect("gateway");
+    gateway["status"]["addresses"][0]["value"]
+        .as_str()
+        .expect("an address in status")
+        .parse()
+        .unwrap()
+}
+
+/// Sends GET `path` on an open HTTP/1.1 connection; returns status and echoed pod.
+async fn get(sender: &mut http1::SendRequest<Empty<Bytes>>, path: &str) -> (u16, String) {
+    let request = http::Request::get(path)
+        .header("host", "example.com")
+        .body(Empty::new())
+        .unwrap();
+    let response = sender.send_request(request).await.expect("response");
+    let status = response.status().as_u16();
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    let pod = serde_json::from_slice::<Value>(&body)
+        .ok()
+        .and_then(|v| v["pod"].as_str().map(String::from))
+        .unwrap_or_default();
+    (status, pod)
+}
+
+async fn connect(addr: SocketAddr) -> http1::SendRequest<Empty<Bytes>> {
+    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (sender, connection) = http1::handshake(TokioIo::new(stream)).await.unwrap();
+    tokio::spawn(connection);
+    sender
+}
+
+#[tokio::test]
+async fn reload_swaps_routes_on_open_connections_and_survives_bad_documents() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let dir = TempDir::new("reload");
+    let _v1 = echo("127.0.0.1:39101", "v1").await;
+    let _v2 = echo("127.0.0.1:39102", "v2").await;
+    dir.write("gateway.yaml", &gateway_yaml(39180));
+    dir.write(
+        "backends.yaml",
+        &format!(
+            "{}---{}",
+            backend_yaml("v1", "127.0.0.1:39101".parse().unwrap()),
+            backend_yaml("v2", "127.0.0.1:39102".parse().unwrap())
+        ),
+    );
+    dir.write("route.yaml", &route_yaml("r", "/", "v1"));
+    let standalone = Standalone::start(StandaloneOptions {
+        dir: dir.0.clone(),
+        port_offset: 0,
+        watch: false,
+    })
+    .await
+    .unwrap();
+    let addr = SocketAddr::new(gateway_address(&standalone), 39180);
+
+    let mut connection = connect(addr).await;
+    assert_eq!(get(&mut connection, "/a").await, (200, "v1-pod".into()));
+
+    // Switch the backend; the same keep-alive connection sees the new route.
+    dir.write("route.yaml", &route_yaml("r", "/", "v2"));
+    standalone.reload().await.unwrap();
+    assert_eq!(get(&mut connection, "/a").await, (200, "v2-pod".into()));
+    let route = standalone.object("HTTPRoute", "t", "r").unwrap();
+    assert_eq!(route["metadata"]["generation"], 2);
+    assert_eq!(
+        route["status"]["parents"][0]["conditions"][0]["observedGeneration"],
+        2
+    );
+
+    // A malformed document elsewhere is reported and the rest keeps serving.
+    dir.write("broken.yaml", "apiVersion: v1\nkind: Service\nmetadata: [oops\n");
+    standalone.reload().await.unwrap();
+    let errors = standalone.load_errors();
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert!(errors[0].contains("broken.yaml:"), "{}", errors[0]);
+    assert_eq!(get(&mut connection, "/a").await, (200, "v2-pod".into()));
+
+    // A route with an invalid regex is rejected with a condition; the other route serves.
+    dir.write(
+        "bad-route.yaml",
+        "
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: bad, namespace: t}
+spec:
+  parentRefs: [{name: gw}]
+  rules:
+  - matches: [{path: {type: RegularExpression, value: '/(unclosed'}}]
+    backendRefs: [{name: v1, port: 80}]
+",
+    );
+    standalone.reload().await.unwrap();
+    let bad = standalone.object("HTTPRoute", "t", "bad").unwrap();
+    let accepted = &bad["status"]["parents"][0]["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == "Accepted")
+        .cloned()
+        .unwrap();
+    assert_eq!(accepted["status"], "False", "{accepted}");
+    assert_eq!(get(&mut connection, "/a").await, (200, "v2-pod".into()));
+
+    // Removing the route: 404 on the still-open connection.
+    std::fs::remove_file(dir.0.join("route.yaml")).unwrap();
+    std::fs::remove_file(dir.0.join("bad-route.yaml")).unwrap();
+    standalone.reload().await.unwrap();
+    assert_eq!(get(&mut connection, "/a").await.0, 404);
+    standalone.shutdown().await;
+}
+
+#[tokio::test]
+async fn watch_mode_picks_up_file_changes() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let dir = TempDir::new("watch");
+    let _v1 = echo("127.0.0.1:39111", "w1").await;
+    dir.write("gateway.yaml", &gateway_yaml(39190));
+    dir.write(
+        "backends.yaml",
+        &backend_yaml("w1", "127.0.0.1:39111".parse().unwrap()),
+    );
+    let standalone = Standalone::start(StandaloneOptions {
+        dir: dir.0.clone(),
+        port_offset: 0,
+        watch: true,
+    })
+    .await
+    .unwrap();
+    let addr = SocketAddr::new(gateway_address(&standalone), 39190);
+    let mut connection = connect(addr).await;
+    assert_eq!(get(&mut connection, "/").await.0, 404);
+    dir.write("route.yaml", &route_yaml("r", "/", "w1"));
+    let mut last = (0, String::new());
+    for _ in 0..50 {
+        last = get(&mut connection, "/").await;
+        if last.0 == 200 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(last, (200, "w1-pod".into()));
+    standalone.shutdown().await;
+}
+
+#[test]
+fn check_reports_problems_with_object_names() {
+    let dir = TempDir::new("check");
+    dir.write("gateway.yaml", &gateway_yaml(80));
+    dir.write("route.yaml", &route_yaml("r", "/", "missing"));
+    let report = strait::check::check(&[dir.0.clone()]);
+    assert!(report.yaml.contains("kind: HTTPRoute"), "{}", report.yaml);
+    assert!(
+        report
+            .problems
+            .iter()
+            .any(|p| p.starts_with("HTTPRoute t/r") && p.contains("BackendNotFound")),
+        "{:?}",
+        report.problems
+    );
+    assert!(Path::new(&dir.0).exists());
+}

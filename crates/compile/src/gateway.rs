@@ -16,7 +16,8 @@ use crate::tls;
 pub(crate) struct GatewayState<'a> {
     pub gateway: &'a Gateway,
     pub key: ObjectRef,
-    pub accepted: bool,
+    /// Accepted and Programmed: the data plane serves it.
+    pub serve: bool,
     pub conditions: Vec<Condition>,
     /// What `status.addresses` reports and the listeners bind.
     pub addresses: Vec<IpAddr>,
@@ -165,7 +166,7 @@ fn evaluate_one<'a>(ctx: &Context<'a>, gateway: &'a Gateway) -> GatewayState<'a>
     GatewayState {
         gateway,
         key,
-        accepted: accepted && programmed,
+        serve: accepted && programmed,
         conditions,
         addresses,
         listeners,
@@ -176,7 +177,7 @@ impl GatewayState<'_> {
     /// The data-plane config of an accepted, programmed Gateway: one port per distinct listener
     /// port (protocol of its first listener), servable listeners only.
     pub(crate) fn into_config(self) -> Option<GatewayConfig> {
-        if !self.accepted {
+        if !self.serve {
             return None;
         }
         let mut ports: Vec<PortConfig> = Vec::new();

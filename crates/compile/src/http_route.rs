@@ -1,155 +1,20 @@
-//! HTTPRoute translation (rules, matches, filters, backends) and attachment to listeners.
+//! HTTPRoute translation: rules, matches, filters, backends, timeouts and retries.
 
-use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use serde_json::{Value, json};
+use serde_json::Value;
 use strait_config::{
-    BackendTarget, Cluster, ClusterKey, Cors, HeaderMatch, HeaderModifier, HttpFilter, HttpMatch,
-    HttpRoute as RouteConfig, HttpRule, PathMatch, PathModifier, QueryParamMatch, RequestMirror,
-    RequestRedirect, Retry, RouteRef, StringMatch, Timeouts, UrlRewrite, WeightedBackend,
+    BackendTarget, Cors, HeaderMatch, HeaderModifier, HttpFilter, HttpMatch, HttpRule, PathMatch,
+    PathModifier, QueryParamMatch, RequestMirror, RequestRedirect, Retry, StringMatch, Timeouts,
+    UrlRewrite, WeightedBackend,
 };
 use strait_model::types::HttpRoute;
 
-use crate::ObjectStatus;
-use crate::attachment::{self, Attach};
 use crate::backends::{self, BackendRefSpec};
-use crate::conditions::{Condition, render};
 use crate::context::{Context, name, ns};
-use crate::gateway::GatewayState;
-use crate::listeners::GATEWAY_GROUP;
-use crate::tls::RefFailure;
+use crate::routes::Compiled;
 
 const KIND: &str = "HTTPRoute";
-
-/// A route translated once, before attachment.
-struct Compiled {
-    rules: Vec<HttpRule>,
-    /// Set when the route uses something we cannot serve: it is then not Accepted anywhere.
-    unsupported: Option<String>,
-    /// First backend reference that failed to resolve.
-    ref_failure: Option<RefFailure>,
-    clusters: Vec<(ClusterKey, Cluster)>,
-}
-
-/// Attaches every HTTPRoute to the listeners of our Gateways, writing route statuses and
-/// collecting the clusters of accepted routes.
-pub(crate) fn attach_all(
-    ctx: &Context<'_>,
-    gateways: &mut [GatewayState<'_>],
-    clusters: &mut BTreeMap<ClusterKey, Cluster>,
-    statuses: &mut Vec<ObjectStatus>,
-) {
-    let mut routes: Vec<&HttpRoute> = ctx.snapshot.http_routes.iter().collect();
-    routes.sort_by(|a, b| {
-        (ns(&a.metadata), name(&a.metadata)).cmp(&(ns(&b.metadata), name(&b.metadata)))
-    });
-    for route in routes {
-        let route_ns = ns(&route.metadata);
-        let route_name = name(&route.metadata);
-        let generation = route.metadata.generation;
-        let hostnames = route.spec.hostnames.clone().unwrap_or_default();
-        let mut compiled: Option<Compiled> = None;
-        let mut parents = Vec::new();
-        let mut attached_to: BTreeSet<(usize, usize)> = BTreeSet::new();
-        let mut any_accepted = false;
-        for pref in route.spec.parent_refs.iter().flatten() {
-            let group = pref.group.as_deref().unwrap_or(GATEWAY_GROUP);
-            let kind = pref.kind.as_deref().unwrap_or("Gateway");
-            if group != GATEWAY_GROUP || kind != "Gateway" {
-                continue;
-            }
-            let parent_ns = pref.namespace.as_deref().unwrap_or(route_ns);
-            let Some(gi) = gateways
-                .iter()
-                .position(|g| g.key.namespace == parent_ns && g.key.name == pref.name)
-            else {
-                continue;
-            };
-            let c = compiled.get_or_insert_with(|| compile_route(ctx, route));
-            let result = match &c.unsupported {
-                Some(msg) => Attach::Rejected("UnsupportedValue", msg.clone()),
-                None => attachment::attach(
-                    ctx,
-                    &gateways[gi],
-                    KIND,
-                    route_ns,
-                    pref.section_name.as_deref(),
-                    pref.port,
-                    &hostnames,
-                ),
-            };
-            let accepted = match result {
-                Attach::Accepted(listeners) => {
-                    any_accepted = true;
-                    for (li, effective) in listeners {
-                        if !attached_to.insert((gi, li)) {
-                            continue;
-                        }
-                        let listener = &mut gateways[gi].listeners[li];
-                        listener.attached_routes += 1;
-                        listener.http_routes.push(RouteConfig {
-                            route: RouteRef {
-                                kind: KIND.into(),
-                                namespace: route_ns.into(),
-                                name: route_name.into(),
-                            },
-                            creation_timestamp: creation_timestamp(route),
-                            hostnames: effective,
-                            rules: c.rules.clone(),
-                        });
-                    }
-                    Condition::new("Accepted", true, "Accepted", "Route accepted")
-                }
-                Attach::Rejected(reason, msg) => Condition::new("Accepted", false, reason, msg),
-            };
-            let resolved = match &c.ref_failure {
-                Some(f) => Condition::new("ResolvedRefs", false, f.reason, f.message.clone()),
-                None => Condition::new("ResolvedRefs", true, "ResolvedRefs", "References resolved"),
-            };
-            let mut parent_ref = json!({
-                "group": GATEWAY_GROUP,
-                "kind": "Gateway",
-                "namespace": parent_ns,
-                "name": pref.name,
-            });
-            if let Some(map) = parent_ref.as_object_mut() {
-                if let Some(s) = &pref.section_name {
-                    map.insert("sectionName".into(), json!(s));
-                }
-                if let Some(p) = pref.port {
-                    map.insert("port".into(), json!(p));
-                }
-            }
-            parents.push(json!({
-                "parentRef": parent_ref,
-                "controllerName": ctx.input.controller_name,
-                "conditions": render(&[accepted, resolved], generation, ctx.now()),
-            }));
-        }
-        if let (true, Some(c)) = (any_accepted, compiled) {
-            clusters.extend(c.clusters);
-        }
-        if !parents.is_empty() {
-            statuses.push(ObjectStatus {
-                kind: KIND.into(),
-                namespace: route_ns.into(),
-                name: route_name.into(),
-                status: json!({ "parents": parents }),
-            });
-        }
-    }
-}
-
-fn creation_timestamp(route: &HttpRoute) -> String {
-    route
-        .metadata
-        .creation_timestamp
-        .as_ref()
-        .and_then(|t| serde_json::to_value(t).ok())
-        .and_then(|v| v.as_str().map(str::to_owned))
-        .unwrap_or_default()
-}
 
 /// Parses a Gateway API duration (`500ms`, `1h2m`); zero means "no timeout".
 pub(crate) fn parse_duration(s: &str) -> Result<Option<Duration>, String> {
@@ -160,14 +25,10 @@ pub(crate) fn parse_duration(s: &str) -> Result<Option<Duration>, String> {
     Ok((!d.is_zero()).then_some(d))
 }
 
-fn compile_route(ctx: &Context<'_>, route: &HttpRoute) -> Compiled {
+/// Translates an HTTPRoute's rules.
+pub(crate) fn compile_route(ctx: &Context<'_>, route: &HttpRoute) -> Compiled {
     let route_ns = ns(&route.metadata);
-    let mut out = Compiled {
-        rules: Vec::new(),
-        unsupported: None,
-        ref_failure: None,
-        clusters: Vec::new(),
-    };
+    let mut out = Compiled::new(KIND);
     let what = format!("HTTPRoute {route_ns}/{}", name(&route.metadata));
     for (ri, rule) in route.spec.rules.iter().flatten().enumerate() {
         let mut rule_error: Option<String> = None;
@@ -282,13 +143,13 @@ fn compile_route(ctx: &Context<'_>, route: &HttpRoute) -> Compiled {
     out
 }
 
-fn resolve_target(
+pub(crate) fn resolve_target(
     ctx: &Context<'_>,
     route_ns: &str,
     spec: &BackendRefSpec,
     out: &mut Compiled,
 ) -> BackendTarget {
-    match backends::resolve(ctx, KIND, route_ns, spec) {
+    match backends::resolve(ctx, out.kind, route_ns, spec) {
         Ok((key, cluster)) => {
             out.clusters.push((key.clone(), cluster));
             BackendTarget::Cluster(key)
@@ -301,7 +162,7 @@ fn resolve_target(
     }
 }
 
-fn check_regex(what: &str, re: &str) -> Result<(), String> {
+pub(crate) fn check_regex(what: &str, re: &str) -> Result<(), String> {
     regex::Regex::new(re)
         .map(|_| ())
         .map_err(|e| format!("invalid {what} regular expression {re:?}: {e}"))
@@ -417,7 +278,7 @@ fn path_modifier(v: Option<&Value>) -> Option<PathModifier> {
 }
 
 /// Translates one filter (rule or backend level, same JSON shape).
-fn translate_filter(
+pub(crate) fn translate_filter(
     ctx: &Context<'_>,
     route_ns: &str,
     v: &Value,

@@ -4,8 +4,8 @@
 //! tested with YAML fixtures and run identically in the controller and in standalone mode.
 //!
 //! Pipeline: GatewayClasses ([`gateway_class`]) → Gateways and their listeners ([`gateway`],
-//! [`listeners`], [`tls`]) → HTTPRoutes attached to listeners ([`http_route`], [`attachment`],
-//! [`backends`]) → statuses ([`status`]) and config.
+//! [`listeners`], [`tls`]) → HTTPRoutes and GRPCRoutes attached to listeners ([`routes`],
+//! [`attachment`], [`http_route`], [`grpc_route`], [`backends`]) → statuses and config.
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -19,11 +19,13 @@ mod conditions;
 mod context;
 mod gateway;
 mod gateway_class;
+mod grpc_route;
 mod hostnames;
 mod http_route;
 mod listeners;
 mod namespaces;
 mod reference_grants;
+mod routes;
 mod status;
 mod tls;
 
@@ -67,6 +69,7 @@ pub const SUPPORTED_FEATURES: &[&str] = &[
 /// What compile needs beyond the objects themselves.
 #[derive(Clone, Debug)]
 pub struct CompileInput<'a> {
+    /// Every object compile may read; nothing else is consulted.
     pub snapshot: &'a Snapshot,
     /// GatewayClass controllerName to accept (normally [`CONTROLLER_NAME`]).
     pub controller_name: &'a str,
@@ -108,7 +111,7 @@ pub fn compile(input: &CompileInput<'_>) -> CompileOutput {
     let classes = gateway_class::evaluate(&ctx, &mut statuses);
     let mut gateways = gateway::evaluate(&ctx, &classes);
     let mut clusters = BTreeMap::new();
-    http_route::attach_all(&ctx, &mut gateways, &mut clusters, &mut statuses);
+    routes::attach_all(&ctx, &mut gateways, &mut clusters, &mut statuses);
 
     let mut config = ProxyConfig {
         version: 0,

@@ -13,7 +13,7 @@ use crate::tls;
 pub(crate) const GATEWAY_GROUP: &str = "gateway.networking.k8s.io";
 
 /// Route kinds an HTTP/HTTPS listener can carry.
-const HTTP_ROUTE_KINDS: &[&str] = &["HTTPRoute"];
+const HTTP_ROUTE_KINDS: &[&str] = &["HTTPRoute", "GRPCRoute"];
 
 /// One listener after validation, collecting attached routes during route attachment.
 #[derive(Clone, Debug)]

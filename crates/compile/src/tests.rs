@@ -840,3 +840,195 @@ fn durations() {
     }
     assert!(crate::http_route::parse_duration("soon").is_err());
 }
+
+#[test]
+fn gateway_class_invalid_parameters() {
+    let out = run(&load(
+        "apiVersion: gateway.networking.k8s.io/v1\nkind: GatewayClass\nmetadata: {name: bad}\nspec:\n  controllerName: strait.dev/gateway-controller\n  parametersRef: {group: example.com, kind: Params, name: p}\n---\napiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {name: extra, namespace: infra}\nspec:\n  gatewayClassName: bad\n  listeners: [{name: a, port: 80, protocol: HTTP}]\n",
+    ));
+    let st = status(&out, "GatewayClass", "", "bad").expect("status");
+    assert_eq!(
+        cond(&st["conditions"], "Accepted"),
+        pair("False", "InvalidParameters")
+    );
+    // Gateways of a class we did not accept are left alone.
+    assert!(status(&out, "Gateway", "infra", "extra").is_none());
+}
+
+#[test]
+fn frontend_client_validation() {
+    let (crt, key) = self_signed();
+    let gateway = "apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {name: tls, namespace: infra}\nspec:\n  gatewayClassName: strait\n  tls:\n    frontend:\n      default:\n        validation:\n          mode: AllowInsecureFallback\n          caCertificateRefs: [{group: '', kind: ConfigMap, name: ca}]\n      perPort:\n      - {port: 8443, tls: {validation: {caCertificateRefs: [{group: '', kind: ConfigMap, name: missing}]}}}\n      - {port: 9443, tls: {validation: {caCertificateRefs: [{group: '', kind: Service, name: svc}]}}}\n  listeners:\n  - {name: ok, port: 443, protocol: HTTPS, tls: {certificateRefs: [{name: good}]}}\n  - {name: missing, port: 8443, protocol: HTTPS, tls: {certificateRefs: [{name: good}]}}\n  - {name: kind, port: 9443, protocol: HTTPS, tls: {certificateRefs: [{name: good}]}}\n  - {name: plain, port: 80, protocol: HTTP}\n";
+    let mut snapshot = load(gateway);
+    snapshot
+        .secrets
+        .push(tls_secret("infra", "good", &crt, &key));
+    let mut cm = k8s_openapi::api::core::v1::ConfigMap::default();
+    cm.metadata.namespace = Some("infra".into());
+    cm.metadata.name = Some("ca".into());
+    cm.data = Some(BTreeMap::from([("ca.crt".to_string(), crt.clone())]));
+    snapshot.config_maps.push(cm);
+    let out = run(&snapshot);
+    let gw = status(&out, "Gateway", "infra", "tls").expect("status");
+    assert_eq!(
+        cond(&gw["conditions"], "InsecureFrontendValidationMode"),
+        pair("True", "ConfigurationChanged")
+    );
+    let table = [
+        ("ok", "Accepted", "True", "Accepted"),
+        ("ok", "ResolvedRefs", "True", "ResolvedRefs"),
+        ("missing", "Accepted", "False", "NoValidCACertificate"),
+        (
+            "missing",
+            "ResolvedRefs",
+            "False",
+            "InvalidCACertificateRef",
+        ),
+        ("missing", "Programmed", "False", "Invalid"),
+        ("kind", "Accepted", "False", "NoValidCACertificate"),
+        ("kind", "ResolvedRefs", "False", "InvalidCACertificateKind"),
+        ("plain", "Accepted", "True", "Accepted"),
+    ];
+    for (l, ty, st, reason) in table {
+        assert_eq!(
+            cond(&listener(gw, l)["conditions"], ty),
+            pair(st, reason),
+            "listener {l} {ty}"
+        );
+    }
+    let cfg = out
+        .config
+        .gateways
+        .iter()
+        .find(|g| g.gateway.name == "tls")
+        .expect("config");
+    let ports: Vec<u16> = cfg.ports.iter().map(|p| p.port).collect();
+    assert_eq!(
+        ports,
+        vec![80, 443],
+        "listeners without a valid CA are not served"
+    );
+    let https = cfg.ports.iter().find(|p| p.port == 443).expect("443");
+    assert_eq!(https.protocol, ListenerProtocol::Https);
+    let tls = https.listeners[0].tls.as_ref().expect("tls");
+    assert_eq!(tls.certificates.len(), 1);
+    let cv = tls.client_validation.as_ref().expect("client validation");
+    assert!(cv.allow_insecure_fallback);
+    assert_eq!(cv.ca_certificates_pem, vec![crt]);
+}
+
+#[test]
+fn backend_client_certificate_condition() {
+    let (crt, key) = self_signed();
+    let cases = [
+        (
+            "{group: '', kind: Secret, name: good}",
+            "True",
+            "ResolvedRefs",
+        ),
+        (
+            "{group: '', kind: Secret, name: nope}",
+            "False",
+            "InvalidClientCertificateRef",
+        ),
+        (
+            "{group: '', kind: Thing, name: good}",
+            "False",
+            "InvalidClientCertificateRef",
+        ),
+        ("{name: good, namespace: apps}", "False", "RefNotPermitted"),
+    ];
+    for (r, st, reason) in cases {
+        let mut snapshot = load(&format!(
+            "apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {{name: extra, namespace: infra}}\nspec:\n  gatewayClassName: strait\n  tls: {{backend: {{clientCertificateRef: {r}}}}}\n  listeners: [{{name: a, port: 80, protocol: HTTP}}]\n"
+        ));
+        snapshot
+            .secrets
+            .push(tls_secret("infra", "good", &crt, &key));
+        snapshot
+            .secrets
+            .push(tls_secret("apps", "good", &crt, &key));
+        let out = run(&snapshot);
+        let gw = status(&out, "Gateway", "infra", "extra").expect("status");
+        assert_eq!(
+            cond(&gw["conditions"], "ResolvedRefs"),
+            pair(st, reason),
+            "{r}"
+        );
+    }
+}
+
+#[test]
+fn grpc_route_translation() {
+    let out = run(&load(
+        r#"apiVersion: gateway.networking.k8s.io/v1
+kind: GRPCRoute
+metadata: {name: g, namespace: infra}
+spec:
+  parentRefs: [{name: gw, sectionName: http}]
+  rules:
+  - matches:
+    - method: {service: pkg.Svc, method: Echo}
+    - method: {service: pkg.Svc}
+    - method: {method: Echo}
+    - method: {type: RegularExpression, service: "pkg\\..*", method: "E.*"}
+      headers: [{name: x-v, value: "1"}]
+    backendRefs: [{name: svc, port: 8080}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: GRPCRoute
+metadata: {name: bad, namespace: infra}
+spec:
+  parentRefs: [{name: gw, sectionName: http}]
+  rules:
+  - matches: [{method: {type: RegularExpression, service: "(["}}]
+"#,
+    ));
+    let st = status(&out, "GRPCRoute", "infra", "g").expect("status");
+    assert_eq!(
+        cond(&route_parent(st, "gw")["conditions"], "Accepted"),
+        pair("True", "Accepted")
+    );
+    let bad = status(&out, "GRPCRoute", "infra", "bad").expect("status");
+    assert_eq!(
+        cond(&route_parent(bad, "gw")["conditions"], "Accepted"),
+        pair("False", "UnsupportedValue")
+    );
+    let gw = status(&out, "Gateway", "infra", "gw").expect("gw");
+    assert_eq!(listener(gw, "http")["attachedRoutes"], 1);
+    assert!(
+        listener(gw, "http")["supportedKinds"]
+            .as_array()
+            .is_some_and(|k| k.iter().any(|k| k["kind"] == "GRPCRoute"))
+    );
+    let cfg = out
+        .config
+        .gateways
+        .iter()
+        .find(|g| g.gateway.name == "gw")
+        .expect("gw");
+    let route = &cfg.ports[0].listeners[0].http_routes[0];
+    assert_eq!(route.route.kind, "GRPCRoute");
+    let paths: Vec<&PathMatch> = route.rules[0].matches.iter().map(|m| &m.path).collect();
+    assert_eq!(
+        paths,
+        vec![
+            &PathMatch::Exact("/pkg.Svc/Echo".into()),
+            &PathMatch::Prefix("/pkg.Svc".into()),
+            &PathMatch::RegularExpression("/[^/]+/Echo".into()),
+            &PathMatch::RegularExpression("/(?:pkg\\..*)/(?:E.*)".into()),
+        ]
+    );
+    assert_eq!(route.rules[0].matches[3].headers.len(), 1);
+    // gRPC backends always speak HTTP/2.
+    let cluster = out
+        .config
+        .clusters
+        .get(&ClusterKey {
+            namespace: "infra".into(),
+            name: "svc".into(),
+            port: 8080,
+        })
+        .expect("cluster");
+    assert_eq!(cluster.protocol, AppProtocol::H2c);
+}

@@ -375,7 +375,7 @@ fn gateway_http_static_status_expectations() {
             Ok(v) => v,
             Err(e) => panic!("{}: {e}", dir.display()),
         };
-        if cases["profile"] != "GATEWAY-HTTP" {
+        if cases["profile"] != "GATEWAY-HTTP" && cases["profile"] != "GATEWAY-GRPC" {
             continue;
         }
         let name = s(&cases["test"]).to_string();

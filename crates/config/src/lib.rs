@@ -103,7 +103,9 @@ pub struct CertificatePem {
 impl std::fmt::Debug for CertificatePem {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // Never print private keys in logs or config dumps.
-        f.debug_struct("CertificatePem").field("source", &self.source).finish_non_exhaustive()
+        f.debug_struct("CertificatePem")
+            .field("source", &self.source)
+            .finish_non_exhaustive()
     }
 }
 
@@ -338,6 +340,8 @@ mod cluster_map {
     pub(super) fn deserialize<'de, D: Deserializer<'de>>(
         deserializer: D,
     ) -> Result<BTreeMap<ClusterKey, Cluster>, D::Error> {
-        Ok(Vec::<(ClusterKey, Cluster)>::deserialize(deserializer)?.into_iter().collect())
+        Ok(Vec::<(ClusterKey, Cluster)>::deserialize(deserializer)?
+            .into_iter()
+            .collect())
     }
 }

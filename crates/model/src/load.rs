@@ -22,12 +22,11 @@ pub enum LoadError {
         source_loc: Source,
         field: &'static str,
     },
-    #[error("{source_loc}: {object}: unknown kind {api_version}/{kind_name}")]
+    #[error("{source_loc}: {object}: unknown kind {api_version}/{}", .object.kind)]
     UnknownKind {
         source_loc: Source,
         object: ObjectKey,
         api_version: String,
-        kind_name: String,
     },
     #[error("{source_loc}: {object}: invalid object: {message}")]
     Invalid {
@@ -196,6 +195,8 @@ fn split_documents(text: &str) -> Vec<(usize, &str)> {
     docs
 }
 
+// Errors are collected per document into the report, not propagated: size is irrelevant.
+#[allow(clippy::result_large_err)]
 fn load_document(doc: &str, source: &Source, report: &mut LoadReport) -> Result<(), LoadError> {
     let value: Value = serde_saphyr::from_str(doc).map_err(|error| {
         let line = error
@@ -237,6 +238,8 @@ fn first_line(message: &str) -> String {
     message.lines().next().unwrap_or(message).to_string()
 }
 
+// Errors are collected per document into the report, not propagated: size is irrelevant.
+#[allow(clippy::result_large_err)]
 fn add_object(mut value: Value, source: &Source, report: &mut LoadReport) -> Result<(), LoadError> {
     let missing = |field| LoadError::MissingField {
         source_loc: source.clone(),
@@ -315,7 +318,6 @@ fn add_object(mut value: Value, source: &Source, report: &mut LoadReport) -> Res
                 source_loc: source.clone(),
                 object: key,
                 api_version,
-                kind_name: kind,
             });
         }
     };

@@ -1,5 +1,6 @@
 //! Per-request pipeline: route, filters, backend choice, forwarding with timeouts and retries.
 
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -7,7 +8,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::uri::PathAndQuery;
 use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, Version, header};
-use http_body_util::{BodyExt, Either, Full};
+use http_body_util::BodyExt;
 use hyper::body::{Body as _, Incoming};
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
@@ -202,7 +203,7 @@ pub(crate) async fn handle(
             // No body (GET...): replayable for free.
             ReqBody::Buffered(Bytes::new())
         } else {
-            ReqBody::Streaming(Some(body))
+            ReqBody::Streaming(Some(Body::Stream(body)))
         };
         if has_mirror {
             for filter in filters() {
@@ -245,7 +246,7 @@ pub(crate) async fn handle(
             filters::modify_headers(modifier, &mut parts.headers);
         }
     }
-    Response::from_parts(parts, Either::Right(body))
+    Response::from_parts(parts, Body::Stream(body))
 }
 
 async fn with_timeout<F>(limit: Option<Duration>, fut: F) -> Result<Response<Incoming>, StatusCode>
@@ -327,7 +328,8 @@ fn request_filters<'t>(
 /// A request body, buffered when it is small enough to be replayed.
 enum ReqBody {
     Buffered(Bytes),
-    Streaming(Option<Incoming>),
+    /// Sent once (`None` afterwards).
+    Streaming(Option<Body>),
 }
 
 impl ReqBody {
@@ -337,29 +339,51 @@ impl ReqBody {
 
     fn take(&mut self) -> Body {
         match self {
-            ReqBody::Buffered(bytes) => Either::Left(Full::new(bytes.clone())),
-            ReqBody::Streaming(body) => match body.take() {
-                Some(body) => Either::Right(body),
-                None => upstream::empty(),
-            },
+            ReqBody::Buffered(bytes) => Body::full(bytes.clone()),
+            ReqBody::Streaming(body) => body.take().unwrap_or_else(upstream::empty),
         }
     }
 }
 
-async fn buffer_small(body: Incoming) -> Result<ReqBody, Response<Body>> {
+/// Reads the body into memory when it fits in [`REPLAY_LIMIT`]; otherwise keeps what was read
+/// in front of the rest of the stream. Request trailers are not kept in a buffered body.
+async fn buffer_small(mut body: Incoming) -> Result<ReqBody, Response<Body>> {
     if body.is_end_stream() {
         return Ok(ReqBody::Buffered(Bytes::new()));
     }
-    match body.size_hint().upper() {
-        Some(upper) if upper <= REPLAY_LIMIT => match body.collect().await {
-            Ok(collected) => Ok(ReqBody::Buffered(collected.to_bytes())),
+    if body.size_hint().lower() > REPLAY_LIMIT {
+        return Ok(ReqBody::Streaming(Some(Body::Stream(body))));
+    }
+    let mut chunks = VecDeque::new();
+    let mut total = 0u64;
+    while let Some(frame) = body.frame().await {
+        let frame = match frame {
+            Ok(frame) => frame,
             Err(e) => {
                 tracing::debug!(error = %e, "client body failed: 400");
-                Err(status(StatusCode::BAD_REQUEST))
+                return Err(status(StatusCode::BAD_REQUEST));
             }
-        },
-        _ => Ok(ReqBody::Streaming(Some(body))),
+        };
+        if let Ok(data) = frame.into_data() {
+            total += data.len() as u64;
+            chunks.push_back(data);
+            if total > REPLAY_LIMIT {
+                return Ok(ReqBody::Streaming(Some(Body::Prefixed(chunks, body))));
+            }
+        }
     }
+    let bytes = match chunks.len() {
+        0 => Bytes::new(),
+        1 => chunks.pop_front().unwrap_or_default(),
+        _ => {
+            let mut all = bytes::BytesMut::with_capacity(total as usize);
+            for chunk in chunks {
+                all.extend_from_slice(&chunk);
+            }
+            all.freeze()
+        }
+    };
+    Ok(ReqBody::Buffered(bytes))
 }
 
 /// Sends the request with retries; each attempt may pick another endpoint.
@@ -508,7 +532,7 @@ fn spawn_mirror(
     };
     let mut copy = outgoing.clone();
     let body = match body {
-        ReqBody::Buffered(bytes) => Either::Left(Full::new(bytes.clone())),
+        ReqBody::Buffered(bytes) => Body::full(bytes.clone()),
         ReqBody::Streaming(_) => {
             copy.headers.remove(header::CONTENT_LENGTH);
             upstream::empty()

@@ -6,6 +6,7 @@
 //! configs, clusters) is built first, then swapped atomically (`ArcSwap`), so in-flight requests
 //! finish on the config they started with and open connections survive.
 
+mod body;
 mod handler;
 mod headers;
 mod server;

@@ -1423,3 +1423,65 @@ async fn shutdown_drains_in_flight_requests_and_closes_idle_connections() {
     );
     assert!(TcpStream::connect(("127.0.0.1", port)).await.is_err());
 }
+
+/// A POST whose body has no declared length (chunked), split in `chunks` pieces.
+async fn post_chunked(port: u16, path: &str, chunks: Vec<Bytes>) -> Reply {
+    let stream = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let frames: Vec<Result<_, std::convert::Infallible>> = chunks
+        .into_iter()
+        .map(|c| Ok(hyper::body::Frame::data(c)))
+        .collect();
+    let body = http_body_util::StreamBody::new(futures_util::stream::iter(frames));
+    let req = Request::post(path).header("host", "h").body(body).unwrap();
+    collect(sender.send_request(req).await.unwrap()).await
+}
+
+#[tokio::test]
+async fn chunked_bodies_are_replayed_when_small_and_streamed_when_large() {
+    let b = backend("b").await;
+    let port = free_port();
+    let mut r = rule("/", vec![to("b")]);
+    r.retry = Some(strait_config::Retry {
+        codes: vec![500],
+        attempts: 2,
+        backoff: None,
+    });
+    let cfg = config(
+        vec![http_port(port, vec![r])],
+        &[("b", AppProtocol::Http1, vec![b.addr])],
+    );
+    let _proxy = start(cfg).await;
+    let small = vec![Bytes::from_static(b"hello "), Bytes::from_static(b"world")];
+    let reply = post_chunked(port, "/flaky/1", small).await;
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.body, "hello world");
+    let seen = b.seen();
+    assert_eq!(seen.len(), 2, "retried once");
+    assert!(
+        seen.iter().all(|s| s.body == "hello world"),
+        "both attempts carry the body"
+    );
+
+    // Larger than the replay limit: streamed intact (prefix + rest), no retry possible.
+    let big: Vec<Bytes> = (0..40u8).map(|i| Bytes::from(vec![i; 4096])).collect();
+    let expected: Vec<u8> = big.iter().flat_map(|c| c.iter().copied()).collect();
+    let reply = post_chunked(port, "/big", big).await;
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.body.len(), expected.len());
+    assert_eq!(reply.body.as_ref(), expected.as_slice());
+}
+
+#[test]
+fn proxy_can_be_shared_across_tasks() {
+    fn send_sync<T: Send + Sync>(_: &T) {}
+    fn send<T: Send>(_: T) {}
+    let proxy = Proxy::new(ProxyOptions::default());
+    send_sync(&proxy);
+    // The futures are Send, so callers can drive them from spawned tasks.
+    send(proxy.apply(Arc::new(ProxyConfig::default())));
+    send(proxy.shutdown(Duration::ZERO));
+}

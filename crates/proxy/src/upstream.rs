@@ -12,10 +12,8 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
-use bytes::Bytes;
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{HeaderMap, HeaderValue, Method, Request, Response, Uri, Version, header};
-use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
 use hyper_util::client::legacy::Client;
@@ -25,8 +23,7 @@ use rand::Rng;
 use strait_config::{AppProtocol, ClusterKey, ProxyConfig};
 use tokio::net::TcpStream;
 
-/// Body type used both ways: a buffered/local body or a streamed one.
-pub(crate) type Body = Either<Full<Bytes>, Incoming>;
+pub(crate) use crate::body::Body;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -34,7 +31,7 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// An empty body.
 pub(crate) fn empty() -> Body {
-    Either::Left(Full::new(Bytes::new()))
+    Body::empty()
 }
 
 /// One backend address, shared by every cluster and config version that lists it.

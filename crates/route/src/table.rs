@@ -4,7 +4,7 @@
 use std::borrow::Cow;
 use std::cmp::Reverse;
 
-use strait_config::{HttpRoute, ListenerConfig, PathMatch, PortConfig, RouteRef};
+use strait_config::{HttpMatch, HttpRoute, ListenerConfig, PathMatch, PortConfig, RouteRef};
 
 use crate::host::{HostIndex, HostKey};
 use crate::matcher::{Conditions, full_regex};
@@ -146,7 +146,20 @@ impl Listener {
         for (rule_no, rule) in route.rules.iter().enumerate() {
             let rule_idx = self.rules.len();
             self.rules.push(Rule::from(rule));
-            for (match_no, m) in rule.matches.iter().enumerate() {
+            // Compile always fills in the default match; be lenient with other producers.
+            let default_match;
+            let matches = if rule.matches.is_empty() {
+                default_match = [HttpMatch {
+                    path: PathMatch::Prefix("/".into()),
+                    headers: Vec::new(),
+                    query_params: Vec::new(),
+                    method: None,
+                }];
+                &default_match[..]
+            } else {
+                &rule.matches[..]
+            };
+            for (match_no, m) in matches.iter().enumerate() {
                 let conditions = Conditions::compile(m, &label)?;
                 let path_len = match &m.path {
                     PathMatch::Exact(p)

@@ -977,3 +977,11 @@ fn pick_backend_by_weight() {
     let invalid = crate::Rule::from(&invalid);
     assert!(invalid.pick_backend(0).is_some_and(|b| b.cluster.is_none()));
 }
+
+#[test]
+fn rule_without_matches_defaults_to_prefix_root() {
+    let mut r = rule(&[], V1);
+    r.matches.clear();
+    let t = table(vec![listener("http", None, vec![route("r", &[], vec![r])])]);
+    check(&t, &[(path("/anything/at/all"), V1)]);
+}

@@ -107,7 +107,9 @@ mod tests {
     use std::path::Path;
 
     fn gateways(yaml: &str) -> Vec<Gateway> {
-        strait_model::load_str(yaml, Path::new("g.yaml")).snapshot.gateways
+        strait_model::load_str(yaml, Path::new("g.yaml"))
+            .snapshot
+            .gateways
     }
 
     const TWO: &str = "

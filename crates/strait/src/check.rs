@@ -26,8 +26,7 @@ pub fn check(paths: &[PathBuf]) -> CheckReport {
     let mut problems: Vec<String> = report.errors.iter().map(ToString::to_string).collect();
     let mut snapshot = report.snapshot;
     ObjectStore::default().stamp(&mut snapshot, Timestamp::now());
-    let addresses =
-        AddressAllocator::new(AddressMode::PerGateway).assign(&snapshot.gateways);
+    let addresses = AddressAllocator::new(AddressMode::PerGateway).assign(&snapshot.gateways);
     let now = Timestamp::now().to_string();
     let output = compile(&CompileInput {
         snapshot: &snapshot,
@@ -81,7 +80,9 @@ fn collect_problems(object: &str, place: &str, value: &Value, problems: &mut Vec
             {
                 let reason = map.get("reason").and_then(Value::as_str).unwrap_or("");
                 let message = map.get("message").and_then(Value::as_str).unwrap_or("");
-                problems.push(format!("{object}{place}: {kind}={status} {reason}: {message}"));
+                problems.push(format!(
+                    "{object}{place}: {kind}={status} {reason}: {message}"
+                ));
                 return;
             }
             let place = match (map.get("name"), map.get("parentRef")) {

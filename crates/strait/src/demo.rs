@@ -8,7 +8,10 @@ use std::path::{Path, PathBuf};
 use anyhow::Context as _;
 
 const EXAMPLES: &[(&str, &str)] = &[
-    ("gateway.yaml", include_str!("../../../examples/gateway.yaml")),
+    (
+        "gateway.yaml",
+        include_str!("../../../examples/gateway.yaml"),
+    ),
     ("store.yaml", include_str!("../../../examples/store.yaml")),
     ("routes.yaml", include_str!("../../../examples/routes.yaml")),
 ];

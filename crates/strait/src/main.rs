@@ -10,7 +10,11 @@ use strait::AddressMode;
 use strait::standalone::{Standalone, StandaloneOptions};
 
 #[derive(Parser)]
-#[command(name = "strait", version, about = "Gateway API gateway and service mesh")]
+#[command(
+    name = "strait",
+    version,
+    about = "Gateway API gateway and service mesh"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -46,8 +50,7 @@ enum Command {
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .with_writer(std::io::stderr)
         .init();
@@ -109,7 +112,11 @@ async fn run_standalone(
         None => {
             let dir = strait::demo::write_embedded_examples()?;
             eprintln!("demo: serving the built-in examples from {}", dir.display());
-            (dir, Some(address.unwrap_or(IpAddr::from([127, 0, 0, 1]))), true)
+            (
+                dir,
+                Some(address.unwrap_or(IpAddr::from([127, 0, 0, 1]))),
+                true,
+            )
         }
     };
     let _backends = if echo_backends {
@@ -141,7 +148,9 @@ async fn run_standalone(
             }
         }
     }
-    tokio::signal::ctrl_c().await.context("waiting for Ctrl-C")?;
+    tokio::signal::ctrl_c()
+        .await
+        .context("waiting for Ctrl-C")?;
     eprintln!("shutting down");
     standalone.shutdown().await;
     Ok(())

@@ -107,7 +107,13 @@ impl Standalone {
 
     /// Current status of every object Strait writes status for.
     pub fn statuses(&self) -> Vec<ObjectStatus> {
-        self.inner.published.load().statuses.values().cloned().collect()
+        self.inner
+            .published
+            .load()
+            .statuses
+            .values()
+            .cloned()
+            .collect()
     }
 
     /// The stored object as the API server would return it, with its current status.
@@ -115,8 +121,7 @@ impl Standalone {
         let published = self.inner.published.load();
         let mut object = find_object(&published.snapshot, kind, namespace, name)?;
         let key = (kind.to_string(), namespace.to_string(), name.to_string());
-        if let (Some(status), Some(map)) = (published.statuses.get(&key), object.as_object_mut())
-        {
+        if let (Some(status), Some(map)) = (published.statuses.get(&key), object.as_object_mut()) {
             map.insert("status".into(), status.status.clone());
         }
         Some(object)

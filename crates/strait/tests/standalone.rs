@@ -173,7 +173,10 @@ async fn reload_swaps_routes_on_open_connections_and_survives_bad_documents() {
     );
 
     // A malformed document elsewhere is reported and the rest keeps serving.
-    dir.write("broken.yaml", "apiVersion: v1\nkind: Service\nmetadata: [oops\n");
+    dir.write(
+        "broken.yaml",
+        "apiVersion: v1\nkind: Service\nmetadata: [oops\n",
+    );
     standalone.reload().await.unwrap();
     let errors = standalone.load_errors();
     assert_eq!(errors.len(), 1, "{errors:?}");
@@ -252,7 +255,7 @@ fn check_reports_problems_with_object_names() {
     let dir = TempDir::new("check");
     dir.write("gateway.yaml", &gateway_yaml(80));
     dir.write("route.yaml", &route_yaml("r", "/", "missing"));
-    let report = strait::check::check(&[dir.0.clone()]);
+    let report = strait::check::check(std::slice::from_ref(&dir.0));
     assert!(report.yaml.contains("kind: HTTPRoute"), "{}", report.yaml);
     assert!(
         report

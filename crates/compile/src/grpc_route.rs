@@ -1,0 +1,149 @@
+//! GRPCRoute translation onto the HTTP route model: a gRPC call is an HTTP/2 request to
+//! `/<service>/<method>`, so method matches become path matches.
+
+use serde_json::Value;
+use strait_config::{
+    BackendTarget, HeaderMatch, HttpMatch, HttpRule, PathMatch, StringMatch, Timeouts,
+    WeightedBackend,
+};
+use strait_model::types::GrpcRoute;
+
+use crate::backends::BackendRefSpec;
+use crate::context::{Context, name, ns};
+use crate::http_route::{check_regex, resolve_target, translate_filter};
+use crate::routes::Compiled;
+
+const KIND: &str = "GRPCRoute";
+
+fn method_path(
+    m: &gateway_api::experimental::grpcroutes::GrpcRouteRulesMatchesMethod,
+) -> Result<PathMatch, String> {
+    use gateway_api::experimental::grpcroutes::GrpcRouteRulesMatchesMethodType as T;
+    let service = m.service.as_deref().filter(|s| !s.is_empty());
+    let method = m.method.as_deref().filter(|s| !s.is_empty());
+    match m.r#type {
+        None | Some(T::Exact) => Ok(match (service, method) {
+            (Some(s), Some(m)) => PathMatch::Exact(format!("/{s}/{m}")),
+            (Some(s), None) => PathMatch::Prefix(format!("/{s}")),
+            (None, Some(m)) => PathMatch::RegularExpression(format!("/[^/]+/{}", regex::escape(m))),
+            (None, None) => PathMatch::Prefix("/".into()),
+        }),
+        Some(T::RegularExpression) => {
+            let s = service.unwrap_or("[^/]+");
+            let m = method.unwrap_or("[^/]+");
+            check_regex("gRPC service", s)?;
+            check_regex("gRPC method", m)?;
+            Ok(PathMatch::RegularExpression(format!("/(?:{s})/(?:{m})")))
+        }
+    }
+}
+
+/// Translates a GRPCRoute's rules.
+pub(crate) fn compile_route(ctx: &Context<'_>, route: &GrpcRoute) -> Compiled {
+    use gateway_api::experimental::grpcroutes::GrpcRouteRulesMatchesHeadersType as H;
+    let route_ns = ns(&route.metadata);
+    let what = format!("GRPCRoute {route_ns}/{}", name(&route.metadata));
+    let mut out = Compiled::new(KIND);
+    for (ri, rule) in route.spec.rules.iter().flatten().enumerate() {
+        let mut rule_error: Option<String> = None;
+        let mut matches = Vec::new();
+        for m in rule.matches.iter().flatten() {
+            let translated = (|| -> Result<HttpMatch, String> {
+                let path = match &m.method {
+                    Some(method) => method_path(method)?,
+                    None => PathMatch::Prefix("/".into()),
+                };
+                let mut headers = Vec::new();
+                for h in m.headers.iter().flatten() {
+                    let value = match h.r#type {
+                        None | Some(H::Exact) => StringMatch::Exact(h.value.clone()),
+                        Some(H::RegularExpression) => {
+                            check_regex("header", &h.value)?;
+                            StringMatch::RegularExpression(h.value.clone())
+                        }
+                    };
+                    headers.push(HeaderMatch {
+                        name: h.name.clone(),
+                        value,
+                    });
+                }
+                Ok(HttpMatch {
+                    path,
+                    headers,
+                    query_params: Vec::new(),
+                    method: None,
+                })
+            })();
+            match translated {
+                Ok(m) => matches.push(m),
+                Err(e) => {
+                    out.unsupported
+                        .get_or_insert_with(|| format!("{what}: rule {ri}: {e}"));
+                }
+            }
+        }
+        if matches.is_empty() {
+            matches.push(HttpMatch {
+                path: PathMatch::Prefix("/".into()),
+                headers: Vec::new(),
+                query_params: Vec::new(),
+                method: None,
+            });
+        }
+        let mut filters = Vec::new();
+        for f in rule.filters.iter().flatten() {
+            let v = serde_json::to_value(f).unwrap_or(Value::Null);
+            match translate_filter(ctx, route_ns, &v, &mut out) {
+                Ok(f) => filters.push(f),
+                Err(e) => {
+                    rule_error.get_or_insert(e);
+                }
+            }
+        }
+        let mut backends = Vec::new();
+        for b in rule.backend_refs.iter().flatten() {
+            let spec = BackendRefSpec {
+                group: b.group.clone(),
+                kind: b.kind.clone(),
+                name: b.name.clone(),
+                namespace: b.namespace.clone(),
+                port: b.port,
+            };
+            let target = resolve_target(ctx, route_ns, &spec, &mut out);
+            let mut bfilters = Vec::new();
+            for f in b.filters.iter().flatten() {
+                let v = serde_json::to_value(f).unwrap_or(Value::Null);
+                match translate_filter(ctx, route_ns, &v, &mut out) {
+                    Ok(f) => bfilters.push(f),
+                    Err(e) => {
+                        rule_error.get_or_insert(e);
+                    }
+                }
+            }
+            backends.push(WeightedBackend {
+                weight: u32::try_from(b.weight.unwrap_or(1)).unwrap_or(0),
+                target,
+                filters: bfilters,
+            });
+        }
+        if let Some(e) = rule_error {
+            backends = vec![WeightedBackend {
+                weight: 1,
+                target: BackendTarget::Invalid {
+                    reason: format!("{what}: rule {ri}: {e}"),
+                },
+                filters: Vec::new(),
+            }];
+            filters.clear();
+        }
+        out.rules.push(HttpRule {
+            name: rule.name.clone(),
+            matches,
+            filters,
+            backends,
+            timeouts: Timeouts::default(),
+            retry: None,
+        });
+    }
+    out
+}

@@ -51,6 +51,9 @@ pub const SUPPORTED_FEATURES: &[&str] = &[
     "HTTPRouteRetry",
     "HTTPRouteRetryBackendTimeout",
     "HTTPRouteRetryConnectionError",
+    "GatewayFrontendClientCertificateValidation",
+    "GatewayFrontendClientCertificateValidationInsecureFallback",
+    "GatewayAddressEmpty",
 ];
 
 const CONSECUTIVE: usize = 3;
@@ -178,10 +181,17 @@ impl Run {
         let target = Target::start(&state.work).await?;
         let result = self.drive(spec, &mut state, &target).await;
         target.shutdown().await;
-        if result.is_ok() {
-            let _ = std::fs::remove_dir_all(&state.work);
+        match result {
+            Ok(()) => {
+                let _ = std::fs::remove_dir_all(&state.work);
+                Ok(())
+            }
+            // Keep the manifests for debugging.
+            Err(e) => Err(anyhow::anyhow!(
+                "{e:#} (manifests kept in {})",
+                state.work.display()
+            )),
         }
-        result
     }
 
     async fn drive(
@@ -318,6 +328,9 @@ impl Run {
             Some("distribution") => self.distribution(&ctx).await,
             Some("repeated") => repeated(&ctx).await,
             _ if expect.connection_fails => match ctx.send(None).await {
+                Err(e) if client::is_client_side_rejection(&e) => {
+                    Err(format!("the harness refused the server certificate: {e}"))
+                }
                 Err(_) => Ok(()),
                 Ok((_, r)) => Err(format!("expected the connection to fail, got {}", r.status)),
             },
@@ -325,6 +338,7 @@ impl Run {
                 let tls = ctx.tls()?.ok_or("connection_rejected needs TLS")?;
                 eventually(|| async {
                     match client::handshake(ip, port, &tls).await {
+                        Err(e) if client::is_client_side_rejection(&e) => Err(e),
                         Err(_) => Ok(()),
                         Ok(_) => Err("TLS handshake succeeded".into()),
                     }

@@ -13,10 +13,12 @@ pub use snapshot::{ObjectKey, Snapshot, Source};
 
 /// Re-exports so dependants name one set of types.
 pub mod types {
+    pub use gateway_api::backendtlspolicies::BackendTlsPolicy;
     pub use gateway_api::experimental::gatewayclasses::GatewayClass;
     pub use gateway_api::experimental::gateways::Gateway;
     pub use gateway_api::experimental::grpcroutes::GrpcRoute;
     pub use gateway_api::experimental::httproutes::HttpRoute;
+    pub use gateway_api::experimental::listenersets::ListenerSet;
     pub use gateway_api::experimental::referencegrants::ReferenceGrant;
     pub use gateway_api::experimental::tcproutes::TcpRoute;
     pub use gateway_api::experimental::tlsroutes::TlsRoute;

@@ -69,10 +69,8 @@ const IGNORED_KINDS: &[&str] = &[
     "HorizontalPodAutoscaler",
     "PodDisruptionBudget",
     "NetworkPolicy",
-    "BackendTLSPolicy",
     "BackendTrafficPolicy",
     "XBackendTrafficPolicy",
-    "ListenerSet",
     "XListenerSet",
     "UDPRoute",
     "XMesh",
@@ -302,6 +300,10 @@ fn add_object(mut value: Value, source: &Source, report: &mut LoadReport) -> Res
         ("gateway.networking.k8s.io", "TLSRoute") => push(&mut snapshot.tls_routes, value),
         ("gateway.networking.k8s.io", "ReferenceGrant") => {
             push(&mut snapshot.reference_grants, value)
+        }
+        ("gateway.networking.k8s.io", "ListenerSet") => push(&mut snapshot.listener_sets, value),
+        ("gateway.networking.k8s.io", "BackendTLSPolicy") => {
+            push(&mut snapshot.backend_tls_policies, value)
         }
         ("", "Service") => push(&mut snapshot.services, value),
         ("discovery.k8s.io", "EndpointSlice") => push(&mut snapshot.endpoint_slices, value),

@@ -48,6 +48,8 @@ pub struct Snapshot {
     pub tcp_routes: Vec<TcpRoute>,
     pub tls_routes: Vec<TlsRoute>,
     pub reference_grants: Vec<ReferenceGrant>,
+    pub listener_sets: Vec<ListenerSet>,
+    pub backend_tls_policies: Vec<BackendTlsPolicy>,
     pub services: Vec<Service>,
     pub endpoint_slices: Vec<EndpointSlice>,
     pub namespaces: Vec<Namespace>,

@@ -261,6 +261,8 @@ fn find_object(snapshot: &Snapshot, kind: &str, namespace: &str, name: &str) -> 
         "TCPRoute" => find(&snapshot.tcp_routes, namespace, name),
         "TLSRoute" => find(&snapshot.tls_routes, namespace, name),
         "ReferenceGrant" => find(&snapshot.reference_grants, namespace, name),
+        "ListenerSet" => find(&snapshot.listener_sets, namespace, name),
+        "BackendTLSPolicy" => find(&snapshot.backend_tls_policies, namespace, name),
         "Service" => find(&snapshot.services, namespace, name),
         "EndpointSlice" => find(&snapshot.endpoint_slices, namespace, name),
         "Namespace" => find(&snapshot.namespaces, namespace, name),

@@ -47,6 +47,8 @@ impl ObjectStore {
         stamper.list("TCPRoute", &mut snapshot.tcp_routes);
         stamper.list("TLSRoute", &mut snapshot.tls_routes);
         stamper.list("ReferenceGrant", &mut snapshot.reference_grants);
+        stamper.list("ListenerSet", &mut snapshot.listener_sets);
+        stamper.list("BackendTLSPolicy", &mut snapshot.backend_tls_policies);
         stamper.list("Service", &mut snapshot.services);
         stamper.list("EndpointSlice", &mut snapshot.endpoint_slices);
         stamper.list("Namespace", &mut snapshot.namespaces);

@@ -236,7 +236,15 @@ impl Cluster {
         }
         let n = self.next_ip;
         self.next_ip += 1;
-        let ip = IpAddr::V4(Ipv4Addr::new(127, 20, (n / 250) as u8, (n % 250 + 1) as u8));
+        // 127.20-89.x.y by process, so concurrent runs on one machine rarely collide; Strait's
+        // Gateway addresses live in 127.100+.
+        let net = 20 + (std::process::id() % 70) as u8;
+        let ip = IpAddr::V4(Ipv4Addr::new(
+            127,
+            net,
+            (n / 250) as u8,
+            (n % 250 + 1) as u8,
+        ));
         self.ips.insert(pod_key.to_string(), ip);
         ip
     }

@@ -1,5 +1,7 @@
 //! Whether a route's parentRef attaches to a Gateway's listeners, and with which hostnames.
 
+use strait_config::ObjectRef;
+
 use crate::context::Context;
 use crate::gateway::GatewayState;
 use crate::hostnames;
@@ -17,21 +19,31 @@ pub(crate) enum Attach {
 /// Attaches a route of `route_kind` in `route_ns` with `hostnames` to the listeners selected by
 /// `section_name`/`port`. All of: section/port match, kind allowed, namespace allowed, hostnames
 /// intersect. The reason reports the first failing step over all candidate listeners.
+/// `owner` selects the listeners of one ListenerSet instead of the Gateway's own (`None`);
+/// `Same` then means the ListenerSet's namespace.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn attach(
     ctx: &Context<'_>,
     gw: &GatewayState<'_>,
+    owner: Option<&ObjectRef>,
     route_kind: &str,
     route_ns: &str,
     section_name: Option<&str>,
     port: Option<i32>,
     hostnames: &[String],
 ) -> Attach {
+    let parent = match owner {
+        Some(o) => format!("ListenerSet {o}"),
+        None => format!("Gateway {}", gw.key),
+    };
     let candidates: Vec<usize> = gw
         .listeners
         .iter()
         .enumerate()
         .filter(|(_, l)| {
-            section_name.is_none_or(|s| s == l.name) && port.is_none_or(|p| p == i32::from(l.port))
+            l.owner.as_ref() == owner
+                && section_name.is_none_or(|s| s == l.name)
+                && port.is_none_or(|p| p == i32::from(l.port))
         })
         .map(|(i, _)| i)
         .collect();
@@ -45,10 +57,10 @@ pub(crate) fn attach(
         }
         return Attach::Rejected(
             "NoMatchingParent",
-            format!("Gateway {}: no listener matches{what}", gw.key),
+            format!("{parent}: no listener matches{what}"),
         );
     }
-    let gw_ns = gw.key.namespace.as_str();
+    let gw_ns = owner.map_or(gw.key.namespace.as_str(), |o| o.namespace.as_str());
     let allowed: Vec<usize> = candidates
         .into_iter()
         .filter(|&i| {
@@ -65,10 +77,7 @@ pub(crate) fn attach(
     if allowed.is_empty() {
         return Attach::Rejected(
             "NotAllowedByListeners",
-            format!(
-                "Gateway {}: no listener allows {route_kind} from namespace {route_ns}",
-                gw.key
-            ),
+            format!("{parent}: no listener allows {route_kind} from namespace {route_ns}"),
         );
     }
     let attached: Vec<(usize, Vec<String>)> = allowed
@@ -80,10 +89,7 @@ pub(crate) fn attach(
     if attached.is_empty() {
         return Attach::Rejected(
             "NoMatchingListenerHostname",
-            format!(
-                "Gateway {}: no listener hostname intersects the route hostnames",
-                gw.key
-            ),
+            format!("{parent}: no listener hostname intersects the route hostnames"),
         );
     }
     Attach::Accepted(attached)

@@ -126,6 +126,7 @@ pub(crate) fn resolve(
         Cluster {
             protocol,
             endpoints,
+            tls: None,
         },
     ))
 }

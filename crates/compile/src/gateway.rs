@@ -186,7 +186,11 @@ impl GatewayState<'_> {
                 continue;
             };
             let listener = ListenerConfig {
-                name: l.name,
+                name: match &l.owner {
+                    // Names are unique per object only; qualify ListenerSet listeners.
+                    Some(o) => format!("{}/{}/{}", o.namespace, o.name, l.name),
+                    None => l.name,
+                },
                 hostname: l.hostname,
                 tls: l.tls,
                 http_routes: l.http_routes,
@@ -205,6 +209,7 @@ impl GatewayState<'_> {
             gateway: self.key,
             addresses: self.addresses,
             ports,
+            backend_client_certificate: None,
         })
     }
 }

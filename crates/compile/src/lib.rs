@@ -4,8 +4,9 @@
 //! tested with YAML fixtures and run identically in the controller and in standalone mode.
 //!
 //! Pipeline: GatewayClasses ([`gateway_class`]) → Gateways and their listeners ([`gateway`],
-//! [`listeners`], [`tls`]) → HTTPRoutes and GRPCRoutes attached to listeners ([`routes`],
-//! [`attachment`], [`http_route`], [`grpc_route`], [`backends`]) → statuses and config.
+//! [`listeners`], [`tls`]) → ListenerSet listeners merged into their Gateway ([`listener_sets`])
+//! → HTTPRoutes and GRPCRoutes attached to listeners ([`routes`], [`attachment`],
+//! [`http_route`], [`grpc_route`], [`backends`]) → statuses and config.
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -14,6 +15,7 @@ use strait_config::{ObjectRef, ProxyConfig};
 use strait_model::Snapshot;
 
 mod attachment;
+mod backend_tls;
 mod backends;
 mod conditions;
 mod context;
@@ -22,6 +24,7 @@ mod gateway_class;
 mod grpc_route;
 mod hostnames;
 mod http_route;
+mod listener_sets;
 mod listeners;
 mod namespaces;
 mod reference_grants;
@@ -35,7 +38,10 @@ pub const CONTROLLER_NAME: &str = "strait.dev/gateway-controller";
 /// Gateway API features reported in `GatewayClass.status.supportedFeatures` (sorted), so the
 /// conformance suite knows which extended tests to run.
 pub const SUPPORTED_FEATURES: &[&str] = &[
+    "BackendTLSPolicy",
+    "BackendTLSPolicySANValidation",
     "Gateway",
+    "GatewayBackendClientCertificate",
     "GatewayHTTPListenerIsolation",
     "GatewayPort8080",
     "HTTPRoute",
@@ -63,6 +69,7 @@ pub const SUPPORTED_FEATURES: &[&str] = &[
     "HTTPRouteResponseHeaderModification",
     "HTTPRouteRetry",
     "HTTPRouteSchemeRedirect",
+    "ListenerSet",
     "ReferenceGrant",
 ];
 
@@ -97,9 +104,10 @@ pub struct ObjectStatus {
 #[derive(Clone, Debug, Default)]
 pub struct CompileOutput {
     pub config: ProxyConfig,
-    /// The status of every GatewayClass of ours, every Gateway of our classes, and every route
-    /// with at least one parentRef to one of those Gateways (only our parent entries). Sorted by
-    /// kind, namespace, name.
+    /// The status of every GatewayClass of ours, every Gateway of our classes, every ListenerSet
+    /// whose parentRef names one of those Gateways, and every route with at least one parentRef
+    /// to one of those Gateways or their ListenerSets (only our parent entries). Sorted by kind,
+    /// namespace, name.
     pub statuses: Vec<ObjectStatus>,
 }
 
@@ -110,8 +118,10 @@ pub fn compile(input: &CompileInput<'_>) -> CompileOutput {
 
     let classes = gateway_class::evaluate(&ctx, &mut statuses);
     let mut gateways = gateway::evaluate(&ctx, &classes);
+    let listener_sets = listener_sets::evaluate(&ctx, &mut gateways);
     let mut clusters = BTreeMap::new();
     routes::attach_all(&ctx, &mut gateways, &mut clusters, &mut statuses);
+    listener_sets::statuses(&ctx, &listener_sets, &gateways, &mut statuses);
 
     let mut config = ProxyConfig {
         version: 0,
@@ -124,6 +134,7 @@ pub fn compile(input: &CompileInput<'_>) -> CompileOutput {
             config.gateways.push(c);
         }
     }
+    backend_tls::apply(&ctx, &mut config, &mut statuses);
     statuses
         .sort_by(|a, b| (&a.kind, &a.namespace, &a.name).cmp(&(&b.kind, &b.namespace, &b.name)));
     CompileOutput { config, statuses }

@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use strait_config::{HttpRoute, ListenerProtocol, ListenerTls};
+use strait_config::{HttpRoute, ListenerProtocol, ListenerTls, ObjectRef};
 use strait_model::types::Gateway;
 
 use crate::conditions::Condition;
@@ -33,6 +33,8 @@ pub(crate) struct ListenerState {
     pub conditions: Vec<Condition>,
     pub attached_routes: u32,
     pub http_routes: Vec<HttpRoute>,
+    /// The ListenerSet that declared this listener; `None` for the Gateway's own listeners.
+    pub owner: Option<ObjectRef>,
 }
 
 fn protocol_of(p: &str) -> Option<ListenerProtocol> {
@@ -45,6 +47,16 @@ fn protocol_of(p: &str) -> Option<ListenerProtocol> {
 
 /// Validates every listener of a Gateway, in spec order.
 pub(crate) fn evaluate(ctx: &Context<'_>, gateway: &Gateway) -> Vec<ListenerState> {
+    evaluate_as(ctx, gateway, "Gateway")
+}
+
+/// [`evaluate`] for listeners declared by an object of `from_kind` (the ReferenceGrant `from`
+/// kind of their certificate references), e.g. a ListenerSet presented as a Gateway.
+pub(crate) fn evaluate_as(
+    ctx: &Context<'_>,
+    gateway: &Gateway,
+    from_kind: &str,
+) -> Vec<ListenerState> {
     // Port → protocol of the first listener on it; later listeners speaking another protocol
     // conflict. Same (port, protocol, hostname) twice is a hostname conflict.
     let mut port_protocol: BTreeMap<i32, &str> = BTreeMap::new();
@@ -146,7 +158,8 @@ pub(crate) fn evaluate(ctx: &Context<'_>, gateway: &Gateway) -> Vec<ListenerStat
                 .as_ref()
                 .and_then(|t| t.certificate_refs.as_deref())
                 .unwrap_or(&[]);
-            let (certs, failure) = tls::resolve_certificates(ctx, gateway, &l.name, refs);
+            let (certs, failure) =
+                tls::resolve_certificates_as(ctx, gateway, from_kind, &l.name, refs);
             cert_error = failure;
             let mut client_validation = None;
             if let Some(fv) = tls::frontend_validation(ctx, gateway, l.port) {
@@ -271,6 +284,7 @@ pub(crate) fn evaluate(ctx: &Context<'_>, gateway: &Gateway) -> Vec<ListenerStat
             conditions,
             attached_routes: 0,
             http_routes: Vec::new(),
+            owner: None,
         });
     }
     out

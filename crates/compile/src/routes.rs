@@ -164,15 +164,22 @@ pub(crate) fn attach_all(
         for pref in route.parent_refs() {
             let group = pref.group.unwrap_or(GATEWAY_GROUP);
             let parent_kind = pref.kind.unwrap_or("Gateway");
-            if group != GATEWAY_GROUP || parent_kind != "Gateway" {
-                continue;
-            }
             let parent_ns = pref.namespace.unwrap_or(route_ns);
-            let Some(gi) = gateways
-                .iter()
-                .position(|g| g.key.namespace == parent_ns && g.key.name == pref.name)
-            else {
-                continue;
+            let (gi, owner) = match (group == GATEWAY_GROUP, parent_kind) {
+                (true, "Gateway") => match gateways
+                    .iter()
+                    .position(|g| g.key.namespace == parent_ns && g.key.name == pref.name)
+                {
+                    Some(gi) => (gi, None),
+                    None => continue,
+                },
+                (true, "ListenerSet") => {
+                    match crate::listener_sets::find_parent(gateways, parent_ns, pref.name) {
+                        Some((gi, owner)) => (gi, Some(owner)),
+                        None => continue,
+                    }
+                }
+                _ => continue,
             };
             let c = compiled.get_or_insert_with(|| route.compile(ctx));
             let result = match &c.unsupported {
@@ -180,6 +187,7 @@ pub(crate) fn attach_all(
                 None => attachment::attach(
                     ctx,
                     &gateways[gi],
+                    owner.as_ref(),
                     kind,
                     route_ns,
                     pref.section_name,
@@ -217,7 +225,7 @@ pub(crate) fn attach_all(
             };
             let mut parent_ref = json!({
                 "group": GATEWAY_GROUP,
-                "kind": "Gateway",
+                "kind": parent_kind,
                 "namespace": parent_ns,
                 "name": pref.name,
             });

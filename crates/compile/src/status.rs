@@ -13,6 +13,7 @@ pub(crate) fn gateway_status(ctx: &Context<'_>, gw: &GatewayState<'_>) -> Object
     let listeners: Vec<_> = gw
         .listeners
         .iter()
+        .filter(|l| l.owner.is_none())
         .map(|l| {
             json!({
                 "name": l.name,
@@ -35,6 +36,7 @@ pub(crate) fn gateway_status(ctx: &Context<'_>, gw: &GatewayState<'_>) -> Object
         name: gw.key.name.clone(),
         status: json!({
             "addresses": addresses,
+            "attachedListenerSets": crate::listener_sets::attached_count(gw),
             "conditions": render(&gw.conditions, generation, ctx.now()),
             "listeners": listeners,
         }),

@@ -19,9 +19,11 @@ pub(crate) struct RefFailure {
 
 /// Resolves the certificate references of one listener. Valid certificates are returned even
 /// when another reference failed, so the listener can still serve them.
-pub(crate) fn resolve_certificates(
+/// `from_kind` is the ReferenceGrant `from` kind: Gateway, or ListenerSet for its listeners.
+pub(crate) fn resolve_certificates_as(
     ctx: &Context<'_>,
     gateway: &Gateway,
+    from_kind: &str,
     listener: &str,
     refs: &[GatewayListenersTlsCertificateRefs],
 ) -> (Vec<CertificatePem>, Option<RefFailure>) {
@@ -51,7 +53,7 @@ pub(crate) fn resolve_certificates(
             ctx.snapshot,
             &From {
                 group: "gateway.networking.k8s.io",
-                kind: "Gateway",
+                kind: from_kind,
                 namespace: gw_ns,
             },
             &To {

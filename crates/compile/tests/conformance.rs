@@ -15,12 +15,7 @@ use strait_config::ObjectRef;
 use strait_model::Snapshot;
 
 /// Tests whose static checks need features this compiler does not implement yet.
-/// ListenerSet is not part of the snapshot model yet.
-const KNOWN_UNSUPPORTED: &[&str] = &[
-    "ListenerSetAllowedRoutesNamespaces",
-    "ListenerSetDualParentRefIndependence",
-    "ListenerSetRouteStatusScopedToParentRef",
-];
+const KNOWN_UNSUPPORTED: &[&str] = &[];
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/conformance")
@@ -174,8 +169,69 @@ fn gateway<'a>(out: &'a CompileOutput, check: &Value) -> Result<&'a Value, Strin
     status(out, "Gateway", s(&g["namespace"]), s(&g["name"]))
 }
 
+fn listener_set<'a>(out: &'a CompileOutput, check: &Value) -> Result<&'a Value, String> {
+    let l = &check["listenerset"];
+    status(out, "ListenerSet", s(&l["namespace"]), s(&l["name"]))
+}
+
 fn route<'a>(out: &'a CompileOutput, r: &Value) -> Result<&'a Value, String> {
     status(out, s(&r["kind"]), s(&r["namespace"]), s(&r["name"]))
+}
+
+/// `gateway_listeners` / `listenerset_listeners` on a `status.listeners` owner.
+fn listeners_match(st: &Value, c: &Value) -> Result<(), String> {
+    let actual = st["listeners"].as_array().cloned().unwrap_or_default();
+    let exact = c["exact"] == true;
+    let want = c["listeners"].as_array().cloned().unwrap_or_default();
+    if exact && actual.len() != want.len() {
+        return Err(format!("listener count: got {}", st["listeners"]));
+    }
+    for w in &want {
+        let Some(a) = actual.iter().find(|a| a["name"] == w["name"]) else {
+            return Err(format!("listener {} missing", w["name"]));
+        };
+        if !all_conditions(&a["conditions"], &w["conditions"]) {
+            return Err(format!(
+                "listener {} want {} got {}",
+                w["name"], w["conditions"], a["conditions"]
+            ));
+        }
+        if exact {
+            if a["attachedRoutes"] != w["attachedRoutes"] {
+                return Err(format!(
+                    "listener {} attachedRoutes {} want {}",
+                    w["name"], a["attachedRoutes"], w["attachedRoutes"]
+                ));
+            }
+            let kinds: BTreeSet<String> = a["supportedKinds"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|k| {
+                    format!(
+                        "{}/{}",
+                        k["group"].as_str().unwrap_or("gateway.networking.k8s.io"),
+                        s(&k["kind"])
+                    )
+                })
+                .collect();
+            let want_kinds: Vec<&str> = w["supportedKinds"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(s)
+                .collect();
+            if want_kinds.is_empty() != kinds.is_empty()
+                || want_kinds.iter().any(|k| !kinds.contains(*k))
+            {
+                return Err(format!(
+                    "listener {} kinds {kinds:?} want {want_kinds:?}",
+                    w["name"]
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Evaluates one check; `Ok(false)` = skipped.
@@ -297,54 +353,59 @@ fn check(out: &CompileOutput, c: &Value) -> Result<bool, String> {
         }
         "gateway_listeners" => {
             let gw = gateway(out, c)?;
-            let actual = gw["listeners"].as_array().cloned().unwrap_or_default();
-            let exact = c["exact"] == true;
-            let want = c["listeners"].as_array().cloned().unwrap_or_default();
-            if exact && actual.len() != want.len() {
-                return fail(format!("listener count: got {}", gw["listeners"]));
+            if let Err(e) = listeners_match(gw, c) {
+                return fail(e);
             }
-            for w in &want {
-                let Some(a) = actual.iter().find(|a| a["name"] == w["name"]) else {
-                    return fail(format!("listener {} missing", w["name"]));
-                };
-                if !all_conditions(&a["conditions"], &w["conditions"]) {
-                    return fail(format!(
-                        "listener {} want {} got {}",
-                        w["name"], w["conditions"], a["conditions"]
-                    ));
+        }
+        "listenerset_listeners" => {
+            let ls = listener_set(out, c)?;
+            if let Err(e) = listeners_match(ls, c) {
+                return fail(e);
+            }
+        }
+        "listenerset_condition" => {
+            let ls = listener_set(out, c)?;
+            if !has_condition(&ls["conditions"], &c["condition"]) {
+                return fail(format!("want {} got {}", c["condition"], ls["conditions"]));
+            }
+        }
+        "gateway_attached_listenersets" => {
+            let gw = gateway(out, c)?;
+            let got = gw["attachedListenerSets"].as_u64().unwrap_or(0);
+            if Some(got) != c["count"].as_u64() {
+                return fail(format!("attachedListenerSets {got} want {}", c["count"]));
+            }
+        }
+        "listenerset_and_routes_accepted" => {
+            let ls = listener_set(out, c)?;
+            let (lns, lname) = (
+                s(&c["listenerset"]["namespace"]),
+                s(&c["listenerset"]["name"]),
+            );
+            for r in c["routes"].as_array().into_iter().flatten() {
+                let st = route(out, r)?;
+                let ok = st["parents"].as_array().into_iter().flatten().any(|p| {
+                    p["controllerName"] == CONTROLLER_NAME
+                        && p["parentRef"]["group"] == "gateway.networking.k8s.io"
+                        && p["parentRef"]["kind"] == "ListenerSet"
+                        && p["parentRef"]["name"] == lname
+                        && p["parentRef"]["namespace"] == lns
+                        && has_condition(
+                            &p["conditions"],
+                            &serde_json::json!({"type": "Accepted", "status": "True", "reason": "Accepted"}),
+                        )
+                });
+                if !ok {
+                    return fail(format!("route {} not accepted: {}", r["name"], st));
                 }
-                if exact {
-                    if a["attachedRoutes"] != w["attachedRoutes"] {
-                        return fail(format!(
-                            "listener {} attachedRoutes {} want {}",
-                            w["name"], a["attachedRoutes"], w["attachedRoutes"]
-                        ));
-                    }
-                    let kinds: BTreeSet<String> = a["supportedKinds"]
-                        .as_array()
-                        .into_iter()
-                        .flatten()
-                        .map(|k| {
-                            format!(
-                                "{}/{}",
-                                k["group"].as_str().unwrap_or("gateway.networking.k8s.io"),
-                                s(&k["kind"])
-                            )
-                        })
-                        .collect();
-                    let want_kinds: Vec<&str> = w["supportedKinds"]
-                        .as_array()
-                        .into_iter()
-                        .flatten()
-                        .map(s)
-                        .collect();
-                    if want_kinds.is_empty() != kinds.is_empty()
-                        || want_kinds.iter().any(|k| !kinds.contains(*k))
-                    {
-                        return fail(format!(
-                            "listener {} kinds {kinds:?} want {want_kinds:?}",
-                            w["name"]
-                        ));
+            }
+            for l in ls["listeners"].as_array().into_iter().flatten() {
+                for t in ["ResolvedRefs", "Accepted", "Programmed"] {
+                    if !has_condition(
+                        &l["conditions"],
+                        &serde_json::json!({"type": t, "status": "True"}),
+                    ) {
+                        return fail(format!("listener {} not {t}", l["name"]));
                     }
                 }
             }

@@ -48,6 +48,11 @@ pub struct GatewayConfig {
     pub addresses: Vec<IpAddr>,
     /// One entry per distinct listener port; listeners sharing a port are merged here.
     pub ports: Vec<PortConfig>,
+    /// Client certificate presented when this Gateway originates TLS to a backend
+    /// (`spec.tls.backend.clientCertificateRef`). Per Gateway because a cluster may be shared
+    /// by Gateways with different certificates.
+    #[serde(default)]
+    pub backend_client_certificate: Option<CertificatePem>,
 }
 
 /// All listeners that share one port of a Gateway.
@@ -310,6 +315,35 @@ pub struct Cluster {
     pub protocol: AppProtocol,
     /// Ready endpoint addresses with the resolved target port.
     pub endpoints: Vec<SocketAddr>,
+    /// Present when a BackendTLSPolicy targets this Service port: the proxy must originate TLS.
+    #[serde(default)]
+    pub tls: Option<BackendTls>,
+}
+
+/// TLS origination to a backend, from an accepted BackendTLSPolicy (GEP-1897).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BackendTls {
+    /// SNI sent to the backend (`validation.hostname`).
+    pub server_name: String,
+    /// Trust anchors (`validation.caCertificateRefs`), PEM.
+    pub ca_certificates_pem: Vec<String>,
+    /// `wellKnownCACertificates: System`: trust the Mozilla root set (`webpki-root-certs`).
+    pub system_roots: bool,
+    /// When non-empty, the backend certificate must carry one of these SANs instead of
+    /// `server_name`.
+    pub subject_alt_names: Vec<SubjectAltName>,
+    /// Set when the policy is invalid (for example an unresolvable CA reference): requests to
+    /// the cluster must fail rather than fall back to cleartext. The text is kept for logs.
+    pub invalid: Option<String>,
+}
+
+/// A subjectAltName a backend certificate may present.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SubjectAltName {
+    /// A DNS name (may be a `*.` wildcard in the certificate).
+    Hostname(String),
+    /// A URI, such as a SPIFFE id.
+    Uri(String),
 }
 
 /// How to speak to a backend, from the Service port's `appProtocol`.

@@ -18,7 +18,7 @@ use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use serde::Serialize;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
 /// Who the echo server claims to be; reported in every reply like the env of an echo pod.
@@ -82,10 +82,13 @@ pub struct EchoServer {
     addrs: Vec<SocketAddr>,
     log: Arc<Mutex<Vec<String>>>,
     tasks: Vec<JoinHandle<()>>,
+    /// Tells open connections to stop: a deleted pod does not keep answering.
+    stop: tokio::sync::watch::Sender<bool>,
 }
 
 impl Drop for EchoServer {
     fn drop(&mut self) {
+        let _ = self.stop.send(true);
         for task in &self.tasks {
             task.abort();
         }
@@ -170,11 +173,13 @@ impl EchoServer {
             })?;
             ports.push((*port, PortKind::Tls, Some(acceptor)));
         }
+        let (stop, stopped) = tokio::sync::watch::channel(false);
         let mut server = EchoServer {
             identity: identity.clone(),
             addrs: Vec::new(),
             log: shared.log.clone(),
             tasks: Vec::new(),
+            stop,
         };
         for (port, kind, acceptor) in ports {
             let addr = SocketAddr::new(options.ip, port);
@@ -189,7 +194,12 @@ impl EchoServer {
             server.addrs.push(addr);
             let shared = shared.clone();
             server.tasks.push(tokio::spawn(accept_loop(
-                listener, kind, addr, acceptor, shared,
+                listener,
+                kind,
+                addr,
+                acceptor,
+                shared,
+                stopped.clone(),
             )));
         }
         Ok(server)
@@ -271,6 +281,7 @@ async fn accept_loop(
     local: SocketAddr,
     acceptor: Option<tokio_rustls::TlsAcceptor>,
     shared: Arc<Shared>,
+    stopped: tokio::sync::watch::Receiver<bool>,
 ) {
     loop {
         let Ok((stream, remote)) = listener.accept().await else {
@@ -280,7 +291,8 @@ async fn accept_loop(
         let _ = stream.set_nodelay(true);
         let shared = shared.clone();
         let acceptor = acceptor.clone();
-        tokio::spawn(async move {
+        let mut stopped = stopped.clone();
+        let connection = async move {
             match acceptor {
                 Some(acceptor) => {
                     let Ok(tls) = acceptor.accept(stream).await else {
@@ -290,6 +302,12 @@ async fn accept_loop(
                     serve(TokioIo::new(tls), kind, local, remote, Some(info), shared).await;
                 }
                 None => serve(TokioIo::new(stream), kind, local, remote, None, shared).await,
+            }
+        };
+        tokio::spawn(async move {
+            tokio::select! {
+                () = connection => {}
+                _ = stopped.wait_for(|stop| *stop) => {}
             }
         });
     }
@@ -735,11 +753,6 @@ pub fn to_pem(label: &str, der: &[u8]) -> String {
     }
     out.push_str(&format!("-----END {label}-----\n"));
     out
-}
-
-/// Convenience for callers that only have a socket: whether something accepts on `addr`.
-pub async fn is_listening(addr: SocketAddr) -> bool {
-    TcpStream::connect(addr).await.is_ok()
 }
 
 #[cfg(test)]

@@ -1,6 +1,7 @@
 use super::*;
 use http_body_util::Empty;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::net::TcpStream;
 
 static NEXT_IP: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(1);
 
@@ -236,4 +237,24 @@ fn helpers() {
         assert_eq!(pem_blocks(&pem, "X"), vec![data.to_vec()]);
     }
     assert_eq!(base64_encode(b"foob"), "Zm9vYg==");
+}
+
+#[tokio::test]
+async fn dropping_the_server_closes_open_connections() {
+    let s = start().await;
+    let mut conn = TcpStream::connect(s.addrs()[0]).await.unwrap();
+    conn.write_all(b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = [0u8; 4096];
+    let n = conn.read(&mut buf).await.unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+    drop(s);
+    // The keep-alive connection is closed instead of answering for a deleted pod.
+    let _ = conn.write_all(b"GET /b HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    let n = tokio::time::timeout(Duration::from_secs(2), conn.read(&mut buf))
+        .await
+        .unwrap()
+        .unwrap_or(0);
+    assert_eq!(n, 0, "connection still answered after drop");
 }

@@ -6,6 +6,7 @@
 //! configs, clusters) is built first, then swapped atomically (`ArcSwap`), so in-flight requests
 //! finish on the config they started with and open connections survive.
 
+mod backend_tls;
 mod body;
 mod handler;
 mod headers;
@@ -130,6 +131,12 @@ impl Proxy {
         let mut errors = Vec::new();
         let mut desired: HashMap<SocketAddr, ObjectRef> = HashMap::new();
         for gateway in &config.gateways {
+            // A Gateway presenting its own backend client certificate sees its own clusters.
+            let gateway_clusters = if gateway.backend_client_certificate.is_some() {
+                Arc::new(self.rt.clusters_for(&config, Some(gateway)))
+            } else {
+                clusters.clone()
+            };
             for port in &gateway.ports {
                 let Some(local_port) = port.port.checked_add(self.options.port_offset) else {
                     errors.push(ApplyError::PortOverflow {
@@ -139,7 +146,7 @@ impl Proxy {
                     });
                     continue;
                 };
-                let built = build_port_state(gateway, port, &clusters).map(Arc::new);
+                let built = build_port_state(gateway, port, &gateway_clusters).map(Arc::new);
                 let built = match built {
                     Ok(state) => Some(state),
                     Err(e) => {

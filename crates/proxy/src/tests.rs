@@ -96,6 +96,7 @@ fn config(
             gateway: gateway_ref(),
             addresses: vec!["127.0.0.1".parse().unwrap()],
             ports,
+            backend_client_certificate: None,
         }],
         clusters: clusters
             .iter()
@@ -105,6 +106,7 @@ fn config(
                     Cluster {
                         protocol: *protocol,
                         endpoints: endpoints.clone(),
+                        tls: None,
                     },
                 )
             })

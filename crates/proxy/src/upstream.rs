@@ -20,8 +20,11 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use rand::Rng;
-use strait_config::{AppProtocol, ClusterKey, ProxyConfig};
+use strait_config::{AppProtocol, ClusterKey, GatewayConfig, ProxyConfig};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
+
+use crate::backend_tls::{self, Origination};
 
 pub(crate) use crate::body::Body;
 
@@ -42,6 +45,9 @@ pub(crate) struct Endpoint {
     in_flight: AtomicUsize,
     h2: ArcSwapOption<http2::SendRequest<Body>>,
     h2_connect: tokio::sync::Mutex<()>,
+    /// Set for endpoints of a cluster with a BackendTLSPolicy. Such endpoints belong to their
+    /// cluster alone (another Service may reach the same address without TLS).
+    tls: Option<Arc<Origination>>,
 }
 
 impl Endpoint {
@@ -53,6 +59,7 @@ impl Endpoint {
             in_flight: AtomicUsize::new(0),
             h2: ArcSwapOption::empty(),
             h2_connect: tokio::sync::Mutex::new(()),
+            tls: None,
         })
     }
 
@@ -174,6 +181,17 @@ impl Runtime {
 
     /// Builds the clusters of a config, reusing endpoint state that already exists.
     pub(crate) fn clusters(&self, config: &ProxyConfig) -> Clusters {
+        self.clusters_for(config, None)
+    }
+
+    /// Like [`clusters`](Self::clusters), as seen by `gateway`: TLS origination presents that
+    /// Gateway's backend client certificate.
+    pub(crate) fn clusters_for(
+        &self,
+        config: &ProxyConfig,
+        gateway: Option<&GatewayConfig>,
+    ) -> Clusters {
+        let client_certificate = gateway.and_then(|g| g.backend_client_certificate.as_ref());
         let mut registry = match self.endpoints.lock() {
             Ok(guard) => guard,
             Err(poisoned) => poisoned.into_inner(),
@@ -182,7 +200,23 @@ impl Runtime {
         let mut clusters = Clusters::with_capacity(config.clusters.len());
         for (key, cluster) in &config.clusters {
             let mut endpoints = Vec::with_capacity(cluster.endpoints.len());
-            for addr in &cluster.endpoints {
+            if let Some(tls) = &cluster.tls {
+                let origination = Arc::new(backend_tls::build(
+                    tls,
+                    cluster.protocol,
+                    client_certificate,
+                ));
+                if let Origination::Invalid(why) = origination.as_ref() {
+                    tracing::warn!(cluster = %key, reason = %why, "backend TLS unusable, requests will fail");
+                }
+                for addr in &cluster.endpoints {
+                    if let Some(mut endpoint) = Endpoint::new(*addr) {
+                        endpoint.tls = Some(origination.clone());
+                        endpoints.push(Arc::new(endpoint));
+                    }
+                }
+            }
+            for addr in cluster.endpoints.iter().filter(|_| cluster.tls.is_none()) {
                 if let Some(existing) = registry.get(addr).and_then(Weak::upgrade) {
                     endpoints.push(existing);
                 } else if let Some(endpoint) = Endpoint::new(*addr) {
@@ -280,6 +314,9 @@ pub(crate) async fn send(
     outgoing: Outgoing,
     body: Body,
 ) -> Result<Response<Incoming>, SendError> {
+    if let Some(origination) = &endpoint.tls {
+        return send_tls(origination, endpoint, outgoing, body, false).await;
+    }
     let request = outgoing.into_request(protocol, endpoint, body);
     match protocol {
         AppProtocol::H2c => {
@@ -324,6 +361,9 @@ pub(crate) async fn send_upgrade(
     endpoint: &Endpoint,
     outgoing: Outgoing,
 ) -> Result<Response<Incoming>, SendError> {
+    if let Some(origination) = &endpoint.tls {
+        return send_tls(origination, endpoint, outgoing, empty(), true).await;
+    }
     let stream = connect(endpoint.addr).await?;
     let (mut sender, conn) = http1::handshake(TokioIo::new(stream))
         .await
@@ -335,6 +375,86 @@ pub(crate) async fn send_upgrade(
         }
     });
     let request = outgoing.into_request(AppProtocol::Http1, endpoint, empty());
+    sender
+        .send_request(request)
+        .await
+        .map_err(|e| SendError::Other(e.into()))
+}
+
+/// A byte stream to a backend, cleartext or TLS.
+trait Io: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Io for T {}
+
+/// Sends one request over a fresh TLS connection (BackendTLSPolicy). TLS connections are not
+/// pooled: each request pays a handshake, in exchange for no shared state to invalidate.
+async fn send_tls(
+    origination: &Origination,
+    endpoint: &Endpoint,
+    outgoing: Outgoing,
+    body: Body,
+    upgrade: bool,
+) -> Result<Response<Incoming>, SendError> {
+    let (connector, h2, pool) = match origination {
+        Origination::Invalid(why) => return Err(SendError::Connect(why.clone().into())),
+        Origination::Ready {
+            connector,
+            h2,
+            pool,
+            ..
+        } => (connector, *h2 && !upgrade, pool),
+    };
+    if !h2 && !upgrade {
+        let request = outgoing.into_request(AppProtocol::Http1, endpoint, body);
+        return pool.request(request).await.map_err(|e| {
+            if e.is_connect() {
+                SendError::Connect(e.into())
+            } else {
+                SendError::Other(e.into())
+            }
+        });
+    }
+    let stream: Box<dyn Io> = match connector.connect(endpoint.addr, CONNECT_TIMEOUT).await {
+        Ok(stream) => Box::new(stream),
+        Err(e) => return Err(SendError::Connect(e)),
+    };
+    let addr = endpoint.addr;
+    let path_and_query = outgoing.path_and_query.clone();
+    let protocol = if h2 {
+        AppProtocol::H2c
+    } else {
+        AppProtocol::Http1
+    };
+    let mut request = outgoing.into_request(protocol, endpoint, body);
+    if h2 {
+        let mut parts = request.uri().clone().into_parts();
+        parts.scheme = Some(Scheme::HTTPS);
+        if let Ok(uri) = Uri::from_parts(parts) {
+            *request.uri_mut() = uri;
+        }
+        let (mut sender, conn) = http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| SendError::Connect(e.into()))?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(%addr, error = %e, "TLS h2 upstream connection closed");
+            }
+        });
+        return sender
+            .send_request(request)
+            .await
+            .map_err(|e| SendError::Other(e.into()));
+    }
+    *request.uri_mut() = Uri::from(path_and_query);
+    let (mut sender, conn) = http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| SendError::Connect(e.into()))?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.with_upgrades().await {
+            tracing::debug!(%addr, error = %e, "TLS upstream connection closed");
+        }
+    });
     sender
         .send_request(request)
         .await
@@ -364,6 +484,7 @@ mod tests {
                     Cluster {
                         protocol: AppProtocol::Http1,
                         endpoints: eps.clone(),
+                        tls: None,
                     },
                 )
             })

@@ -36,5 +36,4 @@ echo "== conformance: GATEWAY-HTTP"
 mkdir -p target/conformance
 cargo run --quiet -p strait-conformance -- \
     --corpus "$corpus" --profile GATEWAY-HTTP \
-    --known-failures conformance/known-failures.txt \
     --report target/conformance/gateway-http.yaml

@@ -17,45 +17,9 @@ use crate::spec::{Action, Case, Check, TestSpec};
 use crate::status::{self, CheckState, World};
 use crate::target::Target;
 
-/// Features the harness (and Strait) drive; a test runs only if all its features are here.
-pub const SUPPORTED_FEATURES: &[&str] = &[
-    "Gateway",
-    "ReferenceGrant",
-    "HTTPRoute",
-    "GatewayPort8080",
-    "GatewayHTTPListenerIsolation",
-    "GatewayHTTPSListenerDetectMisdirectedRequests",
-    "HTTPRouteDestinationPortMatching",
-    "HTTPRouteBackendRequestHeaderModification",
-    "HTTPRouteQueryParamMatching",
-    "HTTPRouteMethodMatching",
-    "HTTPRouteResponseHeaderModification",
-    "HTTPRoutePortRedirect",
-    "HTTPRouteSchemeRedirect",
-    "HTTPRoutePathRedirect",
-    "HTTPRouteHostRewrite",
-    "HTTPRoutePathRewrite",
-    "HTTPRouteRequestMirror",
-    "HTTPRouteRequestMultipleMirrors",
-    "HTTPRouteRequestPercentageMirror",
-    "HTTPRouteRequestTimeout",
-    "HTTPRouteBackendTimeout",
-    "HTTPRouteParentRefPort",
-    "HTTPRouteBackendProtocolH2C",
-    "HTTPRouteBackendProtocolWebSocket",
-    "HTTPRouteNamedRouteRule",
-    "HTTPRouteCORS",
-    "HTTPRoute303RedirectStatusCode",
-    "HTTPRoute307RedirectStatusCode",
-    "HTTPRoute308RedirectStatusCode",
-    "HTTPRouteRetry",
-    "HTTPRouteRetryBackendTimeout",
-    "HTTPRouteRetryConnectionError",
-    "GatewayFrontendClientCertificateValidation",
-    "GatewayFrontendClientCertificateValidationInsecureFallback",
-    "GatewayAddressEmpty",
-    "ListenerSet",
-];
+/// Features a test may need for it to run: what Strait claims in `GatewayClass.status.supportedFeatures`
+/// (one list, owned by the compiler, as the upstream suite infers features from that status).
+pub const SUPPORTED_FEATURES: &[&str] = strait_compile::SUPPORTED_FEATURES;
 
 const CONSECUTIVE: usize = 3;
 const MAX_TIME_TO_CONSISTENCY: Duration = Duration::from_secs(30);
@@ -359,6 +323,7 @@ impl Run {
             }
             _ if expect.expect_failure => expect_failure(&ctx).await,
             _ => {
+                let expect = resolve_secret_pems(expect, target)?;
                 let request_id = uuid::Uuid::new_v4().to_string();
                 eventually(|| async {
                     let id = if case.request.fresh_uuid_per_attempt {
@@ -367,7 +332,7 @@ impl Run {
                         request_id.clone()
                     };
                     let (sent, resp) = ctx.send(Some(&id)).await?;
-                    expect::check(expect, &sent, &resp)
+                    expect::check(&expect, &sent, &resp)
                 })
                 .await?;
                 if !expect.mirrored_to.is_empty() {
@@ -1005,4 +970,41 @@ async fn repeated(ctx: &CaseCtx<'_>) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// Cases name generated material in prose ("PEM of tls.crt in Secret NS/NAME"), since the suite
+/// generates fresh keys each run: replace such a reference with the PEM the harness generated.
+fn resolve_secret_pems(
+    expect: &crate::spec::Expect,
+    target: &Target,
+) -> Result<crate::spec::Expect, String> {
+    let mut expect = expect.clone();
+    let Some(wanted) = expect
+        .request_seen_by_backend
+        .as_mut()
+        .and_then(|seen| seen.tls.as_mut())
+        .and_then(|tls| tls.peer_certificates_contain.as_mut())
+    else {
+        return Ok(expect);
+    };
+    let Some(reference) = wanted.strip_prefix("PEM of ") else {
+        return Ok(expect);
+    };
+    let (key, secret) = reference
+        .split_once(" in Secret ")
+        .ok_or_else(|| format!("cannot read certificate reference {wanted:?}"))?;
+    let (namespace, name) = secret
+        .split_once('/')
+        .ok_or_else(|| format!("cannot read Secret name in {wanted:?}"))?;
+    let object = target
+        .object("Secret", namespace, name)
+        .ok_or_else(|| format!("Secret {namespace}/{name} not found"))?;
+    let encoded = object["data"][key]
+        .as_str()
+        .ok_or_else(|| format!("Secret {namespace}/{name} has no {key}"))?;
+    let pem = strait_echo::base64_decode(encoded)
+        .and_then(|bytes| String::from_utf8(bytes).ok())
+        .ok_or_else(|| format!("Secret {namespace}/{name}: {key} is not base64 PEM"))?;
+    *wanted = pem;
+    Ok(expect)
 }

@@ -73,8 +73,8 @@ fn every_gateway_http_test_is_runnable_or_honestly_skipped() {
             Some(reason) => skipped.push(format!("{}: {reason}", s.test)),
         }
     }
-    // All 37 core tests plus the HTTP extended ones the harness drives (BackendTLSPolicy,
-    // static addresses and infrastructure propagation are not in SUPPORTED_FEATURES yet).
+    // All 37 core tests plus the HTTP extended ones Strait supports (static addresses and
+    // infrastructure propagation are not supported yet).
     assert!(
         runnable >= 84,
         "only {runnable} GATEWAY-HTTP tests runnable; skipped:\n{}",

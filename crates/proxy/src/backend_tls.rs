@@ -37,13 +37,13 @@ use x509_parser::prelude::{FromDer, X509Certificate};
 /// How to reach the endpoints of a cluster with a BackendTLSPolicy.
 pub(crate) enum Origination {
     Ready {
-        server_name: ServerName<'static>,
-        config: Arc<ClientConfig>,
+        /// Dials an endpoint with the policy's SNI and verification.
+        connector: TlsConnector,
         /// Speak HTTP/2 (ALPN `h2`) rather than HTTP/1.1.
         h2: bool,
         /// Keep-alive pool of HTTP/1.1 TLS connections, private to this cluster and config
         /// version (the TLS settings are part of the connection's identity).
-        pool: Client<TlsConnector, Body>,
+        pool: Box<Client<TlsConnector, Body>>,
     },
     /// Requests must fail; the text says why (for logs).
     Invalid(String),
@@ -123,19 +123,19 @@ fn try_build(
     } else {
         b"http/1.1".to_vec()
     }];
-    let config = Arc::new(config);
+    let connector = TlsConnector {
+        config: Arc::new(config),
+        server_name,
+    };
     let pool = Client::builder(TokioExecutor::new())
         .pool_idle_timeout(Duration::from_secs(60))
         .pool_timer(TokioTimer::new())
         .timer(TokioTimer::new())
         .set_host(false)
-        .build(TlsConnector {
-            config: config.clone(),
-            server_name: server_name.clone(),
-        });
+        .build(connector.clone());
+    let pool = Box::new(pool);
     Ok(Origination::Ready {
-        server_name,
-        config,
+        connector,
         h2,
         pool,
     })
@@ -144,11 +144,9 @@ fn try_build(
 impl std::fmt::Debug for Origination {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Origination::Ready {
-                server_name, h2, ..
-            } => f
+            Origination::Ready { connector, h2, .. } => f
                 .debug_struct("Ready")
-                .field("server_name", server_name)
+                .field("server_name", &connector.server_name)
                 .field("h2", h2)
                 .finish_non_exhaustive(),
             Origination::Invalid(why) => f.debug_tuple("Invalid").field(why).finish(),
@@ -243,10 +241,7 @@ impl hyper::rt::Write for TlsConn {
         Pin::new(&mut self.0).poll_flush(cx)
     }
 
-    fn poll_shutdown(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<std::io::Result<()>> {
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         Pin::new(&mut self.0).poll_shutdown(cx)
     }
 
@@ -373,6 +368,7 @@ mod tests {
     use std::collections::BTreeMap;
     use std::net::SocketAddr;
     use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
     use strait_config::{
         AppProtocol, BackendTls, CertificatePem, Cluster, ClusterKey, GatewayConfig, ObjectRef,
         ProxyConfig, SubjectAltName,
@@ -428,6 +424,13 @@ mod tests {
 
     /// A loopback TLS backend answering `sni=<SNI> client=<presented a client cert>`.
     async fn backend(ca: &Ca) -> SocketAddr {
+        backend_counting(ca).await.0
+    }
+
+    /// Also returns the number of completed TLS handshakes.
+    async fn backend_counting(ca: &Ca) -> (SocketAddr, Arc<AtomicUsize>) {
+        let handshakes = Arc::new(AtomicUsize::new(0));
+        let counter = handshakes.clone();
         let (cert, key) = leaf(
             &[
                 "abc.example.com",
@@ -465,10 +468,12 @@ mod tests {
         tokio::spawn(async move {
             while let Ok((tcp, _)) = listener.accept().await {
                 let acceptor = acceptor.clone();
+                let counter = counter.clone();
                 tokio::spawn(async move {
                     let Ok(tls) = acceptor.accept(tcp).await else {
                         return;
                     };
+                    counter.fetch_add(1, Ordering::SeqCst);
                     let (_, conn) = tls.get_ref();
                     let text = format!(
                         "sni={} client={} alpn={}",
@@ -492,7 +497,7 @@ mod tests {
                 });
             }
         });
-        addr
+        (addr, handshakes)
     }
 
     fn policy(server_name: &str, ca_pem: &str, sans: Vec<SubjectAltName>) -> BackendTls {
@@ -644,6 +649,45 @@ mod tests {
 
     fn ca_other() -> String {
         ca().pem
+    }
+
+    #[tokio::test]
+    async fn http1_tls_connections_are_reused() {
+        let ca = ca();
+        let (addr, handshakes) = backend_counting(&ca).await;
+        let key = ClusterKey {
+            namespace: "ns".into(),
+            name: "svc".into(),
+            port: 443,
+        };
+        let config = ProxyConfig {
+            version: 1,
+            gateways: vec![],
+            clusters: BTreeMap::from([(
+                key.clone(),
+                Cluster {
+                    protocol: AppProtocol::Http1,
+                    endpoints: vec![addr],
+                    tls: Some(policy("abc.example.com", &ca.pem, vec![])),
+                },
+            )]),
+        };
+        let rt = Runtime::new();
+        let clusters = rt.clusters(&config);
+        let endpoint = clusters[&key].endpoints[0].clone();
+        for _ in 0..3 {
+            let outgoing = Outgoing {
+                method: Method::GET,
+                path_and_query: "/x".parse().unwrap(),
+                headers: HeaderMap::new(),
+                host: None,
+            };
+            let response = send(&rt, AppProtocol::Http1, &endpoint, outgoing, Body::empty())
+                .await
+                .unwrap();
+            response.into_body().collect().await.unwrap();
+        }
+        assert_eq!(handshakes.load(Ordering::SeqCst), 1);
     }
 
     #[tokio::test]

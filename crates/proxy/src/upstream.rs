@@ -4,6 +4,10 @@
 //! multiplexed connection per endpoint. WebSocket upgrades use a dedicated HTTP/1.1 connection,
 //! since an upgraded connection never returns to a pool. Endpoint state (in-flight counters, the
 //! h2 connection) outlives config versions so a config swap does not reset connections.
+//!
+//! Clusters with a BackendTLSPolicy ([`crate::backend_tls`]) get endpoints of their own, built
+//! per config version: HTTP/1.1 goes through a keep-alive pool private to the cluster, h2
+//! through the endpoint's shared connection, both over TLS with the policy's SNI and trust.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -37,7 +41,8 @@ pub(crate) fn empty() -> Body {
     Body::empty()
 }
 
-/// One backend address, shared by every cluster and config version that lists it.
+/// One backend address, shared by every cluster and config version that lists it (except
+/// TLS-originating clusters, whose endpoints are their own).
 #[derive(Debug)]
 pub(crate) struct Endpoint {
     pub(crate) addr: SocketAddr,
@@ -81,7 +86,18 @@ impl Endpoint {
         {
             return Ok((*sender).clone());
         }
-        let stream = connect(self.addr).await?;
+        let stream: Box<dyn Io> = match self.tls.as_deref() {
+            None => Box::new(connect(self.addr).await?),
+            Some(Origination::Ready { connector, .. }) => Box::new(
+                connector
+                    .connect(self.addr, CONNECT_TIMEOUT)
+                    .await
+                    .map_err(SendError::Connect)?,
+            ),
+            Some(Origination::Invalid(why)) => {
+                return Err(SendError::Connect(why.clone().into()));
+            }
+        };
         let (sender, conn) = http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
             .handshake(TokioIo::new(stream))
@@ -314,10 +330,19 @@ pub(crate) async fn send(
     outgoing: Outgoing,
     body: Body,
 ) -> Result<Response<Incoming>, SendError> {
-    if let Some(origination) = &endpoint.tls {
+    if let Some(origination) = &endpoint.tls
+        && !multiplexed(protocol, endpoint)
+    {
         return send_tls(origination, endpoint, outgoing, body, false).await;
     }
-    let request = outgoing.into_request(protocol, endpoint, body);
+    let mut request = outgoing.into_request(protocol, endpoint, body);
+    if endpoint.tls.is_some() {
+        let mut parts = request.uri().clone().into_parts();
+        parts.scheme = Some(Scheme::HTTPS);
+        if let Ok(uri) = Uri::from_parts(parts) {
+            *request.uri_mut() = uri;
+        }
+    }
     match protocol {
         AppProtocol::H2c => {
             let mut sender = endpoint.h2_sender().await?;
@@ -385,6 +410,15 @@ pub(crate) async fn send_upgrade(
 trait Io: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Io for T {}
 
+/// Whether requests to this endpoint go over the shared HTTP/2 connection.
+fn multiplexed(protocol: AppProtocol, endpoint: &Endpoint) -> bool {
+    match endpoint.tls.as_deref() {
+        None => protocol == AppProtocol::H2c,
+        Some(Origination::Ready { h2, .. }) => *h2,
+        Some(Origination::Invalid(_)) => false,
+    }
+}
+
 /// Sends one request over a fresh TLS connection (BackendTLSPolicy). TLS connections are not
 /// pooled: each request pays a handshake, in exchange for no shared state to invalidate.
 async fn send_tls(
@@ -394,17 +428,14 @@ async fn send_tls(
     body: Body,
     upgrade: bool,
 ) -> Result<Response<Incoming>, SendError> {
-    let (connector, h2, pool) = match origination {
+    let (connector, pool) = match origination {
         Origination::Invalid(why) => return Err(SendError::Connect(why.clone().into())),
         Origination::Ready {
-            connector,
-            h2,
-            pool,
-            ..
-        } => (connector, *h2 && !upgrade, pool),
+            connector, pool, ..
+        } => (connector, pool),
     };
-    if !h2 && !upgrade {
-        let request = outgoing.into_request(AppProtocol::Http1, endpoint, body);
+    let mut request = outgoing.into_request(AppProtocol::Http1, endpoint, body);
+    if !upgrade {
         return pool.request(request).await.map_err(|e| {
             if e.is_connect() {
                 SendError::Connect(e.into())
@@ -413,46 +444,21 @@ async fn send_tls(
             }
         });
     }
-    let stream: Box<dyn Io> = match connector.connect(endpoint.addr, CONNECT_TIMEOUT).await {
-        Ok(stream) => Box::new(stream),
-        Err(e) => return Err(SendError::Connect(e)),
-    };
-    let addr = endpoint.addr;
-    let path_and_query = outgoing.path_and_query.clone();
-    let protocol = if h2 {
-        AppProtocol::H2c
-    } else {
-        AppProtocol::Http1
-    };
-    let mut request = outgoing.into_request(protocol, endpoint, body);
-    if h2 {
-        let mut parts = request.uri().clone().into_parts();
-        parts.scheme = Some(Scheme::HTTPS);
-        if let Ok(uri) = Uri::from_parts(parts) {
-            *request.uri_mut() = uri;
-        }
-        let (mut sender, conn) = http2::Builder::new(TokioExecutor::new())
-            .timer(TokioTimer::new())
-            .handshake(TokioIo::new(stream))
-            .await
-            .map_err(|e| SendError::Connect(e.into()))?;
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(%addr, error = %e, "TLS h2 upstream connection closed");
-            }
-        });
-        return sender
-            .send_request(request)
-            .await
-            .map_err(|e| SendError::Other(e.into()));
+    // An upgraded connection never returns to a pool: dial a dedicated one.
+    let stream = connector
+        .connect(endpoint.addr, CONNECT_TIMEOUT)
+        .await
+        .map_err(SendError::Connect)?;
+    if let Some(path_and_query) = request.uri().path_and_query().cloned() {
+        *request.uri_mut() = Uri::from(path_and_query);
     }
-    *request.uri_mut() = Uri::from(path_and_query);
     let (mut sender, conn) = http1::handshake(TokioIo::new(stream))
         .await
         .map_err(|e| SendError::Connect(e.into()))?;
+    let addr = endpoint.addr;
     tokio::spawn(async move {
         if let Err(e) = conn.with_upgrades().await {
-            tracing::debug!(%addr, error = %e, "TLS upstream connection closed");
+            tracing::debug!(%addr, error = %e, "TLS upgrade upstream connection closed");
         }
     });
     sender

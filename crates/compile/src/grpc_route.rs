@@ -1,16 +1,14 @@
 //! GRPCRoute translation onto the HTTP route model: a gRPC call is an HTTP/2 request to
 //! `/<service>/<method>`, so method matches become path matches.
 
-use serde_json::Value;
-use strait_config::{
-    BackendTarget, HeaderMatch, HttpMatch, HttpRule, PathMatch, StringMatch, Timeouts,
-    WeightedBackend,
-};
+use strait_config::{HeaderMatch, HttpMatch, HttpRule, PathMatch, StringMatch, Timeouts};
 use strait_model::types::GrpcRoute;
 
 use crate::backends::BackendRefSpec;
 use crate::context::{Context, name, ns};
-use crate::http_route::{check_regex, resolve_target, translate_filter};
+use crate::http_route::{
+    RuleBackend, check_regex, match_everything, to_value, translate_rule_actions,
+};
 use crate::routes::Compiled;
 
 const KIND: &str = "GRPCRoute";
@@ -45,7 +43,6 @@ pub(crate) fn compile_route(ctx: &Context<'_>, route: &GrpcRoute) -> Compiled {
     let what = format!("GRPCRoute {route_ns}/{}", name(&route.metadata));
     let mut out = Compiled::new(KIND);
     for (ri, rule) in route.spec.rules.iter().flatten().enumerate() {
-        let mut rule_error: Option<String> = None;
         let mut matches = Vec::new();
         for m in rule.matches.iter().flatten() {
             let translated = (|| -> Result<HttpMatch, String> {
@@ -83,59 +80,26 @@ pub(crate) fn compile_route(ctx: &Context<'_>, route: &GrpcRoute) -> Compiled {
             }
         }
         if matches.is_empty() {
-            matches.push(HttpMatch {
-                path: PathMatch::Prefix("/".into()),
-                headers: Vec::new(),
-                query_params: Vec::new(),
-                method: None,
-            });
+            matches.push(match_everything());
         }
-        let mut filters = Vec::new();
-        for f in rule.filters.iter().flatten() {
-            let v = serde_json::to_value(f).unwrap_or(Value::Null);
-            match translate_filter(ctx, route_ns, &v, &mut out) {
-                Ok(f) => filters.push(f),
-                Err(e) => {
-                    rule_error.get_or_insert(e);
-                }
-            }
-        }
-        let mut backends = Vec::new();
-        for b in rule.backend_refs.iter().flatten() {
-            let spec = BackendRefSpec {
-                group: b.group.clone(),
-                kind: b.kind.clone(),
-                name: b.name.clone(),
-                namespace: b.namespace.clone(),
-                port: b.port,
-            };
-            let target = resolve_target(ctx, route_ns, &spec, &mut out);
-            let mut bfilters = Vec::new();
-            for f in b.filters.iter().flatten() {
-                let v = serde_json::to_value(f).unwrap_or(Value::Null);
-                match translate_filter(ctx, route_ns, &v, &mut out) {
-                    Ok(f) => bfilters.push(f),
-                    Err(e) => {
-                        rule_error.get_or_insert(e);
-                    }
-                }
-            }
-            backends.push(WeightedBackend {
-                weight: u32::try_from(b.weight.unwrap_or(1)).unwrap_or(0),
-                target,
-                filters: bfilters,
-            });
-        }
-        if let Some(e) = rule_error {
-            backends = vec![WeightedBackend {
-                weight: 1,
-                target: BackendTarget::Invalid {
-                    reason: format!("{what}: rule {ri}: {e}"),
+        let (filters, backends) = translate_rule_actions(
+            ctx,
+            route_ns,
+            &format!("{what}: rule {ri}"),
+            rule.filters.iter().flatten().map(to_value),
+            rule.backend_refs.iter().flatten().map(|b| RuleBackend {
+                spec: BackendRefSpec {
+                    group: b.group.clone(),
+                    kind: b.kind.clone(),
+                    name: b.name.clone(),
+                    namespace: b.namespace.clone(),
+                    port: b.port,
                 },
-                filters: Vec::new(),
-            }];
-            filters.clear();
-        }
+                weight: b.weight,
+                filters: b.filters.iter().flatten().map(to_value).collect(),
+            }),
+            &mut out,
+        );
         out.rules.push(HttpRule {
             name: rule.name.clone(),
             matches,

@@ -31,7 +31,6 @@ pub(crate) fn compile_route(ctx: &Context<'_>, route: &HttpRoute) -> Compiled {
     let mut out = Compiled::new(KIND);
     let what = format!("HTTPRoute {route_ns}/{}", name(&route.metadata));
     for (ri, rule) in route.spec.rules.iter().flatten().enumerate() {
-        let mut rule_error: Option<String> = None;
         // Matches.
         let mut matches = Vec::new();
         for m in rule.matches.iter().flatten() {
@@ -44,62 +43,26 @@ pub(crate) fn compile_route(ctx: &Context<'_>, route: &HttpRoute) -> Compiled {
             }
         }
         if matches.is_empty() {
-            matches.push(HttpMatch {
-                path: PathMatch::Prefix("/".into()),
-                headers: Vec::new(),
-                query_params: Vec::new(),
-                method: None,
-            });
+            matches.push(match_everything());
         }
-        // Filters.
-        let mut filters = Vec::new();
-        for f in rule.filters.iter().flatten() {
-            let v = serde_json::to_value(f).unwrap_or(Value::Null);
-            match translate_filter(ctx, route_ns, &v, &mut out) {
-                Ok(f) => filters.push(f),
-                Err(e) => {
-                    rule_error.get_or_insert(e);
-                }
-            }
-        }
-        // Backends.
-        let mut backends = Vec::new();
-        for b in rule.backend_refs.iter().flatten() {
-            let spec = BackendRefSpec {
-                group: b.group.clone(),
-                kind: b.kind.clone(),
-                name: b.name.clone(),
-                namespace: b.namespace.clone(),
-                port: b.port,
-            };
-            let target = resolve_target(ctx, route_ns, &spec, &mut out);
-            let mut bfilters = Vec::new();
-            for f in b.filters.iter().flatten() {
-                let v = serde_json::to_value(f).unwrap_or(Value::Null);
-                match translate_filter(ctx, route_ns, &v, &mut out) {
-                    Ok(f) => bfilters.push(f),
-                    Err(e) => {
-                        rule_error.get_or_insert(e);
-                    }
-                }
-            }
-            backends.push(WeightedBackend {
-                weight: u32::try_from(b.weight.unwrap_or(1)).unwrap_or(0),
-                target,
-                filters: bfilters,
-            });
-        }
-        if let Some(e) = rule_error {
-            // A filter we cannot apply must not be skipped: the rule answers 500 instead.
-            backends = vec![WeightedBackend {
-                weight: 1,
-                target: BackendTarget::Invalid {
-                    reason: format!("{what}: rule {ri}: {e}"),
+        let (filters, backends) = translate_rule_actions(
+            ctx,
+            route_ns,
+            &format!("{what}: rule {ri}"),
+            rule.filters.iter().flatten().map(to_value),
+            rule.backend_refs.iter().flatten().map(|b| RuleBackend {
+                spec: BackendRefSpec {
+                    group: b.group.clone(),
+                    kind: b.kind.clone(),
+                    name: b.name.clone(),
+                    namespace: b.namespace.clone(),
+                    port: b.port,
                 },
-                filters: Vec::new(),
-            }];
-            filters.clear();
-        }
+                weight: b.weight,
+                filters: b.filters.iter().flatten().map(to_value).collect(),
+            }),
+            &mut out,
+        );
         // Timeouts and retry.
         let mut timeouts = Timeouts::default();
         if let Some(t) = &rule.timeouts {
@@ -372,4 +335,73 @@ pub(crate) fn translate_filter(
         }
         other => Err(format!("filter type {other} is not supported")),
     }
+}
+
+/// The match a rule without matches gets: every request.
+pub(crate) fn match_everything() -> HttpMatch {
+    HttpMatch {
+        path: PathMatch::Prefix("/".into()),
+        headers: Vec::new(),
+        query_params: Vec::new(),
+        method: None,
+    }
+}
+
+/// A filter, as JSON: HTTPRoute and GRPCRoute filters are different Rust types of one shape.
+pub(crate) fn to_value<T: serde::Serialize>(filter: &T) -> Value {
+    serde_json::to_value(filter).unwrap_or(Value::Null)
+}
+
+/// A backendRef of a rule, whatever the route kind.
+pub(crate) struct RuleBackend {
+    pub spec: BackendRefSpec,
+    pub weight: Option<i32>,
+    pub filters: Vec<Value>,
+}
+
+/// Translates a rule's filters and backends (shared by HTTPRoute and GRPCRoute). A filter that
+/// cannot be applied must not be skipped silently: the whole rule then answers 500, naming `what`.
+pub(crate) fn translate_rule_actions(
+    ctx: &Context<'_>,
+    route_ns: &str,
+    what: &str,
+    filters: impl Iterator<Item = Value>,
+    backend_refs: impl Iterator<Item = RuleBackend>,
+    out: &mut Compiled,
+) -> (Vec<HttpFilter>, Vec<WeightedBackend>) {
+    let mut rule_error: Option<String> = None;
+    let mut translate_all = |values: &mut dyn Iterator<Item = Value>, out: &mut Compiled| {
+        let mut translated = Vec::new();
+        for value in values {
+            match translate_filter(ctx, route_ns, &value, out) {
+                Ok(filter) => translated.push(filter),
+                Err(e) => {
+                    rule_error.get_or_insert(e);
+                }
+            }
+        }
+        translated
+    };
+    let mut filters = translate_all(&mut { filters }, out);
+    let mut backends = Vec::new();
+    for backend in backend_refs {
+        let target = resolve_target(ctx, route_ns, &backend.spec, out);
+        let filters = translate_all(&mut backend.filters.into_iter(), out);
+        backends.push(WeightedBackend {
+            weight: u32::try_from(backend.weight.unwrap_or(1)).unwrap_or(0),
+            target,
+            filters,
+        });
+    }
+    if let Some(e) = rule_error {
+        backends = vec![WeightedBackend {
+            weight: 1,
+            target: BackendTarget::Invalid {
+                reason: format!("{what}: {e}"),
+            },
+            filters: Vec::new(),
+        }];
+        filters.clear();
+    }
+    (filters, backends)
 }

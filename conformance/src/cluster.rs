@@ -72,7 +72,46 @@ pub fn substitute(docs: &mut [Value]) {
     }
 }
 
+/// The address GatewayStaticAddresses may use: standalone serves Gateways on loopback addresses
+/// (clear of the echo pods' 127.20-89.x.y and the per-Gateway 127.100-227.x.y).
+pub const USABLE_ADDRESS: &str = "127.99.0.1";
+/// An address standalone can never serve (TEST-NET-2, RFC 5737); nothing is ever sent to it.
+pub const UNUSABLE_ADDRESS: &str = "198.51.100.7";
+
+/// Which entry of `spec.addresses` an action's `remove_address` names: `spec.addresses[N]`, or
+/// the entry that took the place of the unusable/usable placeholder.
+pub fn address_to_remove(which: &str, addresses: &[Value]) -> Option<usize> {
+    if let Some(rest) = which.strip_prefix("spec.addresses[") {
+        let index: usize = rest.split(']').next()?.parse().ok()?;
+        return (index < addresses.len()).then_some(index);
+    }
+    let value = if which.contains("unusable") {
+        UNUSABLE_ADDRESS
+    } else if which.contains("usable") {
+        USABLE_ADDRESS
+    } else {
+        return None;
+    };
+    addresses
+        .iter()
+        .position(|a| a.get("value").and_then(Value::as_str) == Some(value))
+}
+
 fn replace_placeholders(v: &mut Value) {
+    if let Some(address) = v.as_object_mut()
+        && let Some(placeholder) = address.get("value").and_then(Value::as_str)
+    {
+        let value = match placeholder {
+            "PLACEHOLDER_USABLE_ADDRS" => Some(USABLE_ADDRESS),
+            "PLACEHOLDER_UNUSABLE_ADDRS" => Some(UNUSABLE_ADDRESS),
+            _ => None,
+        };
+        if let Some(value) = value {
+            address.insert("type".into(), json!("IPAddress"));
+            address.insert("value".into(), json!(value));
+            return;
+        }
+    }
     match v {
         Value::String(s) if s.contains('{') => {
             *s = s

@@ -65,11 +65,6 @@ pub fn skip_reason(spec: &TestSpec, features: &[String]) -> Option<String> {
         if !a.steps.is_empty() {
             return Some("actions described only as prose steps".into());
         }
-        if let Some(p) = &a.patch
-            && p.remove_address.is_some()
-        {
-            return Some("remove_address patches are not supported".into());
-        }
     }
     for c in &spec.cases {
         if let Some(p) = &c.request.protocol
@@ -136,6 +131,7 @@ impl Run {
         self.cluster.sync(&docs, &store).await?;
 
         let mut state = TestState {
+            applied: docs.clone(),
             docs,
             store,
             work,
@@ -170,7 +166,7 @@ impl Run {
             .iter()
             .filter(|c| c.after_action.is_none())
         {
-            run_check(check, target, None).await?;
+            run_check(check, target, None, &st.applied).await?;
         }
         // Checks after actions that are not tied to a case.
         for check in spec.status_expectations.iter() {
@@ -190,7 +186,7 @@ impl Run {
                 }
             }
             let before = check_object_key(check).and_then(|key| st.gen_before.get(&key).copied());
-            run_check(check, target, before).await?;
+            run_check(check, target, before, &st.applied).await?;
         }
         for i in 0..spec.actions.len() {
             if !st.done[i] && spec.actions[i].after_case.is_none() {
@@ -211,7 +207,7 @@ impl Run {
                     {
                         let before = check_object_key(check)
                             .and_then(|key| st.gen_before.get(&key).copied());
-                        run_check(check, target, before).await?;
+                        run_check(check, target, before, &st.applied).await?;
                     }
                 }
             }
@@ -458,6 +454,8 @@ impl Run {
 
 struct TestState {
     docs: Vec<Value>,
+    /// The manifests as first applied (placeholders substituted), before any action.
+    applied: Vec<Value>,
     store: DataStore,
     work: PathBuf,
     done: Vec<bool>,
@@ -484,6 +482,18 @@ fn case_label(case: &Case) -> String {
     })
 }
 
+/// `gateway_addresses` compares against `spec.addresses` as first applied (the suite reads them
+/// before its patches remove entries).
+fn applied_spec_addresses(check: &Check, applied: &[Value]) -> Option<Vec<Value>> {
+    let gateway = check.gateway.as_ref()?;
+    let doc = applied.iter().find(|d| {
+        cluster::kind(d) == "Gateway"
+            && cluster::name(d) == gateway.name
+            && cluster::namespace(d) == gateway.namespace
+    })?;
+    doc.pointer("/spec/addresses")?.as_array().cloned()
+}
+
 fn check_object_key(check: &Check) -> Option<(String, String, String)> {
     let o = check.object.as_ref()?;
     Some((o.kind.clone(), o.namespace.clone(), o.name.clone()))
@@ -494,9 +504,11 @@ pub async fn run_check(
     check: &Check,
     world: &dyn World,
     generation_before: Option<i64>,
+    applied: &[Value],
 ) -> anyhow::Result<()> {
     let mut state = CheckState {
         generation_before,
+        applied_spec_addresses: applied_spec_addresses(check, applied),
         ..CheckState::default()
     };
     let deadline = Instant::now() + status::timeout(check);
@@ -548,6 +560,15 @@ pub fn apply_action(
                 Some(list) => list.push(l.clone()),
                 None => return Err(format!("{} {} has no spec.listeners", p.kind, p.name)),
             }
+        }
+        if let Some(which) = &p.remove_address {
+            let list = doc
+                .pointer_mut("/spec/addresses")
+                .and_then(Value::as_array_mut)
+                .ok_or_else(|| format!("{} {} has no spec.addresses", p.kind, p.name))?;
+            let index = cluster::address_to_remove(which, list)
+                .ok_or_else(|| format!("cannot tell which address {which:?} means"))?;
+            list.remove(index);
         }
         if let Some(keep) = &p.keep_only_listeners
             && let Some(list) = doc

@@ -28,6 +28,8 @@ pub struct CheckState {
     pub seen_empty: bool,
     /// `generation_changed`: metadata.generation read before the action.
     pub generation_before: Option<i64>,
+    /// `gateway_addresses`: the Gateway's `spec.addresses` as first applied.
+    pub applied_spec_addresses: Option<Vec<Value>>,
 }
 
 /// Upstream's timeout for a check kind.
@@ -547,7 +549,10 @@ pub fn evaluate(check: &Check, world: &dyn World, state: &mut CheckState) -> Res
                 if addrs.len() as i64 != count {
                     return Err(format!("{} addresses, want {count}", addrs.len()));
                 }
-                let spec = arr(&gw, "spec.addresses");
+                let spec = match &state.applied_spec_addresses {
+                    Some(applied) => applied.as_slice(),
+                    None => arr(&gw, "spec.addresses"),
+                };
                 let value_of = |i: usize| spec.get(i).map(|a| s(a, "value").to_string());
                 for &i in &check.include_spec_addresses {
                     let v = value_of(i).ok_or_else(|| format!("spec.addresses[{i}] missing"))?;

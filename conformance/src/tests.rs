@@ -73,10 +73,10 @@ fn every_gateway_http_test_is_runnable_or_honestly_skipped() {
             Some(reason) => skipped.push(format!("{}: {reason}", s.test)),
         }
     }
-    // All 37 core tests plus the HTTP extended ones Strait supports (static addresses and
-    // infrastructure propagation are not supported yet).
+    // All 37 core tests plus the HTTP extended ones Strait supports (not: infrastructure
+    // propagation, TLSRoute, and BackendTLSPolicy whose actions are prose only).
     assert!(
-        runnable >= 84,
+        runnable >= 92,
         "only {runnable} GATEWAY-HTTP tests runnable; skipped:\n{}",
         skipped.join("\n")
     );
@@ -616,4 +616,31 @@ fn date_is_rfc3339() {
     let d = crate::now_rfc3339();
     assert_eq!(d.len(), 20, "{d}");
     assert!(d.starts_with("20") && d.ends_with('Z'), "{d}");
+}
+
+#[test]
+fn remove_address_names_an_index_or_a_substituted_placeholder() {
+    use crate::cluster::{UNUSABLE_ADDRESS, USABLE_ADDRESS, address_to_remove, substitute};
+    let mut docs = vec![serde_json::json!({
+        "kind": "Gateway",
+        "metadata": {"name": "g", "namespace": "n"},
+        "spec": {"addresses": [
+            {"type": "test/fake-invalid-type", "value": "x"},
+            {"value": "PLACEHOLDER_UNUSABLE_ADDRS"},
+            {"value": "PLACEHOLDER_USABLE_ADDRS"}]}
+    })];
+    substitute(&mut docs);
+    let addresses = docs[0]["spec"]["addresses"].as_array().unwrap().clone();
+    assert_eq!(addresses[1]["value"], UNUSABLE_ADDRESS);
+    assert_eq!(addresses[2]["type"], "IPAddress");
+    assert_eq!(addresses[2]["value"], USABLE_ADDRESS);
+    let remove = |which: &str| address_to_remove(which, &addresses);
+    assert_eq!(
+        remove("spec.addresses[0] (the invalid-type address)"),
+        Some(0)
+    );
+    assert_eq!(remove("the unusable address"), Some(1));
+    assert_eq!(remove("the usable address"), Some(2));
+    assert_eq!(remove("spec.addresses[7]"), None);
+    assert_eq!(remove("some other address"), None);
 }

@@ -8,7 +8,7 @@
 mod load;
 mod snapshot;
 
-pub use load::{LoadError, LoadReport, load_dir, load_paths, load_str};
+pub use load::{LoadError, LoadReport, load_dir, load_paths, load_str, yaml_files};
 pub use snapshot::{ObjectKey, Snapshot, Source};
 
 /// Re-exports so dependants name one set of types.

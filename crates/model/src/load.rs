@@ -78,11 +78,18 @@ const IGNORED_KINDS: &[&str] = &[
 
 /// Loads every `*.yaml` / `*.yml` file under `dir` (recursively, sorted by path).
 pub fn load_dir(dir: &Path) -> LoadReport {
+    let (files, report) = yaml_files(dir);
+    load_files(&files, report)
+}
+
+/// The manifest files under `dir` (recursively, sorted, hidden files skipped), and a report
+/// holding the errors met while listing them.
+pub fn yaml_files(dir: &Path) -> (Vec<PathBuf>, LoadReport) {
     let mut files = Vec::new();
     let mut report = LoadReport::default();
     collect_yaml_files(dir, &mut files, &mut report);
     files.sort();
-    load_files(&files, report)
+    (files, report)
 }
 
 /// Loads the given files and directories.

@@ -59,3 +59,86 @@ pub struct Snapshot {
     /// Where each object came from, for error messages.
     pub sources: BTreeMap<ObjectKey, Source>,
 }
+
+/// Moves every object of `$other` whose key is not in `$target` yet into `$target`; returns the
+/// keys that were already there.
+macro_rules! absorb_lists {
+    ($target:ident, $other:ident, $($field:ident => $kind:literal),* $(,)?) => {{
+        let mut clashes = Vec::new();
+        $(
+            for object in $other.$field {
+                let key = ObjectKey {
+                    kind: $kind.to_string(),
+                    namespace: object.metadata.namespace.clone().unwrap_or_default(),
+                    name: object.metadata.name.clone().unwrap_or_default(),
+                };
+                if $target.sources.contains_key(&key) {
+                    clashes.push(key);
+                    continue;
+                }
+                if let Some(source) = $other.sources.get(&key) {
+                    $target.sources.insert(key, source.clone());
+                }
+                $target.$field.push(object);
+            }
+        )*
+        clashes
+    }};
+}
+
+impl Snapshot {
+    /// Adds the objects of `other` that this snapshot does not have yet (same kind, namespace and
+    /// name); returns the keys of those it already had, which were left out.
+    pub fn absorb(&mut self, other: Snapshot) -> Vec<ObjectKey> {
+        let target = self;
+        absorb_lists!(target, other,
+            gateway_classes => "GatewayClass",
+            gateways => "Gateway",
+            http_routes => "HTTPRoute",
+            grpc_routes => "GRPCRoute",
+            tcp_routes => "TCPRoute",
+            tls_routes => "TLSRoute",
+            reference_grants => "ReferenceGrant",
+            listener_sets => "ListenerSet",
+            backend_tls_policies => "BackendTLSPolicy",
+            services => "Service",
+            endpoint_slices => "EndpointSlice",
+            namespaces => "Namespace",
+            secrets => "Secret",
+            config_maps => "ConfigMap",
+            pods => "Pod",
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    #[test]
+    fn absorb_keeps_existing_objects_and_reports_clashes() {
+        let first = "apiVersion: v1\nkind: Namespace\nmetadata: {name: a, labels: {v: '1'}}\n";
+        let second = "\
+apiVersion: v1
+kind: Namespace
+metadata: {name: a, labels: {v: '2'}}
+---
+apiVersion: v1
+kind: Namespace
+metadata: {name: b}
+";
+        let mut snapshot = crate::load_str(first, Path::new("1.yaml")).snapshot;
+        let clashes = snapshot.absorb(crate::load_str(second, Path::new("2.yaml")).snapshot);
+        assert_eq!(clashes.len(), 1);
+        assert_eq!(clashes[0].to_string(), "Namespace a");
+        let names: Vec<_> = snapshot
+            .namespaces
+            .iter()
+            .map(|n| n.metadata.name.clone().unwrap_or_default())
+            .collect();
+        assert_eq!(names, ["a", "b"]);
+        let labels = snapshot.namespaces[0].metadata.labels.as_ref().unwrap();
+        assert_eq!(labels["v"], "1", "the object already there wins");
+        assert_eq!(snapshot.sources.len(), 2);
+    }
+}

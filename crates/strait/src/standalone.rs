@@ -5,8 +5,8 @@
 //! → compile → swap the proxy config atomically. In-flight requests finish on the config they
 //! started with; open connections are kept.
 
-use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,7 +16,7 @@ use k8s_openapi::jiff::Timestamp;
 use serde_json::Value;
 use strait_compile::{CONTROLLER_NAME, CompileInput, ObjectStatus, compile};
 use strait_config::ProxyConfig;
-use strait_model::{Snapshot, load_dir};
+use strait_model::{Snapshot, load_paths, yaml_files};
 use strait_proxy::{Proxy, ProxyOptions};
 use tokio::sync::Mutex;
 
@@ -61,6 +61,46 @@ struct Reloader {
     store: ObjectStore,
     addresses: AddressAllocator,
     version: u64,
+    /// Each file's objects as of its last load without errors.
+    last_good: HashMap<PathBuf, Snapshot>,
+}
+
+impl Reloader {
+    /// Loads every file under `dir`. A file with a bad document keeps serving the objects of its
+    /// last good version that it no longer yields, as `kubectl apply` of a broken manifest
+    /// leaves the existing objects alone: a half-saved edit never deletes anything. Removing the
+    /// file removes its objects.
+    fn load(&mut self, dir: &Path) -> (Snapshot, Vec<String>) {
+        let (files, listing) = yaml_files(dir);
+        let mut errors: Vec<String> = listing.errors.iter().map(ToString::to_string).collect();
+        self.last_good.retain(|file, _| files.contains(file));
+        let mut snapshot = Snapshot::default();
+        for file in files {
+            let report = load_paths(std::slice::from_ref(&file));
+            let mut objects = report.snapshot;
+            if report.errors.is_empty() {
+                self.last_good.insert(file.clone(), objects.clone());
+            } else {
+                errors.extend(report.errors.iter().map(ToString::to_string));
+                if let Some(previous) = self.last_good.get(&file) {
+                    let kept = previous.clone();
+                    // Objects still loading from the file win over their previous versions.
+                    let _ = objects.absorb(kept);
+                }
+            }
+            for clash in snapshot.absorb(objects) {
+                let first = snapshot
+                    .sources
+                    .get(&clash)
+                    .map_or_else(String::new, ToString::to_string);
+                errors.push(format!(
+                    "{}: {clash}: duplicate of the object at {first}",
+                    file.display()
+                ));
+            }
+        }
+        (snapshot, errors)
+    }
 }
 
 impl Standalone {
@@ -88,6 +128,7 @@ impl Standalone {
                 store: ObjectStore::default(),
                 addresses: AddressAllocator::new(address_mode),
                 version: 0,
+                last_good: HashMap::new(),
             }),
             published: ArcSwap::from_pointee(Published::default()),
         });
@@ -149,12 +190,10 @@ impl Standalone {
 impl Inner {
     async fn reload(&self) -> anyhow::Result<()> {
         let mut reloader = self.reloader.lock().await;
-        let report = load_dir(&self.dir);
-        let load_errors: Vec<String> = report.errors.iter().map(ToString::to_string).collect();
+        let (mut snapshot, load_errors) = reloader.load(&self.dir);
         for error in &load_errors {
             tracing::warn!("{error}");
         }
-        let mut snapshot = report.snapshot;
         let now = Timestamp::now();
         reloader.store.stamp(&mut snapshot, now);
         let gateway_addresses = reloader.addresses.assign(&snapshot.gateways);

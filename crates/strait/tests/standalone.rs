@@ -209,6 +209,24 @@ spec:
     assert_eq!(accepted["status"], "False", "{accepted}");
     assert_eq!(get(&mut connection, "/a").await, (200, "v2-pod".into()));
 
+    // A half-saved edit of the route's own file: its objects keep serving (nothing is deleted by
+    // a broken file), and the error names the file.
+    let half_saved = route_yaml("r", "/", "v1");
+    dir.write(
+        "route.yaml",
+        &format!("{}\n  - matches: [{{path: ", &half_saved.trim_end()),
+    );
+    standalone.reload().await.unwrap();
+    assert!(
+        standalone
+            .load_errors()
+            .iter()
+            .any(|e| e.contains("route.yaml:")),
+        "{:?}",
+        standalone.load_errors()
+    );
+    assert_eq!(get(&mut connection, "/a").await, (200, "v2-pod".into()));
+
     // Removing the route: 404 on the still-open connection.
     std::fs::remove_file(dir.0.join("route.yaml")).unwrap();
     std::fs::remove_file(dir.0.join("bad-route.yaml")).unwrap();

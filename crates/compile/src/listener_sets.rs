@@ -23,7 +23,7 @@ use crate::conditions::{Condition, render};
 use crate::context::{Context, name, ns};
 use crate::gateway::GatewayState;
 use crate::listeners::{self, GATEWAY_GROUP, ListenerState};
-use crate::namespaces::Selector;
+use crate::namespaces::selector_from;
 
 /// A ListenerSet whose parentRef names one of our Gateways.
 #[derive(Debug)]
@@ -108,25 +108,7 @@ fn allowed(ctx: &Context<'_>, gateway: &Gateway, set_ns: &str) -> bool {
         Some(From::All) => true,
         Some(From::Same) => ns(&gateway.metadata) == set_ns,
         Some(From::Selector) => {
-            let s = namespaces.selector.as_ref();
-            Selector {
-                match_labels: s.and_then(|s| s.match_labels.clone()).unwrap_or_default(),
-                match_expressions: s
-                    .and_then(|s| s.match_expressions.as_ref())
-                    .map(|e| {
-                        e.iter()
-                            .map(|e| {
-                                (
-                                    e.key.clone(),
-                                    e.operator.clone(),
-                                    e.values.clone().unwrap_or_default(),
-                                )
-                            })
-                            .collect()
-                    })
-                    .unwrap_or_default(),
-            }
-            .matches(&ctx.namespace_labels(set_ns))
+            selector_from!(namespaces.selector.as_ref()).matches(&ctx.namespace_labels(set_ns))
         }
     }
 }
@@ -381,16 +363,7 @@ pub(crate) fn statuses(
             .unwrap_or(&[])
             .iter()
             .filter(|l| l.owner.as_ref() == Some(&s.key))
-            .map(|l| {
-                json!({
-                    "name": l.name,
-                    "supportedKinds": l.supported_kinds.iter()
-                        .map(|k| json!({"group": GATEWAY_GROUP, "kind": k}))
-                        .collect::<Vec<_>>(),
-                    "attachedRoutes": l.attached_routes,
-                    "conditions": render(&l.conditions, generation, ctx.now()),
-                })
-            })
+            .map(|l| crate::status::listener_status(l, generation, ctx.now()))
             .collect();
         out.push(ObjectStatus {
             kind: "ListenerSet".into(),

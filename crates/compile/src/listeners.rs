@@ -7,7 +7,7 @@ use strait_model::types::Gateway;
 
 use crate::conditions::Condition;
 use crate::context::Context;
-use crate::namespaces::{AllowedNamespaces, Selector};
+use crate::namespaces::{AllowedNamespaces, selector_from};
 use crate::tls;
 
 pub(crate) const GATEWAY_GROUP: &str = "gateway.networking.k8s.io";
@@ -122,26 +122,7 @@ pub(crate) fn evaluate_as(
                     None | Some(F::Same) => AllowedNamespaces::Same,
                     Some(F::All) => AllowedNamespaces::All,
                     Some(F::Selector) => {
-                        let s = n.selector.as_ref();
-                        AllowedNamespaces::Selector(Selector {
-                            match_labels: s
-                                .and_then(|s| s.match_labels.clone())
-                                .unwrap_or_default(),
-                            match_expressions: s
-                                .and_then(|s| s.match_expressions.as_ref())
-                                .map(|e| {
-                                    e.iter()
-                                        .map(|e| {
-                                            (
-                                                e.key.clone(),
-                                                e.operator.clone(),
-                                                e.values.clone().unwrap_or_default(),
-                                            )
-                                        })
-                                        .collect()
-                                })
-                                .unwrap_or_default(),
-                        })
+                        AllowedNamespaces::Selector(selector_from!(n.selector.as_ref()))
                     }
                 }
             }

@@ -10,6 +10,36 @@ pub(crate) struct Selector {
     pub match_expressions: Vec<(String, String, Vec<String>)>,
 }
 
+/// Reads a `LabelSelector` of any generated Gateway API type (each field that embeds one gets a
+/// type of its own, all of one shape) into a [`Selector`]; `$selector` is an
+/// `Option<&GeneratedSelector>`, absent meaning "everything".
+macro_rules! selector_from {
+    ($selector:expr) => {{
+        let selector = $selector;
+        $crate::namespaces::Selector {
+            match_labels: selector
+                .and_then(|s| s.match_labels.clone())
+                .unwrap_or_default(),
+            match_expressions: selector
+                .and_then(|s| s.match_expressions.as_ref())
+                .map(|expressions| {
+                    expressions
+                        .iter()
+                        .map(|e| {
+                            (
+                                e.key.clone(),
+                                e.operator.clone(),
+                                e.values.clone().unwrap_or_default(),
+                            )
+                        })
+                        .collect()
+                })
+                .unwrap_or_default(),
+        }
+    }};
+}
+pub(crate) use selector_from;
+
 impl Selector {
     /// Evaluates the selector; an unknown operator matches nothing (fail closed).
     pub(crate) fn matches(&self, labels: &BTreeMap<String, String>) -> bool {

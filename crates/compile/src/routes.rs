@@ -31,6 +31,26 @@ pub(crate) struct Compiled {
     pub clusters: Vec<(ClusterKey, Cluster)>,
 }
 
+/// HTTPRoute and GRPCRoute parentRefs are distinct generated types of one shape.
+macro_rules! borrow_parent_refs {
+    ($route:expr) => {
+        $route
+            .spec
+            .parent_refs
+            .iter()
+            .flatten()
+            .map(|p| ParentRef {
+                group: p.group.as_deref(),
+                kind: p.kind.as_deref(),
+                name: &p.name,
+                namespace: p.namespace.as_deref(),
+                section_name: p.section_name.as_deref(),
+                port: p.port,
+            })
+            .collect()
+    };
+}
+
 impl Compiled {
     pub(crate) fn new(kind: &'static str) -> Self {
         Compiled {
@@ -84,34 +104,8 @@ impl<'a> AnyRoute<'a> {
 
     fn parent_refs(self) -> Vec<ParentRef<'a>> {
         match self {
-            AnyRoute::Http(r) => r
-                .spec
-                .parent_refs
-                .iter()
-                .flatten()
-                .map(|p| ParentRef {
-                    group: p.group.as_deref(),
-                    kind: p.kind.as_deref(),
-                    name: &p.name,
-                    namespace: p.namespace.as_deref(),
-                    section_name: p.section_name.as_deref(),
-                    port: p.port,
-                })
-                .collect(),
-            AnyRoute::Grpc(r) => r
-                .spec
-                .parent_refs
-                .iter()
-                .flatten()
-                .map(|p| ParentRef {
-                    group: p.group.as_deref(),
-                    kind: p.kind.as_deref(),
-                    name: &p.name,
-                    namespace: p.namespace.as_deref(),
-                    section_name: p.section_name.as_deref(),
-                    port: p.port,
-                })
-                .collect(),
+            AnyRoute::Http(r) => borrow_parent_refs!(r),
+            AnyRoute::Grpc(r) => borrow_parent_refs!(r),
         }
     }
 

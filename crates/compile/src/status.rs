@@ -6,7 +6,7 @@ use crate::ObjectStatus;
 use crate::conditions::render;
 use crate::context::Context;
 use crate::gateway::GatewayState;
-use crate::listeners::GATEWAY_GROUP;
+use crate::listeners::{GATEWAY_GROUP, ListenerState};
 
 pub(crate) fn gateway_status(ctx: &Context<'_>, gw: &GatewayState<'_>) -> ObjectStatus {
     let generation = gw.gateway.metadata.generation;
@@ -14,16 +14,7 @@ pub(crate) fn gateway_status(ctx: &Context<'_>, gw: &GatewayState<'_>) -> Object
         .listeners
         .iter()
         .filter(|l| l.owner.is_none())
-        .map(|l| {
-            json!({
-                "name": l.name,
-                "supportedKinds": l.supported_kinds.iter()
-                    .map(|k| json!({"group": GATEWAY_GROUP, "kind": k}))
-                    .collect::<Vec<_>>(),
-                "attachedRoutes": l.attached_routes,
-                "conditions": render(&l.conditions, generation, ctx.now()),
-            })
-        })
+        .map(|l| listener_status(l, generation, ctx.now()))
         .collect();
     let addresses: Vec<_> = gw
         .addresses
@@ -41,4 +32,20 @@ pub(crate) fn gateway_status(ctx: &Context<'_>, gw: &GatewayState<'_>) -> Object
             "listeners": listeners,
         }),
     }
+}
+
+/// One entry of `status.listeners`, the same for a Gateway's and a ListenerSet's listeners.
+pub(crate) fn listener_status(
+    listener: &ListenerState,
+    generation: Option<i64>,
+    now: &str,
+) -> serde_json::Value {
+    json!({
+        "name": listener.name,
+        "supportedKinds": listener.supported_kinds.iter()
+            .map(|k| json!({"group": GATEWAY_GROUP, "kind": k}))
+            .collect::<Vec<_>>(),
+        "attachedRoutes": listener.attached_routes,
+        "conditions": render(&listener.conditions, generation, now),
+    })
 }

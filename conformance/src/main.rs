@@ -7,6 +7,7 @@ mod certs;
 mod client;
 mod cluster;
 mod expect;
+mod mesh;
 mod report;
 mod runner;
 mod spec;
@@ -92,6 +93,8 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
     };
     let mut results = Vec::new();
     let mut all_features = Vec::new();
+    // Built on the first mesh test, shared by all of them.
+    let mut mesh_world: Option<Result<mesh::MeshWorld, String>> = None;
     for dir in test_dirs(&cli.corpus)? {
         let spec = match spec::load(&dir) {
             Ok(s) => s,
@@ -120,6 +123,23 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
         let started = std::time::Instant::now();
         let outcome = if !cli.profile.is_empty() && !cli.profile.contains(&spec.profile) {
             Outcome::Skip(format!("profile {} not selected", spec.profile))
+        } else if spec.profile.starts_with("MESH") {
+            if let Some(reason) = runner::missing_features(&spec, &features) {
+                Outcome::Skip(reason)
+            } else {
+                if mesh_world.is_none() {
+                    mesh_world = Some(
+                        mesh::MeshWorld::start(&cli.corpus, &work)
+                            .await
+                            .map_err(|e| format!("{e:#}")),
+                    );
+                }
+                match mesh_world.as_mut() {
+                    Some(Ok(world)) => world.run_test(&spec, &dir).await,
+                    Some(Err(e)) => Outcome::Fail(format!("mesh topology: {e}")),
+                    None => Outcome::Fail("mesh topology missing".into()),
+                }
+            }
         } else {
             run.run_test(&spec, &dir).await
         };
@@ -134,6 +154,9 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
         }
         print_result(&r);
         results.push(r);
+    }
+    if let Some(Ok(world)) = mesh_world {
+        world.shutdown().await;
     }
     if let Some(path) = &cli.report {
         let yaml = report::render(&results, &features, &all_features, now_rfc3339())?;

@@ -45,16 +45,11 @@ pub struct Run {
 
 /// Why `spec` cannot run here, if it cannot.
 pub fn skip_reason(spec: &TestSpec, features: &[String]) -> Option<String> {
-    let missing: Vec<&String> = spec
-        .features
-        .iter()
-        .filter(|f| !features.contains(f))
-        .collect();
-    if !missing.is_empty() {
-        return Some(format!("unsupported features {missing:?}"));
+    if let Some(reason) = missing_features(spec, features) {
+        return Some(reason);
     }
     if spec.profile.starts_with("MESH") {
-        return Some("mesh profiles need the netns topology".into());
+        return Some("mesh tests run on the netns topology (crate::mesh)".into());
     }
     for c in &spec.status_expectations {
         if !status::SUPPORTED_CHECKS.contains(&c.check.as_str()) {
@@ -79,6 +74,16 @@ pub fn skip_reason(spec: &TestSpec, features: &[String]) -> Option<String> {
         }
     }
     None
+}
+
+/// The features `spec` needs that are not supported, as a skip reason.
+pub fn missing_features(spec: &TestSpec, features: &[String]) -> Option<String> {
+    let missing: Vec<&String> = spec
+        .features
+        .iter()
+        .filter(|f| !features.contains(f))
+        .collect();
+    (!missing.is_empty()).then(|| format!("unsupported features {missing:?}"))
 }
 
 impl Run {

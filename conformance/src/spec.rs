@@ -197,6 +197,8 @@ impl TestSpec {
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(default)]
 pub struct Request {
+    /// Mesh cases: the client pod, e.g. `echo-v1 pod (app=echo,version=v1) in NAMESPACE`.
+    pub from: Option<String>,
     pub path: String,
     pub host: Option<String>,
     pub method: Option<String>,

@@ -8,11 +8,15 @@
 
 mod backend_tls;
 mod body;
+pub mod dial;
 mod handler;
+pub mod hbone;
 mod headers;
+pub mod mesh;
 mod server;
 mod tls;
 mod upstream;
+pub mod waypoint;
 
 use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};

@@ -123,7 +123,7 @@ async fn serve_connection(
     serve_http(shared, TokioIo::new(stream), conn, stop).await;
 }
 
-async fn serve_http<I>(
+pub(crate) async fn serve_http<I>(
     shared: Arc<ListenerShared>,
     io: I,
     conn: ConnInfo,

@@ -9,7 +9,7 @@
 //! per config version: HTTP/1.1 goes through a keep-alive pool private to the cluster, h2
 //! through the endpoint's shared connection, both over TLS with the policy's SNI and trust.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
@@ -21,14 +21,11 @@ use http::{HeaderMap, HeaderValue, Method, Request, Response, Uri, Version, head
 use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
 use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use rand::Rng;
-use strait_config::{AppProtocol, ClusterKey, GatewayConfig, ProxyConfig};
-use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::TcpStream;
-
+use strait_config::{AppProtocol, CertificatePem, Cluster, ClusterKey, GatewayConfig, ProxyConfig};
 use crate::backend_tls::{self, Origination};
+use crate::dial::{BoxIo, DialConnector, Dialer, TcpDialer, dial_within};
 
 pub(crate) use crate::body::Body;
 
@@ -53,10 +50,17 @@ pub(crate) struct Endpoint {
     /// Set for endpoints of a cluster with a BackendTLSPolicy. Such endpoints belong to their
     /// cluster alone (another Service may reach the same address without TLS).
     tls: Option<Arc<Origination>>,
+    dialer: Arc<dyn Dialer>,
+}
+
+impl std::fmt::Debug for dyn Dialer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Dialer")
+    }
 }
 
 impl Endpoint {
-    fn new(addr: SocketAddr) -> Option<Endpoint> {
+    fn new(addr: SocketAddr, dialer: Arc<dyn Dialer>) -> Option<Endpoint> {
         let authority = Authority::try_from(addr.to_string()).ok()?;
         Some(Endpoint {
             addr,
@@ -65,6 +69,7 @@ impl Endpoint {
             h2: ArcSwapOption::empty(),
             h2_connect: tokio::sync::Mutex::new(()),
             tls: None,
+            dialer,
         })
     }
 
@@ -86,8 +91,8 @@ impl Endpoint {
         {
             return Ok((*sender).clone());
         }
-        let stream: Box<dyn Io> = match self.tls.as_deref() {
-            None => Box::new(connect(self.addr).await?),
+        let stream: BoxIo = match self.tls.as_deref() {
+            None => connect(self.dialer.as_ref(), self.addr).await?,
             Some(Origination::Ready { connector, .. }) => Box::new(
                 connector
                     .connect(self.addr, CONNECT_TIMEOUT)
@@ -174,15 +179,23 @@ pub(crate) type Clusters = HashMap<ClusterKey, Arc<ClusterState>>;
 
 /// Process-wide upstream machinery.
 pub(crate) struct Runtime {
-    client: Client<HttpConnector, Body>,
+    client: Client<DialConnector, Body>,
     endpoints: Mutex<HashMap<SocketAddr, Weak<Endpoint>>>,
+    dialer: Arc<dyn Dialer>,
 }
 
 impl Runtime {
+    /// Dials plain TCP (ingress Gateways).
     pub(crate) fn new() -> Runtime {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(CONNECT_TIMEOUT));
+        Runtime::with_dialer(Arc::new(TcpDialer))
+    }
+
+    /// Reaches endpoints through `dialer` (a waypoint's HBONE tunnels).
+    pub(crate) fn with_dialer(dialer: Arc<dyn Dialer>) -> Runtime {
+        let connector = DialConnector {
+            dialer: dialer.clone(),
+            timeout: CONNECT_TIMEOUT,
+        };
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(60))
             .pool_timer(TokioTimer::new())
@@ -192,7 +205,13 @@ impl Runtime {
         Runtime {
             client,
             endpoints: Mutex::new(HashMap::new()),
+            dialer,
         }
+    }
+
+    /// How endpoints are reached.
+    pub(crate) fn dialer(&self) -> &dyn Dialer {
+        self.dialer.as_ref()
     }
 
     /// Builds the clusters of a config, reusing endpoint state that already exists.
@@ -208,13 +227,22 @@ impl Runtime {
         gateway: Option<&GatewayConfig>,
     ) -> Clusters {
         let client_certificate = gateway.and_then(|g| g.backend_client_certificate.as_ref());
+        self.build_clusters(&config.clusters, client_certificate)
+    }
+
+    /// Builds clusters from a cluster map (the mesh config has its own).
+    pub(crate) fn build_clusters(
+        &self,
+        clusters_config: &BTreeMap<ClusterKey, Cluster>,
+        client_certificate: Option<&CertificatePem>,
+    ) -> Clusters {
         let mut registry = match self.endpoints.lock() {
             Ok(guard) => guard,
             Err(poisoned) => poisoned.into_inner(),
         };
         registry.retain(|_, weak| weak.strong_count() > 0);
-        let mut clusters = Clusters::with_capacity(config.clusters.len());
-        for (key, cluster) in &config.clusters {
+        let mut clusters = Clusters::with_capacity(clusters_config.len());
+        for (key, cluster) in clusters_config {
             let mut endpoints = Vec::with_capacity(cluster.endpoints.len());
             if let Some(tls) = &cluster.tls {
                 let origination = Arc::new(backend_tls::build(
@@ -226,7 +254,7 @@ impl Runtime {
                     tracing::warn!(cluster = %key, reason = %why, "backend TLS unusable, requests will fail");
                 }
                 for addr in &cluster.endpoints {
-                    if let Some(mut endpoint) = Endpoint::new(*addr) {
+                    if let Some(mut endpoint) = Endpoint::new(*addr, self.dialer.clone()) {
                         endpoint.tls = Some(origination.clone());
                         endpoints.push(Arc::new(endpoint));
                     }
@@ -235,7 +263,7 @@ impl Runtime {
             for addr in cluster.endpoints.iter().filter(|_| cluster.tls.is_none()) {
                 if let Some(existing) = registry.get(addr).and_then(Weak::upgrade) {
                     endpoints.push(existing);
-                } else if let Some(endpoint) = Endpoint::new(*addr) {
+                } else if let Some(endpoint) = Endpoint::new(*addr, self.dialer.clone()) {
                     let endpoint = Arc::new(endpoint);
                     registry.insert(*addr, Arc::downgrade(&endpoint));
                     endpoints.push(endpoint);
@@ -313,13 +341,10 @@ impl Outgoing {
     }
 }
 
-async fn connect(addr: SocketAddr) -> Result<TcpStream, SendError> {
-    let stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr))
+async fn connect(dialer: &dyn Dialer, addr: SocketAddr) -> Result<BoxIo, SendError> {
+    dial_within(dialer, addr, CONNECT_TIMEOUT)
         .await
-        .map_err(|_| SendError::Connect("connect timed out".into()))?
-        .map_err(|e| SendError::Connect(e.into()))?;
-    let _ = stream.set_nodelay(true);
-    Ok(stream)
+        .map_err(|e| SendError::Connect(e.into()))
 }
 
 /// Sends one request to one endpoint.
@@ -389,7 +414,7 @@ pub(crate) async fn send_upgrade(
     if let Some(origination) = &endpoint.tls {
         return send_tls(origination, endpoint, outgoing, empty(), true).await;
     }
-    let stream = connect(endpoint.addr).await?;
+    let stream = connect(endpoint.dialer.as_ref(), endpoint.addr).await?;
     let (mut sender, conn) = http1::handshake(TokioIo::new(stream))
         .await
         .map_err(|e| SendError::Connect(e.into()))?;
@@ -405,10 +430,6 @@ pub(crate) async fn send_upgrade(
         .await
         .map_err(|e| SendError::Other(e.into()))
 }
-
-/// A byte stream to a backend, cleartext or TLS.
-trait Io: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
-impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Io for T {}
 
 /// Whether requests to this endpoint go over the shared HTTP/2 connection.
 fn multiplexed(protocol: AppProtocol, endpoint: &Endpoint) -> bool {
@@ -470,8 +491,6 @@ async fn send_tls(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::collections::BTreeMap;
-    use strait_config::Cluster;
 
     fn key(name: &str) -> ClusterKey {
         ClusterKey {

@@ -4,6 +4,7 @@
 mod addresses;
 pub mod check;
 pub mod demo;
+pub mod mesh;
 pub mod standalone;
 mod store;
 

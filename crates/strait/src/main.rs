@@ -1,13 +1,15 @@
 //! `strait`: one binary, one subcommand per role.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use strait::AddressMode;
+use strait::mesh::{CaSource, MeshOptions, WaypointSelection};
 use strait::standalone::{Standalone, StandaloneOptions};
+use strait_config::ObjectRef;
 
 #[derive(Parser)]
 #[command(
@@ -39,11 +41,93 @@ enum Command {
         /// Also start echo backends for every loopback endpoint in the EndpointSlices of DIR.
         #[arg(long)]
         echo_backends: bool,
+        /// Run no mesh components (CA, node proxy, waypoints).
+        #[arg(long)]
+        no_mesh: bool,
+        /// Serve the workload CA over gRPC here (loopback only: it signs any identity asked).
+        #[arg(long)]
+        ca_listen: Option<SocketAddr>,
+        /// Node proxy: serve only pods with this spec.nodeName.
+        #[arg(long)]
+        node_name: Option<String>,
+    },
+    /// The node proxy alone: captures and serves the enrolled pods of DIR that have a network
+    /// namespace here, with certificates from the CA at --ca.
+    Node {
+        /// Directory of manifests (the mesh's Namespaces, Pods, Services, EndpointSlices, routes).
+        dir: PathBuf,
+        /// CA endpoint, e.g. http://127.0.0.1:15012.
+        #[arg(long)]
+        ca: String,
+        /// Serve only pods with this spec.nodeName.
+        #[arg(long)]
+        node_name: Option<String>,
+        /// Inbound sources never captured (health probes), as CIDRs.
+        #[arg(long = "probe-source")]
+        probe_sources: Vec<String>,
+        /// Do not reload when files change.
+        #[arg(long)]
+        no_watch: bool,
+    },
+    /// One waypoint: HBONE on 15008, routes whose parentRef is a Service of NAMESPACE.
+    Waypoint {
+        /// Directory of manifests.
+        dir: PathBuf,
+        /// The waypoint's namespace.
+        #[arg(long)]
+        namespace: String,
+        /// The waypoint Gateway's name.
+        #[arg(long, default_value = "waypoint")]
+        name: String,
+        /// CA endpoint, e.g. http://127.0.0.1:15012.
+        #[arg(long)]
+        ca: String,
+        /// Bind inside this named network namespace (the waypoint pod's).
+        #[arg(long)]
+        netns: Option<String>,
+        /// Do not reload when files change.
+        #[arg(long)]
+        no_watch: bool,
+    },
+    /// Install or remove the traffic-capture rules in a pod's network namespace.
+    Iptables {
+        #[command(subcommand)]
+        action: IptablesAction,
     },
     /// Print the status every object in the given files/directories would get; exit 1 on errors.
     Check {
         #[arg(required = true)]
         paths: Vec<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum IptablesAction {
+    /// Install (or converge) the capture rules.
+    Apply {
+        /// Named network namespace (`ip netns`).
+        #[arg(long)]
+        netns: String,
+        /// Outbound TCP ports never captured.
+        #[arg(long, value_delimiter = ',')]
+        exclude_outbound_ports: Vec<u16>,
+        /// Outbound CIDRs never captured.
+        #[arg(long, value_delimiter = ',')]
+        exclude_outbound_cidrs: Vec<String>,
+        /// Inbound TCP ports never captured.
+        #[arg(long, value_delimiter = ',')]
+        exclude_inbound_ports: Vec<u16>,
+        /// Inbound sources never captured (health probes), as CIDRs.
+        #[arg(long = "probe-source")]
+        probe_sources: Vec<String>,
+        /// Print the rules instead of installing them.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Remove every capture rule and chain.
+    Remove {
+        #[arg(long)]
+        netns: String,
     },
 }
 
@@ -59,31 +143,147 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Check { paths } => Ok(run_check(&paths)),
+        Command::Iptables { action } => run_iptables(action).map(|()| ExitCode::SUCCESS),
         Command::Standalone {
             dir,
             port_offset,
             address,
             no_watch,
             echo_backends,
-        } => tokio::runtime::Builder::new_multi_thread()
-            .enable_all()
-            .build()
-            .context("starting the runtime")
-            .and_then(|rt| {
-                rt.block_on(run_standalone(
-                    dir,
-                    port_offset,
-                    address,
-                    !no_watch,
-                    echo_backends,
-                ))
-            })
-            .map(|()| ExitCode::SUCCESS),
+            no_mesh,
+            ca_listen,
+            node_name,
+        } => {
+            let mesh = (!no_mesh).then(|| MeshOptions {
+                ca: CaSource::Local { listen: ca_listen },
+                node_name,
+                ..MeshOptions::all_in_one()
+            });
+            block_on(run_standalone(
+                dir,
+                port_offset,
+                address,
+                !no_watch,
+                echo_backends,
+                mesh,
+            ))
+        }
+        Command::Node {
+            dir,
+            ca,
+            node_name,
+            probe_sources,
+            no_watch,
+        } => {
+            let mesh = MeshOptions {
+                ca: CaSource::Remote(ca),
+                node: true,
+                node_name,
+                waypoints: WaypointSelection::None,
+                probe_sources,
+            };
+            block_on(run_component(dir, !no_watch, mesh))
+        }
+        Command::Waypoint {
+            dir,
+            namespace,
+            name,
+            ca,
+            netns,
+            no_watch,
+        } => {
+            let mesh = MeshOptions {
+                ca: CaSource::Remote(ca),
+                node: false,
+                node_name: None,
+                waypoints: WaypointSelection::One {
+                    gateway: ObjectRef { namespace, name },
+                    netns,
+                },
+                probe_sources: Vec::new(),
+            };
+            block_on(run_component(dir, !no_watch, mesh))
+        }
     };
     result.unwrap_or_else(|error| {
         eprintln!("error: {error:#}");
         ExitCode::FAILURE
     })
+}
+
+fn block_on(job: impl Future<Output = anyhow::Result<()>>) -> anyhow::Result<ExitCode> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")?
+        .block_on(job)
+        .map(|()| ExitCode::SUCCESS)
+}
+
+fn run_iptables(action: IptablesAction) -> anyhow::Result<()> {
+    match action {
+        IptablesAction::Apply {
+            netns,
+            exclude_outbound_ports,
+            exclude_outbound_cidrs,
+            exclude_inbound_ports,
+            probe_sources,
+            dry_run,
+        } => {
+            let spec = strait_capture::CaptureSpec {
+                exclude_outbound_ports,
+                exclude_outbound_cidrs,
+                exclude_inbound_ports,
+                probe_sources,
+                ..strait_capture::CaptureSpec::default()
+            };
+            if dry_run {
+                print!("{}", strait_capture::render(&spec)?);
+                return Ok(());
+            }
+            let handle = strait_netns::NetNs::named(&netns)?;
+            strait_capture::apply(&handle, &spec)
+                .with_context(|| format!("network namespace {netns}"))?;
+            eprintln!("capture rules installed in {netns}");
+        }
+        IptablesAction::Remove { netns } => {
+            let handle = strait_netns::NetNs::named(&netns)?;
+            strait_capture::remove(&handle)
+                .with_context(|| format!("network namespace {netns}"))?;
+            eprintln!("capture rules removed from {netns}");
+        }
+    }
+    Ok(())
+}
+
+/// `strait node` / `strait waypoint`: one mesh component fed from DIR, until Ctrl-C or
+/// SIGTERM. A stop leaves the capture rules in place so pods fail closed until the next start.
+async fn run_component(dir: PathBuf, watch: bool, mesh: MeshOptions) -> anyhow::Result<()> {
+    let standalone = Standalone::start(StandaloneOptions {
+        dir,
+        port_offset: 0,
+        watch,
+        gateways: false,
+        mesh: Some(mesh),
+    })
+    .await?;
+    for error in standalone.load_errors() {
+        eprintln!("{error}");
+    }
+    wait_for_signal().await?;
+    eprintln!("shutting down");
+    standalone.stop_keeping_rules().await;
+    Ok(())
+}
+
+async fn wait_for_signal() -> anyhow::Result<()> {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("installing the SIGTERM handler")?;
+    tokio::select! {
+        result = tokio::signal::ctrl_c() => result.context("waiting for Ctrl-C")?,
+        _ = term.recv() => {}
+    }
+    Ok(())
 }
 
 fn run_check(paths: &[PathBuf]) -> ExitCode {
@@ -106,6 +306,7 @@ async fn run_standalone(
     address: Option<IpAddr>,
     watch: bool,
     echo_backends: bool,
+    mesh: Option<MeshOptions>,
 ) -> anyhow::Result<()> {
     let (dir, address, echo_backends) = match dir {
         Some(dir) => (dir, address, echo_backends),
@@ -130,6 +331,8 @@ async fn run_standalone(
             dir,
             port_offset,
             watch,
+            gateways: true,
+            mesh,
         },
         mode,
     )
@@ -148,9 +351,10 @@ async fn run_standalone(
             }
         }
     }
-    tokio::signal::ctrl_c()
-        .await
-        .context("waiting for Ctrl-C")?;
+    if let Some(addr) = standalone.ca_addr() {
+        eprintln!("workload CA: http://{addr}");
+    }
+    wait_for_signal().await?;
     eprintln!("shutting down");
     standalone.shutdown().await;
     Ok(())

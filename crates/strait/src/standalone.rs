@@ -16,11 +16,13 @@ use k8s_openapi::jiff::Timestamp;
 use serde_json::Value;
 use strait_compile::{CONTROLLER_NAME, CompileInput, ObjectStatus, compile};
 use strait_config::ProxyConfig;
+use strait_config::mesh::MeshConfig;
 use strait_model::{Snapshot, load_paths, yaml_files};
 use strait_proxy::{Proxy, ProxyOptions};
 use tokio::sync::Mutex;
 
 use crate::addresses::{AddressAllocator, AddressMode};
+use crate::mesh::{MeshOptions, MeshRuntime};
 use crate::store::{ObjectStore, keep_transition_times};
 
 /// How to run standalone.
@@ -32,6 +34,23 @@ pub struct StandaloneOptions {
     pub port_offset: u16,
     /// Reload when files under `dir` change.
     pub watch: bool,
+    /// Serve the ingress Gateways (off for `strait node` / `strait waypoint`).
+    pub gateways: bool,
+    /// Mesh components to run; `None` runs none.
+    pub mesh: Option<MeshOptions>,
+}
+
+impl StandaloneOptions {
+    /// Gateways only, no mesh components: what ingress tests want.
+    pub fn gateways_only(dir: PathBuf, port_offset: u16, watch: bool) -> StandaloneOptions {
+        StandaloneOptions {
+            dir,
+            port_offset,
+            watch,
+            gateways: true,
+            mesh: None,
+        }
+    }
 }
 
 /// A running standalone instance.
@@ -43,6 +62,8 @@ pub struct Standalone {
 struct Inner {
     dir: PathBuf,
     proxy: Proxy,
+    gateways: bool,
+    mesh: Option<MeshRuntime>,
     /// Reloads run one at a time; this also owns the state that carries across reloads.
     reloader: Mutex<Reloader>,
     published: ArcSwap<Published>,
@@ -54,6 +75,7 @@ struct Published {
     snapshot: Snapshot,
     statuses: BTreeMap<(String, String, String), ObjectStatus>,
     config: Arc<ProxyConfig>,
+    mesh: Arc<MeshConfig>,
     load_errors: Vec<String>,
 }
 
@@ -61,6 +83,7 @@ struct Reloader {
     store: ObjectStore,
     addresses: AddressAllocator,
     version: u64,
+    mesh_version: u64,
     /// Each file's objects as of its last load without errors.
     last_good: HashMap<PathBuf, Snapshot>,
 }
@@ -119,15 +142,22 @@ impl Standalone {
             "{}: not a directory",
             options.dir.display()
         );
+        let mesh = match options.mesh.clone() {
+            Some(mesh_options) => Some(MeshRuntime::start(mesh_options).await?),
+            None => None,
+        };
         let inner = Arc::new(Inner {
             dir: options.dir.clone(),
             proxy: Proxy::new(ProxyOptions {
                 port_offset: options.port_offset,
             }),
+            gateways: options.gateways,
+            mesh,
             reloader: Mutex::new(Reloader {
                 store: ObjectStore::default(),
                 addresses: AddressAllocator::new(address_mode),
                 version: 0,
+                mesh_version: 0,
                 last_good: HashMap::new(),
             }),
             published: ArcSwap::from_pointee(Published::default()),
@@ -173,6 +203,16 @@ impl Standalone {
         self.inner.published.load().config.clone()
     }
 
+    /// The mesh config the node proxy and waypoints are serving.
+    pub fn mesh_config(&self) -> Arc<MeshConfig> {
+        self.inner.published.load().mesh.clone()
+    }
+
+    /// The address the workload CA serves gRPC on, when it does.
+    pub fn ca_addr(&self) -> Option<std::net::SocketAddr> {
+        self.inner.mesh.as_ref().and_then(MeshRuntime::ca_addr)
+    }
+
     /// Documents of the last reload that could not be loaded.
     pub fn load_errors(&self) -> Vec<String> {
         self.inner.published.load().load_errors.clone()
@@ -184,6 +224,21 @@ impl Standalone {
             watcher.abort();
         }
         self.inner.proxy.shutdown(Duration::from_secs(5)).await;
+        if let Some(mesh) = &self.inner.mesh {
+            mesh.shutdown(true).await;
+        }
+    }
+
+    /// Stops as a crashed or restarted process would look to the pods: listeners close, the
+    /// capture rules stay (so pods fail closed until a new process takes over).
+    pub async fn stop_keeping_rules(self) {
+        if let Some(watcher) = self.watcher {
+            watcher.abort();
+        }
+        self.inner.proxy.shutdown(Duration::from_secs(1)).await;
+        if let Some(mesh) = &self.inner.mesh {
+            mesh.shutdown(false).await;
+        }
     }
 }
 
@@ -219,7 +274,11 @@ impl Inner {
             statuses.insert(key, status);
         }
 
+        let mesh = self.apply_mesh(&mut reloader, output.mesh, &previous.mesh).await;
         let mut config = output.config;
+        if !self.gateways {
+            config.gateways.clear();
+        }
         let unchanged = {
             let mut old = (*previous.config).clone();
             old.version = 0;
@@ -246,9 +305,41 @@ impl Inner {
             snapshot,
             statuses,
             config,
+            mesh,
             load_errors,
         }));
         Ok(())
+    }
+}
+
+impl Inner {
+    /// Versions and applies the mesh config when it changed.
+    async fn apply_mesh(
+        &self,
+        reloader: &mut Reloader,
+        mut mesh: MeshConfig,
+        previous: &Arc<MeshConfig>,
+    ) -> Arc<MeshConfig> {
+        mesh.version = previous.version;
+        if reloader.mesh_version > 0 && mesh == **previous {
+            return previous.clone();
+        }
+        reloader.mesh_version += 1;
+        mesh.version = reloader.mesh_version;
+        let mesh = Arc::new(mesh);
+        if let Some(runtime) = &self.mesh {
+            for error in runtime.apply(mesh.clone()).await {
+                tracing::error!("{error}");
+            }
+            tracing::info!(
+                version = mesh.version,
+                workloads = mesh.workloads.len(),
+                services = mesh.services.len(),
+                waypoints = mesh.waypoints.len(),
+                "mesh config applied"
+            );
+        }
+        mesh
     }
 }
 

@@ -149,11 +149,7 @@ async fn reload_swaps_routes_on_open_connections_and_survives_bad_documents() {
         ),
     );
     dir.write("route.yaml", &route_yaml("r", "/", "v1"));
-    let standalone = Standalone::start(StandaloneOptions {
-        dir: dir.0.clone(),
-        port_offset: 0,
-        watch: false,
-    })
+    let standalone = Standalone::start(StandaloneOptions::gateways_only(dir.0.clone(), 0, false))
     .await
     .unwrap();
     let addr = SocketAddr::new(gateway_address(&standalone), 39180);
@@ -245,11 +241,7 @@ async fn watch_mode_picks_up_file_changes() {
         "backends.yaml",
         &backend_yaml("w1", "127.0.0.1:39111".parse().unwrap()),
     );
-    let standalone = Standalone::start(StandaloneOptions {
-        dir: dir.0.clone(),
-        port_offset: 0,
-        watch: true,
-    })
+    let standalone = Standalone::start(StandaloneOptions::gateways_only(dir.0.clone(), 0, true))
     .await
     .unwrap();
     let addr = SocketAddr::new(gateway_address(&standalone), 39190);

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Runs every test of the project: formatting, lints, unit and integration tests, and the
-# GATEWAY-HTTP conformance suite. Installs the system packages the tests need if missing.
+# Runs every test of the project: formatting, lints, unit and integration tests (the mesh ones
+# on network-namespace topologies, which need root), and the GATEWAY-HTTP and MESH-HTTP
+# conformance suites. Installs the system packages the tests need if missing.
 #
 #   bash tests/run.sh
 #
@@ -30,6 +31,8 @@ echo "== cargo clippy"
 cargo clippy --workspace --all-targets --quiet -- -D warnings
 
 echo "== cargo test"
+# The mesh tests exec the echo client inside pod namespaces: build it first.
+cargo build --quiet -p strait-echo
 cargo test --workspace --quiet
 
 echo "== conformance: GATEWAY-HTTP"
@@ -37,3 +40,8 @@ mkdir -p target/conformance
 cargo run --quiet -p strait-conformance -- \
     --corpus "$corpus" --profile GATEWAY-HTTP \
     --report target/conformance/gateway-http.yaml
+
+echo "== conformance: MESH-HTTP"
+cargo run --quiet -p strait-conformance -- \
+    --corpus "$corpus" --profile MESH-HTTP \
+    --report target/conformance/mesh-http.yaml

@@ -30,7 +30,6 @@ pub struct MeshWorld {
     testbed: Testbed,
     standalone: Option<Standalone>,
     dir: PathBuf,
-    echo_binary: PathBuf,
 }
 
 impl MeshWorld {
@@ -40,21 +39,22 @@ impl MeshWorld {
         let text =
             std::fs::read_to_string(&base).with_context(|| format!("{}", base.display()))?;
         let docs = cluster::parse_docs(&text, &base.display().to_string())?;
-        let echo_binary = echo_binary()?;
-        let mut testbed = Testbed::build(
+        let testbed = Testbed::build(
             &docs,
             TestbedOptions {
                 enroll: MESH_NAMESPACES.iter().map(|s| s.to_string()).collect(),
-                start_echo: true,
-                echo_binary: echo_binary.clone(),
                 ..TestbedOptions::default()
             },
         )
         .await
         .context("building the mesh topology")?;
+        anyhow::ensure!(
+            testbed.options().echo_binary.is_some(),
+            "the echo client is missing: run `cargo build -p strait-echo` first"
+        );
         for namespace in MESH_NAMESPACES {
             testbed
-                .add_pod(PodSpec::waypoint(namespace, "waypoint"))
+                .add_pod(waypoint_pod(namespace))
                 .await
                 .with_context(|| format!("waypoint pod in {namespace}"))?;
         }
@@ -77,7 +77,6 @@ impl MeshWorld {
             testbed,
             standalone: Some(standalone),
             dir,
-            echo_binary,
         })
     }
 
@@ -194,7 +193,7 @@ impl MeshWorld {
         let scheme = if scheme == "https" { "http" } else { scheme };
         let url = format!("{scheme}://{host}{}", case.request.path);
         let mut argv: Vec<String> = vec![
-            self.echo_binary.display().to_string(),
+            "strait-echo".into(),
             "client".into(),
             url,
             "--timeout".into(),
@@ -241,7 +240,6 @@ impl MeshWorld {
             .pods_matching(namespace, &[("app", "echo"), ("version", "v1")])
             .into_iter()
             .next()
-            .cloned()
             .ok_or_else(|| format!("no client pod in {namespace}"))
     }
 
@@ -261,13 +259,8 @@ impl MeshWorld {
             .pods_matching("gateway-conformance-mesh", &[("app", "echo"), ("version", version)])
             .into_iter()
             .next()
-            .cloned()
             .ok_or_else(|| format!("no pod for {placeholder}"))?;
-        let ip = match pod.ip {
-            std::net::IpAddr::V6(ip) => format!("[{ip}]"),
-            std::net::IpAddr::V4(ip) => ip.to_string(),
-        };
-        Ok(format!("{}{ip}{}", &host[..start], &host[end + 1..]))
+        Ok(format!("{}{}{}", &host[..start], pod.ip, &host[end + 1..]))
     }
 
     /// Stops Strait (removing the capture rules) and tears the topology down.
@@ -275,7 +268,9 @@ impl MeshWorld {
         if let Some(standalone) = self.standalone.take() {
             standalone.shutdown().await;
         }
-        self.testbed.teardown().await;
+        if let Err(e) = self.testbed.teardown() {
+            eprintln!("mesh topology teardown: {e}");
+        }
     }
 }
 
@@ -350,19 +345,20 @@ fn backend_of_pod(pod: &str) -> String {
     }
 }
 
-/// The echo client binary, built next to this one (`cargo build -p strait-echo`).
-fn echo_binary() -> anyhow::Result<PathBuf> {
-    let me = std::env::current_exe().context("locating the harness binary")?;
-    let dir = me.parent().context("harness binary has no directory")?;
-    for candidate in [dir.join("strait-echo"), dir.join("../strait-echo")] {
-        if candidate.is_file() {
-            return Ok(candidate);
-        }
+/// The waypoint pod of a namespace, as the controller's provisioner would create it.
+fn waypoint_pod(namespace: &str) -> PodSpec {
+    PodSpec {
+        namespace: namespace.to_string(),
+        name: "waypoint-7d9c5b8f6c-w4ypt".into(),
+        labels: [(
+            strait_config::mesh::GATEWAY_NAME_LABEL.to_string(),
+            strait_config::mesh::DEFAULT_WAYPOINT.to_string(),
+        )]
+        .into_iter()
+        .collect(),
+        service_account: strait_config::mesh::DEFAULT_WAYPOINT.into(),
+        ..PodSpec::default()
     }
-    anyhow::bail!(
-        "the echo client is missing next to {}: run `cargo build -p strait-echo` first",
-        me.display()
-    )
 }
 
 #[cfg(test)]

@@ -2,6 +2,7 @@
 
 use std::net::{IpAddr, SocketAddr};
 
+use k8s_openapi::api::core::v1::ServicePort;
 use strait_config::{AppProtocol, Cluster, ClusterKey};
 
 use crate::context::Context;
@@ -18,12 +19,15 @@ pub(crate) struct BackendRefSpec {
     pub port: Option<i32>,
 }
 
-/// Resolves a backendRef of a route (`route_kind` in `route_ns`) to a cluster.
+/// Resolves a backendRef of a route (`route_kind` in `route_ns`) to a cluster. A backendRef to
+/// another namespace needs a ReferenceGrant when `grants_required` (Gateway parents); mesh
+/// parents do not (GEP-1426: mesh routes augment Services their callers can already reach).
 pub(crate) fn resolve(
     ctx: &Context<'_>,
     route_kind: &str,
     route_ns: &str,
     r: &BackendRefSpec,
+    grants_required: bool,
 ) -> Result<(ClusterKey, Cluster), RefFailure> {
     let group = r.group.as_deref().unwrap_or("");
     let kind = r.kind.as_deref().unwrap_or("Service");
@@ -38,20 +42,22 @@ pub(crate) fn resolve(
             ),
         });
     }
-    if !reference_grants::permitted(
-        ctx.snapshot,
-        &From {
-            group: crate::listeners::GATEWAY_GROUP,
-            kind: route_kind,
-            namespace: route_ns,
-        },
-        &To {
-            group: "",
-            kind: "Service",
-            namespace,
-            name: &r.name,
-        },
-    ) {
+    if grants_required
+        && !reference_grants::permitted(
+            ctx.snapshot,
+            &From {
+                group: crate::listeners::GATEWAY_GROUP,
+                kind: route_kind,
+                namespace: route_ns,
+            },
+            &To {
+                group: "",
+                kind: "Service",
+                namespace,
+                name: &r.name,
+            },
+        )
+    {
         return Err(RefFailure {
             reason: "RefNotPermitted",
             message: format!("backendRef to {what} is not permitted by any ReferenceGrant"),
@@ -90,9 +96,29 @@ pub(crate) fn resolve(
         Some("kubernetes.io/ws") => AppProtocol::WebSocket,
         _ => AppProtocol::Http1,
     };
+    let endpoints = endpoints(ctx, namespace, &r.name, service_port);
+    Ok((
+        key,
+        Cluster {
+            protocol,
+            endpoints,
+            tls: None,
+        },
+    ))
+}
+
+/// The ready endpoints of one Service port: every ready address of the Service's EndpointSlices
+/// with the slice port of the same name (the resolved target port), sorted and deduplicated.
+/// Shared by ingress backends and mesh Services so both see the same endpoints.
+pub(crate) fn endpoints(
+    ctx: &Context<'_>,
+    namespace: &str,
+    service: &str,
+    service_port: &ServicePort,
+) -> Vec<SocketAddr> {
     let port_name = service_port.name.as_deref().unwrap_or("");
     let mut endpoints = Vec::new();
-    for slice in ctx.slices(namespace, &r.name) {
+    for slice in ctx.slices(namespace, service) {
         let Some(slice_port) = slice
             .ports
             .iter()
@@ -121,12 +147,5 @@ pub(crate) fn resolve(
     }
     endpoints.sort();
     endpoints.dedup();
-    Ok((
-        key,
-        Cluster {
-            protocol,
-            endpoints,
-            tls: None,
-        },
-    ))
+    endpoints
 }

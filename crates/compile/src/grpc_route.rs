@@ -9,7 +9,7 @@ use crate::context::{Context, name, ns};
 use crate::http_route::{
     RuleBackend, check_regex, match_everything, to_value, translate_rule_actions,
 };
-use crate::routes::Compiled;
+use crate::routes::{Compiled, Scope};
 
 const KIND: &str = "GRPCRoute";
 
@@ -36,12 +36,12 @@ fn method_path(
     }
 }
 
-/// Translates a GRPCRoute's rules.
-pub(crate) fn compile_route(ctx: &Context<'_>, route: &GrpcRoute) -> Compiled {
+/// Translates a GRPCRoute's rules for parents of `scope`.
+pub(crate) fn compile_route(ctx: &Context<'_>, route: &GrpcRoute, scope: Scope) -> Compiled {
     use gateway_api::experimental::grpcroutes::GrpcRouteRulesMatchesHeadersType as H;
     let route_ns = ns(&route.metadata);
     let what = format!("GRPCRoute {route_ns}/{}", name(&route.metadata));
-    let mut out = Compiled::new(KIND);
+    let mut out = Compiled::new(KIND, scope);
     for (ri, rule) in route.spec.rules.iter().flatten().enumerate() {
         let mut matches = Vec::new();
         for m in rule.matches.iter().flatten() {

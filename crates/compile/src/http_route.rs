@@ -12,7 +12,7 @@ use strait_model::types::HttpRoute;
 
 use crate::backends::{self, BackendRefSpec};
 use crate::context::{Context, name, ns};
-use crate::routes::Compiled;
+use crate::routes::{Compiled, Scope};
 
 const KIND: &str = "HTTPRoute";
 
@@ -25,10 +25,10 @@ pub(crate) fn parse_duration(s: &str) -> Result<Option<Duration>, String> {
     Ok((!d.is_zero()).then_some(d))
 }
 
-/// Translates an HTTPRoute's rules.
-pub(crate) fn compile_route(ctx: &Context<'_>, route: &HttpRoute) -> Compiled {
+/// Translates an HTTPRoute's rules for parents of `scope`.
+pub(crate) fn compile_route(ctx: &Context<'_>, route: &HttpRoute, scope: Scope) -> Compiled {
     let route_ns = ns(&route.metadata);
-    let mut out = Compiled::new(KIND);
+    let mut out = Compiled::new(KIND, scope);
     let what = format!("HTTPRoute {route_ns}/{}", name(&route.metadata));
     for (ri, rule) in route.spec.rules.iter().flatten().enumerate() {
         // Matches.
@@ -112,7 +112,8 @@ pub(crate) fn resolve_target(
     spec: &BackendRefSpec,
     out: &mut Compiled,
 ) -> BackendTarget {
-    match backends::resolve(ctx, out.kind, route_ns, spec) {
+    let grants_required = out.scope == Scope::Gateway;
+    match backends::resolve(ctx, out.kind, route_ns, spec, grants_required) {
         Ok((key, cluster)) => {
             out.clusters.push((key.clone(), cluster));
             BackendTarget::Cluster(key)

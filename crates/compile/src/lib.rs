@@ -6,11 +6,13 @@
 //! Pipeline: GatewayClasses ([`gateway_class`]) → Gateways and their listeners ([`gateway`],
 //! [`listeners`], [`tls`]) → ListenerSet listeners merged into their Gateway ([`listener_sets`])
 //! → HTTPRoutes and GRPCRoutes attached to listeners ([`routes`], [`attachment`],
-//! [`http_route`], [`grpc_route`], [`backends`]) → statuses and config.
+//! [`http_route`], [`grpc_route`], [`backends`]) → the mesh: workloads, Services, waypoints and
+//! the routes whose parents are Services ([`mesh`]) → statuses and config.
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 
+use strait_config::mesh::MeshConfig;
 use strait_config::{ObjectRef, ProxyConfig};
 use strait_model::Snapshot;
 
@@ -26,6 +28,7 @@ mod hostnames;
 mod http_route;
 mod listener_sets;
 mod listeners;
+mod mesh;
 mod namespaces;
 mod reference_grants;
 mod routes;
@@ -77,6 +80,16 @@ pub const SUPPORTED_FEATURES: &[&str] = &[
     "HTTPRouteRetryConnectionError",
     "HTTPRouteSchemeRedirect",
     "ListenerSet",
+    "Mesh",
+    "MeshClusterIPMatching",
+    "MeshConsumerRoute",
+    "MeshHTTPRouteBackendRequestHeaderModification",
+    "MeshHTTPRouteNamedRouteRule",
+    "MeshHTTPRouteQueryParamMatching",
+    "MeshHTTPRouteRedirectPath",
+    "MeshHTTPRouteRedirectPort",
+    "MeshHTTPRouteRewritePath",
+    "MeshHTTPRouteSchemeRedirect",
     "ReferenceGrant",
 ];
 
@@ -110,11 +123,14 @@ pub struct ObjectStatus {
 /// The result of one compilation.
 #[derive(Clone, Debug, Default)]
 pub struct CompileOutput {
+    /// What ingress Gateways serve.
     pub config: ProxyConfig,
+    /// What node proxies and waypoints serve (version 0: the producer versions it).
+    pub mesh: MeshConfig,
     /// The status of every GatewayClass of ours, every Gateway of our classes, every ListenerSet
     /// whose parentRef names one of those Gateways, and every route with at least one parentRef
-    /// to one of those Gateways or their ListenerSets (only our parent entries). Sorted by kind,
-    /// namespace, name.
+    /// to one of those Gateways, their ListenerSets or a Service (only our parent entries, one
+    /// status per route whatever the parent kinds). Sorted by kind, namespace, name.
     pub statuses: Vec<ObjectStatus>,
 }
 
@@ -127,7 +143,17 @@ pub fn compile(input: &CompileInput<'_>) -> CompileOutput {
     let mut gateways = gateway::evaluate(&ctx, &classes);
     let listener_sets = listener_sets::evaluate(&ctx, &mut gateways);
     let mut clusters = BTreeMap::new();
-    routes::attach_all(&ctx, &mut gateways, &mut clusters, &mut statuses);
+    let route_set = routes::RouteSet::new(ctx.snapshot);
+    let mut route_parents = routes::RouteParents::default();
+    routes::attach_all(
+        &ctx,
+        &route_set,
+        &mut gateways,
+        &mut clusters,
+        &mut route_parents,
+    );
+    let mesh = mesh::compile(&ctx, &route_set, &mut route_parents);
+    route_parents.into_statuses(&route_set, &mut statuses);
     listener_sets::statuses(&ctx, &listener_sets, &gateways, &mut statuses);
 
     let mut config = ProxyConfig {
@@ -144,7 +170,11 @@ pub fn compile(input: &CompileInput<'_>) -> CompileOutput {
     backend_tls::apply(&ctx, &mut config, &mut statuses);
     statuses
         .sort_by(|a, b| (&a.kind, &a.namespace, &a.name).cmp(&(&b.kind, &b.namespace, &b.name)));
-    CompileOutput { config, statuses }
+    CompileOutput {
+        config,
+        mesh,
+        statuses,
+    }
 }
 
 #[cfg(test)]

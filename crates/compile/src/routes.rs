@@ -1,13 +1,20 @@
 //! Route attachment shared by HTTPRoute and GRPCRoute: parentRefs → listeners, route statuses,
 //! and the attached routes in the listener configs.
+//!
+//! Routes are gathered once in a [`RouteSet`] and translated at most once, whichever parents
+//! (Gateways, ListenerSets, mesh Services) need them. Each parent kind adds its `status.parents`
+//! entries to one [`RouteParents`], so a route with Gateway and Service parents still gets a
+//! single status.
 
+use std::cell::OnceCell;
 use std::collections::{BTreeMap, BTreeSet};
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use serde_json::json;
+use serde_json::{Value, json};
 use strait_config::{
     AppProtocol, Cluster, ClusterKey, HttpRoute as RouteConfig, HttpRule, RouteRef,
 };
+use strait_model::Snapshot;
 use strait_model::types::{GrpcRoute, HttpRoute};
 
 use crate::ObjectStatus;
@@ -19,10 +26,20 @@ use crate::listeners::GATEWAY_GROUP;
 use crate::tls::RefFailure;
 use crate::{grpc_route, http_route};
 
-/// A route translated once, before attachment.
+/// The kind of parents a translation serves. They differ in one rule only: a backendRef to
+/// another namespace needs a ReferenceGrant for Gateway parents, not for mesh (Service) parents.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Scope {
+    Gateway,
+    Mesh,
+}
+
+/// A route translated once per [`Scope`], before attachment.
 pub(crate) struct Compiled {
     /// `HTTPRoute` or `GRPCRoute` (the `from` kind of ReferenceGrants).
     pub kind: &'static str,
+    /// The parents this translation serves.
+    pub scope: Scope,
     pub rules: Vec<HttpRule>,
     /// Set when the route uses something we cannot serve: it is then not Accepted anywhere.
     pub unsupported: Option<String>,
@@ -52,9 +69,10 @@ macro_rules! borrow_parent_refs {
 }
 
 impl Compiled {
-    pub(crate) fn new(kind: &'static str) -> Self {
+    pub(crate) fn new(kind: &'static str, scope: Scope) -> Self {
         Compiled {
             kind,
+            scope,
             rules: Vec::new(),
             unsupported: None,
             ref_failure: None,
@@ -64,30 +82,31 @@ impl Compiled {
 }
 
 /// A parentRef independent of the route kind.
-struct ParentRef<'a> {
-    group: Option<&'a str>,
-    kind: Option<&'a str>,
-    name: &'a str,
-    namespace: Option<&'a str>,
-    section_name: Option<&'a str>,
-    port: Option<i32>,
+pub(crate) struct ParentRef<'a> {
+    pub group: Option<&'a str>,
+    pub kind: Option<&'a str>,
+    pub name: &'a str,
+    pub namespace: Option<&'a str>,
+    pub section_name: Option<&'a str>,
+    pub port: Option<i32>,
 }
 
+/// An HTTPRoute or a GRPCRoute.
 #[derive(Clone, Copy)]
-enum AnyRoute<'a> {
+pub(crate) enum AnyRoute<'a> {
     Http(&'a HttpRoute),
     Grpc(&'a GrpcRoute),
 }
 
 impl<'a> AnyRoute<'a> {
-    fn kind(self) -> &'static str {
+    pub(crate) fn kind(self) -> &'static str {
         match self {
             AnyRoute::Http(_) => "HTTPRoute",
             AnyRoute::Grpc(_) => "GRPCRoute",
         }
     }
 
-    fn meta(self) -> &'a ObjectMeta {
+    pub(crate) fn meta(self) -> &'a ObjectMeta {
         match self {
             AnyRoute::Http(r) => &r.metadata,
             AnyRoute::Grpc(r) => &r.metadata,
@@ -102,17 +121,17 @@ impl<'a> AnyRoute<'a> {
         .unwrap_or(&[])
     }
 
-    fn parent_refs(self) -> Vec<ParentRef<'a>> {
+    pub(crate) fn parent_refs(self) -> Vec<ParentRef<'a>> {
         match self {
             AnyRoute::Http(r) => borrow_parent_refs!(r),
             AnyRoute::Grpc(r) => borrow_parent_refs!(r),
         }
     }
 
-    fn compile(self, ctx: &Context<'_>) -> Compiled {
+    fn compile(self, ctx: &Context<'_>, scope: Scope) -> Compiled {
         match self {
-            AnyRoute::Http(r) => http_route::compile_route(ctx, r),
-            AnyRoute::Grpc(r) => grpc_route::compile_route(ctx, r),
+            AnyRoute::Http(r) => http_route::compile_route(ctx, r, scope),
+            AnyRoute::Grpc(r) => grpc_route::compile_route(ctx, r, scope),
         }
     }
 }
@@ -125,37 +144,150 @@ fn creation_timestamp(meta: &ObjectMeta) -> String {
         .unwrap_or_default()
 }
 
-/// Attaches every HTTPRoute and GRPCRoute to the listeners of our Gateways, writing route
-/// statuses and collecting the clusters of accepted routes.
+/// Every HTTPRoute and GRPCRoute of the snapshot, ordered by namespace, name and kind, each
+/// translated on first use only (once per [`Scope`]).
+pub(crate) struct RouteSet<'a> {
+    routes: Vec<AnyRoute<'a>>,
+    gateway: Vec<OnceCell<Compiled>>,
+    mesh: Vec<OnceCell<Compiled>>,
+}
+
+impl<'a> RouteSet<'a> {
+    pub(crate) fn new(snapshot: &'a Snapshot) -> Self {
+        let mut routes: Vec<AnyRoute<'a>> = snapshot
+            .http_routes
+            .iter()
+            .map(AnyRoute::Http)
+            .chain(snapshot.grpc_routes.iter().map(AnyRoute::Grpc))
+            .collect();
+        routes.sort_by(|a, b| {
+            (ns(a.meta()), name(a.meta()), a.kind()).cmp(&(ns(b.meta()), name(b.meta()), b.kind()))
+        });
+        let cells = || routes.iter().map(|_| OnceCell::new()).collect();
+        RouteSet {
+            gateway: cells(),
+            mesh: cells(),
+            routes,
+        }
+    }
+
+    /// `(index, route)` in order; the index names the route in [`RouteParents`].
+    pub(crate) fn iter(&self) -> impl Iterator<Item = (usize, AnyRoute<'a>)> + '_ {
+        self.routes.iter().copied().enumerate()
+    }
+
+    /// Route `index`.
+    pub(crate) fn get(&self, index: usize) -> Option<AnyRoute<'a>> {
+        self.routes.get(index).copied()
+    }
+
+    /// Route `index` translated for parents of `scope`.
+    pub(crate) fn compiled(
+        &self,
+        ctx: &Context<'_>,
+        index: usize,
+        scope: Scope,
+    ) -> Option<&Compiled> {
+        let route = *self.routes.get(index)?;
+        let cells = match scope {
+            Scope::Gateway => &self.gateway,
+            Scope::Mesh => &self.mesh,
+        };
+        Some(cells.get(index)?.get_or_init(|| route.compile(ctx, scope)))
+    }
+}
+
+/// The route as the route engine receives it, with the given effective hostnames.
+pub(crate) fn route_config(
+    route: AnyRoute<'_>,
+    compiled: &Compiled,
+    hostnames: Vec<String>,
+) -> RouteConfig {
+    let meta = route.meta();
+    RouteConfig {
+        route: RouteRef {
+            kind: route.kind().into(),
+            namespace: ns(meta).into(),
+            name: name(meta).into(),
+        },
+        creation_timestamp: creation_timestamp(meta),
+        hostnames,
+        rules: compiled.rules.clone(),
+    }
+}
+
+/// `ResolvedRefs` of a translated route, the same for every parent.
+pub(crate) fn resolved_refs(compiled: &Compiled) -> Condition {
+    match &compiled.ref_failure {
+        Some(f) => Condition::new("ResolvedRefs", false, f.reason, f.message.clone()),
+        None => Condition::new("ResolvedRefs", true, "ResolvedRefs", "References resolved"),
+    }
+}
+
+/// `status.parents` entries by route index, each tagged with the index of the parentRef it
+/// answers so entries of different parent kinds keep the order of `spec.parentRefs`.
+#[derive(Default)]
+pub(crate) struct RouteParents(BTreeMap<usize, Vec<(usize, Value)>>);
+
+impl RouteParents {
+    /// Adds the entry answering parentRef `parent_index` of route `route`, rendering
+    /// `conditions` for the route's generation.
+    pub(crate) fn push(
+        &mut self,
+        ctx: &Context<'_>,
+        route: (usize, AnyRoute<'_>),
+        parent_index: usize,
+        parent_ref: Value,
+        conditions: &[Condition],
+    ) {
+        let entry = json!({
+            "parentRef": parent_ref,
+            "controllerName": ctx.input.controller_name,
+            "conditions": render(conditions, route.1.meta().generation, ctx.now()),
+        });
+        self.0
+            .entry(route.0)
+            .or_default()
+            .push((parent_index, entry));
+    }
+
+    /// One status per route that has at least one entry.
+    pub(crate) fn into_statuses(self, routes: &RouteSet<'_>, statuses: &mut Vec<ObjectStatus>) {
+        for (index, mut entries) in self.0 {
+            let Some(route) = routes.routes.get(index) else {
+                continue;
+            };
+            entries.sort_by_key(|(parent_index, _)| *parent_index);
+            let parents: Vec<Value> = entries.into_iter().map(|(_, e)| e).collect();
+            statuses.push(ObjectStatus {
+                kind: route.kind().into(),
+                namespace: ns(route.meta()).into(),
+                name: name(route.meta()).into(),
+                status: json!({ "parents": parents }),
+            });
+        }
+    }
+}
+
+/// Attaches every HTTPRoute and GRPCRoute to the listeners of our Gateways, adding the
+/// routes' Gateway and ListenerSet parent entries and collecting the clusters of accepted routes.
 pub(crate) fn attach_all(
     ctx: &Context<'_>,
+    routes: &RouteSet<'_>,
     gateways: &mut [GatewayState<'_>],
     clusters: &mut BTreeMap<ClusterKey, Cluster>,
-    statuses: &mut Vec<ObjectStatus>,
+    parents: &mut RouteParents,
 ) {
-    let mut routes: Vec<AnyRoute<'_>> = ctx
-        .snapshot
-        .http_routes
-        .iter()
-        .map(AnyRoute::Http)
-        .chain(ctx.snapshot.grpc_routes.iter().map(AnyRoute::Grpc))
-        .collect();
-    routes.sort_by(|a, b| {
-        (ns(a.meta()), name(a.meta()), a.kind()).cmp(&(ns(b.meta()), name(b.meta()), b.kind()))
-    });
     // GRPCRoute backends speak HTTP/2 whatever the Service port says.
     let mut grpc_clusters = BTreeSet::new();
-    for route in routes {
+    for (index, route) in routes.iter() {
         let kind = route.kind();
         let meta = route.meta();
         let route_ns = ns(meta);
-        let route_name = name(meta);
         let hostnames = route.hostnames();
-        let mut compiled: Option<Compiled> = None;
-        let mut parents = Vec::new();
         let mut attached_to: BTreeSet<(usize, usize)> = BTreeSet::new();
         let mut any_accepted = false;
-        for pref in route.parent_refs() {
+        for (parent_index, pref) in route.parent_refs().into_iter().enumerate() {
             let group = pref.group.unwrap_or(GATEWAY_GROUP);
             let parent_kind = pref.kind.unwrap_or("Gateway");
             let parent_ns = pref.namespace.unwrap_or(route_ns);
@@ -175,7 +307,9 @@ pub(crate) fn attach_all(
                 }
                 _ => continue,
             };
-            let c = compiled.get_or_insert_with(|| route.compile(ctx));
+            let Some(c) = routes.compiled(ctx, index, Scope::Gateway) else {
+                continue;
+            };
             let result = match &c.unsupported {
                 Some(msg) => Attach::Rejected("UnsupportedValue", msg.clone()),
                 None => attachment::attach(
@@ -198,24 +332,11 @@ pub(crate) fn attach_all(
                         }
                         let listener = &mut gateways[gi].listeners[li];
                         listener.attached_routes += 1;
-                        listener.http_routes.push(RouteConfig {
-                            route: RouteRef {
-                                kind: kind.into(),
-                                namespace: route_ns.into(),
-                                name: route_name.into(),
-                            },
-                            creation_timestamp: creation_timestamp(meta),
-                            hostnames: effective,
-                            rules: c.rules.clone(),
-                        });
+                        listener.http_routes.push(route_config(route, c, effective));
                     }
                     Condition::new("Accepted", true, "Accepted", "Route accepted")
                 }
                 Attach::Rejected(reason, msg) => Condition::new("Accepted", false, reason, msg),
-            };
-            let resolved = match &c.ref_failure {
-                Some(f) => Condition::new("ResolvedRefs", false, f.reason, f.message.clone()),
-                None => Condition::new("ResolvedRefs", true, "ResolvedRefs", "References resolved"),
             };
             let mut parent_ref = json!({
                 "group": GATEWAY_GROUP,
@@ -231,27 +352,24 @@ pub(crate) fn attach_all(
                     map.insert("port".into(), json!(p));
                 }
             }
-            parents.push(json!({
-                "parentRef": parent_ref,
-                "controllerName": ctx.input.controller_name,
-                "conditions": render(&[accepted, resolved], meta.generation, ctx.now()),
-            }));
+            parents.push(
+                ctx,
+                (index, route),
+                parent_index,
+                parent_ref,
+                &[accepted, resolved_refs(c)],
+            );
         }
-        if let (true, Some(c)) = (any_accepted, compiled) {
-            for (key, cluster) in c.clusters {
+        if !any_accepted {
+            continue;
+        }
+        if let Some(c) = routes.compiled(ctx, index, Scope::Gateway) {
+            for (key, cluster) in &c.clusters {
                 if kind == "GRPCRoute" {
                     grpc_clusters.insert(key.clone());
                 }
-                clusters.insert(key, cluster);
+                clusters.insert(key.clone(), cluster.clone());
             }
-        }
-        if !parents.is_empty() {
-            statuses.push(ObjectStatus {
-                kind: kind.into(),
-                namespace: route_ns.into(),
-                name: route_name.into(),
-                status: json!({ "parents": parents }),
-            });
         }
     }
     for key in grpc_clusters {

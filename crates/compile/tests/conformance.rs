@@ -1,7 +1,8 @@
 //! Replays the static status expectations of the GATEWAY-HTTP conformance tests (transcribed in
 //! /work/shared/conformance) against `compile`. Checks that need time, actions, pods or
 //! generations (`after_action`, `observed_generation_latest`, `namespaces_ready`, ...) are skipped:
-//! they belong to the replay harness.
+//! they belong to the replay harness. The mesh tests check no status; for them this file checks
+//! that every route they apply attaches to its Services and reaches the waypoint's route tables.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
@@ -466,4 +467,131 @@ fn gateway_http_static_status_expectations() {
         .collect();
     assert!(unexpected.is_empty(), "unexpected failures: {unexpected:?}");
     assert!(checked > 100, "only {checked} checks ran");
+}
+
+/// Every MESH-* test's routes, on the verbatim mesh base with its namespaces enrolled: each
+/// Service parentRef is Accepted, binds the Service to the namespace's default waypoint, and
+/// puts the route in that waypoint's tables for the selected ports (producer or consumer).
+#[test]
+fn mesh_routes_reach_their_waypoints() {
+    use strait_config::mesh::MESH_LABEL;
+
+    let root = root();
+    if !root.join("INDEX.md").exists() {
+        println!("skipping: conformance data not found at {}", root.display());
+        return;
+    }
+    let base = std::fs::read_to_string(root.join("base/mesh/manifests.yaml")).unwrap_or_default();
+    let mut dirs: Vec<PathBuf> = std::fs::read_dir(&root)
+        .map(|d| d.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default();
+    dirs.sort();
+    let mut checked = 0;
+    for dir in dirs {
+        let Ok(text) = std::fs::read_to_string(dir.join("cases.yaml")) else {
+            continue;
+        };
+        let cases: Value = match serde_saphyr::from_str(&text) {
+            Ok(v) => v,
+            Err(e) => panic!("{}: {e}", dir.display()),
+        };
+        if !s(&cases["profile"]).starts_with("MESH-") {
+            continue;
+        }
+        let own = std::fs::read_to_string(dir.join("manifests.yaml")).unwrap_or_default();
+        let report =
+            strait_model::load_str(&format!("{base}\n---\n{own}"), &dir.join("manifests.yaml"));
+        assert!(
+            report.errors.is_empty(),
+            "{}: {:?}",
+            dir.display(),
+            report.errors
+        );
+        let mut snapshot = report.snapshot;
+        for n in &mut snapshot.namespaces {
+            n.metadata
+                .labels
+                .get_or_insert_with(Default::default)
+                .insert(MESH_LABEL.into(), "enabled".into());
+        }
+        let out = run(&snapshot);
+        let routes = snapshot
+            .http_routes
+            .iter()
+            .map(|r| ("HTTPRoute", &r.metadata, serde_json::to_value(&r.spec)))
+            .chain(
+                snapshot
+                    .grpc_routes
+                    .iter()
+                    .map(|r| ("GRPCRoute", &r.metadata, serde_json::to_value(&r.spec))),
+            );
+        for (kind, meta, spec) in routes {
+            let spec = spec.unwrap_or(Value::Null);
+            let route_ns = meta.namespace.clone().unwrap_or_default();
+            let route_name = meta.name.clone().unwrap_or_default();
+            let what = format!("{}: {kind} {route_ns}/{route_name}", dir.display());
+            let st = match status(&out, kind, &route_ns, &route_name) {
+                Ok(st) => st,
+                Err(e) => panic!("{what}: {e}"),
+            };
+            let entries: Vec<&Value> = st["parents"].as_array().into_iter().flatten().collect();
+            for (i, pref) in spec["parentRefs"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .enumerate()
+            {
+                let entry = entries[i];
+                assert!(
+                    has_condition(
+                        &entry["conditions"],
+                        &serde_json::json!({"type": "Accepted", "status": "True"})
+                    ),
+                    "{what}: {entry}"
+                );
+                let service = ObjectRef {
+                    namespace: pref["namespace"].as_str().unwrap_or(&route_ns).into(),
+                    name: s(&pref["name"]).into(),
+                };
+                let bound = out.mesh.services.iter().find(|m| m.service == service);
+                let waypoint = ObjectRef {
+                    namespace: service.namespace.clone(),
+                    name: "waypoint".into(),
+                };
+                assert_eq!(
+                    bound.and_then(|b| b.waypoint.as_ref()),
+                    Some(&waypoint),
+                    "{what}: waypoint of {service}"
+                );
+                let config = out
+                    .mesh
+                    .waypoint(&waypoint)
+                    .and_then(|w| w.services.iter().find(|ws| ws.service == service));
+                let Some(config) = config else {
+                    panic!("{what}: {service} missing from waypoint {waypoint}");
+                };
+                for port in &config.ports {
+                    let selected = pref["port"]
+                        .as_u64()
+                        .is_none_or(|p| p == u64::from(port.port));
+                    let caller = (route_ns != service.namespace).then_some(route_ns.as_str());
+                    let listed = port.routes_for(caller).is_some_and(|pc| {
+                        pc.listeners
+                            .iter()
+                            .flat_map(|l| &l.http_routes)
+                            .any(|r| r.route.name == route_name && r.route.namespace == route_ns)
+                    });
+                    assert_eq!(
+                        listed,
+                        selected && port.protocol.is_http(),
+                        "{what}: {service} port {}",
+                        port.port
+                    );
+                }
+                checked += 1;
+            }
+        }
+    }
+    println!("{checked} mesh parentRefs checked");
+    assert!(checked >= 20, "only {checked} mesh parentRefs checked");
 }

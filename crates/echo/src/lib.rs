@@ -4,6 +4,9 @@
 //! received (path, Host, headers, TLS) and who answered (pod, namespace), so that routing
 //! decisions of the proxy can be checked from the outside. One [`EchoServer`] stands for one pod:
 //! HTTP/1.1 on 3000, h2c (prior knowledge) on 3001 and optionally TLS on 8443.
+//!
+//! The [`advanced`] module is the mesh suite's `echo-advanced` (Istio-style) counterpart: a
+//! server placed inside a pod's network namespace and the `strait-echo client` used to probe it.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, SocketAddr};
@@ -20,6 +23,8 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use serde::Serialize;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
+
+pub mod advanced;
 
 /// Who the echo server claims to be; reported in every reply like the env of an echo pod.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -227,7 +232,7 @@ impl EchoServer {
     }
 }
 
-fn tls_acceptor(tls: &TlsSettings) -> Result<tokio_rustls::TlsAcceptor, String> {
+pub(crate) fn tls_acceptor(tls: &TlsSettings) -> Result<tokio_rustls::TlsAcceptor, String> {
     let certs: Vec<CertificateDer<'static>> = pem_blocks(&tls.cert_pem, "CERTIFICATE")
         .into_iter()
         .map(CertificateDer::from)
@@ -526,7 +531,7 @@ async fn handle(
     Ok(response)
 }
 
-fn text(status: StatusCode, body: &str) -> Response<Body> {
+pub(crate) fn text(status: StatusCode, body: &str) -> Response<Body> {
     let mut response = Response::new(Full::new(Bytes::from(body.to_string())));
     *response.status_mut() = status;
     response.headers_mut().insert(
@@ -536,14 +541,14 @@ fn text(status: StatusCode, body: &str) -> Response<Body> {
     response
 }
 
-fn is_websocket_upgrade(headers: &HeaderMap) -> bool {
+pub(crate) fn is_websocket_upgrade(headers: &HeaderMap) -> bool {
     headers
         .get(http::header::UPGRADE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.eq_ignore_ascii_case("websocket"))
 }
 
-fn websocket(req: Request<Incoming>) -> Response<Body> {
+pub(crate) fn websocket(req: Request<Incoming>) -> Response<Body> {
     use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
     use tokio_tungstenite::tungstenite::protocol::{Message, Role};
     let Some(key) = req.headers().get("sec-websocket-key") else {

@@ -164,7 +164,7 @@ impl MeshWorld {
             let mut counts = std::collections::BTreeMap::<String, usize>::new();
             for response in &responses {
                 let host = response.field("Hostname").unwrap_or_default();
-                counts.entry(backend_of_pod(&host)).or_default() += 1;
+                *counts.entry(backend_of_pod(&host)).or_default() += 1;
             }
             let n = responses.len().max(1) as f64;
             let mut ok = responses.len() == total;

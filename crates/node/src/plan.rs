@@ -1,6 +1,6 @@
 //! Where an outbound connection goes: the pure decision, separated from the sockets.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 
 use strait_config::ObjectRef;
 use strait_config::mesh::MeshConfig;
@@ -114,11 +114,6 @@ fn to_address(mesh: &MeshConfig, dst: SocketAddr) -> Plan {
 fn pick<T: Copy>(items: &[T], roll: u64) -> T {
     // Callers check non-emptiness; modulo keeps this total.
     items[(roll % items.len() as u64) as usize]
-}
-
-/// Whether `ip` belongs to `mesh`'s meshed workloads (for inbound checks).
-pub fn is_meshed(mesh: &MeshConfig, ip: IpAddr) -> bool {
-    mesh.workload(ip).is_some_and(|w| w.captured)
 }
 
 #[cfg(test)]

@@ -20,7 +20,10 @@ use crate::runner::Outcome;
 use crate::spec::{Case, TestSpec};
 
 /// The namespaces the base manifests create; both are enrolled.
-const MESH_NAMESPACES: &[&str] = &["gateway-conformance-mesh", "gateway-conformance-mesh-consumer"];
+const MESH_NAMESPACES: &[&str] = &[
+    "gateway-conformance-mesh",
+    "gateway-conformance-mesh-consumer",
+];
 const CONSECUTIVE: usize = 3;
 const MAX_TIME_TO_CONSISTENCY: Duration = Duration::from_secs(30);
 const MISS_PAUSE: Duration = Duration::from_millis(500);
@@ -36,8 +39,7 @@ impl MeshWorld {
     /// Builds the topology from `corpus/base/mesh/manifests.yaml` and starts Strait on it.
     pub async fn start(corpus: &Path, work: &Path) -> anyhow::Result<MeshWorld> {
         let base = corpus.join("base/mesh/manifests.yaml");
-        let text =
-            std::fs::read_to_string(&base).with_context(|| format!("{}", base.display()))?;
+        let text = std::fs::read_to_string(&base).with_context(|| format!("{}", base.display()))?;
         let docs = cluster::parse_docs(&text, &base.display().to_string())?;
         let testbed = Testbed::build(
             &docs,
@@ -60,7 +62,10 @@ impl MeshWorld {
         }
         let dir = work.join("mesh");
         std::fs::create_dir_all(&dir)?;
-        std::fs::write(dir.join("base.yaml"), cluster::write_docs(&testbed.objects())?)?;
+        std::fs::write(
+            dir.join("base.yaml"),
+            cluster::write_docs(&testbed.objects())?,
+        )?;
         let standalone = Standalone::start(StandaloneOptions {
             dir: dir.clone(),
             port_offset: 0,
@@ -70,7 +75,7 @@ impl MeshWorld {
         })
         .await
         .context("starting strait standalone on the mesh topology")?;
-        for error in standalone.load_errors() {
+        if let Some(error) = standalone.load_errors().first() {
             anyhow::bail!("mesh base manifests: {error}");
         }
         Ok(MeshWorld {
@@ -100,7 +105,8 @@ impl MeshWorld {
     async fn run_inner(&mut self, spec: &TestSpec, test_dir: &Path) -> Result<(), String> {
         let own = test_dir.join("manifests.yaml");
         if own.exists() {
-            let text = std::fs::read_to_string(&own).map_err(|e| format!("{}: {e}", own.display()))?;
+            let text =
+                std::fs::read_to_string(&own).map_err(|e| format!("{}: {e}", own.display()))?;
             std::fs::write(self.dir.join("test.yaml"), text).map_err(|e| e.to_string())?;
         }
         let standalone = self.standalone.as_ref().ok_or("no control plane")?;
@@ -144,7 +150,9 @@ impl MeshWorld {
                 }
             }
         }
-        Err(format!("not consistent within {MAX_TIME_TO_CONSISTENCY:?}: {last}"))
+        Err(format!(
+            "not consistent within {MAX_TIME_TO_CONSISTENCY:?}: {last}"
+        ))
     }
 
     async fn distribution(&self, case: &Case) -> Result<(), String> {
@@ -164,7 +172,7 @@ impl MeshWorld {
             let mut counts = std::collections::BTreeMap::<String, usize>::new();
             for response in &responses {
                 let host = response.field("Hostname").unwrap_or_default();
-                *counts.entry(backend_of_pod(&host)).or_default() += 1;
+                *counts.entry(backend_of_pod(host)).or_default() += 1;
             }
             let n = responses.len().max(1) as f64;
             let mut ok = responses.len() == total;
@@ -248,15 +256,24 @@ impl MeshWorld {
         let Some(start) = host.find('<') else {
             return Ok(host.to_string());
         };
-        let end = host[start..].find('>').map(|e| start + e).ok_or("bad placeholder")?;
+        let end = host[start..]
+            .find('>')
+            .map(|e| start + e)
+            .ok_or("bad placeholder")?;
         let placeholder = &host[start..=end];
         let version = ["v1", "v2"]
             .into_iter()
-            .find(|v| placeholder.contains(&format!("echo-{v}")) || placeholder.contains(&format!("version={v}")))
+            .find(|v| {
+                placeholder.contains(&format!("echo-{v}"))
+                    || placeholder.contains(&format!("version={v}"))
+            })
             .ok_or_else(|| format!("cannot resolve {placeholder}"))?;
         let pod = self
             .testbed
-            .pods_matching("gateway-conformance-mesh", &[("app", "echo"), ("version", version)])
+            .pods_matching(
+                "gateway-conformance-mesh",
+                &[("app", "echo"), ("version", version)],
+            )
             .into_iter()
             .next()
             .ok_or_else(|| format!("no pod for {placeholder}"))?;
@@ -315,20 +332,24 @@ fn check(case: &Case, responses: &[EchoResponse]) -> Result<(), String> {
         }
         for name in &seen.absent_headers {
             if let Some(got) = response.request_header(name) {
-                return Err(format!("request header {name} should be absent, got {got:?}"));
+                return Err(format!(
+                    "request header {name} should be absent, got {got:?}"
+                ));
             }
         }
     }
     if let Some(r) = &expect.response {
         for (name, want) in &r.headers {
             let got = response.response_header(name);
-            if got.as_deref() != Some(want.as_str()) {
+            if got != Some(want.as_str()) {
                 return Err(format!("response header {name}: {got:?}, want {want:?}"));
             }
         }
         for name in &r.absent_headers {
             if let Some(got) = response.response_header(name) {
-                return Err(format!("response header {name} should be absent, got {got:?}"));
+                return Err(format!(
+                    "response header {name} should be absent, got {got:?}"
+                ));
             }
         }
     }

@@ -16,7 +16,11 @@ pub struct Target {
 impl Target {
     /// Loads `dir` and starts serving its Gateways (listener ports unshifted).
     pub async fn start(dir: &Path) -> anyhow::Result<Target> {
-        let inner = Standalone::start(StandaloneOptions::gateways_only(dir.to_path_buf(), 0, false))
+        let inner = Standalone::start(StandaloneOptions::gateways_only(
+            dir.to_path_buf(),
+            0,
+            false,
+        ))
         .await?;
         Ok(Target { inner })
     }

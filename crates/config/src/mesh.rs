@@ -178,7 +178,11 @@ impl WaypointPort {
 
 impl MeshConfig {
     /// The Service a VIP belongs to, with the port.
-    pub fn service_by_vip(&self, ip: IpAddr, port: u16) -> Option<(&MeshService, &MeshServicePort)> {
+    pub fn service_by_vip(
+        &self,
+        ip: IpAddr,
+        port: u16,
+    ) -> Option<(&MeshService, &MeshServicePort)> {
         self.services.iter().find_map(|s| {
             if !s.vips.contains(&ip) {
                 return None;

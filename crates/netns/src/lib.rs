@@ -120,8 +120,12 @@ impl NetNs {
         let path = self.path.clone();
         self.run(move || -> Result<Socket, NetNsError> {
             let domain = if ipv6 { Domain::IPV6 } else { Domain::IPV4 };
-            let socket = Socket::new(domain, Type::STREAM.nonblocking().cloexec(), Some(Protocol::TCP))
-                .map_err(|source| socket_error(&path, "socket", source))?;
+            let socket = Socket::new(
+                domain,
+                Type::STREAM.nonblocking().cloexec(),
+                Some(Protocol::TCP),
+            )
+            .map_err(|source| socket_error(&path, "socket", source))?;
             if let Some(mark) = mark {
                 socket
                     .set_mark(mark)
@@ -212,7 +216,11 @@ mod tests {
     #[test]
     fn missing_namespace_names_its_path() {
         let err = NetNs::named("strait-no-such-namespace").unwrap_err();
-        assert!(err.to_string().contains("/run/netns/strait-no-such-namespace"), "{err}");
+        assert!(
+            err.to_string()
+                .contains("/run/netns/strait-no-such-namespace"),
+            "{err}"
+        );
     }
 
     #[tokio::test]

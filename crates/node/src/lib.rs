@@ -51,13 +51,13 @@ pub enum NodeError {
     Netns {
         pod: ObjectRef,
         #[source]
-        source: strait_netns::NetNsError,
+        source: Box<strait_netns::NetNsError>,
     },
     #[error("pod {pod}: capture rules: {source}")]
     Capture {
         pod: ObjectRef,
         #[source]
-        source: strait_capture::CaptureError,
+        source: Box<strait_capture::CaptureError>,
     },
     #[error("pod {pod}: service account {service_account:?} cannot form a SPIFFE identity")]
     Identity {
@@ -99,11 +99,7 @@ impl NodeProxy {
         let mut errors = Vec::new();
         let gone: Vec<ObjectRef> = pods
             .iter()
-            .filter(|(key, pod)| {
-                desired
-                    .get(*key)
-                    .is_none_or(|w| !pod.serves(w))
-            })
+            .filter(|(key, pod)| desired.get(*key).is_none_or(|w| !pod.serves(w)))
             .map(|(key, _)| key.clone())
             .collect();
         for key in gone {

@@ -28,7 +28,10 @@ pub enum Plan {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Refusal {
     /// The Service is bound to a waypoint that has no running pod (or is unknown).
-    WaypointUnavailable { service: ObjectRef, waypoint: ObjectRef },
+    WaypointUnavailable {
+        service: ObjectRef,
+        waypoint: ObjectRef,
+    },
     /// The Service has no ready endpoint on that port.
     NoEndpoints { service: ObjectRef, port: u16 },
 }
@@ -121,8 +124,8 @@ mod tests {
     use super::*;
     use std::collections::BTreeMap;
     use strait_config::mesh::{
-        CaptureExclusions, MeshProtocol, MeshService, MeshServicePort, MtlsMode,
-        WaypointConfig, Workload,
+        CaptureExclusions, MeshProtocol, MeshService, MeshServicePort, MtlsMode, WaypointConfig,
+        Workload,
     };
     use strait_config::{AppProtocol, Cluster, ClusterKey};
 

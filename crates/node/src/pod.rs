@@ -68,25 +68,24 @@ impl PodProxy {
         let netns_name = workload.netns.clone().unwrap_or_default();
         let netns = NetNs::named(&netns_name).map_err(|source| NodeError::Netns {
             pod: pod.clone(),
-            source,
+            source: Box::new(source),
         })?;
         let bind = |port: u16| {
             netns
                 .tcp_listener(SocketAddr::from((Ipv4Addr::UNSPECIFIED, port)), 1024)
                 .map_err(|source| NodeError::Netns {
                     pod: pod.clone(),
-                    source,
+                    source: Box::new(source),
                 })
         };
         let outbound = bind(OUTBOUND_PORT)?;
         let inbound = bind(INBOUND_PORT)?;
         let hbone_listener = bind(HBONE_PORT)?;
-        let identity = workload_identity(&view.load(), &workload).ok_or_else(|| {
-            NodeError::Identity {
+        let identity =
+            workload_identity(&view.load(), &workload).ok_or_else(|| NodeError::Identity {
                 pod: pod.clone(),
                 service_account: workload.service_account.clone(),
-            }
-        })?;
+            })?;
         if options.manage_rules {
             install_rules(&pod, &netns, &workload, &options.probe_sources).await?;
         }
@@ -107,11 +106,26 @@ impl PodProxy {
             }
         });
         let (stop, stop_rx) = watch::channel(false);
-        tokio::spawn(accept_loop(outbound, ctx.clone(), stop_rx.clone(), Direction::Outbound));
-        tokio::spawn(accept_loop(inbound, ctx.clone(), stop_rx.clone(), Direction::Inbound));
+        tokio::spawn(accept_loop(
+            outbound,
+            ctx.clone(),
+            stop_rx.clone(),
+            Direction::Outbound,
+        ));
+        tokio::spawn(accept_loop(
+            inbound,
+            ctx.clone(),
+            stop_rx.clone(),
+            Direction::Inbound,
+        ));
         let identity_source: Arc<dyn ServerIdentity> = ctx.clone();
         let handler: Arc<dyn TunnelHandler> = Arc::new(InboundTunnels(ctx.clone()));
-        tokio::spawn(hbone::serve(hbone_listener, identity_source, handler, stop_rx));
+        tokio::spawn(hbone::serve(
+            hbone_listener,
+            identity_source,
+            handler,
+            stop_rx,
+        ));
         tracing::info!(pod = %pod, netns = %netns_name, identity = %ctx.identity, "serving pod");
         Ok(PodProxy {
             ctx,
@@ -175,7 +189,7 @@ async fn install_rules(
         Ok(Ok(())) => Ok(()),
         Ok(Err(source)) => Err(NodeError::Capture {
             pod: pod.clone(),
-            source,
+            source: Box::new(source),
         }),
         Err(_) => Err(NodeError::CaptureWorker { pod: pod.clone() }),
     }

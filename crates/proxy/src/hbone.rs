@@ -335,11 +335,7 @@ async fn serve_connection(
         }
         Err(_) => return,
     };
-    let peer_id = tls
-        .get_ref()
-        .1
-        .peer_certificates()
-        .and_then(peer_identity);
+    let peer_id = tls.get_ref().1.peer_certificates().and_then(peer_identity);
     let peer_id = Arc::new(peer_id);
     let service = service_fn(move |mut req: Request<hyper::body::Incoming>| {
         let handler = handler.clone();
@@ -373,7 +369,9 @@ async fn serve_connection(
                     tokio::spawn(async move {
                         match on_upgrade.await {
                             Ok(tunnel) => task(tunnel).await,
-                            Err(e) => tracing::debug!(%peer, %target, error = %e, "tunnel not established"),
+                            Err(e) => {
+                                tracing::debug!(%peer, %target, error = %e, "tunnel not established")
+                            }
                         }
                     });
                     Ok(status(StatusCode::OK))
@@ -422,7 +420,10 @@ fn parse_forwarded_for(value: &str) -> Option<IpAddr> {
     value.split([';', ',']).find_map(|part| {
         let v = part.trim().strip_prefix("for=")?;
         let v = v.trim_matches('"');
-        let v = v.strip_prefix('[').and_then(|v| v.strip_suffix(']')).unwrap_or(v);
+        let v = v
+            .strip_prefix('[')
+            .and_then(|v| v.strip_suffix(']'))
+            .unwrap_or(v);
         v.parse().ok()
     })
 }
@@ -453,10 +454,16 @@ mod tests {
     }
 
     /// Echoes tunnels addressed to port 7; refuses others with 503. Records callers.
-    struct EchoSeven(Mutex<Vec<(SocketAddr, Option<SpiffeId>, Option<IpAddr>)>>);
+    /// What the server saw of one CONNECT: target, caller identity, forwarded source.
+    type Seen = (SocketAddr, Option<SpiffeId>, Option<IpAddr>);
+
+    struct EchoSeven(Mutex<Vec<Seen>>);
 
     impl TunnelHandler for Arc<EchoSeven> {
-        fn open(&self, request: TunnelRequest) -> BoxFuture<'static, Result<TunnelTask, StatusCode>> {
+        fn open(
+            &self,
+            request: TunnelRequest,
+        ) -> BoxFuture<'static, Result<TunnelTask, StatusCode>> {
             self.0
                 .lock()
                 .unwrap()
@@ -517,15 +524,29 @@ mod tests {
             io.read_exact(&mut buf).await.unwrap();
             assert_eq!(&buf, b"ping");
         }
-        assert_eq!(client.pool.lock().unwrap().len(), 1, "one pooled connection");
+        assert_eq!(
+            client.pool.lock().unwrap().len(),
+            1,
+            "one pooled connection"
+        );
         let refused = client.open(&target(8)).await.unwrap_err();
         assert!(
-            matches!(refused, HboneError::Refused { status: StatusCode::SERVICE_UNAVAILABLE, .. }),
+            matches!(
+                refused,
+                HboneError::Refused {
+                    status: StatusCode::SERVICE_UNAVAILABLE,
+                    ..
+                }
+            ),
             "{refused}"
         );
         let seen = handler.0.lock().unwrap().clone();
         assert_eq!(seen.len(), 4);
-        assert_eq!(seen[0].1, Some(id("web", "frontend")), "server sees the caller's identity");
+        assert_eq!(
+            seen[0].1,
+            Some(id("web", "frontend")),
+            "server sees the caller's identity"
+        );
         assert_eq!(seen[0].2, Some(IpAddr::from([198, 18, 0, 10])));
 
         // A client expecting another identity never gets a tunnel.
@@ -570,7 +591,10 @@ mod tests {
             })
             .await;
         assert!(result.is_err());
-        assert!(handler.0.lock().unwrap().is_empty(), "no tunnel request got through");
+        assert!(
+            handler.0.lock().unwrap().is_empty(),
+            "no tunnel request got through"
+        );
     }
 
     #[test]

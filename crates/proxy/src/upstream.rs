@@ -15,6 +15,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
+use crate::backend_tls::{self, Origination};
+use crate::dial::{BoxIo, DialConnector, Dialer, TcpDialer, dial_within};
 use arc_swap::ArcSwapOption;
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{HeaderMap, HeaderValue, Method, Request, Response, Uri, Version, header};
@@ -24,8 +26,6 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use rand::Rng;
 use strait_config::{AppProtocol, CertificatePem, Cluster, ClusterKey, GatewayConfig, ProxyConfig};
-use crate::backend_tls::{self, Origination};
-use crate::dial::{BoxIo, DialConnector, Dialer, TcpDialer, dial_within};
 
 pub(crate) use crate::body::Body;
 

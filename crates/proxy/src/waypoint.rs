@@ -251,14 +251,13 @@ impl Inner {
                             port: port.port,
                             consumer: consumer.map(str::to_string),
                         };
-                        let built = RouteTable::build(config).map_err(|source| {
-                            WaypointError::Routes {
+                        let built =
+                            RouteTable::build(config).map_err(|source| WaypointError::Routes {
                                 gateway: self.gateway.clone(),
                                 service: service.service.clone(),
                                 port: port.port,
                                 source,
-                            }
-                        });
+                            });
                         let state = match built {
                             Ok(table) => Some(Arc::new(PortState {
                                 gateway: self.gateway.clone(),
@@ -394,12 +393,12 @@ impl TunnelHandler for Handler {
                 tracing::debug!(waypoint = %inner.gateway, target = %request.target, "no Service behind this waypoint at that address");
                 return Err(StatusCode::NOT_FOUND);
             };
-            let client = SocketAddr::new(
-                request.source.unwrap_or(request.peer_addr.ip()),
-                0,
-            );
+            let client = SocketAddr::new(request.source.unwrap_or(request.peer_addr.ip()), 0);
             if entry.protocol_http {
-                let caller = request.peer_id.as_ref().map(|id| id.namespace().to_string());
+                let caller = request
+                    .peer_id
+                    .as_ref()
+                    .map(|id| id.namespace().to_string());
                 let shared = entry.shared_for(caller.as_deref());
                 let stop = inner.stop.clone();
                 let conn = ConnInfo {

@@ -100,13 +100,8 @@ impl MeshRuntime {
                         let shutdown = async move {
                             let _ = stopped.wait_for(|s| *s).await;
                         };
-                        if let Err(e) = strait_identity::serve(
-                            server_ca,
-                            AllowAll,
-                            listener,
-                            shutdown,
-                        )
-                        .await
+                        if let Err(e) =
+                            strait_identity::serve(server_ca, AllowAll, listener, shutdown).await
                         {
                             tracing::error!(error = %e, "CA server failed");
                         }
@@ -150,7 +145,12 @@ impl MeshRuntime {
     pub async fn apply(&self, mesh: Arc<MeshConfig>) -> Vec<String> {
         let mut errors = Vec::new();
         if let Some(node) = &self.node {
-            errors.extend(node.apply(mesh.clone()).await.iter().map(ToString::to_string));
+            errors.extend(
+                node.apply(mesh.clone())
+                    .await
+                    .iter()
+                    .map(ToString::to_string),
+            );
         }
         errors.extend(self.apply_waypoints(&mesh).await);
         errors

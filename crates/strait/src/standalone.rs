@@ -274,7 +274,9 @@ impl Inner {
             statuses.insert(key, status);
         }
 
-        let mesh = self.apply_mesh(&mut reloader, output.mesh, &previous.mesh).await;
+        let mesh = self
+            .apply_mesh(&mut reloader, output.mesh, &previous.mesh)
+            .await;
         let mut config = output.config;
         if !self.gateways {
             config.gateways.clear();

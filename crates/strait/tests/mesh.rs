@@ -149,10 +149,8 @@ async fn scene(name: &str) -> Option<Scene> {
         })
         .await
         .expect("waypoint pod");
-    let dir = TempDir(std::env::temp_dir().join(format!(
-        "strait-mesh-{name}-{}",
-        std::process::id()
-    )));
+    let dir =
+        TempDir(std::env::temp_dir().join(format!("strait-mesh-{name}-{}", std::process::id())));
     let _ = std::fs::remove_dir_all(&dir.0);
     std::fs::create_dir_all(&dir.0).unwrap();
     let mut text = String::new();
@@ -170,7 +168,11 @@ async fn scene(name: &str) -> Option<Scene> {
             .next()
             .unwrap_or_else(|| panic!("pod {ns}/{app}"))
     };
-    let (client, cart, stranger) = (one("web", "client"), one("shop", "cart"), one("outside", "stranger"));
+    let (client, cart, stranger) = (
+        one("web", "client"),
+        one("shop", "cart"),
+        one("outside", "stranger"),
+    );
     Some(Scene {
         testbed,
         dir,
@@ -276,7 +278,12 @@ async fn pod_to_pod_bytes_are_mutual_tls_and_strict_refuses_plaintext() {
     let standalone = scene.standalone(MeshOptions::all_in_one()).await;
     let cart_url = "http://cart.shop/checkout";
     scene
-        .eventually(&scene.client, cart_url, "mesh request via the waypoint", via_waypoint)
+        .eventually(
+            &scene.client,
+            cart_url,
+            "mesh request via the waypoint",
+            via_waypoint,
+        )
         .await;
 
     let sniffer = scene.testbed.sniff().expect("sniffer");
@@ -291,11 +298,21 @@ async fn pod_to_pod_bytes_are_mutual_tls_and_strict_refuses_plaintext() {
     let control_secret = "canary-control-visible";
     let control_url = format!("http://{}:8080/", scene.client.ip);
     let control = scene
-        .request(&scene.stranger, &control_url, &[&format!("X-Secret:{control_secret}")])
+        .request(
+            &scene.stranger,
+            &control_url,
+            &[&format!("X-Secret:{control_secret}")],
+        )
         .await;
-    assert_eq!(control.status, 200, "PERMISSIVE pod reachable in plaintext: {control:?}");
+    assert_eq!(
+        control.status, 200,
+        "PERMISSIVE pod reachable in plaintext: {control:?}"
+    );
     let wire = sniffer.stop();
-    assert!(contains(&wire, control_secret.as_bytes()), "the capture sees plaintext");
+    assert!(
+        contains(&wire, control_secret.as_bytes()),
+        "the capture sees plaintext"
+    );
     assert!(
         !contains(&wire, secret.as_bytes()),
         "mesh traffic crossed the wire in plaintext"
@@ -304,11 +321,18 @@ async fn pod_to_pod_bytes_are_mutual_tls_and_strict_refuses_plaintext() {
     // STRICT: a pod outside the mesh cannot reach cart's port in plaintext.
     let strict_url = format!("http://{}:8080/", scene.cart.ip);
     let refused = scene.request(&scene.stranger, &strict_url, &[]).await;
-    assert_eq!(refused.status, 0, "STRICT pod answered plaintext: {refused:?}");
+    assert_eq!(
+        refused.status, 0,
+        "STRICT pod answered plaintext: {refused:?}"
+    );
     // ...while a mesh client reaches the same pod address (over HBONE).
     let direct = scene.request(&scene.client, &strict_url, &[]).await;
     assert_eq!(direct.status, 200, "{direct:?}");
-    assert_eq!(direct.response_header("X-Via-Waypoint"), None, "pod address bypasses routes");
+    assert_eq!(
+        direct.response_header("X-Via-Waypoint"),
+        None,
+        "pod address bypasses routes"
+    );
 
     standalone.shutdown().await;
     scene.testbed.teardown().expect("teardown");
@@ -345,20 +369,32 @@ async fn a_stopped_waypoint_fails_closed_and_recovers() {
     ];
     let url = "http://cart.shop/";
     let waypoint = Child::spawn(&waypoint_args);
-    scene.eventually(&scene.client, url, "through the waypoint", via_waypoint).await;
+    scene
+        .eventually(&scene.client, url, "through the waypoint", via_waypoint)
+        .await;
 
     waypoint.kill().await;
     let refused = scene
-        .eventually(&scene.client, url, "refused without the waypoint", |r| r.status != 200)
+        .eventually(&scene.client, url, "refused without the waypoint", |r| {
+            r.status != 200
+        })
         .await;
-    assert_eq!(refused.status, 0, "no answer at all, not a bypass: {refused:?}");
+    assert_eq!(
+        refused.status, 0,
+        "no answer at all, not a bypass: {refused:?}"
+    );
     for _ in 0..5 {
         let r = scene.request(&scene.client, url, &[]).await;
-        assert_eq!(r.status, 0, "traffic went around the stopped waypoint: {r:?}");
+        assert_eq!(
+            r.status, 0,
+            "traffic went around the stopped waypoint: {r:?}"
+        );
     }
 
     let waypoint = Child::spawn(&waypoint_args);
-    scene.eventually(&scene.client, url, "waypoint back", via_waypoint).await;
+    scene
+        .eventually(&scene.client, url, "waypoint back", via_waypoint)
+        .await;
     waypoint.kill().await;
     standalone.shutdown().await;
     scene.testbed.teardown().expect("teardown");
@@ -387,7 +423,9 @@ async fn a_killed_node_proxy_converges_and_traffic_resumes() {
     let client_netns = scene.testbed.netns(&scene.client).unwrap();
 
     let node = Child::spawn(&node_args);
-    scene.eventually(&scene.client, url, "node proxy up", via_waypoint).await;
+    scene
+        .eventually(&scene.client, url, "node proxy up", via_waypoint)
+        .await;
     let rules = strait_capture::installed(&client_netns).expect("rules readable");
     assert!(!rules.is_empty(), "capture rules installed");
 
@@ -395,10 +433,15 @@ async fn a_killed_node_proxy_converges_and_traffic_resumes() {
     // The rules stay: the pod's connections fail instead of leaving the mesh.
     assert_eq!(strait_capture::installed(&client_netns).unwrap(), rules);
     let down = scene.request(&scene.client, url, &[]).await;
-    assert_eq!(down.status, 0, "traffic flowed without the node proxy: {down:?}");
+    assert_eq!(
+        down.status, 0,
+        "traffic flowed without the node proxy: {down:?}"
+    );
 
     let node = Child::spawn(&node_args);
-    scene.eventually(&scene.client, url, "node proxy back", via_waypoint).await;
+    scene
+        .eventually(&scene.client, url, "node proxy back", via_waypoint)
+        .await;
     assert_eq!(
         strait_capture::installed(&client_netns).unwrap(),
         rules,

@@ -150,8 +150,8 @@ async fn reload_swaps_routes_on_open_connections_and_survives_bad_documents() {
     );
     dir.write("route.yaml", &route_yaml("r", "/", "v1"));
     let standalone = Standalone::start(StandaloneOptions::gateways_only(dir.0.clone(), 0, false))
-    .await
-    .unwrap();
+        .await
+        .unwrap();
     let addr = SocketAddr::new(gateway_address(&standalone), 39180);
 
     let mut connection = connect(addr).await;
@@ -242,8 +242,8 @@ async fn watch_mode_picks_up_file_changes() {
         &backend_yaml("w1", "127.0.0.1:39111".parse().unwrap()),
     );
     let standalone = Standalone::start(StandaloneOptions::gateways_only(dir.0.clone(), 0, true))
-    .await
-    .unwrap();
+        .await
+        .unwrap();
     let addr = SocketAddr::new(gateway_address(&standalone), 39190);
     let mut connection = connect(addr).await;
     assert_eq!(get(&mut connection, "/").await.0, 404);

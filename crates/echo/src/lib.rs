@@ -463,22 +463,8 @@ async fn handle(
             .or_default()
             .push(String::from_utf8_lossy(value.as_bytes()).into_owned());
     }
-    let host = parts
-        .uri
-        .authority()
-        .map(|a| a.as_str().to_string())
-        .or_else(|| {
-            parts
-                .headers
-                .get(http::header::HOST)
-                .map(|h| String::from_utf8_lossy(h.as_bytes()).into_owned())
-        })
-        .unwrap_or_default();
-    let proto = match parts.version {
-        http::Version::HTTP_2 => "HTTP/2.0",
-        http::Version::HTTP_10 => "HTTP/1.0",
-        _ => "HTTP/1.1",
-    };
+    let host = request_host(&parts);
+    let proto = proto_name(parts.version);
     let id = &shared.identity;
     let reply = EchoReply {
         path: uri.clone(),
@@ -762,3 +748,27 @@ pub fn to_pem(label: &str, der: &[u8]) -> String {
 
 #[cfg(test)]
 mod tests;
+
+/// The host a request was sent to: `:authority`, else the Host header.
+pub(crate) fn request_host(parts: &http::request::Parts) -> String {
+    parts
+        .uri
+        .authority()
+        .map(|a| a.as_str().to_string())
+        .or_else(|| {
+            parts
+                .headers
+                .get(http::header::HOST)
+                .map(|h| String::from_utf8_lossy(h.as_bytes()).into_owned())
+        })
+        .unwrap_or_default()
+}
+
+/// The protocol as Go's echo servers print it.
+pub(crate) fn proto_name(version: http::Version) -> &'static str {
+    match version {
+        http::Version::HTTP_2 => "HTTP/2.0",
+        http::Version::HTTP_10 => "HTTP/1.0",
+        _ => "HTTP/1.1",
+    }
+}

@@ -23,29 +23,23 @@ pub const NAMED_NETNS_DIR: &str = "/run/netns";
 #[derive(Debug, thiserror::Error)]
 pub enum NetNsError {
     /// The namespace file could not be opened (no such namespace, or no permission).
-    #[error("network namespace {path}: {source}")]
+    #[error("network namespace {}: {error}", path.display())]
     Open {
         path: PathBuf,
-        #[source]
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// `setns` failed (needs CAP_SYS_ADMIN).
-    #[error("entering network namespace {path}: {source}")]
-    Enter {
-        path: PathBuf,
-        #[source]
-        source: nix::Error,
-    },
+    #[error("entering network namespace {}: {error}", path.display())]
+    Enter { path: PathBuf, error: nix::Error },
     /// A socket operation inside the namespace failed.
-    #[error("network namespace {path}: {what}: {source}")]
+    #[error("network namespace {}: {what}: {error}", path.display())]
     Socket {
         path: PathBuf,
         what: String,
-        #[source]
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// The helper thread could not be spawned or panicked.
-    #[error("network namespace {path}: worker thread failed")]
+    #[error("network namespace {}: worker thread failed", path.display())]
     Thread { path: PathBuf },
 }
 
@@ -66,9 +60,9 @@ impl NetNs {
     /// A namespace by file path (`/run/netns/NAME`, `/proc/PID/ns/net`).
     pub fn open(path: impl Into<PathBuf>) -> Result<NetNs, NetNsError> {
         let path = path.into();
-        let file = File::open(&path).map_err(|source| NetNsError::Open {
+        let file = File::open(&path).map_err(|error| NetNsError::Open {
             path: path.clone(),
-            source,
+            error,
         })?;
         Ok(NetNs {
             file: Arc::new(file),
@@ -97,10 +91,10 @@ impl NetNs {
             let worker = std::thread::Builder::new()
                 .name("netns".into())
                 .spawn_scoped(scope, || {
-                    setns(self.file.as_fd(), CloneFlags::CLONE_NEWNET).map_err(|source| {
+                    setns(self.file.as_fd(), CloneFlags::CLONE_NEWNET).map_err(|error| {
                         NetNsError::Enter {
                             path: self.path.clone(),
-                            source,
+                            error,
                         }
                     })?;
                     Ok(f())
@@ -191,11 +185,11 @@ impl NetNs {
     }
 }
 
-fn socket_error(path: &Path, what: &str, source: std::io::Error) -> NetNsError {
+fn socket_error(path: &Path, what: &str, error: std::io::Error) -> NetNsError {
     NetNsError::Socket {
         path: path.to_path_buf(),
         what: what.to_string(),
-        source,
+        error,
     }
 }
 

@@ -204,37 +204,19 @@ enum Direction {
 async fn accept_loop(
     listener: TcpListener,
     ctx: Arc<PodCtx>,
-    mut stop: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
     direction: Direction,
 ) {
-    loop {
-        if *stop.borrow() {
-            break;
-        }
-        tokio::select! {
-            changed = stop.changed() => {
-                if changed.is_err() || *stop.borrow() {
-                    break;
-                }
+    strait_proxy::accept::accept_until_stopped(&listener, stop, |stream, _| {
+        let ctx = ctx.clone();
+        tokio::spawn(async move {
+            match direction {
+                Direction::Outbound => outbound(&ctx, stream).await,
+                Direction::Inbound => inbound_plaintext(&ctx, stream).await,
             }
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => {
-                    let _ = stream.set_nodelay(true);
-                    let ctx = ctx.clone();
-                    tokio::spawn(async move {
-                        match direction {
-                            Direction::Outbound => outbound(&ctx, stream).await,
-                            Direction::Inbound => inbound_plaintext(&ctx, stream).await,
-                        }
-                    });
-                }
-                Err(e) => {
-                    tracing::warn!(pod = %ctx.pod, error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-            }
-        }
-    }
+        });
+    })
+    .await;
 }
 
 /// Closes with a reset, so the application sees a refused connection rather than an empty

@@ -289,30 +289,19 @@ pub async fn serve(
     listener: TcpListener,
     identity: Arc<dyn ServerIdentity>,
     handler: Arc<dyn TunnelHandler>,
-    mut stop: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
 ) {
-    loop {
-        if *stop.borrow() {
-            break;
-        }
-        tokio::select! {
-            changed = stop.changed() => {
-                if changed.is_err() || *stop.borrow() {
-                    break;
-                }
-            }
-            accepted = listener.accept() => match accepted {
-                Ok((stream, peer)) => {
-                    let _ = stream.set_nodelay(true);
-                    tokio::spawn(serve_connection(stream, peer, identity.clone(), handler.clone(), stop.clone()));
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "HBONE accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-            }
-        }
-    }
+    let serve_stop = stop.clone();
+    crate::accept::accept_until_stopped(&listener, stop, |stream, peer| {
+        tokio::spawn(serve_connection(
+            stream,
+            peer,
+            identity.clone(),
+            handler.clone(),
+            serve_stop.clone(),
+        ));
+    })
+    .await;
 }
 
 async fn serve_connection(
@@ -488,6 +477,23 @@ mod tests {
         }
     }
 
+    /// An HBONE server on loopback presenting `cert`; serving stops when the sender drops.
+    async fn start_server(
+        cert: Arc<WorkloadCertificate>,
+    ) -> (SocketAddr, Arc<EchoSeven>, watch::Sender<bool>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let handler = Arc::new(EchoSeven(Mutex::new(Vec::new())));
+        let (stop, stop_rx) = watch::channel(false);
+        tokio::spawn(serve(
+            listener,
+            Arc::new(Fixed(cert)),
+            Arc::new(handler.clone()),
+            stop_rx,
+        ));
+        (addr, handler, stop)
+    }
+
     fn id(ns: &str, sa: &str) -> SpiffeId {
         SpiffeId::new("cluster.local", ns, sa).unwrap()
     }
@@ -498,16 +504,7 @@ mod tests {
         let certs = Certificates::from_ca(ca);
         let server_cert = certs.get(&id("shop", "cart")).await.unwrap();
         let client_cert = certs.get(&id("web", "frontend")).await.unwrap();
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let handler = Arc::new(EchoSeven(Mutex::new(Vec::new())));
-        let (_stop, stop_rx) = watch::channel(false);
-        tokio::spawn(serve(
-            listener,
-            Arc::new(Fixed(server_cert)),
-            Arc::new(handler.clone()),
-            stop_rx,
-        ));
+        let (addr, handler, _stop) = start_server(server_cert).await;
         let client = HboneClient::new(Arc::new(TcpDialer));
         let expected = id("shop", "cart");
         let target = |port| TunnelTarget {
@@ -571,16 +568,7 @@ mod tests {
         ));
         let server_cert = ours.get(&id("shop", "cart")).await.unwrap();
         let intruder = theirs.get(&id("web", "frontend")).await.unwrap();
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let handler = Arc::new(EchoSeven(Mutex::new(Vec::new())));
-        let (_stop, stop_rx) = watch::channel(false);
-        tokio::spawn(serve(
-            listener,
-            Arc::new(Fixed(server_cert)),
-            Arc::new(handler.clone()),
-            stop_rx,
-        ));
+        let (addr, handler, _stop) = start_server(server_cert).await;
         let result = HboneClient::new(Arc::new(TcpDialer))
             .open(&TunnelTarget {
                 local: &intruder,

@@ -6,6 +6,7 @@
 //! configs, clusters) is built first, then swapped atomically (`ArcSwap`), so in-flight requests
 //! finish on the config they started with and open connections survive.
 
+pub mod accept;
 mod backend_tls;
 mod body;
 pub mod dial;

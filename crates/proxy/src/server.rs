@@ -40,34 +40,20 @@ pub(crate) fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
 pub(crate) async fn accept_loop(
     listener: TcpListener,
     shared: Arc<ListenerShared>,
-    mut stop: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
     tracker: mpsc::Sender<()>,
 ) {
-    loop {
-        if *stop.borrow() {
-            break;
-        }
-        tokio::select! {
-            changed = stop.changed() => {
-                if changed.is_err() || *stop.borrow() {
-                    break;
-                }
-            }
-            accepted = listener.accept() => match accepted {
-                Ok((stream, peer)) => {
-                    let _ = stream.set_nodelay(true);
-                    let conn = serve_connection(shared.clone(), stream, peer, stop.clone(), tracker.clone());
-                    tokio::spawn(conn);
-                }
-                Err(e) => {
-                    // Typically EMFILE: back off instead of spinning.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-            }
-        }
-    }
-    tracing::debug!(addr = ?listener.local_addr().ok(), "listener stopped");
+    let serve_stop = stop.clone();
+    crate::accept::accept_until_stopped(&listener, stop, |stream, peer| {
+        tokio::spawn(serve_connection(
+            shared.clone(),
+            stream,
+            peer,
+            serve_stop.clone(),
+            tracker.clone(),
+        ));
+    })
+    .await;
 }
 
 async fn serve_connection(

@@ -198,6 +198,28 @@ impl Scene {
         standalone
     }
 
+    /// Standalone with its CA served on loopback (for separate `strait node` / `strait
+    /// waypoint` processes) and the in-process components asked for; returns the CA URL.
+    async fn standalone_serving_ca(
+        &self,
+        node: bool,
+        waypoints: WaypointSelection,
+    ) -> (Standalone, String) {
+        let standalone = self
+            .standalone(MeshOptions {
+                ca: CaSource::Local {
+                    listen: Some("127.0.0.1:0".parse().unwrap()),
+                },
+                node,
+                node_name: None,
+                waypoints,
+                probe_sources: Vec::new(),
+            })
+            .await;
+        let ca = format!("http://{}", standalone.ca_addr().expect("CA served"));
+        (standalone, ca)
+    }
+
     /// One request with the echo client from inside `from`'s namespace.
     async fn request(&self, from: &Pod, url: &str, headers: &[&str]) -> EchoResponse {
         let mut argv = vec!["strait-echo", "client", url, "--timeout", "3s"];
@@ -343,18 +365,9 @@ async fn a_stopped_waypoint_fails_closed_and_recovers() {
     let Some(scene) = scene("waypoint").await else {
         return;
     };
-    let standalone = scene
-        .standalone(MeshOptions {
-            ca: CaSource::Local {
-                listen: Some("127.0.0.1:0".parse().unwrap()),
-            },
-            node: true,
-            node_name: None,
-            waypoints: WaypointSelection::None,
-            probe_sources: Vec::new(),
-        })
+    let (standalone, ca) = scene
+        .standalone_serving_ca(true, WaypointSelection::None)
         .await;
-    let ca = format!("http://{}", standalone.ca_addr().expect("CA served"));
     let dir = scene.dir.0.display().to_string();
     let waypoint_args = [
         "waypoint",
@@ -405,18 +418,9 @@ async fn a_killed_node_proxy_converges_and_traffic_resumes() {
     let Some(scene) = scene("node").await else {
         return;
     };
-    let standalone = scene
-        .standalone(MeshOptions {
-            ca: CaSource::Local {
-                listen: Some("127.0.0.1:0".parse().unwrap()),
-            },
-            node: false,
-            node_name: None,
-            waypoints: WaypointSelection::All,
-            probe_sources: Vec::new(),
-        })
+    let (standalone, ca) = scene
+        .standalone_serving_ca(false, WaypointSelection::All)
         .await;
-    let ca = format!("http://{}", standalone.ca_addr().expect("CA served"));
     let dir = scene.dir.0.display().to_string();
     let node_args = ["node", dir.as_str(), "--ca", ca.as_str(), "--no-watch"];
     let url = "http://cart.shop/";

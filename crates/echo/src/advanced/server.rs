@@ -305,22 +305,8 @@ async fn handle(
     let (parts, body) = req.into_parts();
     // Drain the body so the client can finish sending; its content is not echoed.
     let _ = body.collect().await;
-    let host = parts
-        .uri
-        .authority()
-        .map(|a| a.as_str().to_string())
-        .or_else(|| {
-            parts
-                .headers
-                .get(http::header::HOST)
-                .map(|h| String::from_utf8_lossy(h.as_bytes()).into_owned())
-        })
-        .unwrap_or_default();
-    let proto = match parts.version {
-        http::Version::HTTP_2 => "HTTP/2.0",
-        http::Version::HTTP_10 => "HTTP/1.0",
-        _ => "HTTP/1.1",
-    };
+    let host = crate::request_host(&parts);
+    let proto = crate::proto_name(parts.version);
     let mut headers: Vec<(String, String)> = parts
         .headers
         .iter()

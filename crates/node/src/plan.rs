@@ -215,6 +215,16 @@ mod tests {
     }
 
     #[test]
+    fn consecutive_rolls_choose_different_waypoint_replicas() {
+        let m = mesh(Some(vec!["198.18.0.50", "198.18.0.51"]));
+        let peer = |roll| match plan(&m, addr("198.19.0.10:80"), roll) {
+            Plan::Tunnel { peer, .. } => peer,
+            other => panic!("{other:?}"),
+        };
+        assert_ne!(peer(40), peer(41), "a retry reaches the other replica");
+    }
+
+    #[test]
     fn waypoint_without_pods_fails_closed() {
         let m = mesh(Some(vec![]));
         assert!(matches!(

@@ -28,6 +28,8 @@ use crate::plan::{Plan, plan};
 use crate::{INBOUND_PORT, NodeError, NodeOptions, OUTBOUND_PORT};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Different waypoint replicas / endpoints tried for one outbound connection.
+const CONNECT_ATTEMPTS: u64 = 3;
 
 /// Dials from inside the pod's namespace with the proxy mark (so the capture rules skip it).
 struct PodDialer(NetNs);
@@ -240,21 +242,65 @@ async fn outbound(ctx: &PodCtx, stream: TcpStream) {
         return refuse(stream);
     }
     let mesh = ctx.view.load_full();
-    let upstream: BoxIo = match plan(&mesh, dst, rand::random()) {
+    // A dead waypoint replica or endpoint is skipped: the next roll picks the next one
+    // (plans index choices by `roll`), up to CONNECT_ATTEMPTS different choices.
+    let first_roll: u64 = rand::random::<u32>().into();
+    let mut upstream: Option<BoxIo> = None;
+    let mut last_plan = None;
+    for attempt in 0..CONNECT_ATTEMPTS {
+        let chosen = plan(&mesh, dst, first_roll + attempt);
+        if last_plan.as_ref() == Some(&chosen) {
+            // Only one choice exists: it already failed.
+            break;
+        }
+        match connect_plan(ctx, &chosen, dst, source).await {
+            Ok(io) => {
+                upstream = Some(io);
+                break;
+            }
+            Err(Final::Refused) => return refuse(stream),
+            Err(Final::Retry) => last_plan = Some(chosen),
+        }
+    }
+    let Some(upstream) = upstream else {
+        tracing::info!(pod = %ctx.pod, %dst, "no reachable destination: connection refused");
+        return refuse(stream);
+    };
+    if let Err(e) = hbone::splice(stream, upstream).await {
+        tracing::debug!(pod = %ctx.pod, %dst, error = %e, "outbound connection ended");
+    }
+}
+
+/// Why a planned connection was not made.
+enum Final {
+    /// Refused by policy: never retried elsewhere.
+    Refused,
+    /// The chosen peer was unreachable: another choice may work.
+    Retry,
+}
+
+/// Opens the upstream side of one outbound connection as planned.
+async fn connect_plan(
+    ctx: &PodCtx,
+    chosen: &Plan,
+    dst: SocketAddr,
+    source: std::net::IpAddr,
+) -> Result<BoxIo, Final> {
+    match chosen {
         Plan::Refuse(why) => {
             tracing::info!(pod = %ctx.pod, %dst, reason = %why, "outbound connection refused");
-            return refuse(stream);
+            Err(Final::Refused)
         }
         Plan::Passthrough(addr) => {
-            match tokio::time::timeout(CONNECT_TIMEOUT, ctx.netns.connect(addr, Some(PROXY_MARK)))
+            match tokio::time::timeout(CONNECT_TIMEOUT, ctx.netns.connect(*addr, Some(PROXY_MARK)))
                 .await
             {
-                Ok(Ok(upstream)) => Box::new(upstream),
+                Ok(Ok(upstream)) => Ok(Box::new(upstream)),
                 Ok(Err(e)) => {
                     tracing::debug!(pod = %ctx.pod, %addr, error = %e, "passthrough connect failed");
-                    return refuse(stream);
+                    Err(Final::Retry)
                 }
-                Err(_) => return refuse(stream),
+                Err(_) => Err(Final::Retry),
             }
         }
         Plan::Tunnel {
@@ -262,31 +308,30 @@ async fn outbound(ctx: &PodCtx, stream: TcpStream) {
             peer_id,
             target,
         } => {
-            let certificate = match ctx.certs.get(&ctx.identity).await {
-                Ok(certificate) => certificate,
-                Err(e) => {
-                    tracing::warn!(pod = %ctx.pod, error = %e, "no certificate: connection refused");
-                    return refuse(stream);
-                }
-            };
+            let certificate = ctx.certs.get(&ctx.identity).await.map_err(|e| {
+                tracing::warn!(pod = %ctx.pod, error = %e, "no certificate: connection refused");
+                Final::Refused
+            })?;
             let to = TunnelTarget {
                 local: &certificate,
-                peer,
-                peer_id: Some(&peer_id),
-                target,
+                peer: *peer,
+                peer_id: Some(peer_id),
+                target: *target,
                 source: Some(source),
             };
             match ctx.hbone.open(&to).await {
-                Ok(tunnel) => Box::new(TokioIo::new(tunnel)),
+                Ok(tunnel) => Ok(Box::new(TokioIo::new(tunnel))),
                 Err(e) => {
-                    tracing::info!(pod = %ctx.pod, %dst, error = %e, "tunnel failed: connection refused");
-                    return refuse(stream);
+                    tracing::info!(pod = %ctx.pod, %dst, %peer, error = %e, "tunnel failed");
+                    // The peer answered and said no: its decision stands.
+                    if matches!(e, strait_proxy::hbone::HboneError::Refused { .. }) {
+                        Err(Final::Refused)
+                    } else {
+                        Err(Final::Retry)
+                    }
                 }
             }
         }
-    };
-    if let Err(e) = hbone::splice(stream, upstream).await {
-        tracing::debug!(pod = %ctx.pod, %dst, error = %e, "outbound connection ended");
     }
 }
 

@@ -96,6 +96,16 @@ struct Slot {
     sender: tokio::sync::Mutex<Option<Sender>>,
 }
 
+impl Slot {
+    /// False only for an idle slot whose connection is gone (or never came).
+    fn is_alive_or_busy(&self) -> bool {
+        match self.sender.try_lock() {
+            Ok(sender) => sender.as_ref().is_some_and(|s| !s.is_closed()),
+            Err(_) => true,
+        }
+    }
+}
+
 /// Opens tunnels, pooling HTTP/2 connections.
 pub struct HboneClient {
     /// Opens the TCP connections under the TLS (the node proxy dials from the source pod's
@@ -139,6 +149,11 @@ impl HboneClient {
                 Ok(guard) => guard,
                 Err(poisoned) => poisoned.into_inner(),
             };
+            if !pool.contains_key(&key) {
+                // A miss is the moment to forget peers that went away (pods come and go), so
+                // the pool does not grow with churn.
+                pool.retain(|_, slot| slot.is_alive_or_busy());
+            }
             pool.entry(key).or_default().clone()
         };
         for attempt in 0..2 {
@@ -230,13 +245,6 @@ impl HboneClient {
             }
         });
         Ok(sender)
-    }
-
-    /// Drops pooled connections to `peer` (it went away).
-    pub fn forget_peer(&self, peer: SocketAddr) {
-        if let Ok(mut pool) = self.pool.lock() {
-            pool.retain(|k, _| k.peer != peer);
-        }
     }
 }
 

@@ -33,6 +33,7 @@ mod namespaces;
 mod reference_grants;
 mod routes;
 mod status;
+pub mod status_merge;
 mod tls;
 
 /// The `spec.controllerName` of GatewayClasses Strait implements.

@@ -89,6 +89,22 @@ enum Command {
         #[arg(long)]
         no_watch: bool,
     },
+    /// The Kubernetes controller: watches the API server, compiles, writes status (as the
+    /// holder of the `strait-controller` Lease).
+    Controller {
+        /// Kubeconfig to use instead of the in-cluster configuration.
+        #[arg(long)]
+        kubeconfig: Option<PathBuf>,
+        /// Namespace of the leader-election Lease.
+        #[arg(long, default_value = "strait-system")]
+        lease_namespace: String,
+        /// This replica's identity in the Lease (the pod name).
+        #[arg(long, env = "POD_NAME")]
+        identity: Option<String>,
+        /// Write status without leader election (a single replica, development).
+        #[arg(long)]
+        no_leader_election: bool,
+    },
     /// Install or remove the traffic-capture rules in a pod's network namespace.
     Iptables {
         #[command(subcommand)]
@@ -144,6 +160,17 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Check { paths } => Ok(run_check(&paths)),
         Command::Iptables { action } => run_iptables(action).map(|()| ExitCode::SUCCESS),
+        Command::Controller {
+            kubeconfig,
+            lease_namespace,
+            identity,
+            no_leader_election,
+        } => block_on(run_controller(
+            kubeconfig,
+            lease_namespace,
+            identity,
+            no_leader_election,
+        )),
         Command::Standalone {
             dir,
             port_offset,
@@ -218,6 +245,50 @@ fn block_on(job: impl Future<Output = anyhow::Result<()>>) -> anyhow::Result<Exi
         .context("starting the runtime")?
         .block_on(job)
         .map(|()| ExitCode::SUCCESS)
+}
+
+async fn run_controller(
+    kubeconfig: Option<PathBuf>,
+    lease_namespace: String,
+    identity: Option<String>,
+    no_leader_election: bool,
+) -> anyhow::Result<()> {
+    let config = match &kubeconfig {
+        Some(path) => {
+            let file = kube::config::Kubeconfig::read_from(path)
+                .with_context(|| format!("reading {}", path.display()))?;
+            kube::Config::from_custom_kubeconfig(file, &kube::config::KubeConfigOptions::default())
+                .await
+                .with_context(|| format!("kubeconfig {}", path.display()))?
+        }
+        None => kube::Config::infer()
+            .await
+            .context("no in-cluster configuration (use --kubeconfig)")?,
+    };
+    let client = kube::Client::try_from(config).context("building the API client")?;
+    let lease = (!no_leader_election).then(|| strait_controller::lease::LeaseOptions {
+        namespace: lease_namespace,
+        name: "strait-controller".into(),
+        identity: identity.unwrap_or_else(|| format!("strait-{}", std::process::id())),
+        duration: std::time::Duration::from_secs(15),
+        renew: std::time::Duration::from_secs(5),
+    });
+    let options = strait_controller::ControllerOptions {
+        lease,
+        ..strait_controller::ControllerOptions::default()
+    };
+    let mut last = None;
+    let controller = strait_controller::run(client, options, move |output| {
+        let summary = (output.config.gateways.len(), output.mesh.waypoints.len());
+        if last != Some(summary) {
+            tracing::info!(gateways = summary.0, waypoints = summary.1, "compiled");
+            last = Some(summary);
+        }
+    });
+    tokio::select! {
+        () = controller => Ok(()),
+        result = wait_for_signal() => result,
+    }
 }
 
 fn run_iptables(action: IptablesAction) -> anyhow::Result<()> {

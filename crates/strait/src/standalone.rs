@@ -23,7 +23,8 @@ use tokio::sync::Mutex;
 
 use crate::addresses::{AddressAllocator, AddressMode};
 use crate::mesh::{MeshOptions, MeshRuntime};
-use crate::store::{ObjectStore, keep_transition_times};
+use crate::store::ObjectStore;
+use strait_compile::status_merge::keep_transition_times;
 
 /// How to run standalone.
 #[derive(Clone, Debug)]

@@ -115,45 +115,6 @@ fn spec_hash<T: Serialize>(object: &T) -> u64 {
     hasher.finish()
 }
 
-/// Carries `lastTransitionTime` over from `previous` for every condition whose status did not
-/// change, so a reload that changes nothing changes no status.
-pub(crate) fn keep_transition_times(previous: &Value, next: &mut Value) {
-    match (previous, next) {
-        (Value::Object(prev), Value::Object(next)) => {
-            let is_condition = next.contains_key("type") && next.contains_key("status");
-            if is_condition
-                && prev.get("status") == next.get("status")
-                && prev.get("type") == next.get("type")
-                && let Some(time) = prev.get("lastTransitionTime")
-            {
-                next.insert("lastTransitionTime".into(), time.clone());
-            }
-            for (key, value) in next.iter_mut() {
-                if let Some(prev_value) = prev.get(key) {
-                    keep_transition_times(prev_value, value);
-                }
-            }
-        }
-        (Value::Array(prev), Value::Array(next)) => {
-            for item in next.iter_mut() {
-                let Some(id) = identity(item) else { continue };
-                if let Some(prev_item) = prev.iter().find(|p| identity(p) == Some(id)) {
-                    keep_transition_times(prev_item, item);
-                }
-            }
-        }
-        _ => {}
-    }
-}
-
-/// What makes a list element the "same" element across two statuses.
-fn identity(item: &Value) -> Option<(&'static str, &Value)> {
-    let object = item.as_object()?;
-    ["type", "parentRef", "ancestorRef", "name"]
-        .into_iter()
-        .find_map(|key| object.get(key).map(|value| (key, value)))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -202,21 +163,5 @@ spec: {parentRefs: [{name: gw}]}
         let meta = &again.http_routes[0].metadata;
         assert_eq!(meta.generation, Some(1));
         assert_eq!(meta.creation_timestamp.as_ref().map(|t| t.0), Some(t1));
-    }
-
-    #[test]
-    fn transition_times_survive_unchanged_conditions() {
-        let previous = serde_json::json!({"parents": [
-            {"parentRef": {"name": "a"}, "conditions": [
-                {"type": "Accepted", "status": "True", "lastTransitionTime": "old"},
-                {"type": "ResolvedRefs", "status": "True", "lastTransitionTime": "old"}]}]});
-        let mut next = serde_json::json!({"parents": [
-            {"parentRef": {"name": "a"}, "conditions": [
-                {"type": "ResolvedRefs", "status": "False", "lastTransitionTime": "new"},
-                {"type": "Accepted", "status": "True", "lastTransitionTime": "new"}]}]});
-        keep_transition_times(&previous, &mut next);
-        let conditions = &next["parents"][0]["conditions"];
-        assert_eq!(conditions[0]["lastTransitionTime"], "new");
-        assert_eq!(conditions[1]["lastTransitionTime"], "old");
     }
 }

@@ -1,0 +1,148 @@
+//! The Kubernetes controller: watches the API server ([`sources`]), compiles with the same
+//! pure `strait-compile` as standalone, hands each result to the config publisher, and (as the
+//! Lease holder, [`lease`]) writes status ([`status`]).
+//!
+//! Changes are debounced: a burst of events (a `kubectl apply` of many objects, a relist)
+//! becomes one compile.
+
+pub mod lease;
+pub mod sources;
+pub mod status;
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::time::Duration;
+
+use k8s_openapi::jiff::Timestamp;
+use kube::Client;
+use strait_compile::{CompileInput, CompileOutput, compile};
+use strait_config::ObjectRef;
+use strait_config::mesh::GATEWAY_NAME_LABEL;
+use strait_model::Snapshot;
+use tokio::sync::watch;
+
+use crate::lease::LeaseOptions;
+use crate::sources::Sources;
+use crate::status::StatusWriter;
+
+/// How the controller runs.
+#[derive(Clone, Debug)]
+pub struct ControllerOptions {
+    /// GatewayClass controllerName to serve.
+    pub controller_name: String,
+    /// Quiet time after a change before compiling.
+    pub debounce: Duration,
+    /// Leader election for status writes; `None` = always write (a single replica).
+    pub lease: Option<LeaseOptions>,
+}
+
+impl Default for ControllerOptions {
+    fn default() -> ControllerOptions {
+        ControllerOptions {
+            controller_name: strait_compile::CONTROLLER_NAME.to_string(),
+            debounce: Duration::from_millis(50),
+            lease: None,
+        }
+    }
+}
+
+/// Runs forever: compile on every (debounced) change, `publish` each output, write status
+/// while leading.
+pub async fn run(
+    client: Client,
+    options: ControllerOptions,
+    mut publish: impl FnMut(&CompileOutput) + Send,
+) {
+    let sources = Sources::start(&client);
+    sources.wait_ready().await;
+    tracing::info!("controller caches ready");
+    let (leader_tx, mut leader) = watch::channel(options.lease.is_none());
+    if let Some(lease) = options.lease.clone() {
+        tokio::spawn(lease::run(client.clone(), lease, leader_tx));
+    }
+    let writer = StatusWriter::new(client, &options.controller_name);
+    let changed = sources.changed();
+    loop {
+        let snapshot = sources.snapshot();
+        let output = compile_snapshot(&snapshot, &options.controller_name);
+        publish(&output);
+        if *leader.borrow() {
+            let report = writer.write(&sources, &output.statuses).await;
+            if report.written > 0 || !report.failed.is_empty() {
+                tracing::info!(
+                    written = report.written,
+                    unchanged = report.unchanged,
+                    failed = report.failed.len(),
+                    "status pass"
+                );
+            }
+        }
+        tokio::select! {
+            () = changed.notified() => {}
+            _ = leader.changed() => {}
+        }
+        // Let the burst settle, then swallow the notifications it left behind.
+        tokio::time::sleep(options.debounce).await;
+    }
+}
+
+/// One compilation of a cluster snapshot.
+pub fn compile_snapshot(snapshot: &Snapshot, controller_name: &str) -> CompileOutput {
+    let addresses = gateway_addresses(snapshot);
+    let now = Timestamp::now().to_string();
+    compile(&CompileInput {
+        snapshot,
+        controller_name,
+        gateway_addresses: &addresses,
+        now: &now,
+    })
+}
+
+/// Each Gateway's addresses: those of the Service the provisioner made for it (labelled
+/// `gateway.networking.k8s.io/gateway-name`), load-balancer addresses first, else its cluster IPs.
+pub fn gateway_addresses(snapshot: &Snapshot) -> BTreeMap<ObjectRef, Vec<IpAddr>> {
+    let mut addresses = BTreeMap::new();
+    for service in &snapshot.services {
+        let meta = &service.metadata;
+        let Some(gateway) = meta.labels.as_ref().and_then(|l| l.get(GATEWAY_NAME_LABEL)) else {
+            continue;
+        };
+        let namespace = meta.namespace.clone().unwrap_or_default();
+        let load_balancer: Vec<IpAddr> = service
+            .status
+            .as_ref()
+            .and_then(|s| s.load_balancer.as_ref())
+            .and_then(|lb| lb.ingress.as_ref())
+            .into_iter()
+            .flatten()
+            .filter_map(|i| i.ip.as_deref()?.parse().ok())
+            .collect();
+        let cluster: Vec<IpAddr> = service
+            .spec
+            .as_ref()
+            .and_then(|s| {
+                s.cluster_ips
+                    .clone()
+                    .or_else(|| s.cluster_ip.clone().map(|ip| vec![ip]))
+            })
+            .into_iter()
+            .flatten()
+            .filter_map(|ip| ip.parse().ok())
+            .collect();
+        let ips = if load_balancer.is_empty() {
+            cluster
+        } else {
+            load_balancer
+        };
+        if !ips.is_empty() {
+            addresses.insert(
+                ObjectRef {
+                    namespace,
+                    name: gateway.clone(),
+                },
+                ips,
+            );
+        }
+    }
+    addresses
+}

@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-const PROTOS: &[&str] = &["strait/ca/v1/ca.proto"];
+const PROTOS: &[&str] = &["strait/ca/v1/ca.proto", "strait/config/v1/config.proto"];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let root = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR")?).join("proto");
@@ -15,6 +15,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         .build_client(true)
         .build_server(true)
+        // Config snapshots can be megabytes and are fanned out to many subscribers: share
+        // them (`Bytes`) instead of copying a `Vec<u8>` per stream.
+        .bytes(".strait.config.v1")
         .compile_fds(fds)?;
     Ok(())
 }

@@ -6,6 +6,7 @@
 //! becomes one compile.
 
 pub mod lease;
+pub mod provision;
 pub mod sources;
 pub mod status;
 

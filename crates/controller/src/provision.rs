@@ -1,0 +1,331 @@
+//! The provisioner's desired objects (pure): for each accepted Gateway of ours, a
+//! ServiceAccount, a Deployment running `strait gateway` and a Service exposing its listener
+//! ports; for each waypoint the mesh needs, the same running `strait waypoint`.
+//!
+//! Objects carry `gateway.networking.k8s.io/gateway-name` (how the Service's address finds its
+//! way back into `Gateway.status.addresses`), `app.kubernetes.io/managed-by: strait`, and the
+//! Gateway's `spec.infrastructure` labels and annotations. Gateway-owned objects get an owner
+//! reference so deleting the Gateway deletes them.
+
+use std::collections::BTreeMap;
+
+use serde_json::{Value, json};
+use strait_compile::CompileOutput;
+use strait_config::mesh::GATEWAY_NAME_LABEL;
+use strait_model::Snapshot;
+
+/// Label marking objects this provisioner manages (it only ever deletes those).
+pub const MANAGED_BY: (&str, &str) = ("app.kubernetes.io/managed-by", "strait");
+/// Health port of every proxy (readiness probe).
+pub const HEALTH_PORT: u16 = 15021;
+/// The port waypoints serve HBONE on.
+const HBONE_PORT: u16 = 15008;
+
+/// What provisioned proxies run and where they find the controller.
+#[derive(Clone, Debug)]
+pub struct ProvisionOptions {
+    pub image: String,
+    /// Config-stream endpoint, e.g. `http://strait-controller.strait-system:15010`.
+    pub control_plane: String,
+    /// CA endpoint, e.g. `http://strait-controller.strait-system:15012`.
+    pub ca: String,
+}
+
+/// Every object the provisioner wants to exist, as server-side-apply bodies.
+pub fn desired(
+    snapshot: &Snapshot,
+    output: &CompileOutput,
+    options: &ProvisionOptions,
+) -> Vec<Value> {
+    let mut objects = Vec::new();
+    for gateway in &snapshot.gateways {
+        let namespace = gateway.metadata.namespace.clone().unwrap_or_default();
+        let name = gateway.metadata.name.clone().unwrap_or_default();
+        if !accepted(output, &namespace, &name) {
+            continue;
+        }
+        let mut ports: Vec<u16> = gateway
+            .spec
+            .listeners
+            .iter()
+            .filter_map(|l| u16::try_from(l.port).ok())
+            .collect();
+        ports.sort_unstable();
+        ports.dedup();
+        let infrastructure = gateway.spec.infrastructure.as_ref();
+        let owner = gateway.metadata.uid.as_ref().map(|uid| {
+            json!({
+                "apiVersion": "gateway.networking.k8s.io/v1",
+                "kind": "Gateway",
+                "name": name,
+                "uid": uid,
+                "controller": true,
+            })
+        });
+        let proxy = Proxy {
+            namespace: &namespace,
+            gateway: &name,
+            object_name: format!("{name}-strait"),
+            service_account: format!("{name}-strait"),
+            args: vec![
+                "gateway".into(),
+                "--control-plane".into(),
+                options.control_plane.clone(),
+                "--gateway".into(),
+                format!("{namespace}/{name}"),
+            ],
+            ports,
+            service_type: "LoadBalancer",
+            labels: infrastructure
+                .and_then(|i| i.labels.clone())
+                .unwrap_or_default(),
+            annotations: infrastructure
+                .and_then(|i| i.annotations.clone())
+                .unwrap_or_default(),
+            owner,
+        };
+        objects.extend(proxy.objects(&options.image));
+    }
+    for waypoint in &output.mesh.waypoints {
+        let namespace = &waypoint.gateway.namespace;
+        let name = &waypoint.gateway.name;
+        let proxy = Proxy {
+            namespace,
+            gateway: name,
+            object_name: name.clone(),
+            // The waypoint's SPIFFE identity is its service account: the name node proxies expect.
+            service_account: waypoint.service_account.clone(),
+            args: vec![
+                "waypoint".into(),
+                "--control-plane".into(),
+                options.control_plane.clone(),
+                "--ca".into(),
+                options.ca.clone(),
+                "--namespace".into(),
+                namespace.clone(),
+                "--name".into(),
+                name.clone(),
+            ],
+            ports: vec![HBONE_PORT],
+            service_type: "ClusterIP",
+            labels: BTreeMap::new(),
+            annotations: BTreeMap::new(),
+            owner: None,
+        };
+        objects.extend(proxy.objects(&options.image));
+    }
+    objects
+}
+
+fn accepted(output: &CompileOutput, namespace: &str, name: &str) -> bool {
+    output.statuses.iter().any(|s| {
+        s.kind == "Gateway"
+            && s.namespace == namespace
+            && s.name == name
+            && s.status
+                .get("conditions")
+                .and_then(Value::as_array)
+                .is_some_and(|conditions| {
+                    conditions
+                        .iter()
+                        .any(|c| c["type"] == "Accepted" && c["status"] == "True")
+                })
+    })
+}
+
+struct Proxy<'a> {
+    namespace: &'a str,
+    gateway: &'a str,
+    object_name: String,
+    service_account: String,
+    args: Vec<String>,
+    ports: Vec<u16>,
+    service_type: &'a str,
+    labels: BTreeMap<String, String>,
+    annotations: BTreeMap<String, String>,
+    owner: Option<Value>,
+}
+
+impl Proxy<'_> {
+    fn objects(&self, image: &str) -> Vec<Value> {
+        let mut labels = self.labels.clone();
+        labels.insert(GATEWAY_NAME_LABEL.into(), self.gateway.to_string());
+        labels.insert(MANAGED_BY.0.into(), MANAGED_BY.1.into());
+        let selector = json!({ GATEWAY_NAME_LABEL: self.gateway });
+        let metadata = |name: &str| {
+            let mut meta = json!({
+                "name": name,
+                "namespace": self.namespace,
+                "labels": labels,
+                "annotations": self.annotations,
+            });
+            if let Some(owner) = &self.owner {
+                meta["ownerReferences"] = json!([owner]);
+            }
+            meta
+        };
+        let privileged_port = self.ports.iter().any(|p| *p < 1024);
+        let container_ports: Vec<Value> = self
+            .ports
+            .iter()
+            .map(|p| json!({"containerPort": p, "protocol": "TCP"}))
+            .chain(std::iter::once(
+                json!({"containerPort": HEALTH_PORT, "name": "health", "protocol": "TCP"}),
+            ))
+            .collect();
+        let service_ports: Vec<Value> = self
+            .ports
+            .iter()
+            .map(|p| json!({"name": format!("tcp-{p}"), "port": p, "targetPort": p, "protocol": "TCP"}))
+            .collect();
+        vec![
+            json!({
+                "apiVersion": "v1",
+                "kind": "ServiceAccount",
+                "metadata": metadata(&self.service_account),
+            }),
+            json!({
+                "apiVersion": "apps/v1",
+                "kind": "Deployment",
+                "metadata": metadata(&self.object_name),
+                "spec": {
+                    "selector": {"matchLabels": selector},
+                    "template": {
+                        "metadata": {"labels": labels, "annotations": self.annotations},
+                        "spec": {
+                            "serviceAccountName": self.service_account,
+                            "containers": [{
+                                "name": "strait",
+                                "image": image,
+                                "args": self.args,
+                                "ports": container_ports,
+                                "readinessProbe": {
+                                    "httpGet": {"path": "/healthz/ready", "port": HEALTH_PORT},
+                                    "periodSeconds": 5,
+                                },
+                                "resources": {
+                                    "requests": {"cpu": "100m", "memory": "64Mi"},
+                                    "limits": {"memory": "512Mi"},
+                                },
+                                "securityContext": {
+                                    "runAsNonRoot": true,
+                                    "runAsUser": 65532,
+                                    "allowPrivilegeEscalation": false,
+                                    "readOnlyRootFilesystem": true,
+                                    "capabilities": {
+                                        "drop": ["ALL"],
+                                        "add": if privileged_port { json!(["NET_BIND_SERVICE"]) } else { json!([]) },
+                                    },
+                                },
+                            }],
+                        },
+                    },
+                },
+            }),
+            json!({
+                "apiVersion": "v1",
+                "kind": "Service",
+                "metadata": metadata(&self.object_name),
+                "spec": {
+                    "type": self.service_type,
+                    "selector": selector,
+                    "ports": service_ports,
+                },
+            }),
+        ]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn options() -> ProvisionOptions {
+        ProvisionOptions {
+            image: "strait:test".into(),
+            control_plane: "http://cp:15010".into(),
+            ca: "http://cp:15012".into(),
+        }
+    }
+
+    fn snapshot(yaml: &str) -> Snapshot {
+        let report = strait_model::load_str(yaml, std::path::Path::new("t.yaml"));
+        assert!(report.errors.is_empty(), "{:?}", report.errors);
+        report.snapshot
+    }
+
+    const GATEWAY: &str = r#"
+apiVersion: gateway.networking.k8s.io/v1
+kind: GatewayClass
+metadata: {name: strait}
+spec: {controllerName: strait.dev/gateway-controller}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: web, namespace: shop, uid: "1234"}
+spec:
+  gatewayClassName: strait
+  infrastructure:
+    labels: {team: checkout}
+    annotations: {cost-center: "42"}
+  listeners:
+  - {name: http, port: 80, protocol: HTTP}
+  - {name: alt, port: 8080, protocol: HTTP}
+  - {name: alt2, port: 8080, protocol: HTTP, hostname: a.example.com}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: other, namespace: shop}
+spec:
+  gatewayClassName: someone-else
+  listeners: [{name: http, port: 80, protocol: HTTP}]
+"#;
+
+    #[test]
+    fn accepted_gateways_get_account_deployment_and_service_with_infrastructure_metadata() {
+        let snapshot = snapshot(GATEWAY);
+        let output = crate::compile_snapshot(&snapshot, strait_compile::CONTROLLER_NAME);
+        let objects = desired(&snapshot, &output, &options());
+        let kinds: Vec<(&str, &str)> = objects
+            .iter()
+            .map(|o| {
+                (
+                    o["kind"].as_str().unwrap(),
+                    o["metadata"]["name"].as_str().unwrap(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            kinds,
+            [
+                ("ServiceAccount", "web-strait"),
+                ("Deployment", "web-strait"),
+                ("Service", "web-strait")
+            ],
+            "only our class's Gateway is provisioned"
+        );
+        for object in &objects {
+            assert_eq!(object["metadata"]["labels"]["team"], "checkout");
+            assert_eq!(object["metadata"]["labels"][GATEWAY_NAME_LABEL], "web");
+            assert_eq!(object["metadata"]["annotations"]["cost-center"], "42");
+            assert_eq!(object["metadata"]["ownerReferences"][0]["uid"], "1234");
+        }
+        let ports: Vec<u64> = objects[2]["spec"]["ports"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["port"].as_u64().unwrap())
+            .collect();
+        assert_eq!(
+            ports,
+            [80, 8080],
+            "one Service port per distinct listener port"
+        );
+        let caps = &objects[1]["spec"]["template"]["spec"]["containers"][0]["securityContext"]["capabilities"];
+        assert_eq!(
+            caps["add"],
+            json!(["NET_BIND_SERVICE"]),
+            "port 80 needs the capability"
+        );
+    }
+}

@@ -7,6 +7,7 @@
 
 pub mod lease;
 pub mod provision;
+pub mod publish;
 pub mod sources;
 pub mod status;
 

@@ -54,8 +54,13 @@ enum Command {
     /// The node proxy alone: captures and serves the enrolled pods of DIR that have a network
     /// namespace here, with certificates from the CA at --ca.
     Node {
-        /// Directory of manifests (the mesh's Namespaces, Pods, Services, EndpointSlices, routes).
-        dir: PathBuf,
+        /// Directory of manifests (the mesh's Namespaces, Pods, Services, EndpointSlices,
+        /// routes), compiled locally; or use --control-plane.
+        #[arg(required_unless_present = "control_plane")]
+        dir: Option<PathBuf>,
+        /// The controller's config stream, e.g. http://strait-controller.strait-system:15010.
+        #[arg(long, conflicts_with = "dir")]
+        control_plane: Option<String>,
         /// CA endpoint, e.g. http://127.0.0.1:15012.
         #[arg(long)]
         ca: String,
@@ -71,8 +76,12 @@ enum Command {
     },
     /// One waypoint: HBONE on 15008, routes whose parentRef is a Service of NAMESPACE.
     Waypoint {
-        /// Directory of manifests.
-        dir: PathBuf,
+        /// Directory of manifests, compiled locally; or use --control-plane.
+        #[arg(required_unless_present = "control_plane")]
+        dir: Option<PathBuf>,
+        /// The controller's config stream.
+        #[arg(long, conflicts_with = "dir")]
+        control_plane: Option<String>,
         /// The waypoint's namespace.
         #[arg(long)]
         namespace: String,
@@ -89,9 +98,22 @@ enum Command {
         #[arg(long)]
         no_watch: bool,
     },
-    /// The Kubernetes controller: watches the API server, compiles, writes status (as the
-    /// holder of the `strait-controller` Lease).
+    /// An ingress gateway for one Gateway, fed by the controller's config stream (what the
+    /// provisioned Deployments run).
+    Gateway {
+        /// The controller's config stream.
+        #[arg(long)]
+        control_plane: String,
+        /// The Gateway, as NAMESPACE/NAME.
+        #[arg(long)]
+        gateway: String,
+    },
+    /// The Kubernetes controller: watches the API server, compiles, streams config to proxies,
+    /// writes status (as the holder of the `strait-controller` Lease).
     Controller {
+        /// Serve the config stream here.
+        #[arg(long, default_value = "0.0.0.0:15010")]
+        config_listen: SocketAddr,
         /// Kubeconfig to use instead of the in-cluster configuration.
         #[arg(long)]
         kubeconfig: Option<PathBuf>,
@@ -161,16 +183,22 @@ fn main() -> ExitCode {
         Command::Check { paths } => Ok(run_check(&paths)),
         Command::Iptables { action } => run_iptables(action).map(|()| ExitCode::SUCCESS),
         Command::Controller {
+            config_listen,
             kubeconfig,
             lease_namespace,
             identity,
             no_leader_election,
         } => block_on(run_controller(
+            config_listen,
             kubeconfig,
             lease_namespace,
             identity,
             no_leader_election,
         )),
+        Command::Gateway {
+            control_plane,
+            gateway,
+        } => block_on(run_gateway(control_plane, gateway)),
         Command::Standalone {
             dir,
             port_offset,
@@ -197,11 +225,13 @@ fn main() -> ExitCode {
         }
         Command::Node {
             dir,
+            control_plane,
             ca,
             node_name,
             probe_sources,
             no_watch,
         } => {
+            let scope = node_name.clone().map(strait_xds::Scope::node);
             let mesh = MeshOptions {
                 ca: CaSource::Remote(ca),
                 node: true,
@@ -209,16 +239,18 @@ fn main() -> ExitCode {
                 waypoints: WaypointSelection::None,
                 probe_sources,
             };
-            block_on(run_component(dir, !no_watch, mesh))
+            block_on(run_mesh_component(dir, control_plane, scope, !no_watch, mesh))
         }
         Command::Waypoint {
             dir,
+            control_plane,
             namespace,
             name,
             ca,
             netns,
             no_watch,
         } => {
+            let scope = Some(strait_xds::Scope::waypoint(&namespace, &name));
             let mesh = MeshOptions {
                 ca: CaSource::Remote(ca),
                 node: false,
@@ -229,7 +261,7 @@ fn main() -> ExitCode {
                 },
                 probe_sources: Vec::new(),
             };
-            block_on(run_component(dir, !no_watch, mesh))
+            block_on(run_mesh_component(dir, control_plane, scope, !no_watch, mesh))
         }
     };
     result.unwrap_or_else(|error| {
@@ -247,7 +279,43 @@ fn block_on(job: impl Future<Output = anyhow::Result<()>>) -> anyhow::Result<Exi
         .map(|()| ExitCode::SUCCESS)
 }
 
+/// `strait node` / `strait waypoint`: from DIR (compiled here) or from the controller.
+async fn run_mesh_component(
+    dir: Option<PathBuf>,
+    control_plane: Option<String>,
+    scope: Option<strait_xds::Scope>,
+    watch: bool,
+    mesh: MeshOptions,
+) -> anyhow::Result<()> {
+    match (dir, control_plane) {
+        (Some(dir), _) => run_component(dir, watch, mesh).await,
+        (None, Some(control_plane)) => {
+            let scope = scope.context("--node-name is required with --control-plane")?;
+            let (runtime, subscription) =
+                strait::subscribe::mesh(&control_plane, scope, mesh).await?;
+            wait_for_signal().await?;
+            eprintln!("shutting down");
+            subscription.stop().await;
+            runtime.shutdown(false).await;
+            Ok(())
+        }
+        (None, None) => anyhow::bail!("give DIR or --control-plane"),
+    }
+}
+
+async fn run_gateway(control_plane: String, gateway: String) -> anyhow::Result<()> {
+    let (namespace, name) = gateway
+        .split_once('/')
+        .context("--gateway must be NAMESPACE/NAME")?;
+    let subscription = strait::subscribe::gateway(&control_plane, namespace, name);
+    wait_for_signal().await?;
+    eprintln!("shutting down");
+    subscription.stop().await;
+    Ok(())
+}
+
 async fn run_controller(
+    config_listen: SocketAddr,
     kubeconfig: Option<PathBuf>,
     lease_namespace: String,
     identity: Option<String>,
@@ -277,13 +345,20 @@ async fn run_controller(
         lease,
         ..strait_controller::ControllerOptions::default()
     };
-    let mut last = None;
-    let controller = strait_controller::run(client, options, move |output| {
-        let summary = (output.config.gateways.len(), output.mesh.waypoints.len());
-        if last != Some(summary) {
-            tracing::info!(gateways = summary.0, waypoints = summary.1, "compiled");
-            last = Some(summary);
+    let hub = strait_xds::server::ConfigHub::new();
+    let listener = tokio::net::TcpListener::bind(config_listen)
+        .await
+        .with_context(|| format!("config stream: cannot listen on {config_listen}"))?;
+    let serving = hub.clone();
+    tokio::spawn(async move {
+        if let Err(e) = strait_xds::server::serve(serving, listener, std::future::pending()).await {
+            tracing::error!(error = %e, "config stream server failed");
         }
+    });
+    tracing::info!(%config_listen, "serving the config stream");
+    let mut publisher = strait_controller::publish::Publisher::new(hub);
+    let controller = strait_controller::run(client, options, move |output| {
+        publisher.publish(output);
     });
     tokio::select! {
         () = controller => Ok(()),

@@ -1,0 +1,77 @@
+//! Proxies fed by the controller's config stream (`--control-plane URL`): an ingress gateway,
+//! a waypoint or a node proxy subscribes with its scope, applies each version, and acks it or
+//! rejects it with the error. Losing the controller keeps the last good config; the
+//! subscription reconnects with backoff.
+
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use strait_config::ProxyConfig;
+use strait_config::mesh::MeshConfig;
+use strait_proxy::{Proxy, ProxyOptions};
+use strait_xds::client::{Subscription, SubscriptionHandle};
+use strait_xds::{Hello, Scope};
+
+use crate::mesh::{MeshOptions, MeshRuntime};
+
+/// This process's id in acks (the pod name when the downward API provides it).
+fn proxy_id() -> String {
+    std::env::var("POD_NAME").unwrap_or_else(|_| format!("strait-{}", std::process::id()))
+}
+
+/// Runs `apply` (async) from the subscription's synchronous callback, so its outcome can be
+/// acked or rejected. Needs the multi-threaded runtime.
+fn block_on<T>(job: impl Future<Output = T>) -> T {
+    tokio::task::block_in_place(|| tokio::runtime::Handle::current().block_on(job))
+}
+
+/// An ingress gateway: serves one Gateway's listeners on every address of this pod.
+pub fn gateway(control_plane: &str, namespace: &str, name: &str) -> SubscriptionHandle {
+    let proxy = Arc::new(Proxy::new(ProxyOptions::default()));
+    let hello = Hello::new(Scope::gateway(namespace, name), proxy_id());
+    Subscription::spawn(control_plane.to_string(), hello, move |version, bytes| {
+        let mut config: ProxyConfig =
+            serde_json::from_slice(bytes).map_err(|e| format!("config version {version}: {e}"))?;
+        config.version = version;
+        // The Gateway's addresses are its Service's; inside the pod, listen on all of them.
+        for gateway in &mut config.gateways {
+            gateway.addresses.clear();
+        }
+        let errors = block_on(proxy.apply(Arc::new(config)));
+        if errors.is_empty() {
+            tracing::info!(version, "config applied");
+            Ok(())
+        } else {
+            let text: Vec<String> = errors.iter().map(ToString::to_string).collect();
+            Err(text.join("; "))
+        }
+    })
+}
+
+/// A node proxy or waypoint: mesh components fed the mesh config of `scope`.
+pub async fn mesh(
+    control_plane: &str,
+    scope: Scope,
+    options: MeshOptions,
+) -> anyhow::Result<(Arc<MeshRuntime>, SubscriptionHandle)> {
+    let runtime = Arc::new(
+        MeshRuntime::start(options)
+            .await
+            .context("starting mesh components")?,
+    );
+    let applier = runtime.clone();
+    let hello = Hello::new(scope, proxy_id());
+    let handle = Subscription::spawn(control_plane.to_string(), hello, move |version, bytes| {
+        let mut mesh: MeshConfig =
+            serde_json::from_slice(bytes).map_err(|e| format!("mesh config version {version}: {e}"))?;
+        mesh.version = version;
+        let errors = block_on(applier.apply(Arc::new(mesh)));
+        if errors.is_empty() {
+            tracing::info!(version, "mesh config applied");
+            Ok(())
+        } else {
+            Err(errors.join("; "))
+        }
+    });
+    Ok((runtime, handle))
+}

@@ -59,9 +59,16 @@ pub async fn run(
     sources.wait_ready().await;
     tracing::info!("controller caches ready");
     let (leader_tx, mut leader) = watch::channel(options.lease.is_none());
-    if let Some(lease) = options.lease.clone() {
-        tokio::spawn(lease::run(client.clone(), lease, leader_tx));
-    }
+    // The election lives exactly as long as this controller: dropping it stops renewing.
+    let _election = options.lease.clone().map(|lease| {
+        AbortOnDrop(tokio::spawn(lease::run(
+            client.clone(),
+            lease,
+            leader_tx.clone(),
+        )))
+    });
+    // Held so `leader.changed()` waits (instead of failing at once) when there is no election.
+    let _leader_tx = leader_tx;
     let writer = StatusWriter::new(client, &options.controller_name);
     let changed = sources.changed();
     loop {
@@ -85,6 +92,15 @@ pub async fn run(
         }
         // Let the burst settle, then swallow the notifications it left behind.
         tokio::time::sleep(options.debounce).await;
+    }
+}
+
+/// Aborts a background task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 

@@ -66,7 +66,10 @@ impl Publisher {
 
 /// Every node that runs a meshed pod.
 fn nodes_of(mesh: &MeshConfig) -> BTreeSet<String> {
-    mesh.workloads.iter().filter_map(|w| w.node.clone()).collect()
+    mesh.workloads
+        .iter()
+        .filter_map(|w| w.node.clone())
+        .collect()
 }
 
 /// One Gateway's config: its own listeners and the clusters its routes and mirrors reach.

@@ -6,7 +6,7 @@ pub mod check;
 pub mod demo;
 pub mod mesh;
 pub mod standalone;
-pub mod subscribe;
 mod store;
+pub mod subscribe;
 
 pub use addresses::AddressMode;

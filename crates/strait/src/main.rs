@@ -239,7 +239,13 @@ fn main() -> ExitCode {
                 waypoints: WaypointSelection::None,
                 probe_sources,
             };
-            block_on(run_mesh_component(dir, control_plane, scope, !no_watch, mesh))
+            block_on(run_mesh_component(
+                dir,
+                control_plane,
+                scope,
+                !no_watch,
+                mesh,
+            ))
         }
         Command::Waypoint {
             dir,
@@ -261,7 +267,13 @@ fn main() -> ExitCode {
                 },
                 probe_sources: Vec::new(),
             };
-            block_on(run_mesh_component(dir, control_plane, scope, !no_watch, mesh))
+            block_on(run_mesh_component(
+                dir,
+                control_plane,
+                scope,
+                !no_watch,
+                mesh,
+            ))
         }
     };
     result.unwrap_or_else(|error| {

@@ -62,8 +62,8 @@ pub async fn mesh(
     let applier = runtime.clone();
     let hello = Hello::new(scope, proxy_id());
     let handle = Subscription::spawn(control_plane.to_string(), hello, move |version, bytes| {
-        let mut mesh: MeshConfig =
-            serde_json::from_slice(bytes).map_err(|e| format!("mesh config version {version}: {e}"))?;
+        let mut mesh: MeshConfig = serde_json::from_slice(bytes)
+            .map_err(|e| format!("mesh config version {version}: {e}"))?;
         mesh.version = version;
         let errors = block_on(applier.apply(Arc::new(mesh)));
         if errors.is_empty() {

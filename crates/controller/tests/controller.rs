@@ -1,0 +1,320 @@
+//! The controller against the in-process API server (real REST list/watch/patch): status
+//! written, config streamed to a subscribed proxy, deletes propagated, restarts that write
+//! nothing, other controllers' entries kept, and only the Lease holder writing.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use strait_config::ProxyConfig;
+use strait_controller::lease::LeaseOptions;
+use strait_controller::publish::Publisher;
+use strait_controller::{ControllerOptions, run};
+use strait_test_apiserver::TestApiServer;
+use strait_xds::client::Subscription;
+use strait_xds::server::ConfigHub;
+use strait_xds::{Hello, Scope};
+use tokio::task::JoinHandle;
+
+const GW: &str = "gateway.networking.k8s.io/v1";
+
+async fn cluster() -> TestApiServer {
+    let server = TestApiServer::start().await.expect("api server");
+    for object in [
+        json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "shop"}}),
+        json!({"apiVersion": GW, "kind": "GatewayClass", "metadata": {"name": "strait"},
+               "spec": {"controllerName": "strait.dev/gateway-controller"}}),
+        json!({"apiVersion": GW, "kind": "Gateway", "metadata": {"name": "web", "namespace": "shop"},
+               "spec": {"gatewayClassName": "strait",
+                        "listeners": [{"name": "http", "port": 80, "protocol": "HTTP"}]}}),
+        json!({"apiVersion": "v1", "kind": "Service",
+               "metadata": {"name": "web-strait", "namespace": "shop",
+                            "labels": {"gateway.networking.k8s.io/gateway-name": "web"}},
+               "spec": {"ports": [{"name": "tcp-80", "port": 80}]}}),
+        json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "cart", "namespace": "shop"},
+               "spec": {"ports": [{"name": "http", "port": 80}]}}),
+        json!({"apiVersion": GW, "kind": "HTTPRoute", "metadata": {"name": "cart", "namespace": "shop"},
+               "spec": {"parentRefs": [{"name": "web"}],
+                        "rules": [{"backendRefs": [{"name": "cart", "port": 80}]}]}}),
+    ] {
+        server.create(object).expect("seed object");
+    }
+    server
+}
+
+fn start_controller(
+    server: &TestApiServer,
+    hub: ConfigHub,
+    lease: Option<LeaseOptions>,
+) -> JoinHandle<()> {
+    let client = server.kube_client().expect("client");
+    let mut publisher = Publisher::new(hub);
+    let options = ControllerOptions {
+        lease,
+        ..ControllerOptions::default()
+    };
+    tokio::spawn(run(client, options, move |output| {
+        publisher.publish(output)
+    }))
+}
+
+async fn eventually<T>(what: &str, mut check: impl FnMut() -> Option<T>) -> T {
+    let started = Instant::now();
+    loop {
+        if let Some(value) = check() {
+            return value;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn condition(status: &Value, kind: &str) -> Option<String> {
+    status
+        .get("conditions")?
+        .as_array()?
+        .iter()
+        .find(|c| c["type"] == kind)
+        .and_then(|c| c["status"].as_str().map(str::to_string))
+}
+
+fn route_status(server: &TestApiServer) -> Value {
+    server
+        .get(GW, "HTTPRoute", Some("shop"), "cart")
+        .map(|r| r["status"].clone())
+        .unwrap_or(Value::Null)
+}
+
+fn our_parent_accepted(status: &Value) -> bool {
+    status["parents"].as_array().is_some_and(|parents| {
+        parents.iter().any(|p| {
+            p["controllerName"] == "strait.dev/gateway-controller"
+                && condition(p, "Accepted").as_deref() == Some("True")
+        })
+    })
+}
+
+fn resource_versions(server: &TestApiServer) -> Vec<String> {
+    [
+        ("GatewayClass", None, "strait"),
+        ("Gateway", Some("shop"), "web"),
+        ("HTTPRoute", Some("shop"), "cart"),
+    ]
+    .into_iter()
+    .map(|(kind, ns, name)| {
+        server.get(GW, kind, ns, name).expect("object")["metadata"]["resourceVersion"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    })
+    .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_is_written_and_a_subscribed_proxy_gets_each_change() {
+    let server = cluster().await;
+    let hub = ConfigHub::new();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let endpoint = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(strait_xds::server::serve(
+        hub.clone(),
+        listener,
+        std::future::pending(),
+    ));
+    let controller = start_controller(&server, hub.clone(), None);
+
+    let received: Arc<Mutex<Vec<ProxyConfig>>> = Arc::default();
+    let sink = received.clone();
+    let subscription = Subscription::spawn(
+        endpoint,
+        Hello::new(Scope::gateway("shop", "web"), "test-proxy"),
+        move |_, bytes| {
+            let config: ProxyConfig = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
+            sink.lock().unwrap().push(config);
+            Ok(())
+        },
+    );
+
+    eventually("route Accepted", || {
+        our_parent_accepted(&route_status(&server)).then_some(())
+    })
+    .await;
+    let gateway = eventually("Gateway Programmed with the Service address", || {
+        let gw = server.get(GW, "Gateway", Some("shop"), "web").ok()?;
+        (condition(&gw["status"], "Programmed").as_deref() == Some("True")).then_some(gw)
+    })
+    .await;
+    let service = server
+        .get("v1", "Service", Some("shop"), "web-strait")
+        .unwrap();
+    assert_eq!(
+        gateway["status"]["addresses"][0]["value"],
+        service["spec"]["clusterIP"]
+    );
+    let class = server.get(GW, "GatewayClass", None, "strait").unwrap();
+    assert_eq!(
+        condition(&class["status"], "Accepted").as_deref(),
+        Some("True")
+    );
+
+    let routes_in = |c: &ProxyConfig| -> usize {
+        c.gateways
+            .iter()
+            .flat_map(|g| &g.ports)
+            .flat_map(|p| &p.listeners)
+            .map(|l| l.http_routes.len())
+            .sum()
+    };
+    eventually("the proxy has the route", || {
+        received
+            .lock()
+            .unwrap()
+            .last()
+            .filter(|c| routes_in(c) == 1)
+            .map(|_| ())
+    })
+    .await;
+    assert!(
+        hub.last_ack("test-proxy").is_some_and(|a| a.result.is_ok()),
+        "the proxy acked"
+    );
+
+    server
+        .delete(GW, "HTTPRoute", Some("shop"), "cart")
+        .unwrap();
+    eventually("the route is gone from the proxy", || {
+        received
+            .lock()
+            .unwrap()
+            .last()
+            .filter(|c| routes_in(c) == 0)
+            .map(|_| ())
+    })
+    .await;
+    server.delete(GW, "Gateway", Some("shop"), "web").unwrap();
+    eventually("the Gateway's scope is withdrawn", || {
+        hub.current(&Scope::gateway("shop", "web"))
+            .is_none()
+            .then_some(())
+    })
+    .await;
+    subscription.stop().await;
+    controller.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_writes_nothing_and_other_controllers_entries_survive() {
+    let server = cluster().await;
+    let mut route = server.get(GW, "HTTPRoute", Some("shop"), "cart").unwrap();
+    let foreign = json!({
+        "parentRef": {"name": "other-gw"},
+        "controllerName": "example.com/other",
+        "conditions": [{"type": "Accepted", "status": "True", "reason": "Accepted", "message": "",
+                         "lastTransitionTime": "2026-01-01T00:00:00Z", "observedGeneration": 1}]
+    });
+    route["status"] = json!({"parents": [foreign]});
+    server.update_status(route).expect("foreign status");
+
+    let first = start_controller(&server, ConfigHub::new(), None);
+    eventually("route Accepted", || {
+        our_parent_accepted(&route_status(&server)).then_some(())
+    })
+    .await;
+    let status = route_status(&server);
+    assert!(
+        status["parents"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["controllerName"] == "example.com/other"),
+        "the other controller's entry was kept: {status}"
+    );
+    // Let it settle, then restart.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before = resource_versions(&server);
+    first.abort();
+    let second = start_controller(&server, ConfigHub::new(), None);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(
+        resource_versions(&server),
+        before,
+        "a restart rewrote unchanged statuses"
+    );
+    second.abort();
+}
+
+fn lease(identity: &str) -> LeaseOptions {
+    LeaseOptions {
+        namespace: "default".into(),
+        name: "strait-controller".into(),
+        identity: identity.into(),
+        duration: Duration::from_secs(1),
+        renew: Duration::from_millis(200),
+    }
+}
+
+fn holder(server: &TestApiServer) -> Option<String> {
+    let lease = server
+        .get(
+            "coordination.k8s.io/v1",
+            "Lease",
+            Some("default"),
+            "strait-controller",
+        )
+        .ok()?;
+    lease["spec"]["holderIdentity"].as_str().map(str::to_string)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_the_lease_holder_writes_status_and_the_other_takes_over() {
+    let server = cluster().await;
+    let a = start_controller(&server, ConfigHub::new(), Some(lease("a")));
+    let b = start_controller(&server, ConfigHub::new(), Some(lease("b")));
+    let first = eventually("a lease holder", || holder(&server)).await;
+    eventually("route Accepted", || {
+        our_parent_accepted(&route_status(&server)).then_some(())
+    })
+    .await;
+    for _ in 0..10 {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(
+            holder(&server).as_deref(),
+            Some(first.as_str()),
+            "leadership flapped"
+        );
+    }
+    // Stop the holder: the other takes the lease once it expires, and writes from then on.
+    let (gone, survivor, survivor_name) = if first == "a" {
+        (a, b, "b")
+    } else {
+        (b, a, "a")
+    };
+    gone.abort();
+    eventually("takeover", || {
+        (holder(&server).as_deref() == Some(survivor_name)).then_some(())
+    })
+    .await;
+    let mut route = server.get(GW, "HTTPRoute", Some("shop"), "cart").unwrap();
+    route["spec"]["rules"][0]["matches"] =
+        json!([{"path": {"type": "PathPrefix", "value": "/cart"}}]);
+    let updated = server.update(route).unwrap();
+    let generation = updated["metadata"]["generation"].as_i64().unwrap();
+    eventually("status for the new generation", || {
+        let status = route_status(&server);
+        status["parents"]
+            .as_array()?
+            .iter()
+            .any(|p| {
+                p["conditions"].as_array().is_some_and(|c| {
+                    c.iter()
+                        .all(|c| c["observedGeneration"].as_i64() == Some(generation))
+                })
+            })
+            .then_some(())
+    })
+    .await;
+    survivor.abort();
+}

@@ -32,7 +32,8 @@ use crate::status::StatusWriter;
 pub struct ControllerOptions {
     /// GatewayClass controllerName to serve.
     pub controller_name: String,
-    /// Quiet time after a change before compiling.
+    /// Quiet time after a change before compiling (a change during it restarts it, up to ten
+    /// times this in total).
     pub debounce: Duration,
     /// Leader election for status writes; `None` = always write (a single replica).
     pub lease: Option<LeaseOptions>,
@@ -42,7 +43,7 @@ impl Default for ControllerOptions {
     fn default() -> ControllerOptions {
         ControllerOptions {
             controller_name: strait_compile::CONTROLLER_NAME.to_string(),
-            debounce: Duration::from_millis(50),
+            debounce: Duration::from_millis(10),
             lease: None,
         }
     }
@@ -90,8 +91,24 @@ pub async fn run(
             () = changed.notified() => {}
             _ = leader.changed() => {}
         }
-        // Let the burst settle, then swallow the notifications it left behind.
-        tokio::time::sleep(options.debounce).await;
+        settle(&changed, options.debounce, options.debounce * 10).await;
+    }
+}
+
+/// Waits until no change arrived for `quiet` (a burst of events, such as a `kubectl apply` of
+/// many objects or a relist, becomes one compile), but never longer than `max` in total, so a
+/// steady trickle of changes cannot starve compilation.
+async fn settle(changed: &tokio::sync::Notify, quiet: Duration, max: Duration) {
+    let deadline = tokio::time::Instant::now() + max;
+    loop {
+        let wait = quiet.min(deadline.saturating_duration_since(tokio::time::Instant::now()));
+        if wait.is_zero() {
+            return;
+        }
+        tokio::select! {
+            () = changed.notified() => {}
+            () = tokio::time::sleep(wait) => return,
+        }
     }
 }
 

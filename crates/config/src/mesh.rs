@@ -23,8 +23,8 @@ pub const DEFAULT_WAYPOINT: &str = "waypoint";
 /// Pod label carried by the pods of a (waypoint) Gateway.
 pub const GATEWAY_NAME_LABEL: &str = "gateway.networking.k8s.io/gateway-name";
 /// Pod annotation (standalone and tests only): the named network namespace the pod lives in,
-/// which is where the node proxy binds the pod's capture ports. In a cluster the CNI plugin
-/// tells the node proxy instead.
+/// which is where the node proxy binds the pod's capture ports. In a cluster the node proxy
+/// finds the namespace itself, by the pod's IP among the runtime's namespace files.
 pub const NETNS_ANNOTATION: &str = "strait.dev/netns";
 /// Pod annotation: comma-separated outbound TCP ports never captured.
 pub const EXCLUDE_OUTBOUND_PORTS_ANNOTATION: &str = "strait.dev/exclude-outbound-ports";
@@ -62,7 +62,8 @@ pub struct Workload {
     pub service_account: String,
     /// `spec.nodeName`: the node proxy of that node serves the pod.
     pub node: Option<String>,
-    /// The named network namespace ([`NETNS_ANNOTATION`]), standalone only.
+    /// The named network namespace ([`NETNS_ANNOTATION`]), standalone only; in a cluster the
+    /// node proxy discovers it by [`Workload::ip`].
     pub netns: Option<String>,
     /// True for pods of enrolled namespaces: the node proxy captures their traffic and peers
     /// reach them over HBONE. False for waypoint pods (they speak HBONE themselves, uncaptured).

@@ -5,8 +5,10 @@
 //! Changes are debounced: a burst of events (a `kubectl apply` of many objects, a relist)
 //! becomes one compile.
 
+pub mod ca;
 pub mod lease;
 pub mod provision;
+pub mod provisioner;
 pub mod publish;
 pub mod sources;
 pub mod status;
@@ -24,6 +26,8 @@ use strait_model::Snapshot;
 use tokio::sync::watch;
 
 use crate::lease::LeaseOptions;
+use crate::provision::ProvisionOptions;
+use crate::provisioner::Provisioner;
 use crate::sources::Sources;
 use crate::status::StatusWriter;
 
@@ -37,6 +41,11 @@ pub struct ControllerOptions {
     pub debounce: Duration,
     /// Leader election for status writes; `None` = always write (a single replica).
     pub lease: Option<LeaseOptions>,
+    /// Provision Deployments/Services for Gateways and waypoints (as the leader); `None`
+    /// leaves that to someone else (tests of the status path alone, development).
+    pub provision: Option<ProvisionOptions>,
+    /// How often the provisioner re-applies everything, repairing edits made behind its back.
+    pub resync: Duration,
 }
 
 impl Default for ControllerOptions {
@@ -45,6 +54,8 @@ impl Default for ControllerOptions {
             controller_name: strait_compile::CONTROLLER_NAME.to_string(),
             debounce: Duration::from_millis(10),
             lease: None,
+            provision: None,
+            resync: Duration::from_secs(300),
         }
     }
 }
@@ -54,9 +65,20 @@ impl Default for ControllerOptions {
 pub async fn run(
     client: Client,
     options: ControllerOptions,
-    mut publish: impl FnMut(&CompileOutput) + Send,
+    publish: impl FnMut(&CompileOutput) + Send,
 ) {
     let sources = Sources::start(&client);
+    run_with_sources(client, sources, options, publish).await
+}
+
+/// Like [`run`], with sources the caller started, to share their caches (the CA reads the
+/// pod cache to decide which identities a node proxy may hold).
+pub async fn run_with_sources(
+    client: Client,
+    sources: Sources,
+    options: ControllerOptions,
+    mut publish: impl FnMut(&CompileOutput) + Send,
+) {
     sources.wait_ready().await;
     tracing::info!("controller caches ready");
     let (leader_tx, mut leader) = watch::channel(options.lease.is_none());
@@ -70,14 +92,38 @@ pub async fn run(
     });
     // Held so `leader.changed()` waits (instead of failing at once) when there is no election.
     let _leader_tx = leader_tx;
-    let writer = StatusWriter::new(client, &options.controller_name);
+    let writer = StatusWriter::new(client.clone(), &options.controller_name);
+    let mut provisioner = Provisioner::new(client);
     let changed = sources.changed();
+    let mut resync = tokio::time::interval(options.resync);
+    resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    resync.reset();
     loop {
         let snapshot = sources.snapshot();
         let output = compile_snapshot(&snapshot, &options.controller_name);
         publish(&output);
+        let mut failed = false;
         if *leader.borrow() {
+            if let Some(provision) = &options.provision {
+                let desired = provision::desired(&snapshot, &output, provision);
+                let report = provisioner.reconcile(&desired).await;
+                failed |= !report.failed.is_empty();
+                for failure in &report.failed {
+                    tracing::warn!("{failure}");
+                }
+                if report.applied > 0 || report.deleted > 0 {
+                    tracing::info!(
+                        applied = report.applied,
+                        deleted = report.deleted,
+                        "provisioner pass"
+                    );
+                }
+            }
             let report = writer.write(&sources, &output.statuses).await;
+            failed |= !report.failed.is_empty();
+            for failure in &report.failed {
+                tracing::warn!("{failure}");
+            }
             if report.written > 0 || !report.failed.is_empty() {
                 tracing::info!(
                     written = report.written,
@@ -89,11 +135,21 @@ pub async fn run(
         }
         tokio::select! {
             () = changed.notified() => {}
-            _ = leader.changed() => {}
+            _ = leader.changed() => {
+                // Whoever led meanwhile may have changed the managed objects.
+                provisioner.reset();
+            }
+            _ = resync.tick() => provisioner.reset(),
+            // Failed writes (API server away, a conflict that outlived its retries) are
+            // retried without waiting for the next change.
+            () = tokio::time::sleep(RETRY_AFTER_FAILURE), if failed => {}
         }
         settle(&changed, options.debounce, options.debounce * 10).await;
     }
 }
+
+/// Pause before retrying a pass that left writes undone.
+const RETRY_AFTER_FAILURE: Duration = Duration::from_secs(2);
 
 /// Waits until no change arrived for `quiet` (a burst of events, such as a `kubectl apply` of
 /// many objects or a relist, becomes one compile), but never longer than `max` in total, so a

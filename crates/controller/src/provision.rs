@@ -20,6 +20,10 @@ pub const MANAGED_BY: (&str, &str) = ("app.kubernetes.io/managed-by", "strait");
 pub const HEALTH_PORT: u16 = 15021;
 /// The port waypoints serve HBONE on.
 const HBONE_PORT: u16 = 15008;
+/// Where proxies find their projected token for the CA (audience `strait-ca`).
+pub const CA_TOKEN_DIR: &str = "/var/run/secrets/strait.dev/tokens";
+/// The token file's name inside [`CA_TOKEN_DIR`] (also the audience).
+pub const CA_TOKEN_FILE: &str = "strait-ca";
 
 /// What provisioned proxies run and where they find the controller.
 #[derive(Clone, Debug)]
@@ -76,6 +80,9 @@ pub fn desired(
             ],
             ports,
             service_type: "LoadBalancer",
+            // Ingress gateways terminate the client's TLS with the Gateway's own certificates
+            // and never ask the workload CA for anything.
+            ca_token: false,
             labels: infrastructure
                 .and_then(|i| i.labels.clone())
                 .unwrap_or_default(),
@@ -108,6 +115,7 @@ pub fn desired(
             ],
             ports: vec![HBONE_PORT],
             service_type: "ClusterIP",
+            ca_token: true,
             labels: BTreeMap::new(),
             annotations: BTreeMap::new(),
             owner: None,
@@ -141,6 +149,8 @@ struct Proxy<'a> {
     args: Vec<String>,
     ports: Vec<u16>,
     service_type: &'a str,
+    /// Mount a projected token for the CA (waypoints, which hold a workload identity).
+    ca_token: bool,
     labels: BTreeMap<String, String>,
     annotations: BTreeMap<String, String>,
     owner: Option<Value>,
@@ -178,6 +188,57 @@ impl Proxy<'_> {
             .iter()
             .map(|p| json!({"name": format!("tcp-{p}"), "port": p, "targetPort": p, "protocol": "TCP"}))
             .collect();
+        let mut pod_spec = json!({
+            "serviceAccountName": self.service_account,
+            // The proxies never call the API server: no API token in their pods.
+            "automountServiceAccountToken": false,
+            "securityContext": {"seccompProfile": {"type": "RuntimeDefault"}},
+            "containers": [{
+                "name": "strait",
+                "image": image,
+                "args": self.args,
+                "env": [{"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}],
+                "ports": container_ports,
+                "readinessProbe": {
+                    "httpGet": {"path": "/healthz/ready", "port": HEALTH_PORT},
+                    "periodSeconds": 5,
+                },
+                "livenessProbe": {
+                    "tcpSocket": {"port": HEALTH_PORT},
+                    "initialDelaySeconds": 10,
+                    "periodSeconds": 10,
+                    "failureThreshold": 6,
+                },
+                // Requests make the Deployment HPA-ready (CPU utilisation needs them); no CPU
+                // limit so the data path is never throttled.
+                "resources": {
+                    "requests": {"cpu": "100m", "memory": "64Mi"},
+                    "limits": {"memory": "512Mi"},
+                },
+                "securityContext": {
+                    "runAsNonRoot": true,
+                    "runAsUser": 65532,
+                    "allowPrivilegeEscalation": false,
+                    "readOnlyRootFilesystem": true,
+                    "capabilities": {
+                        "drop": ["ALL"],
+                        "add": if privileged_port { json!(["NET_BIND_SERVICE"]) } else { json!([]) },
+                    },
+                },
+            }],
+        });
+        if self.ca_token {
+            pod_spec["containers"][0]["volumeMounts"] =
+                json!([{"name": "strait-token", "mountPath": CA_TOKEN_DIR, "readOnly": true}]);
+            pod_spec["volumes"] = json!([{
+                "name": "strait-token",
+                "projected": {"sources": [{"serviceAccountToken": {
+                    "path": CA_TOKEN_FILE,
+                    "audience": CA_TOKEN_FILE,
+                    "expirationSeconds": 3600,
+                }}]},
+            }]);
+        }
         vec![
             json!({
                 "apiVersion": "v1",
@@ -192,33 +253,7 @@ impl Proxy<'_> {
                     "selector": {"matchLabels": selector},
                     "template": {
                         "metadata": {"labels": labels, "annotations": self.annotations},
-                        "spec": {
-                            "serviceAccountName": self.service_account,
-                            "containers": [{
-                                "name": "strait",
-                                "image": image,
-                                "args": self.args,
-                                "ports": container_ports,
-                                "readinessProbe": {
-                                    "httpGet": {"path": "/healthz/ready", "port": HEALTH_PORT},
-                                    "periodSeconds": 5,
-                                },
-                                "resources": {
-                                    "requests": {"cpu": "100m", "memory": "64Mi"},
-                                    "limits": {"memory": "512Mi"},
-                                },
-                                "securityContext": {
-                                    "runAsNonRoot": true,
-                                    "runAsUser": 65532,
-                                    "allowPrivilegeEscalation": false,
-                                    "readOnlyRootFilesystem": true,
-                                    "capabilities": {
-                                        "drop": ["ALL"],
-                                        "add": if privileged_port { json!(["NET_BIND_SERVICE"]) } else { json!([]) },
-                                    },
-                                },
-                            }],
-                        },
+                        "spec": pod_spec,
                     },
                 },
             }),

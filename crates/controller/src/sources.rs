@@ -130,6 +130,12 @@ impl Sources {
         self.changed.clone()
     }
 
+    /// The pod cache, shared with the CA's authorizer (node proxies are checked against it
+    /// without a request to the API server per certificate).
+    pub fn pods(&self) -> Store<Pod> {
+        self.pods.clone()
+    }
+
     /// Everything currently cached, as compile wants it (sorted by namespace and name so equal
     /// clusters compile to equal configs).
     pub fn snapshot(&self) -> Snapshot {

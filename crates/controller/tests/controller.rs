@@ -2,12 +2,14 @@
 //! written, config streamed to a subscribed proxy, deletes propagated, restarts that write
 //! nothing, other controllers' entries kept, and only the Lease holder writing.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use strait_config::ProxyConfig;
 use strait_controller::lease::LeaseOptions;
+use strait_controller::provision::ProvisionOptions;
 use strait_controller::publish::Publisher;
 use strait_controller::{ControllerOptions, run};
 use strait_test_apiserver::TestApiServer;
@@ -47,12 +49,20 @@ fn start_controller(
     hub: ConfigHub,
     lease: Option<LeaseOptions>,
 ) -> JoinHandle<()> {
-    let client = server.kube_client().expect("client");
-    let mut publisher = Publisher::new(hub);
     let options = ControllerOptions {
         lease,
         ..ControllerOptions::default()
     };
+    start_with(server, hub, options)
+}
+
+fn start_with(
+    server: &TestApiServer,
+    hub: ConfigHub,
+    options: ControllerOptions,
+) -> JoinHandle<()> {
+    let client = server.kube_client().expect("client");
+    let mut publisher = Publisher::new(hub);
     tokio::spawn(run(client, options, move |output| {
         publisher.publish(output)
     }))
@@ -244,6 +254,232 @@ async fn a_restart_writes_nothing_and_other_controllers_entries_survive() {
         "a restart rewrote unchanged statuses"
     );
     second.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_status_conflict_is_retried_and_keeps_the_concurrent_writers_entry() {
+    let server = cluster().await;
+    let attempts = Arc::new(AtomicUsize::new(0));
+    let seen = attempts.clone();
+    let handle = server.handle();
+    // Another controller writes its own entry into the route's status between our read and
+    // our first patch: the API server must answer that patch with a genuine 409.
+    server.set_request_hook(move |method, path| {
+        if method != strait_test_apiserver::Method::PATCH
+            || !path.ends_with("/httproutes/cart/status")
+        {
+            return;
+        }
+        if seen.fetch_add(1, Ordering::SeqCst) == 0 {
+            let mut route = handle
+                .get(GW, "HTTPRoute", Some("shop"), "cart")
+                .expect("route");
+            route["status"] = json!({"parents": [{
+                "parentRef": {"name": "other-gw"},
+                "controllerName": "example.com/other",
+                "conditions": [{"type": "Accepted", "status": "True", "reason": "Accepted",
+                                "message": "", "lastTransitionTime": "2026-01-01T00:00:00Z",
+                                "observedGeneration": 1}]
+            }]});
+            handle
+                .update_status(route)
+                .expect("concurrent status write");
+        }
+    });
+    let controller = start_controller(&server, ConfigHub::new(), None);
+    let status = eventually("route Accepted after the conflict", || {
+        let status = route_status(&server);
+        our_parent_accepted(&status).then_some(status)
+    })
+    .await;
+    assert!(
+        attempts.load(Ordering::SeqCst) >= 2,
+        "the conflicting patch was retried"
+    );
+    assert!(
+        status["parents"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["controllerName"] == "example.com/other"),
+        "the retry kept the entry written concurrently: {status}"
+    );
+    controller.abort();
+}
+
+fn provisioning(resync: Duration) -> ControllerOptions {
+    ControllerOptions {
+        provision: Some(ProvisionOptions {
+            image: "strait:test".into(),
+            control_plane: "http://strait-controller.strait-system:15010".into(),
+            ca: "http://strait-controller.strait-system:15012".into(),
+        }),
+        resync,
+        ..ControllerOptions::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gateways_are_provisioned_repaired_updated_and_cleaned_up() {
+    let server = TestApiServer::start().await.expect("api server");
+    for object in [
+        json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "edge"}}),
+        json!({"apiVersion": GW, "kind": "GatewayClass", "metadata": {"name": "strait"},
+               "spec": {"controllerName": "strait.dev/gateway-controller"}}),
+        json!({"apiVersion": GW, "kind": "Gateway", "metadata": {"name": "public", "namespace": "edge"},
+               "spec": {"gatewayClassName": "strait",
+                        "infrastructure": {"labels": {"team": "edge"},
+                                           "annotations": {"cost-center": "7"}},
+                        "listeners": [{"name": "http", "port": 80, "protocol": "HTTP"}]}}),
+        // Not ours: never touched.
+        json!({"apiVersion": "apps/v1", "kind": "Deployment",
+               "metadata": {"name": "unrelated", "namespace": "edge"},
+               "spec": {"selector": {"matchLabels": {"app": "x"}},
+                        "template": {"metadata": {"labels": {"app": "x"}},
+                                     "spec": {"containers": [{"name": "x", "image": "x"}]}}}}),
+    ] {
+        server.create(object).expect("seed object");
+    }
+    let controller = start_with(
+        &server,
+        ConfigHub::new(),
+        provisioning(Duration::from_millis(300)),
+    );
+
+    let deployment = eventually("the gateway Deployment", || {
+        server
+            .get("apps/v1", "Deployment", Some("edge"), "public-strait")
+            .ok()
+    })
+    .await;
+    let gateway_uid =
+        server.get(GW, "Gateway", Some("edge"), "public").unwrap()["metadata"]["uid"].clone();
+    for (api_version, kind) in [
+        ("v1", "ServiceAccount"),
+        ("apps/v1", "Deployment"),
+        ("v1", "Service"),
+    ] {
+        let object = server
+            .get(api_version, kind, Some("edge"), "public-strait")
+            .unwrap_or_else(|e| panic!("{kind} edge/public-strait: {e}"));
+        assert_eq!(
+            object["metadata"]["labels"]["team"], "edge",
+            "{kind} carries the infrastructure labels"
+        );
+        assert_eq!(
+            object["metadata"]["annotations"]["cost-center"], "7",
+            "{kind} carries the infrastructure annotations"
+        );
+        assert_eq!(
+            object["metadata"]["ownerReferences"][0]["uid"], gateway_uid,
+            "{kind} is owned by the Gateway"
+        );
+    }
+    let container = &deployment["spec"]["template"]["spec"]["containers"][0];
+    assert_eq!(container["image"], "strait:test");
+    assert_eq!(container["readinessProbe"]["httpGet"]["port"], 15021);
+    assert!(
+        container["resources"]["requests"]["cpu"].is_string(),
+        "HPA needs CPU requests"
+    );
+
+    let service = server
+        .get("v1", "Service", Some("edge"), "public-strait")
+        .unwrap();
+    let cluster_ip = service["spec"]["clusterIP"].clone();
+    eventually("Gateway status.addresses from the Service", || {
+        let gw = server.get(GW, "Gateway", Some("edge"), "public").ok()?;
+        (gw["status"]["addresses"][0]["value"] == cluster_ip).then_some(())
+    })
+    .await;
+
+    // Deleted behind the controller's back: repaired on the next resync.
+    server
+        .delete("apps/v1", "Deployment", Some("edge"), "public-strait")
+        .unwrap();
+    eventually("the Deployment is re-created", || {
+        server
+            .get("apps/v1", "Deployment", Some("edge"), "public-strait")
+            .ok()
+    })
+    .await;
+
+    // A new listener port reaches the Service.
+    let mut gateway = server.get(GW, "Gateway", Some("edge"), "public").unwrap();
+    gateway["spec"]["listeners"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"name": "alt", "port": 8080, "protocol": "HTTP"}));
+    server.update(gateway).unwrap();
+    eventually("the Service exposes 8080", || {
+        let service = server
+            .get("v1", "Service", Some("edge"), "public-strait")
+            .ok()?;
+        let ports: Vec<i64> = service["spec"]["ports"]
+            .as_array()?
+            .iter()
+            .filter_map(|p| p["port"].as_i64())
+            .collect();
+        (ports == [80, 8080]).then_some(())
+    })
+    .await;
+
+    // The Gateway leaves our class: everything we made goes, the user's Deployment stays.
+    let mut gateway = server.get(GW, "Gateway", Some("edge"), "public").unwrap();
+    gateway["spec"]["gatewayClassName"] = json!("someone-else");
+    server.update(gateway).unwrap();
+    eventually("the managed objects are deleted", || {
+        ["ServiceAccount", "Service"]
+            .iter()
+            .all(|kind| {
+                server
+                    .get("v1", kind, Some("edge"), "public-strait")
+                    .is_err()
+            })
+            .then_some(())
+            .filter(|()| {
+                server
+                    .get("apps/v1", "Deployment", Some("edge"), "public-strait")
+                    .is_err()
+            })
+    })
+    .await;
+    assert!(
+        server
+            .get("apps/v1", "Deployment", Some("edge"), "unrelated")
+            .is_ok(),
+        "an unmanaged Deployment was deleted"
+    );
+    controller.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_controller_removes_objects_it_no_longer_wants() {
+    let server = cluster().await;
+    // Left behind by an earlier controller for a Gateway that is gone.
+    server
+        .create(json!({"apiVersion": "v1", "kind": "ServiceAccount",
+                       "metadata": {"name": "old-strait", "namespace": "shop",
+                                    "labels": {"app.kubernetes.io/managed-by": "strait"}}}))
+        .unwrap();
+    let controller = start_with(
+        &server,
+        ConfigHub::new(),
+        provisioning(Duration::from_secs(300)),
+    );
+    eventually("the orphan is collected", || {
+        server
+            .get("v1", "ServiceAccount", Some("shop"), "old-strait")
+            .is_err()
+            .then_some(())
+    })
+    .await;
+    assert!(
+        server
+            .get("v1", "ServiceAccount", Some("shop"), "web-strait")
+            .is_ok()
+    );
+    controller.abort();
 }
 
 fn lease(identity: &str) -> LeaseOptions {

@@ -70,8 +70,13 @@ pub enum CaError {
 pub struct CertificateAuthority {
     trust_domain: String,
     issuer: Issuer<'static, KeyPair>,
+    /// The trust anchor (for a self-signed CA, its own certificate).
     root_der: CertificateDer<'static>,
     root_pem: String,
+    /// Certificates between the signing certificate (included) and the anchor, sent with
+    /// every leaf; empty for a self-signed root.
+    intermediates_pem: Vec<String>,
+    /// When the first certificate on the path to the anchor expires.
     root_not_after: SystemTime,
     default_validity: Duration,
     max_validity: Duration,
@@ -81,6 +86,7 @@ impl std::fmt::Debug for CertificateAuthority {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("CertificateAuthority")
             .field("trust_domain", &self.trust_domain)
+            .field("intermediates", &self.intermediates_pem.len())
             .field("root_not_after", &self.root_not_after)
             .field("default_validity", &self.default_validity)
             .field("max_validity", &self.max_validity)
@@ -132,6 +138,7 @@ impl CertificateAuthority {
             issuer: Issuer::new(params, key),
             root_der,
             root_pem,
+            intermediates_pem: Vec::new(),
             root_not_after,
             default_validity: DEFAULT_CERT_VALIDITY,
             max_validity: MAX_CERT_VALIDITY,
@@ -141,18 +148,50 @@ impl CertificateAuthority {
     /// Loads a CA from its PEM certificate and PEM (PKCS#8) private key, e.g. from a Secret.
     /// The certificate must be a currently valid CA certificate whose public key matches the key,
     /// and carry the URI SAN `spiffe://<trust-domain>` (as [`Self::new_self_signed`] writes).
+    /// It is its own trust anchor; see [`Self::from_pem_chain`] for an intermediate CA.
     pub fn from_pem(cert_pem: &str, key_pem: &str) -> Result<CertificateAuthority, CaError> {
+        Self::load(cert_pem, key_pem, None, None)
+    }
+
+    /// Loads a CA that may be an intermediate of an existing PKI (e.g. one an organisation's
+    /// root issued for the mesh), so workloads can be trusted by that root's other users.
+    ///
+    /// - `ca_chain_pem`: the signing CA certificate first, then the certificates above it, in
+    ///   order (each issued by the next). The first must match `key_pem` (PKCS#8).
+    /// - `trust_anchor_pem`: the certificate proxies verify peers against. `None`: the last
+    ///   certificate of `ca_chain_pem` (the signing certificate itself for a self-signed root).
+    /// - `trust_domain`: the SPIFFE trust domain. The signing certificate need not carry a
+    ///   `spiffe://` URI SAN; if it does, it must name this trust domain.
+    ///
+    /// Every certificate below the anchor is sent with each workload certificate, so peers can
+    /// build the path to the anchor. The chain is checked once here by issuing and verifying a
+    /// throwaway certificate, so a wrong chain fails at load instead of breaking mesh traffic.
+    pub fn from_pem_chain(
+        ca_chain_pem: &str,
+        key_pem: &str,
+        trust_anchor_pem: Option<&str>,
+        trust_domain: &str,
+    ) -> Result<CertificateAuthority, CaError> {
+        Self::load(ca_chain_pem, key_pem, trust_anchor_pem, Some(trust_domain))
+    }
+
+    fn load(
+        chain_pem: &str,
+        key_pem: &str,
+        anchor_pem: Option<&str>,
+        trust_domain: Option<&str>,
+    ) -> Result<CertificateAuthority, CaError> {
         let invalid = |what, reason: String| CaError::InvalidCa { what, reason };
         let key = KeyPair::from_pem(key_pem).map_err(|e| invalid("private key", e.to_string()))?;
-        let root_der = CertificateDer::from_pem_slice(cert_pem.as_bytes())
+        let chain = CertificateDer::pem_slice_iter(chain_pem.as_bytes())
+            .collect::<Result<Vec<_>, _>>()
             .map_err(|e| invalid("certificate", format!("no PEM certificate: {e}")))?;
-        let (_, cert) = x509_parser::parse_x509_certificate(&root_der)
+        let Some(signing_der) = chain.first() else {
+            return Err(invalid("certificate", "no PEM certificate".into()));
+        };
+        let (_, cert) = x509_parser::parse_x509_certificate(signing_der)
             .map_err(|e| invalid("certificate", e.to_string()))?;
-        let is_ca = cert
-            .basic_constraints()
-            .map_err(|e| invalid("certificate", e.to_string()))?
-            .is_some_and(|bc| bc.value.ca);
-        if !is_ca {
+        if !is_ca_cert(&cert).map_err(|reason| invalid("certificate", reason))? {
             return Err(invalid("certificate", "not a CA certificate".into()));
         }
         if cert.tbs_certificate.subject_pki.raw != key.subject_public_key_info().as_slice() {
@@ -161,27 +200,100 @@ impl CertificateAuthority {
                 "public key does not match the private key".into(),
             ));
         }
-        let trust_domain = trust_domain_of(&cert)
-            .ok_or_else(|| invalid("certificate", "no URI SAN spiffe://<trust-domain>".into()))?;
+        let trust_domain = match (trust_domain, trust_domain_of(&cert)) {
+            (Some(wanted), Some(found)) if wanted != found => {
+                return Err(invalid(
+                    "certificate",
+                    format!("names trust domain {found:?} (URI SAN), not {wanted:?}"),
+                ));
+            }
+            (Some(wanted), _) => wanted.to_owned(),
+            (None, Some(found)) => found,
+            (None, None) => {
+                return Err(invalid(
+                    "certificate",
+                    "no URI SAN spiffe://<trust-domain>".into(),
+                ));
+            }
+        };
         validate_trust_domain(&trust_domain).map_err(|reason| CaError::InvalidTrustDomain {
             trust_domain: trust_domain.clone(),
             reason,
         })?;
-        if !cert.validity().is_valid() {
-            return Err(CaError::CaExpired { trust_domain });
+        let anchor = match anchor_pem {
+            Some(pem) => CertificateDer::from_pem_slice(pem.as_bytes())
+                .map_err(|e| invalid("trust anchor", format!("no PEM certificate: {e}")))?,
+            None => chain.last().cloned().unwrap_or_else(|| signing_der.clone()),
+        };
+        let intermediates: Vec<CertificateDer<'static>> =
+            chain.iter().filter(|c| **c != anchor).cloned().collect();
+        // Leaves must not outlive any certificate on their path.
+        let mut not_after: Option<SystemTime> = None;
+        for (what, der) in chain
+            .iter()
+            .map(|c| ("certificate", c))
+            .chain([("trust anchor", &anchor)])
+        {
+            let (_, parsed) = x509_parser::parse_x509_certificate(der)
+                .map_err(|e| invalid(what, e.to_string()))?;
+            if !is_ca_cert(&parsed).map_err(|reason| invalid(what, reason))? {
+                return Err(invalid(
+                    what,
+                    format!("{} is not a CA certificate", parsed.subject()),
+                ));
+            }
+            if !parsed.validity().is_valid() {
+                return Err(CaError::CaExpired { trust_domain });
+            }
+            let expires = unix_to_system(parsed.validity().not_after.timestamp());
+            not_after = Some(not_after.map_or(expires, |t| t.min(expires)));
         }
-        let root_not_after = unix_to_system(cert.validity().not_after.timestamp());
-        let issuer = Issuer::from_ca_cert_der(&root_der, key)
+        let issuer = Issuer::from_ca_cert_der(signing_der, key)
             .map_err(|e| invalid("certificate", e.to_string()))?;
-        Ok(CertificateAuthority {
+        let ca = CertificateAuthority {
             trust_domain,
             issuer,
-            root_pem: pem_encode(&root_der),
-            root_der,
-            root_not_after,
+            root_pem: pem_encode(&anchor),
+            root_der: anchor,
+            intermediates_pem: intermediates.iter().map(pem_encode).collect(),
+            root_not_after: not_after.unwrap_or(SystemTime::UNIX_EPOCH),
             default_validity: DEFAULT_CERT_VALIDITY,
             max_validity: MAX_CERT_VALIDITY,
-        })
+        };
+        ca.self_check()?;
+        Ok(ca)
+    }
+
+    /// Issues a short-lived certificate and verifies it the way proxies will (chain to the
+    /// trust anchor, identity, key match), so an unusable chain is reported at load.
+    fn self_check(&self) -> Result<(), CaError> {
+        let invalid = |reason: String| CaError::InvalidCa {
+            what: "certificate chain",
+            reason,
+        };
+        let id =
+            SpiffeId::new(&self.trust_domain, "strait-system", "ca-self-check").map_err(|e| {
+                CaError::InvalidTrustDomain {
+                    trust_domain: self.trust_domain.clone(),
+                    reason: e.reason,
+                }
+            })?;
+        let signing = |source| CaError::Signing {
+            what: id.to_string(),
+            source,
+        };
+        let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).map_err(signing)?;
+        let mut params = CertificateParams::default();
+        params.distinguished_name = DistinguishedName::new();
+        params.subject_alt_names = vec![SanType::URI(id.to_string().try_into().map_err(signing)?)];
+        let csr = params
+            .serialize_request(&key)
+            .and_then(|csr| csr.pem())
+            .map_err(signing)?;
+        let chain = self.sign_csr(&csr, &id, Duration::from_secs(60))?;
+        crate::tls::WorkloadCertificate::from_pem(id, &chain, &self.root_pem, key.serialize_der())
+            .map(drop)
+            .map_err(|e| invalid(e.to_string()))
     }
 
     /// Sets the lifetime used when a request asks for none (`default`) and the longest granted
@@ -197,7 +309,8 @@ impl CertificateAuthority {
         &self.trust_domain
     }
 
-    /// The root certificate (PEM): the trust anchor of every workload certificate.
+    /// The root certificate (PEM): the trust anchor of every workload certificate (for an
+    /// intermediate CA, the anchor given to [`Self::from_pem_chain`]).
     pub fn root_pem(&self) -> &str {
         &self.root_pem
     }
@@ -212,7 +325,8 @@ impl CertificateAuthority {
         self.issuer.key().serialize_pem()
     }
 
-    /// Signs `csr_pem` for `requested` and returns the chain, leaf first (PEM).
+    /// Signs `csr_pem` for `requested` and returns the chain (PEM): the leaf, then the CA
+    /// certificates below the trust anchor (none for a self-signed root).
     ///
     /// The CSR must be correctly self-signed and name exactly `requested` as its only SAN (a URI
     /// SAN). The certificate gets that URI SAN, no subject, `CA:false`, `digitalSignature`, the
@@ -276,7 +390,10 @@ impl CertificateAuthority {
         .signed_by(&self.issuer)
         .map_err(signing)?;
         tracing::debug!(identity = %requested, ?validity, "signed workload certificate");
-        Ok(vec![leaf.pem()])
+        let mut chain = Vec::with_capacity(1 + self.intermediates_pem.len());
+        chain.push(leaf.pem());
+        chain.extend(self.intermediates_pem.iter().cloned());
+        Ok(chain)
     }
 }
 
@@ -314,6 +431,14 @@ fn csr_sans(csr: &CertificateSigningRequestParams) -> Vec<String> {
             other => format!("{other:?}"),
         })
         .collect()
+}
+
+/// Whether a certificate's basic constraints say CA.
+fn is_ca_cert(cert: &x509_parser::certificate::X509Certificate<'_>) -> Result<bool, String> {
+    Ok(cert
+        .basic_constraints()
+        .map_err(|e| e.to_string())?
+        .is_some_and(|bc| bc.value.ca))
 }
 
 /// `spiffe://<td>` from a CA certificate's URI SANs.

@@ -1,5 +1,6 @@
 //! The proxies' side of the CA service.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use strait_proto::ca::v1::certificate_service_client::CertificateServiceClient;
@@ -21,6 +22,8 @@ pub struct CertificateClient {
     endpoint: String,
     inner: CertificateServiceClient<Channel>,
     authorization: Option<MetadataValue<Ascii>>,
+    /// A projected service-account token, re-read for every request (the kubelet rotates it).
+    token_file: Option<PathBuf>,
 }
 
 impl CertificateClient {
@@ -58,6 +61,14 @@ impl CertificateClient {
         Ok(self)
     }
 
+    /// Sends the token in `path` as `authorization: Bearer <token>`, reading the file anew for
+    /// every request: the kubelet rewrites a projected token before it expires, so a token
+    /// read once at start-up would stop working within the hour.
+    pub fn with_bearer_token_file(mut self, path: impl Into<PathBuf>) -> CertificateClient {
+        self.token_file = Some(path.into());
+        self
+    }
+
     /// The endpoint this client talks to.
     pub fn endpoint_uri(&self) -> &str {
         &self.endpoint
@@ -74,7 +85,15 @@ impl CertificateClient {
             validity_seconds: i64::try_from(validity.as_secs()).unwrap_or(i64::MAX),
         });
         request.set_timeout(REQUEST_TIMEOUT);
-        if let Some(value) = &self.authorization {
+        if let Some(path) = &self.token_file {
+            let value = read_token(path)
+                .await
+                .map_err(|reason| IdentityError::Credentials {
+                    endpoint: self.endpoint.clone(),
+                    reason,
+                })?;
+            request.metadata_mut().insert("authorization", value);
+        } else if let Some(value) = &self.authorization {
             request
                 .metadata_mut()
                 .insert("authorization", value.clone());
@@ -115,6 +134,16 @@ impl CertificateClient {
             endpoint: endpoint.to_owned(),
             inner: CertificateServiceClient::new(channel),
             authorization: None,
+            token_file: None,
         }
     }
+}
+
+async fn read_token(path: &std::path::Path) -> Result<MetadataValue<Ascii>, String> {
+    let token = tokio::fs::read_to_string(path)
+        .await
+        .map_err(|e| format!("token file {}: {e}", path.display()))?;
+    format!("Bearer {}", token.trim())
+        .parse::<MetadataValue<Ascii>>()
+        .map_err(|_| format!("token file {}: not a valid header value", path.display()))
 }

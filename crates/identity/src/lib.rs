@@ -34,6 +34,9 @@ pub enum IdentityError {
     /// The CA endpoint is malformed or unsupported.
     #[error("CA endpoint {endpoint:?}: {reason}")]
     InvalidEndpoint { endpoint: String, reason: String },
+    /// The credentials to present to the CA could not be read.
+    #[error("credentials for CA {endpoint}: {reason}")]
+    Credentials { endpoint: String, reason: String },
     /// The CA endpoint could not be reached.
     #[error("connecting to CA {endpoint}: {source}")]
     Connect {

@@ -783,3 +783,73 @@ fn workload_certificate_rejects_wrong_identity() {
     )
     .unwrap();
 }
+
+/// An organisation's root (no SPIFFE SAN) and an intermediate it issued, with the
+/// intermediate's key: (root PEM, intermediate PEM, intermediate key PEM).
+fn intermediate_pki(san: Option<&str>) -> (String, String, String) {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+    let root_key = KeyPair::generate().unwrap();
+    let mut root = CertificateParams::default();
+    root.distinguished_name.push(DnType::CommonName, "Org Root");
+    root.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let root_cert = root.self_signed(&root_key).unwrap();
+    let root_issuer = Issuer::new(root, root_key);
+    let key = KeyPair::generate().unwrap();
+    let mut params = CertificateParams::default();
+    params
+        .distinguished_name
+        .push(DnType::CommonName, "Org mesh CA");
+    params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    if let Some(san) = san {
+        params.subject_alt_names = vec![rcgen::SanType::URI(san.try_into().unwrap())];
+    }
+    let cert = params.signed_by(&key, &root_issuer).unwrap();
+    (root_cert.pem(), cert.pem(), key.serialize_pem())
+}
+
+#[tokio::test]
+async fn intermediate_ca_chains_to_the_given_anchor() {
+    let (root, intermediate, key) = intermediate_pki(None);
+    // No SPIFFE SAN: `from_pem` cannot tell the trust domain, `from_pem_chain` is told.
+    assert!(CertificateAuthority::from_pem(&intermediate, &key).is_err());
+    let ca = Arc::new(
+        CertificateAuthority::from_pem_chain(&intermediate, &key, Some(&root), TD).unwrap(),
+    );
+    assert_eq!(ca.trust_domain(), TD);
+    let anchor = rustls_pki_types::pem::PemObject::from_pem_slice(root.as_bytes()).unwrap();
+    assert_eq!(ca.root_der(), &anchor);
+    let chain = ca
+        .sign_csr(
+            &csr(&["spiffe://cluster.local/ns/shop/sa/cart"]),
+            &id("shop", "cart"),
+            Duration::ZERO,
+        )
+        .unwrap();
+    assert_eq!(chain.len(), 2, "leaf, then the intermediate");
+
+    // Workloads of the intermediate authenticate each other through the root.
+    let certs = Certificates::from_ca(ca);
+    let a = certs.get(&id("a", "x")).await.unwrap();
+    let b = certs.get(&id("b", "y")).await.unwrap();
+    let (server_saw, client_saw) =
+        handshake(a.server_config(), b.client_config(Some(a.id()))).await;
+    assert_eq!(server_saw.unwrap(), Some(id("b", "y")));
+    assert_eq!(client_saw.unwrap(), Some(id("a", "x")));
+
+    // The root may also close the chain in the same PEM.
+    let ca = CertificateAuthority::from_pem_chain(&format!("{intermediate}{root}"), &key, None, TD)
+        .unwrap();
+    assert_eq!(ca.root_der(), &anchor);
+
+    // An anchor that did not issue the intermediate fails at load.
+    let (other_root, _, _) = intermediate_pki(None);
+    let err = CertificateAuthority::from_pem_chain(&intermediate, &key, Some(&other_root), TD)
+        .unwrap_err();
+    assert!(err.to_string().contains("certificate chain"), "{err}");
+
+    // A SPIFFE SAN naming another trust domain is refused.
+    let (root, intermediate, key) = intermediate_pki(Some("spiffe://other.domain"));
+    let err =
+        CertificateAuthority::from_pem_chain(&intermediate, &key, Some(&root), TD).unwrap_err();
+    assert!(err.to_string().contains("other.domain"), "{err}");
+}

@@ -8,7 +8,7 @@
 //! namespaces they build.
 
 use std::fs::File;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -177,11 +177,75 @@ impl NetNs {
 
     /// Whether both handles name the same namespace (same inode).
     pub fn same_as(&self, other: &NetNs) -> bool {
-        use std::os::unix::fs::MetadataExt;
-        match (self.file.metadata(), other.file.metadata()) {
-            (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+        match (self.file_id(), other.file_id()) {
+            (Ok(a), Ok(b)) => a == b,
             _ => false,
         }
+    }
+
+    /// The identity of the namespace behind this handle (device and inode of the open file,
+    /// which for a namespace file is the namespace's own inode). Two paths naming the same
+    /// namespace (a bind mount, a symlink, `/proc/PID/ns/net`) have the same identity, and a
+    /// recreated namespace never reuses a live one's.
+    pub fn file_id(&self) -> Result<FileId, NetNsError> {
+        self.file
+            .metadata()
+            .map(|m| FileId::of(&m))
+            .map_err(|error| NetNsError::Open {
+                path: self.path.clone(),
+                error,
+            })
+    }
+
+    /// Every address assigned to an interface of this namespace (any state, loopback
+    /// included), as `getifaddrs` lists them from inside.
+    pub fn addresses(&self) -> Result<Vec<IpAddr>, NetNsError> {
+        let path = self.path.clone();
+        self.run(move || -> Result<Vec<IpAddr>, NetNsError> {
+            let list = nix::ifaddrs::getifaddrs()
+                .map_err(|error| socket_error(&path, "getifaddrs", std::io::Error::from(error)))?;
+            let mut out: Vec<IpAddr> = Vec::new();
+            for entry in list {
+                let Some(address) = entry.address else {
+                    continue;
+                };
+                let ip = if let Some(v4) = address.as_sockaddr_in() {
+                    IpAddr::V4(v4.ip())
+                } else if let Some(v6) = address.as_sockaddr_in6() {
+                    IpAddr::V6(v6.ip())
+                } else {
+                    continue;
+                };
+                if !out.contains(&ip) {
+                    out.push(ip);
+                }
+            }
+            Ok(out)
+        })?
+    }
+}
+
+/// A file's identity: device and inode. For a namespace file, the namespace's identity.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct FileId {
+    pub dev: u64,
+    pub ino: u64,
+}
+
+impl FileId {
+    /// The identity in `metadata` (of the file itself, symlinks followed).
+    pub fn of(metadata: &std::fs::Metadata) -> FileId {
+        use std::os::unix::fs::MetadataExt;
+        FileId {
+            dev: metadata.dev(),
+            ino: metadata.ino(),
+        }
+    }
+}
+
+impl std::fmt::Display for FileId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}", self.dev, self.ino)
     }
 }
 
@@ -214,6 +278,17 @@ mod tests {
             err.to_string()
                 .contains("/run/netns/strait-no-such-namespace"),
             "{err}"
+        );
+    }
+
+    #[test]
+    fn addresses_of_the_current_namespace_include_loopback() {
+        let here = NetNs::current().unwrap();
+        let addresses = here.addresses().expect("getifaddrs in our own namespace");
+        assert!(addresses.iter().any(IpAddr::is_loopback), "{addresses:?}");
+        assert_eq!(
+            here.file_id().unwrap(),
+            NetNs::current().unwrap().file_id().unwrap()
         );
     }
 

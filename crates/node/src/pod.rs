@@ -60,37 +60,64 @@ pub(crate) struct PodProxy {
     probe_sources: Vec<String>,
 }
 
+/// A pod that could not be started; `rules_installed` says whether its capture rules were
+/// installed before the failure (the caller removes them if the pod leaves the mesh).
+pub(crate) struct StartError {
+    pub(crate) error: NodeError,
+    pub(crate) rules_installed: bool,
+}
+
 impl PodProxy {
+    /// Serves `workload` inside `netns` (`netns_label` names it in logs).
     pub(crate) async fn start(
         workload: Workload,
+        netns: NetNs,
+        netns_label: String,
         options: &NodeOptions,
         view: MeshView,
-    ) -> Result<PodProxy, NodeError> {
+    ) -> Result<PodProxy, StartError> {
         let pod = workload.pod.clone();
-        let netns_name = workload.netns.clone().unwrap_or_default();
-        let netns = NetNs::named(&netns_name).map_err(|source| NodeError::Netns {
-            pod: pod.clone(),
-            source: Box::new(source),
+        let fail = |error: NodeError, rules_installed: bool| StartError {
+            error,
+            rules_installed,
+        };
+        let identity = workload_identity(&view.load(), &workload).ok_or_else(|| {
+            fail(
+                NodeError::Identity {
+                    pod: pod.clone(),
+                    service_account: workload.service_account.clone(),
+                },
+                false,
+            )
         })?;
+        // Rules first, listeners second: `strait wait-for-capture` (the pod's first init
+        // container) takes a listening 15008 as proof that the pod's traffic is captured, so a
+        // listener must never exist in a pod without the rules. In between, redirected
+        // connections find no listener and are refused: the pod fails closed, never around
+        // the mesh.
+        if options.manage_rules {
+            install_rules(&pod, &netns, &workload, &options.probe_sources)
+                .await
+                .map_err(|e| fail(e, false))?;
+        }
+        let rules_installed = options.manage_rules;
         let bind = |port: u16| {
             netns
                 .tcp_listener(SocketAddr::from((Ipv4Addr::UNSPECIFIED, port)), 1024)
-                .map_err(|source| NodeError::Netns {
-                    pod: pod.clone(),
-                    source: Box::new(source),
+                .map_err(|source| {
+                    fail(
+                        NodeError::Netns {
+                            pod: pod.clone(),
+                            source: Box::new(source),
+                        },
+                        rules_installed,
+                    )
                 })
         };
         let outbound = bind(OUTBOUND_PORT)?;
         let inbound = bind(INBOUND_PORT)?;
+        // Last: its presence is what `wait-for-capture` waits for.
         let hbone_listener = bind(HBONE_PORT)?;
-        let identity =
-            workload_identity(&view.load(), &workload).ok_or_else(|| NodeError::Identity {
-                pod: pod.clone(),
-                service_account: workload.service_account.clone(),
-            })?;
-        if options.manage_rules {
-            install_rules(&pod, &netns, &workload, &options.probe_sources).await?;
-        }
         let ctx = Arc::new(PodCtx {
             pod: pod.clone(),
             workload: ArcSwap::from_pointee(workload),
@@ -128,7 +155,7 @@ impl PodProxy {
             handler,
             stop_rx,
         ));
-        tracing::info!(pod = %pod, netns = %netns_name, identity = %ctx.identity, "serving pod");
+        tracing::info!(pod = %pod, netns = %netns_label, identity = %ctx.identity, "serving pod");
         Ok(PodProxy {
             ctx,
             stop,
@@ -142,6 +169,16 @@ impl PodProxy {
         current.ip == workload.ip
             && current.netns == workload.netns
             && current.service_account == workload.service_account
+    }
+
+    /// The pod's network namespace.
+    pub(crate) fn netns(&self) -> &NetNs {
+        &self.ctx.netns
+    }
+
+    /// The address the pod is served at.
+    pub(crate) fn ip(&self) -> std::net::IpAddr {
+        self.ctx.workload.load().ip
     }
 
     /// Takes a changed workload (mTLS mode, exclusions) without rebinding.
@@ -163,15 +200,19 @@ impl PodProxy {
         let _ = self.stop.send(true);
         self.ctx.certs.forget(&self.ctx.identity);
         if remove_rules {
-            let netns = self.ctx.netns.clone();
-            let pod = self.ctx.pod.clone();
-            match tokio::task::spawn_blocking(move || strait_capture::remove(&netns)).await {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => tracing::warn!(%pod, error = %e, "capture rules not removed"),
-                Err(_) => tracing::warn!(%pod, "capture rules removal failed"),
-            }
+            remove_rules_from(&self.ctx.pod, self.ctx.netns.clone()).await;
         }
         tracing::info!(pod = %self.ctx.pod, "stopped serving pod");
+    }
+}
+
+/// Removes the capture rules of `pod` from `netns`; failures are logged (nothing to retry: the
+/// pod is no longer ours).
+pub(crate) async fn remove_rules_from(pod: &ObjectRef, netns: NetNs) {
+    match tokio::task::spawn_blocking(move || strait_capture::remove(&netns)).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::warn!(%pod, error = %e, "capture rules not removed"),
+        Err(_) => tracing::warn!(%pod, "capture rules removal failed"),
     }
 }
 

@@ -3,7 +3,9 @@
 
 mod addresses;
 pub mod check;
+pub mod controller;
 pub mod demo;
+pub mod health;
 pub mod mesh;
 pub mod standalone;
 mod store;

@@ -11,6 +11,8 @@ use strait::mesh::{CaSource, MeshOptions, WaypointSelection};
 use strait::standalone::{Standalone, StandaloneOptions};
 use strait_config::ObjectRef;
 
+mod capture_wait;
+
 #[derive(Parser)]
 #[command(
     name = "strait",
@@ -70,9 +72,28 @@ enum Command {
         /// Inbound sources never captured (health probes), as CIDRs.
         #[arg(long = "probe-source")]
         probe_sources: Vec<String>,
+        /// Where the container runtime keeps pod network namespace files: pods the config does
+        /// not name a namespace for are found here by their IP.
+        #[arg(long, default_value = strait_node::DEFAULT_NETNS_DIR)]
+        netns_dir: PathBuf,
+        /// Projected service-account token presented to the CA (audience strait-ca); sent
+        /// only if the file exists.
+        #[arg(long, default_value = DEFAULT_CA_TOKEN_FILE)]
+        ca_token_file: PathBuf,
+        /// Serve `/healthz/ready` here (with --control-plane: ready once a config is applied).
+        #[arg(long, default_value = "0.0.0.0:15021")]
+        health_listen: SocketAddr,
         /// Do not reload when files change.
         #[arg(long)]
         no_watch: bool,
+    },
+    /// Run as the first init container of an enrolled pod: exit 0 once the node proxy
+    /// captures this pod (its HBONE listener answers on 127.0.0.1:15008), so the application
+    /// never starts with uncaptured traffic; exit 1 on timeout.
+    WaitForCapture {
+        /// Give up after this long (`120s`, `2m`).
+        #[arg(long, default_value = "120s", value_parser = capture_wait::parse_duration)]
+        timeout: std::time::Duration,
     },
     /// One waypoint: HBONE on 15008, routes whose parentRef is a Service of NAMESPACE.
     Waypoint {
@@ -94,6 +115,13 @@ enum Command {
         /// Bind inside this named network namespace (the waypoint pod's).
         #[arg(long)]
         netns: Option<String>,
+        /// Projected service-account token presented to the CA (audience strait-ca); sent
+        /// only if the file exists.
+        #[arg(long, default_value = DEFAULT_CA_TOKEN_FILE)]
+        ca_token_file: PathBuf,
+        /// Serve `/healthz/ready` here (with --control-plane: ready once a config is applied).
+        #[arg(long, default_value = "0.0.0.0:15021")]
+        health_listen: SocketAddr,
         /// Do not reload when files change.
         #[arg(long)]
         no_watch: bool,
@@ -107,26 +135,13 @@ enum Command {
         /// The Gateway, as NAMESPACE/NAME.
         #[arg(long)]
         gateway: String,
+        /// Serve `/healthz/ready` here (ready once a config is applied).
+        #[arg(long, default_value = "0.0.0.0:15021")]
+        health_listen: SocketAddr,
     },
     /// The Kubernetes controller: watches the API server, compiles, streams config to proxies,
     /// writes status (as the holder of the `strait-controller` Lease).
-    Controller {
-        /// Serve the config stream here.
-        #[arg(long, default_value = "0.0.0.0:15010")]
-        config_listen: SocketAddr,
-        /// Kubeconfig to use instead of the in-cluster configuration.
-        #[arg(long)]
-        kubeconfig: Option<PathBuf>,
-        /// Namespace of the leader-election Lease.
-        #[arg(long, default_value = "strait-system")]
-        lease_namespace: String,
-        /// This replica's identity in the Lease (the pod name).
-        #[arg(long, env = "POD_NAME")]
-        identity: Option<String>,
-        /// Write status without leader election (a single replica, development).
-        #[arg(long)]
-        no_leader_election: bool,
-    },
+    Controller(strait::controller::ControllerArgs),
     /// Install or remove the traffic-capture rules in a pod's network namespace.
     Iptables {
         #[command(subcommand)]
@@ -182,23 +197,13 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Check { paths } => Ok(run_check(&paths)),
         Command::Iptables { action } => run_iptables(action).map(|()| ExitCode::SUCCESS),
-        Command::Controller {
-            config_listen,
-            kubeconfig,
-            lease_namespace,
-            identity,
-            no_leader_election,
-        } => block_on(run_controller(
-            config_listen,
-            kubeconfig,
-            lease_namespace,
-            identity,
-            no_leader_election,
-        )),
+        Command::WaitForCapture { timeout } => run_wait_for_capture(timeout),
+        Command::Controller(args) => block_on(strait::controller::run(args, wait_for_signal())),
         Command::Gateway {
             control_plane,
             gateway,
-        } => block_on(run_gateway(control_plane, gateway)),
+            health_listen,
+        } => block_on(run_gateway(control_plane, gateway, health_listen)),
         Command::Standalone {
             dir,
             port_offset,
@@ -229,21 +234,26 @@ fn main() -> ExitCode {
             ca,
             node_name,
             probe_sources,
+            netns_dir,
+            ca_token_file,
+            health_listen,
             no_watch,
         } => {
             let scope = node_name.clone().map(strait_xds::Scope::node);
             let mesh = MeshOptions {
-                ca: CaSource::Remote(ca),
+                ca: remote_ca(ca, ca_token_file),
                 node: true,
                 node_name,
                 waypoints: WaypointSelection::None,
                 probe_sources,
+                netns_dir: Some(netns_dir),
             };
             block_on(run_mesh_component(
                 dir,
                 control_plane,
                 scope,
                 !no_watch,
+                health_listen,
                 mesh,
             ))
         }
@@ -254,11 +264,13 @@ fn main() -> ExitCode {
             name,
             ca,
             netns,
+            ca_token_file,
+            health_listen,
             no_watch,
         } => {
             let scope = Some(strait_xds::Scope::waypoint(&namespace, &name));
             let mesh = MeshOptions {
-                ca: CaSource::Remote(ca),
+                ca: remote_ca(ca, ca_token_file),
                 node: false,
                 node_name: None,
                 waypoints: WaypointSelection::One {
@@ -266,12 +278,14 @@ fn main() -> ExitCode {
                     netns,
                 },
                 probe_sources: Vec::new(),
+                netns_dir: None,
             };
             block_on(run_mesh_component(
                 dir,
                 control_plane,
                 scope,
                 !no_watch,
+                health_listen,
                 mesh,
             ))
         }
@@ -280,6 +294,18 @@ fn main() -> ExitCode {
         eprintln!("error: {error:#}");
         ExitCode::FAILURE
     })
+}
+
+/// Where provisioned proxies and the node DaemonSet mount their CA token.
+const DEFAULT_CA_TOKEN_FILE: &str = "/var/run/secrets/strait.dev/tokens/strait-ca";
+
+/// A remote CA, presenting the token file when there is one (standalone and development runs
+/// have none: a loopback CA needs none).
+fn remote_ca(endpoint: String, token_file: PathBuf) -> CaSource {
+    CaSource::Remote {
+        endpoint,
+        token_file: token_file.exists().then_some(token_file),
+    }
 }
 
 fn block_on(job: impl Future<Output = anyhow::Result<()>>) -> anyhow::Result<ExitCode> {
@@ -297,6 +323,7 @@ async fn run_mesh_component(
     control_plane: Option<String>,
     scope: Option<strait_xds::Scope>,
     watch: bool,
+    health_listen: SocketAddr,
     mesh: MeshOptions,
 ) -> anyhow::Result<()> {
     match (dir, control_plane) {
@@ -305,6 +332,7 @@ async fn run_mesh_component(
             let scope = scope.context("--node-name is required with --control-plane")?;
             let (runtime, subscription) =
                 strait::subscribe::mesh(&control_plane, scope, mesh).await?;
+            serve_health(health_listen, &subscription).await?;
             wait_for_signal().await?;
             eprintln!("shutting down");
             subscription.stop().await;
@@ -315,67 +343,31 @@ async fn run_mesh_component(
     }
 }
 
-async fn run_gateway(control_plane: String, gateway: String) -> anyhow::Result<()> {
+/// Readiness of a proxy fed by the config stream: it has applied a config (and keeps serving
+/// it while the controller is away, so losing the stream does not make it unready).
+async fn serve_health(
+    listen: SocketAddr,
+    subscription: &strait_xds::client::SubscriptionHandle,
+) -> anyhow::Result<()> {
+    let status = subscription.watch_status();
+    strait::health::spawn(listen, move || status.borrow().last_version.is_some()).await?;
+    Ok(())
+}
+
+async fn run_gateway(
+    control_plane: String,
+    gateway: String,
+    health_listen: SocketAddr,
+) -> anyhow::Result<()> {
     let (namespace, name) = gateway
         .split_once('/')
         .context("--gateway must be NAMESPACE/NAME")?;
     let subscription = strait::subscribe::gateway(&control_plane, namespace, name);
+    serve_health(health_listen, &subscription).await?;
     wait_for_signal().await?;
     eprintln!("shutting down");
     subscription.stop().await;
     Ok(())
-}
-
-async fn run_controller(
-    config_listen: SocketAddr,
-    kubeconfig: Option<PathBuf>,
-    lease_namespace: String,
-    identity: Option<String>,
-    no_leader_election: bool,
-) -> anyhow::Result<()> {
-    let config = match &kubeconfig {
-        Some(path) => {
-            let file = kube::config::Kubeconfig::read_from(path)
-                .with_context(|| format!("reading {}", path.display()))?;
-            kube::Config::from_custom_kubeconfig(file, &kube::config::KubeConfigOptions::default())
-                .await
-                .with_context(|| format!("kubeconfig {}", path.display()))?
-        }
-        None => kube::Config::infer()
-            .await
-            .context("no in-cluster configuration (use --kubeconfig)")?,
-    };
-    let client = kube::Client::try_from(config).context("building the API client")?;
-    let lease = (!no_leader_election).then(|| strait_controller::lease::LeaseOptions {
-        namespace: lease_namespace,
-        name: "strait-controller".into(),
-        identity: identity.unwrap_or_else(|| format!("strait-{}", std::process::id())),
-        duration: std::time::Duration::from_secs(15),
-        renew: std::time::Duration::from_secs(5),
-    });
-    let options = strait_controller::ControllerOptions {
-        lease,
-        ..strait_controller::ControllerOptions::default()
-    };
-    let hub = strait_xds::server::ConfigHub::new();
-    let listener = tokio::net::TcpListener::bind(config_listen)
-        .await
-        .with_context(|| format!("config stream: cannot listen on {config_listen}"))?;
-    let serving = hub.clone();
-    tokio::spawn(async move {
-        if let Err(e) = strait_xds::server::serve(serving, listener, std::future::pending()).await {
-            tracing::error!(error = %e, "config stream server failed");
-        }
-    });
-    tracing::info!(%config_listen, "serving the config stream");
-    let mut publisher = strait_controller::publish::Publisher::new(hub);
-    let controller = strait_controller::run(client, options, move |output| {
-        publisher.publish(output);
-    });
-    tokio::select! {
-        () = controller => Ok(()),
-        result = wait_for_signal() => result,
-    }
 }
 
 fn run_iptables(action: IptablesAction) -> anyhow::Result<()> {
@@ -442,6 +434,24 @@ async fn wait_for_signal() -> anyhow::Result<()> {
         _ = term.recv() => {}
     }
     Ok(())
+}
+
+/// `strait wait-for-capture`: a current-thread runtime is plenty for one socket.
+fn run_wait_for_capture(timeout: std::time::Duration) -> anyhow::Result<ExitCode> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+    let options = capture_wait::WaitOptions {
+        timeout,
+        ..capture_wait::WaitOptions::default()
+    };
+    let waited = runtime.block_on(capture_wait::wait_for_capture(&options))?;
+    eprintln!(
+        "pod captured by the mesh (waited {} ms)",
+        waited.as_millis()
+    );
+    Ok(ExitCode::SUCCESS)
 }
 
 fn run_check(paths: &[PathBuf]) -> ExitCode {

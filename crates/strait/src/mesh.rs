@@ -8,6 +8,7 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::Context as _;
@@ -26,8 +27,13 @@ pub enum CaSource {
     /// A CA in this process; served over gRPC on `listen` when given (loopback only: it
     /// signs for any identity asked).
     Local { listen: Option<SocketAddr> },
-    /// A CA elsewhere (`http://127.0.0.1:15012`).
-    Remote(String),
+    /// A CA elsewhere (`http://127.0.0.1:15012`), reached lazily so a proxy may start before
+    /// it; `token_file` is the projected service-account token presented to it (re-read for
+    /// every request, as the kubelet rotates it).
+    Remote {
+        endpoint: String,
+        token_file: Option<PathBuf>,
+    },
 }
 
 /// Which waypoints this process runs.
@@ -53,6 +59,10 @@ pub struct MeshOptions {
     pub waypoints: WaypointSelection,
     /// Inbound sources never captured (health probes).
     pub probe_sources: Vec<String>,
+    /// Find the network namespace of pods the config does not name among the namespace files
+    /// of this directory, by pod IP (`/run/netns` on a node); `None` when every pod's
+    /// namespace is named (standalone, tests).
+    pub netns_dir: Option<PathBuf>,
 }
 
 impl MeshOptions {
@@ -64,6 +74,7 @@ impl MeshOptions {
             node_name: None,
             waypoints: WaypointSelection::All,
             probe_sources: Vec::new(),
+            netns_dir: None,
         }
     }
 }
@@ -110,10 +121,15 @@ impl MeshRuntime {
                 }
                 Arc::new(Certificates::from_ca(ca))
             }
-            CaSource::Remote(endpoint) => {
-                let client = CertificateClient::connect(endpoint)
-                    .await
-                    .with_context(|| format!("connecting to the CA at {endpoint}"))?;
+            CaSource::Remote {
+                endpoint,
+                token_file,
+            } => {
+                let mut client = CertificateClient::connect_lazy(endpoint)
+                    .with_context(|| format!("the CA at {endpoint}"))?;
+                if let Some(path) = token_file {
+                    client = client.with_bearer_token_file(path);
+                }
                 Arc::new(Certificates::new(client))
             }
         };
@@ -123,6 +139,7 @@ impl MeshRuntime {
                 certs: certs.clone(),
                 probe_sources: options.probe_sources.clone(),
                 manage_rules: true,
+                netns_dir: options.netns_dir.clone(),
             })
         });
         Ok(MeshRuntime {

@@ -212,6 +212,7 @@ impl Scene {
                 },
                 node,
                 node_name: None,
+                netns_dir: None,
                 waypoints,
                 probe_sources: Vec::new(),
             })

@@ -139,6 +139,14 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
             return error_response(&ApiError::bad_request(format!("reading request body: {e}")));
         }
     };
+    let hook = shared
+        .request_hook
+        .read()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
+    if let Some(hook) = hook {
+        hook(&method, &path);
+    }
     let segs: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
     tracing::debug!(%method, %path, "test apiserver request");
     match (method.clone(), segs.as_slice()) {

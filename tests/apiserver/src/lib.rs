@@ -35,6 +35,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 pub use error::ApiError;
+pub use hyper::Method;
 pub use registry::{Registry, ResourceKind, split_api_version};
 pub use selector::{FieldSelector, LabelSelector};
 pub use store::{EventType, StoreConfig, Subresource};
@@ -85,10 +86,15 @@ impl TokenIdentity {
 /// Decides TokenReviews: token → identity, or `None` to reject.
 pub type TokenReviewHandler = dyn Fn(&str) -> Option<TokenIdentity> + Send + Sync;
 
+/// Sees every request before it is served (method and path); see
+/// [`TestApiServer::set_request_hook`].
+pub type RequestHook = dyn Fn(&Method, &str) + Send + Sync;
+
 pub(crate) struct Shared {
     store: Mutex<Store>,
     changed: watch::Sender<u64>,
     tokenreview: RwLock<Option<Arc<TokenReviewHandler>>>,
+    request_hook: RwLock<Option<Arc<RequestHook>>>,
     bookmark_interval: Duration,
     shutdown: watch::Receiver<bool>,
 }
@@ -181,12 +187,13 @@ impl Builder {
             store: Mutex::new(store),
             changed,
             tokenreview: RwLock::new(None),
+            request_hook: RwLock::new(None),
             bookmark_interval: self.bookmark_interval,
             shutdown: shutdown_rx,
         });
         let accept = tokio::spawn(http::serve(listener, shared.clone()));
         Ok(TestApiServer {
-            shared,
+            handle: ApiHandle { shared },
             addr,
             shutdown: shutdown_tx,
             accept,
@@ -196,7 +203,7 @@ impl Builder {
 
 /// A running in-process API server; stops (closing every connection and watch) on drop.
 pub struct TestApiServer {
-    shared: Arc<Shared>,
+    handle: ApiHandle,
     addr: SocketAddr,
     shutdown: watch::Sender<bool>,
     accept: JoinHandle<()>,
@@ -237,6 +244,63 @@ impl TestApiServer {
         kube::Client::try_from(self.kube_config())
     }
 
+    /// The current global resourceVersion.
+    pub fn resource_version(&self) -> u64 {
+        self.shared.lock().current_rv()
+    }
+
+    /// Forgets the watch event history, as an etcd compaction does, and ends every
+    /// open watch with a 410 `Expired` ERROR event (as when a watch falls behind the
+    /// compaction): watches resuming from an older resourceVersion must relist.
+    pub fn compact(&self) {
+        let rv = {
+            let mut store = self.shared.lock();
+            store.compact();
+            store.current_rv()
+        };
+        self.shared.changed.send_replace(rv);
+    }
+
+    /// A cloneable handle on the object operations (for request hooks).
+    pub fn handle(&self) -> ApiHandle {
+        self.handle.clone()
+    }
+
+    /// Calls `hook` with every request's method and path before serving it, outside the
+    /// store lock, so it may itself read or write objects through an [`ApiHandle`]: how tests
+    /// make a concurrent writer win a race deterministically (e.g. bump an object between the
+    /// controller's read and its patch, so the patch gets a genuine 409).
+    pub fn set_request_hook(&self, hook: impl Fn(&Method, &str) + Send + Sync + 'static) {
+        let mut slot = self
+            .shared
+            .request_hook
+            .write()
+            .unwrap_or_else(|p| p.into_inner());
+        *slot = Some(Arc::new(hook));
+    }
+
+    /// Sets who answers `POST /apis/authentication.k8s.io/v1/tokenreviews`.
+    pub fn set_tokenreview_handler(
+        &self,
+        handler: impl Fn(&str) -> Option<TokenIdentity> + Send + Sync + 'static,
+    ) {
+        let mut slot = self
+            .shared
+            .tokenreview
+            .write()
+            .unwrap_or_else(|p| p.into_inner());
+        *slot = Some(Arc::new(handler));
+    }
+}
+
+/// The object operations of a [`TestApiServer`], cloneable so a request hook can act on the
+/// store (e.g. play a concurrent writer) while a request is in flight.
+#[derive(Clone)]
+pub struct ApiHandle {
+    shared: Arc<Shared>,
+}
+
+impl ApiHandle {
     /// Creates an object (its `apiVersion`/`kind` pick the resource), with the same
     /// semantics as `POST`: `.status` is dropped for kinds with a status subresource.
     pub fn create(&self, obj: Value) -> Result<Value, ApiError> {
@@ -301,36 +365,6 @@ impl TestApiServer {
         Ok(self.shared.lock().snapshot(&filter))
     }
 
-    /// The current global resourceVersion.
-    pub fn resource_version(&self) -> u64 {
-        self.shared.lock().current_rv()
-    }
-
-    /// Forgets the watch event history, as an etcd compaction does, and ends every
-    /// open watch with a 410 `Expired` ERROR event (as when a watch falls behind the
-    /// compaction): watches resuming from an older resourceVersion must relist.
-    pub fn compact(&self) {
-        let rv = {
-            let mut store = self.shared.lock();
-            store.compact();
-            store.current_rv()
-        };
-        self.shared.changed.send_replace(rv);
-    }
-
-    /// Sets who answers `POST /apis/authentication.k8s.io/v1/tokenreviews`.
-    pub fn set_tokenreview_handler(
-        &self,
-        handler: impl Fn(&str) -> Option<TokenIdentity> + Send + Sync + 'static,
-    ) {
-        let mut slot = self
-            .shared
-            .tokenreview
-            .write()
-            .unwrap_or_else(|p| p.into_inner());
-        *slot = Some(Arc::new(handler));
-    }
-
     fn locate(&self, obj: &Value) -> Result<(ResourceKind, Option<String>, String), ApiError> {
         let api_version = obj
             .get("apiVersion")
@@ -349,6 +383,14 @@ impl TestApiServer {
             None
         };
         Ok((kind, ns, store::meta_str(obj, "name")))
+    }
+}
+
+impl std::ops::Deref for TestApiServer {
+    type Target = ApiHandle;
+
+    fn deref(&self) -> &ApiHandle {
+        &self.handle
     }
 }
 

@@ -648,8 +648,117 @@ pub async fn serve_ca<P: PodCache>(
     listener: tokio::net::TcpListener,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), IdentityError> {
-    let authorizer = TokenReviewAuthorizer::new(client, pods, options);
-    strait_identity::serve(ca.into(), authorizer, listener, shutdown).await
+    let authorizer = Arc::new(TokenReviewAuthorizer::new(client, pods, options));
+    serve_ca_with(authorizer, ca, listener, None, shutdown).await
+}
+
+/// [`serve_ca`] with an authorizer the caller shares (e.g. with the config stream's
+/// [`ScopeAuthorizer`], so a proxy's token is reviewed once for both).
+pub async fn serve_ca_with<P: PodCache>(
+    authorizer: Arc<TokenReviewAuthorizer<P>>,
+    ca: impl Into<Arc<CertificateAuthority>>,
+    listener: tokio::net::TcpListener,
+    tls: Option<tonic::transport::Identity>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), IdentityError> {
+    let authorizer = SharedAuthorizer(authorizer);
+    strait_identity::serve_with_tls(ca.into(), authorizer, listener, tls, shutdown).await
+}
+
+/// The CA's view of a shared [`TokenReviewAuthorizer`].
+struct SharedAuthorizer<P>(Arc<TokenReviewAuthorizer<P>>);
+
+impl<P: PodCache> Authorizer for SharedAuthorizer<P> {
+    async fn authorize(&self, caller: &Caller<'_>, requested: &SpiffeId) -> Result<(), Status> {
+        self.0.authorize(caller, requested).await
+    }
+}
+
+/// Who may subscribe to which config scope. Configs carry the private keys of Gateway
+/// listeners and the mesh's topology, so each proxy reads only its own:
+/// - `Gateway ns/name`: the provisioned gateway's service account, `ns/<name>-strait`;
+/// - `Waypoint ns/name`: a service account of namespace `ns` (the waypoint runs there);
+/// - `Node name`: a node proxy (one of [`TokenReviewOptions::node_proxies`]) whose
+///   pod-bound token says it runs on node `name`.
+///
+/// Tokens are reviewed (and cached) by the same [`TokenReviewAuthorizer`] as the CA's.
+pub struct ScopeAuthorizer<P> {
+    reviewer: Arc<TokenReviewAuthorizer<P>>,
+}
+
+impl<P: PodCache> ScopeAuthorizer<P> {
+    pub fn new(reviewer: Arc<TokenReviewAuthorizer<P>>) -> ScopeAuthorizer<P> {
+        ScopeAuthorizer { reviewer }
+    }
+
+    fn decide(&self, user: &Reviewed, scope: &strait_xds::Scope) -> Result<(), String> {
+        let username = &user.username;
+        let (namespace, account) = service_account_of(username)
+            .ok_or_else(|| format!("caller {username} is not a service account"))?;
+        match scope {
+            strait_xds::Scope::Gateway {
+                namespace: gateway_namespace,
+                name,
+            } => {
+                let expected = crate::provision::gateway_service_account(name);
+                (namespace == gateway_namespace && account == expected)
+                    .then_some(())
+                    .ok_or_else(|| {
+                        format!(
+                            "caller {username} may not read the config of Gateway                              {gateway_namespace}/{name}: only service account                              {gateway_namespace}/{expected} may"
+                        )
+                    })
+            }
+            strait_xds::Scope::Waypoint {
+                namespace: waypoint_namespace,
+                name,
+            } => (namespace == waypoint_namespace).then_some(()).ok_or_else(|| {
+                format!(
+                    "caller {username} may not read the config of waypoint                      {waypoint_namespace}/{name}: only service accounts of                      {waypoint_namespace} may"
+                )
+            }),
+            strait_xds::Scope::Node { name } => {
+                let is_node_proxy = self
+                    .reviewer
+                    .options
+                    .node_proxies
+                    .iter()
+                    .any(|sa| sa.namespace == namespace && sa.name == account);
+                if !is_node_proxy {
+                    return Err(format!(
+                        "caller {username} may not read the config of node {name}: it is not a                          node proxy"
+                    ));
+                }
+                let node = self.reviewer.caller_node(namespace, user)?;
+                (node == *name).then_some(()).ok_or_else(|| {
+                    format!(
+                        "node proxy {username} runs on node {node}, not {name}, and may not                          read that node's config"
+                    )
+                })
+            }
+        }
+    }
+}
+
+impl<P: PodCache> strait_xds::SubscriberAuth for ScopeAuthorizer<P> {
+    async fn authorize(
+        &self,
+        subscriber: &strait_xds::server::Subscriber<'_>,
+    ) -> Result<(), Status> {
+        let scope = &subscriber.hello.scope;
+        let Some(token) = subscriber.bearer_token() else {
+            return Err(Status::unauthenticated(format!(
+                "config of {scope:?}: no bearer token; send `authorization: Bearer <token>`                  with a service-account token for audience {}",
+                self.reviewer.options.audiences.join(",")
+            )));
+        };
+        let token = token.to_owned();
+        let user = self.reviewer.review(&token).await?;
+        if matches!(scope, strait_xds::Scope::Node { .. }) && !self.reviewer.pods.ready().await {
+            return Err(Status::unavailable("pod cache not synced yet"));
+        }
+        self.decide(&user, scope).map_err(Status::permission_denied)
+    }
 }
 
 #[cfg(test)]

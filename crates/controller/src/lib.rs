@@ -10,6 +10,7 @@ pub mod lease;
 pub mod provision;
 pub mod provisioner;
 pub mod publish;
+pub mod secrets;
 pub mod sources;
 pub mod status;
 
@@ -99,7 +100,10 @@ pub async fn run_with_sources(
     resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     resync.reset();
     loop {
-        let snapshot = sources.snapshot();
+        let mut snapshot = sources.snapshot();
+        if sources.sync_secrets(&snapshot).await {
+            snapshot = sources.snapshot();
+        }
         let output = compile_snapshot(&snapshot, &options.controller_name);
         publish(&output);
         let mut failed = false;

@@ -33,7 +33,18 @@ pub struct ProvisionOptions {
     pub control_plane: String,
     /// CA endpoint, e.g. `http://strait-controller.strait-system:15012`.
     pub ca: String,
+    /// The mesh's trust anchor (PEM): published as ConfigMap [`CA_ROOT_CONFIGMAP`] in the
+    /// controller's namespace and in every namespace with a provisioned proxy, so proxies can
+    /// verify the control plane's serving certificate (`https://` endpoints).
+    pub ca_root_pem: Option<String>,
+    /// The controller's namespace (the node DaemonSet runs there too).
+    pub controller_namespace: String,
 }
+
+/// ConfigMap holding the mesh's trust anchor (`root.crt`).
+pub const CA_ROOT_CONFIGMAP: &str = "strait-ca-root";
+/// Where proxies mount [`CA_ROOT_CONFIGMAP`] (the CLI's default `--ca-root` is `root.crt` here).
+pub const CA_ROOT_DIR: &str = "/var/run/secrets/strait.dev/ca-root";
 
 /// Every object the provisioner wants to exist, as server-side-apply bodies.
 pub fn desired(
@@ -69,8 +80,8 @@ pub fn desired(
         let proxy = Proxy {
             namespace: &namespace,
             gateway: &name,
-            object_name: format!("{name}-strait"),
-            service_account: format!("{name}-strait"),
+            object_name: gateway_service_account(&name),
+            service_account: gateway_service_account(&name),
             args: vec![
                 "gateway".into(),
                 "--control-plane".into(),
@@ -80,9 +91,6 @@ pub fn desired(
             ],
             ports,
             service_type: "LoadBalancer",
-            // Ingress gateways terminate the client's TLS with the Gateway's own certificates
-            // and never ask the workload CA for anything.
-            ca_token: false,
             labels: infrastructure
                 .and_then(|i| i.labels.clone())
                 .unwrap_or_default(),
@@ -115,14 +123,38 @@ pub fn desired(
             ],
             ports: vec![HBONE_PORT],
             service_type: "ClusterIP",
-            ca_token: true,
             labels: BTreeMap::new(),
             annotations: BTreeMap::new(),
             owner: None,
         };
         objects.extend(proxy.objects(&options.image));
     }
+    if let Some(root) = &options.ca_root_pem {
+        let mut namespaces: std::collections::BTreeSet<String> = objects
+            .iter()
+            .filter_map(|o| o["metadata"]["namespace"].as_str().map(str::to_string))
+            .collect();
+        namespaces.insert(options.controller_namespace.clone());
+        for namespace in namespaces {
+            objects.push(json!({
+                "apiVersion": "v1",
+                "kind": "ConfigMap",
+                "metadata": {
+                    "name": CA_ROOT_CONFIGMAP,
+                    "namespace": namespace,
+                    "labels": {MANAGED_BY.0: MANAGED_BY.1},
+                },
+                "data": {"root.crt": root},
+            }));
+        }
+    }
     objects
+}
+
+/// The service account (and object name) of the proxy provisioned for Gateway `name`; the
+/// config stream admits only it to that Gateway's config.
+pub fn gateway_service_account(name: &str) -> String {
+    format!("{name}-strait")
 }
 
 fn accepted(output: &CompileOutput, namespace: &str, name: &str) -> bool {
@@ -149,8 +181,6 @@ struct Proxy<'a> {
     args: Vec<String>,
     ports: Vec<u16>,
     service_type: &'a str,
-    /// Mount a projected token for the CA (waypoints, which hold a workload identity).
-    ca_token: bool,
     labels: BTreeMap<String, String>,
     annotations: BTreeMap<String, String>,
     owner: Option<Value>,
@@ -227,18 +257,24 @@ impl Proxy<'_> {
                 },
             }],
         });
-        if self.ca_token {
-            pod_spec["containers"][0]["volumeMounts"] =
-                json!([{"name": "strait-token", "mountPath": CA_TOKEN_DIR, "readOnly": true}]);
-            pod_spec["volumes"] = json!([{
+        // The proxy's only credential: a projected token (audience strait-ca) it presents to
+        // the config stream and, for waypoints, to the CA.
+        // The mesh's trust anchor, to verify the control plane's serving certificate.
+        pod_spec["containers"][0]["volumeMounts"] = json!([
+            {"name": "strait-token", "mountPath": CA_TOKEN_DIR, "readOnly": true},
+            {"name": "ca-root", "mountPath": CA_ROOT_DIR, "readOnly": true},
+        ]);
+        pod_spec["volumes"] = json!([
+            {
                 "name": "strait-token",
                 "projected": {"sources": [{"serviceAccountToken": {
                     "path": CA_TOKEN_FILE,
                     "audience": CA_TOKEN_FILE,
                     "expirationSeconds": 3600,
                 }}]},
-            }]);
-        }
+            },
+            {"name": "ca-root", "configMap": {"name": CA_ROOT_CONFIGMAP, "optional": true}},
+        ]);
         vec![
             json!({
                 "apiVersion": "v1",
@@ -280,6 +316,8 @@ mod tests {
             image: "strait:test".into(),
             control_plane: "http://cp:15010".into(),
             ca: "http://cp:15012".into(),
+            ca_root_pem: None,
+            controller_namespace: "strait-system".into(),
         }
     }
 

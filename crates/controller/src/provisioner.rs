@@ -12,7 +12,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::hash::{DefaultHasher, Hash, Hasher};
 
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{Service, ServiceAccount};
+use k8s_openapi::api::core::v1::{ConfigMap, Service, ServiceAccount};
 use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, ListParams, Patch, PatchParams};
 use kube::{Client, Resource};
 use serde_json::Value;
@@ -46,15 +46,16 @@ pub struct ProvisionReport {
     pub failed: Vec<String>,
 }
 
-/// The kinds the provisioner manages, in apply order (the ServiceAccount before the
-/// Deployment that runs as it).
-const KINDS: [&str; 3] = ["ServiceAccount", "Deployment", "Service"];
+/// The kinds the provisioner manages, in apply order (the ServiceAccount and the trust-anchor
+/// ConfigMap before the Deployment that uses them).
+const KINDS: [&str; 4] = ["ServiceAccount", "ConfigMap", "Deployment", "Service"];
 
 fn api_resource(kind: &str) -> Option<ApiResource> {
     Some(match kind {
         "ServiceAccount" => ApiResource::erase::<ServiceAccount>(&()),
         "Deployment" => ApiResource::erase::<Deployment>(&()),
         "Service" => ApiResource::erase::<Service>(&()),
+        "ConfigMap" => ApiResource::erase::<ConfigMap>(&()),
         _ => return None,
     })
 }

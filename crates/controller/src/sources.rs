@@ -1,9 +1,9 @@
 //! Sources: one reflector (list + watch, cached) per kind compile reads, and the snapshot they
 //! make together.
 //!
-//! Secrets are the exception to "cache everything": only `kubernetes.io/tls` Secrets are
-//! watched (a field selector the API server evaluates), because those are the only Secrets a
-//! Gateway can reference; opaque Secrets of the cluster never enter this process.
+//! Secrets are the exception to "cache everything": only the Secrets a Gateway or ListenerSet
+//! references are watched, one by name ([`crate::secrets`]); the cluster's other Secrets never
+//! enter this process.
 
 use std::fmt::Debug;
 use std::sync::Arc;
@@ -14,6 +14,8 @@ use kube::runtime::{WatchStreamExt as _, watcher};
 use kube::{Api, Client, Resource};
 use serde::de::DeserializeOwned;
 use strait_model::Snapshot;
+
+use crate::secrets::ReferencedSecrets;
 use strait_model::types::*;
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
@@ -32,7 +34,8 @@ pub struct Sources {
     services: Store<Service>,
     endpoint_slices: Store<EndpointSlice>,
     namespaces: Store<Namespace>,
-    secrets: Store<Secret>,
+    /// Only the Secrets Gateways reference ([`ReferencedSecrets`]), never all of them.
+    secrets: ReferencedSecrets,
     config_maps: Store<ConfigMap>,
     pods: Store<Pod>,
     changed: Arc<Notify>,
@@ -85,12 +88,7 @@ impl Sources {
             services: reflect(client, all(), &changed, &mut tasks),
             endpoint_slices: reflect(client, all(), &changed, &mut tasks),
             namespaces: reflect(client, all(), &changed, &mut tasks),
-            secrets: reflect(
-                client,
-                all().fields("type=kubernetes.io/tls"),
-                &changed,
-                &mut tasks,
-            ),
+            secrets: ReferencedSecrets::new(client.clone(), changed.clone()),
             config_maps: reflect(client, all(), &changed, &mut tasks),
             pods: reflect(client, all(), &changed, &mut tasks),
             changed,
@@ -119,10 +117,15 @@ impl Sources {
             services,
             endpoint_slices,
             namespaces,
-            secrets,
             config_maps,
             pods
         );
+    }
+
+    /// Watches exactly the Secrets `snapshot`'s Gateways reference, waiting for newly watched
+    /// ones to be listed; true if the snapshot should be retaken to include them.
+    pub async fn sync_secrets(&self, snapshot: &Snapshot) -> bool {
+        self.secrets.sync(snapshot).await
     }
 
     /// Raised on every change of any kind.
@@ -160,7 +163,14 @@ impl Sources {
             services: all(&self.services),
             endpoint_slices: all(&self.endpoint_slices),
             namespaces: all(&self.namespaces),
-            secrets: all(&self.secrets),
+            secrets: {
+                let mut secrets = self.secrets.secrets();
+                secrets.sort_by(|a, b| {
+                    (a.meta().namespace.as_deref(), a.meta().name.as_deref())
+                        .cmp(&(b.meta().namespace.as_deref(), b.meta().name.as_deref()))
+                });
+                secrets
+            },
             config_maps: all(&self.config_maps),
             pods: all(&self.pods),
             sources: Default::default(),

@@ -814,3 +814,195 @@ async fn a_token_file_is_read_anew_for_every_request() {
     assert_eq!(cert.id(), &id("shop", "cart"));
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// The config stream admits each proxy to its own scope only: configs carry Gateway private
+/// keys, so a workload's token must not read a gateway's config, nor a node proxy another
+/// node's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_config_stream_admits_each_proxy_to_its_own_scope_only() {
+    use strait_controller::ca::{ScopeAuthorizer, TokenReviewAuthorizer};
+    use strait_xds::server::ConfigHub;
+    use strait_xds::{Hello, Scope, Subscription};
+
+    let server = TestApiServer::start().await.unwrap();
+    server.set_tokenreview_handler(|token| {
+        let mut node_proxy = TokenIdentity::service_account("strait-system", "strait-node", None);
+        node_proxy.extra.insert(
+            "authentication.kubernetes.io/node-name".into(),
+            vec!["node-a".into()],
+        );
+        match token {
+            "tok-gateway" => Some(TokenIdentity::service_account("shop", "web-strait", None)),
+            "tok-cart" => Some(TokenIdentity::service_account("shop", "cart", None)),
+            "tok-node-a" => Some(node_proxy),
+            _ => None,
+        }
+    });
+    let client = server.kube_client().unwrap();
+    let (pods, pod_task) = pod_store(&client);
+    let reviewer = Arc::new(TokenReviewAuthorizer::new(
+        client,
+        pods,
+        TokenReviewOptions::default(),
+    ));
+    let hub = ConfigHub::new();
+    hub.publish(&Scope::gateway("shop", "web"), b"gateway-secrets".to_vec());
+    hub.publish(&Scope::node("node-a"), b"mesh".to_vec());
+    hub.publish(&Scope::node("node-b"), b"mesh".to_vec());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let endpoint = format!("http://{}", listener.local_addr().unwrap());
+    let serving = tokio::spawn(strait_xds::server::serve_with_auth(
+        hub,
+        ScopeAuthorizer::new(reviewer),
+        listener,
+        std::future::pending(),
+    ));
+
+    let dir = std::env::temp_dir().join(format!("strait-scope-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    // Subscribes with `token` (none if `None`) and reports what happened within a few seconds.
+    let subscribe = |scope: Scope, token: Option<&str>| {
+        let mut subscription = Subscription::new(endpoint.clone(), Hello::new(scope, "test"));
+        if let Some(token) = token {
+            let file = dir.join(token);
+            std::fs::write(&file, token).unwrap();
+            subscription = subscription.bearer_token_file(file);
+        }
+        async move {
+            let received = Arc::new(Mutex::new(Vec::<Vec<u8>>::new()));
+            let sink = received.clone();
+            let handle = subscription.start(move |_, bytes| {
+                sink.lock().unwrap().push(bytes.to_vec());
+                Ok(())
+            });
+            let mut status = handle.watch_status();
+            let _ = tokio::time::timeout(
+                Duration::from_secs(5),
+                status.wait_for(|s| s.last_version.is_some() || s.last_error.is_some()),
+            )
+            .await;
+            let error = handle.status().last_error;
+            handle.stop().await;
+            let received = received.lock().unwrap().clone();
+            (received, error)
+        }
+    };
+
+    let (got, error) = subscribe(Scope::gateway("shop", "web"), Some("tok-gateway")).await;
+    assert_eq!(got, [b"gateway-secrets".to_vec()], "{error:?}");
+
+    let (got, error) = subscribe(Scope::gateway("shop", "web"), Some("tok-cart")).await;
+    assert!(got.is_empty(), "a workload read the gateway's config");
+    let error = error.expect("refused");
+    assert!(
+        error.contains("shop/web-strait") && error.contains("system:serviceaccount:shop:cart"),
+        "{error}"
+    );
+
+    let (got, error) = subscribe(Scope::gateway("shop", "web"), None).await;
+    assert!(
+        got.is_empty(),
+        "an anonymous subscriber read the gateway's config"
+    );
+    assert!(error.expect("refused").contains("no bearer token"));
+
+    let (got, error) = subscribe(Scope::node("node-a"), Some("tok-node-a")).await;
+    assert_eq!(got, [b"mesh".to_vec()], "{error:?}");
+    let (got, error) = subscribe(Scope::node("node-b"), Some("tok-node-a")).await;
+    assert!(got.is_empty(), "a node proxy read another node's config");
+    assert!(error.expect("refused").contains("runs on node node-a"));
+    let (got, _) = subscribe(Scope::node("node-a"), Some("tok-cart")).await;
+    assert!(got.is_empty(), "a workload read a node's config");
+
+    serving.abort();
+    pod_task.abort();
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// Across the cluster network the config stream and the CA speak TLS with a serving
+/// certificate issued under the mesh's own root: proxies verify it with the trust anchor they
+/// already have, and a proxy with another anchor is refused the connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_control_plane_serves_tls_under_the_mesh_root() {
+    use strait_xds::server::ConfigHub;
+    use strait_xds::{Hello, Scope, Subscription};
+
+    let ca = Arc::new(CertificateAuthority::new_self_signed("cluster.local").unwrap());
+    let (chain, key) = ca
+        .issue_server_certificate(&["localhost".to_string()], Duration::from_secs(3600))
+        .unwrap();
+    let identity = tonic::transport::Identity::from_pem(chain, key);
+
+    // The config stream.
+    let hub = ConfigHub::new();
+    hub.publish(&Scope::gateway("shop", "web"), b"over tls".to_vec());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let stream_server = tokio::spawn(strait_xds::server::serve_with_auth_tls(
+        hub,
+        strait_xds::server::AllowAll,
+        listener,
+        Some(identity.clone()),
+        std::future::pending(),
+    ));
+    let first_version = |root: String| {
+        let subscription = Subscription::new(
+            format!("https://localhost:{port}"),
+            Hello::new(Scope::gateway("shop", "web"), "test"),
+        )
+        .tls_root(root);
+        async move {
+            let got = Arc::new(Mutex::new(None));
+            let sink = got.clone();
+            let handle = subscription.start(move |_, bytes| {
+                *sink.lock().unwrap() = Some(bytes.to_vec());
+                Ok(())
+            });
+            let mut status = handle.watch_status();
+            let _ = tokio::time::timeout(
+                Duration::from_secs(5),
+                status.wait_for(|s| s.last_version.is_some() || s.last_error.is_some()),
+            )
+            .await;
+            let error = handle.status().last_error;
+            handle.stop().await;
+            let got = got.lock().unwrap().clone();
+            (got, error)
+        }
+    };
+    let (got, error) = first_version(ca.root_pem().to_string()).await;
+    assert_eq!(got.as_deref(), Some(&b"over tls"[..]), "{error:?}");
+    let stranger = CertificateAuthority::new_self_signed("cluster.local").unwrap();
+    let (got, error) = first_version(stranger.root_pem().to_string()).await;
+    assert!(
+        got.is_none(),
+        "a proxy with another trust anchor accepted the server"
+    );
+    assert!(error.is_some());
+
+    // The CA.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let ca_server = tokio::spawn(strait_identity::serve_with_tls(
+        ca.clone(),
+        strait_identity::AllowAll,
+        listener,
+        Some(identity),
+        std::future::pending(),
+    ));
+    let endpoint = format!("https://localhost:{port}");
+    let client = CertificateClient::connect_lazy_tls(&endpoint, ca.root_pem()).unwrap();
+    let cert = rpc_result(Certificates::new(client).get(&id("shop", "cart")).await)
+        .expect("certificate over TLS");
+    assert_eq!(cert.id(), &id("shop", "cart"));
+    let client = CertificateClient::connect_lazy_tls(&endpoint, stranger.root_pem()).unwrap();
+    assert!(
+        Certificates::new(client)
+            .get(&id("shop", "cart"))
+            .await
+            .is_err(),
+        "a client with another trust anchor talked to the CA"
+    );
+    stream_server.abort();
+    ca_server.abort();
+}

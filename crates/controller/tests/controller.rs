@@ -313,6 +313,10 @@ fn provisioning(resync: Duration) -> ControllerOptions {
             image: "strait:test".into(),
             control_plane: "http://strait-controller.strait-system:15010".into(),
             ca: "http://strait-controller.strait-system:15012".into(),
+            ca_root_pem: Some(
+                "-----BEGIN CERTIFICATE-----\ntest\n-----END CERTIFICATE-----\n".into(),
+            ),
+            controller_namespace: "strait-system".into(),
         }),
         resync,
         ..ControllerOptions::default()
@@ -324,6 +328,7 @@ async fn gateways_are_provisioned_repaired_updated_and_cleaned_up() {
     let server = TestApiServer::start().await.expect("api server");
     for object in [
         json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "edge"}}),
+        json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "strait-system"}}),
         json!({"apiVersion": GW, "kind": "GatewayClass", "metadata": {"name": "strait"},
                "spec": {"controllerName": "strait.dev/gateway-controller"}}),
         json!({"apiVersion": GW, "kind": "Gateway", "metadata": {"name": "public", "namespace": "edge"},
@@ -346,12 +351,16 @@ async fn gateways_are_provisioned_repaired_updated_and_cleaned_up() {
         provisioning(Duration::from_millis(300)),
     );
 
-    let deployment = eventually("the gateway Deployment", || {
+    // The Service is applied last: once it exists, the whole set does.
+    eventually("the gateway Service", || {
         server
-            .get("apps/v1", "Deployment", Some("edge"), "public-strait")
+            .get("v1", "Service", Some("edge"), "public-strait")
             .ok()
     })
     .await;
+    let deployment = server
+        .get("apps/v1", "Deployment", Some("edge"), "public-strait")
+        .expect("the gateway Deployment");
     let gateway_uid =
         server.get(GW, "Gateway", Some("edge"), "public").unwrap()["metadata"]["uid"].clone();
     for (api_version, kind) in [
@@ -373,6 +382,20 @@ async fn gateways_are_provisioned_repaired_updated_and_cleaned_up() {
         assert_eq!(
             object["metadata"]["ownerReferences"][0]["uid"], gateway_uid,
             "{kind} is owned by the Gateway"
+        );
+    }
+    for namespace in ["edge", "strait-system"] {
+        let root = eventually("the trust anchor ConfigMap", || {
+            server
+                .get("v1", "ConfigMap", Some(namespace), "strait-ca-root")
+                .ok()
+        })
+        .await;
+        assert!(
+            root["data"]["root.crt"]
+                .as_str()
+                .is_some_and(|pem| pem.contains("BEGIN CERTIFICATE")),
+            "{namespace}: {root}"
         );
     }
     let container = &deployment["spec"]["template"]["spec"]["containers"][0];
@@ -478,6 +501,64 @@ async fn a_restarted_controller_removes_objects_it_no_longer_wants() {
         server
             .get("v1", "ServiceAccount", Some("shop"), "web-strait")
             .is_ok()
+    );
+    controller.abort();
+}
+
+fn tls_secret(namespace: &str, name: &str) -> Value {
+    use base64::Engine as _;
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["shop.example.com".to_string()])
+        .unwrap()
+        .self_signed(&key)
+        .unwrap();
+    let b64 = |s: String| base64::engine::general_purpose::STANDARD.encode(s);
+    json!({"apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/tls",
+           "metadata": {"name": name, "namespace": namespace},
+           "data": {"tls.crt": b64(cert.pem()), "tls.key": b64(key.serialize_pem())}})
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_referenced_secrets_are_read() {
+    let server = cluster().await;
+    server
+        .create(json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "vault"}}))
+        .unwrap();
+    server.create(tls_secret("vault", "unrelated")).unwrap();
+    server.create(tls_secret("shop", "shop-cert")).unwrap();
+    let paths: Arc<Mutex<Vec<String>>> = Arc::default();
+    let seen = paths.clone();
+    server.set_request_hook(move |_, path| seen.lock().unwrap().push(path.to_string()));
+    let controller = start_controller(&server, ConfigHub::new(), None);
+    let mut gateway = server.get(GW, "Gateway", Some("shop"), "web").unwrap();
+    gateway["spec"]["listeners"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({
+            "name": "https", "port": 443, "protocol": "HTTPS", "hostname": "shop.example.com",
+            "tls": {"certificateRefs": [{"name": "shop-cert"}]}
+        }));
+    server.update(gateway).unwrap();
+    eventually("the HTTPS listener resolves its certificate", || {
+        let gw = server.get(GW, "Gateway", Some("shop"), "web").ok()?;
+        gw["status"]["listeners"]
+            .as_array()?
+            .iter()
+            .find(|l| l["name"] == "https")
+            .filter(|l| condition(l, "ResolvedRefs").as_deref() == Some("True"))
+            .map(|_| ())
+    })
+    .await;
+    let paths = paths.lock().unwrap().clone();
+    assert!(
+        paths.iter().any(|p| p == "/api/v1/namespaces/shop/secrets"),
+        "the referenced Secret was watched in its namespace: {paths:?}"
+    );
+    assert!(
+        !paths
+            .iter()
+            .any(|p| p == "/api/v1/secrets" || p.contains("/namespaces/vault/")),
+        "Secrets nobody references were read: {paths:?}"
     );
     controller.abort();
 }

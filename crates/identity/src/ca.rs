@@ -395,6 +395,40 @@ impl CertificateAuthority {
         chain.extend(self.intermediates_pem.iter().cloned());
         Ok(chain)
     }
+
+    /// A serving certificate for the control plane itself (the config stream and the CA
+    /// endpoint), for DNS names such as `strait-controller.strait-system.svc`: proxies verify it
+    /// against the same trust anchor as workload certificates, so the root they already need
+    /// is all they need. Returns the chain (leaf first) and the private key, both PEM.
+    pub fn issue_server_certificate(
+        &self,
+        dns_names: &[String],
+        validity: Duration,
+    ) -> Result<(String, String), CaError> {
+        let what = dns_names.first().cloned().unwrap_or_default();
+        let signing = |source| CaError::Signing {
+            what: what.clone(),
+            source,
+        };
+        let now = SystemTime::now();
+        let not_after = (now + validity).min(self.root_not_after);
+        let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).map_err(signing)?;
+        let mut params = CertificateParams::new(dns_names.to_vec()).map_err(signing)?;
+        params.distinguished_name = DistinguishedName::new();
+        params.is_ca = IsCa::ExplicitNoCa;
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        params.not_before = to_offset(now - CLOCK_SKEW);
+        params.not_after = to_offset(not_after);
+        params.serial_number = Some(random_serial());
+        params.use_authority_key_identifier_extension = true;
+        let leaf = params.signed_by(&key, &self.issuer).map_err(signing)?;
+        let mut chain = leaf.pem();
+        for intermediate in &self.intermediates_pem {
+            chain.push_str(intermediate);
+        }
+        Ok((chain, key.serialize_pem()))
+    }
 }
 
 /// The identity a CSR asks for: its only SAN, which must be a workload SPIFFE ID. This is how

@@ -16,7 +16,7 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// A connection to the CA's `CertificateService`. Cheap to clone (shares the channel).
-/// Plain HTTP/2: for now the CA is reached on loopback only.
+/// Plain HTTP/2 on loopback (standalone), TLS ([`Self::connect_lazy_tls`]) across a network.
 #[derive(Clone, Debug)]
 pub struct CertificateClient {
     endpoint: String,
@@ -29,7 +29,7 @@ pub struct CertificateClient {
 impl CertificateClient {
     /// Connects to `endpoint` (`http://127.0.0.1:15012`), failing if it is unreachable.
     pub async fn connect(endpoint: &str) -> Result<CertificateClient, IdentityError> {
-        let channel = Self::endpoint(endpoint)?
+        let channel = Self::endpoint(endpoint, false)?
             .connect()
             .await
             .map_err(|source| IdentityError::Connect {
@@ -44,8 +44,27 @@ impl CertificateClient {
     pub fn connect_lazy(endpoint: &str) -> Result<CertificateClient, IdentityError> {
         Ok(Self::with_channel(
             endpoint,
-            Self::endpoint(endpoint)?.connect_lazy(),
+            Self::endpoint(endpoint, false)?.connect_lazy(),
         ))
+    }
+
+    /// [`Self::connect_lazy`] to an `https://` endpoint whose serving certificate chains to
+    /// `root_pem` (the mesh's trust anchor, which the controller's serving certificate is
+    /// issued under): the bearer token then never crosses the network in cleartext.
+    pub fn connect_lazy_tls(
+        endpoint: &str,
+        root_pem: &str,
+    ) -> Result<CertificateClient, IdentityError> {
+        let tls = tonic::transport::ClientTlsConfig::new()
+            .ca_certificate(tonic::transport::Certificate::from_pem(root_pem));
+        let channel = Self::endpoint(endpoint, true)?
+            .tls_config(tls)
+            .map_err(|e| IdentityError::InvalidEndpoint {
+                endpoint: endpoint.to_owned(),
+                reason: e.to_string(),
+            })?
+            .connect_lazy();
+        Ok(Self::with_channel(endpoint, channel))
     }
 
     /// Sends `authorization: Bearer <token>` with every request, for an [`crate::Authorizer`]
@@ -110,11 +129,18 @@ impl CertificateClient {
         Ok(response.into_inner())
     }
 
-    fn endpoint(endpoint: &str) -> Result<Endpoint, IdentityError> {
-        if !endpoint.starts_with("http://") {
+    fn endpoint(endpoint: &str, tls: bool) -> Result<Endpoint, IdentityError> {
+        let expected = if tls { "https://" } else { "http://" };
+        if !endpoint.starts_with(expected) {
             return Err(IdentityError::InvalidEndpoint {
                 endpoint: endpoint.to_owned(),
-                reason: "only plain http:// endpoints are supported".into(),
+                reason: if tls {
+                    "a TLS connection needs an https:// URL".into()
+                } else {
+                    "an https:// endpoint needs the trust anchor of its serving certificate \
+                     (connect with TLS)"
+                        .into()
+                },
             });
         }
         Endpoint::from_shared(endpoint.to_owned())

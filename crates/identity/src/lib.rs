@@ -24,7 +24,7 @@ pub use ca::{
 };
 pub use client::CertificateClient;
 pub use manager::Certificates;
-pub use server::{AllowAll, AllowLocal, Authorizer, CaService, Caller, serve};
+pub use server::{AllowAll, AllowLocal, Authorizer, CaService, Caller, serve, serve_with_tls};
 pub use spiffe::{SpiffeId, SpiffeIdError};
 pub use tls::{HBONE_ALPN, WorkloadCertificate, crypto_provider, peer_identity};
 

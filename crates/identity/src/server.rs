@@ -180,12 +180,30 @@ pub async fn serve<A: Authorizer>(
     listener: tokio::net::TcpListener,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), IdentityError> {
+    serve_with_tls(ca, authorizer, listener, None, shutdown).await
+}
+
+/// [`serve`] over TLS with the serving certificate `tls` (when given): callers send bearer
+/// tokens, which must not cross the network in cleartext.
+pub async fn serve_with_tls<A: Authorizer>(
+    ca: Arc<CertificateAuthority>,
+    authorizer: A,
+    listener: tokio::net::TcpListener,
+    tls: Option<tonic::transport::Identity>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), IdentityError> {
     let addr = listener
         .local_addr()
         .map_err(|source| IdentityError::Listener { source })?;
-    tracing::info!(%addr, trust_domain = ca.trust_domain(), "serving certificate authority");
+    tracing::info!(%addr, trust_domain = ca.trust_domain(), tls = tls.is_some(), "serving certificate authority");
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
-    tonic::transport::Server::builder()
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(identity) = tls {
+        builder = builder
+            .tls_config(tonic::transport::ServerTlsConfig::new().identity(identity))
+            .map_err(|source| IdentityError::Serve { addr, source })?;
+    }
+    builder
         .add_service(CaService::new(ca, authorizer).into_server())
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await

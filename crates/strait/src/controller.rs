@@ -53,7 +53,17 @@ pub struct ControllerArgs {
     /// Secret (in --namespace) holding the CA certificate and key; created if missing.
     #[arg(long, default_value = "strait-ca")]
     pub ca_secret: String,
+    /// Serve the config stream and the CA without TLS (development on a trusted network only:
+    /// tokens and Gateway private keys then cross the network in cleartext).
+    #[arg(long)]
+    pub insecure_plaintext: bool,
 }
+
+/// The controller's Service, whose names its serving certificate carries.
+const SERVICE_NAME: &str = "strait-controller";
+/// Lifetime of the serving certificate, issued at every start (controllers restart with every
+/// upgrade; one that runs longer must be restarted within this time).
+const SERVING_CERT_VALIDITY: Duration = Duration::from_secs(365 * 24 * 3600);
 
 /// Runs the controller until SIGTERM/Ctrl-C.
 pub async fn run(
@@ -73,6 +83,25 @@ pub async fn run(
     )
     .await
     .with_context(|| format!("CA Secret {}/{}", args.namespace, args.ca_secret))?;
+    let authority = Arc::new(authority);
+    // Proxies verify the control plane with the mesh's trust anchor, which they get from the
+    // ConfigMap the provisioner writes: no second PKI to distribute.
+    let tls = if args.insecure_plaintext {
+        None
+    } else {
+        let names: Vec<String> = [
+            SERVICE_NAME.to_string(),
+            format!("{SERVICE_NAME}.{}", args.namespace),
+            format!("{SERVICE_NAME}.{}.svc", args.namespace),
+            format!("{SERVICE_NAME}.{}.svc.cluster.local", args.namespace),
+        ]
+        .into();
+        let (chain, key) = authority
+            .issue_server_certificate(&names, SERVING_CERT_VALIDITY)
+            .context("issuing the control plane's serving certificate")?;
+        Some(tonic::transport::Identity::from_pem(chain, key))
+    };
+    let scheme = if tls.is_some() { "https" } else { "http" };
     let ca_listener = tokio::net::TcpListener::bind(args.ca_listen)
         .await
         .with_context(|| format!("CA: cannot listen on {}", args.ca_listen))?;
@@ -87,14 +116,16 @@ pub async fn run(
         duration: Duration::from_secs(15),
         renew: Duration::from_secs(5),
     });
-    let service = format!("strait-controller.{}", args.namespace);
+    let service = format!("{SERVICE_NAME}.{}.svc", args.namespace);
     let provision = (!args.no_provision).then(|| ProvisionOptions {
         image: args
             .proxy_image
             .clone()
             .unwrap_or_else(|| format!("ghcr.io/strait-mesh/strait:{}", env!("CARGO_PKG_VERSION"))),
-        control_plane: format!("http://{service}:{}", args.config_listen.port()),
-        ca: format!("http://{service}:{}", args.ca_listen.port()),
+        control_plane: format!("{scheme}://{service}:{}", args.config_listen.port()),
+        ca: format!("{scheme}://{service}:{}", args.ca_listen.port()),
+        ca_root_pem: Some(authority.root_pem().to_string()),
+        controller_namespace: args.namespace.clone(),
     });
     let options = ControllerOptions {
         lease,
@@ -102,28 +133,9 @@ pub async fn run(
         ..ControllerOptions::default()
     };
 
-    let hub = strait_xds::server::ConfigHub::new();
-    let listener = tokio::net::TcpListener::bind(args.config_listen)
-        .await
-        .with_context(|| format!("config stream: cannot listen on {}", args.config_listen))?;
-    let serving = hub.clone();
-    tokio::spawn(async move {
-        if let Err(e) = strait_xds::server::serve(serving, listener, std::future::pending()).await {
-            tracing::error!(error = %e, "config stream server failed");
-        }
-    });
-    tracing::info!(config = %args.config_listen, ca = %args.ca_listen, "serving the config stream and the CA");
-
-    let mut publisher = Publisher::new(hub);
-    let published = ready.clone();
+    // One reviewer for both servers: a proxy's token is reviewed once (and cached) whether it
+    // subscribes to its config or asks for a certificate.
     let sources = strait_controller::sources::Sources::start(&client);
-    let pods = sources.pods();
-    let controller =
-        strait_controller::run_with_sources(client.clone(), sources, options, move |output| {
-            publisher.publish(output);
-            // Ready once the first complete snapshot (every kind listed) was published.
-            published.store(true, Ordering::Relaxed);
-        });
     let ca_options = ca::TokenReviewOptions {
         node_proxies: vec![ca::ServiceAccountRef::new(
             &args.namespace,
@@ -131,12 +143,46 @@ pub async fn run(
         )],
         ..ca::TokenReviewOptions::default()
     };
-    let ca_server = ca::serve_ca(
-        client,
-        authority,
-        pods,
+    let reviewer = Arc::new(ca::TokenReviewAuthorizer::new(
+        client.clone(),
+        sources.pods(),
         ca_options,
+    ));
+
+    let hub = strait_xds::server::ConfigHub::new();
+    let listener = tokio::net::TcpListener::bind(args.config_listen)
+        .await
+        .with_context(|| format!("config stream: cannot listen on {}", args.config_listen))?;
+    let serving = hub.clone();
+    let scope_auth = ca::ScopeAuthorizer::new(reviewer.clone());
+    let stream_tls = tls.clone();
+    tokio::spawn(async move {
+        let serve = strait_xds::server::serve_with_auth_tls(
+            serving,
+            scope_auth,
+            listener,
+            stream_tls,
+            std::future::pending(),
+        );
+        if let Err(e) = serve.await {
+            tracing::error!(error = %e, "config stream server failed");
+        }
+    });
+    tracing::info!(config = %args.config_listen, ca = %args.ca_listen, "serving the config stream and the CA");
+
+    let mut publisher = Publisher::new(hub);
+    let published = ready.clone();
+    let controller =
+        strait_controller::run_with_sources(client.clone(), sources, options, move |output| {
+            publisher.publish(output);
+            // Ready once the first complete snapshot (every kind listed) was published.
+            published.store(true, Ordering::Relaxed);
+        });
+    let ca_server = ca::serve_ca_with(
+        reviewer,
+        authority,
         ca_listener,
+        tls,
         std::future::pending(),
     );
     tokio::select! {

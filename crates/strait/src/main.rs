@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand};
 use strait::AddressMode;
 use strait::mesh::{CaSource, MeshOptions, WaypointSelection};
 use strait::standalone::{Standalone, StandaloneOptions};
+use strait::subscribe::ControlPlane;
 use strait_config::ObjectRef;
 
 mod capture_wait;
@@ -76,13 +77,8 @@ enum Command {
         /// not name a namespace for are found here by their IP.
         #[arg(long, default_value = strait_node::DEFAULT_NETNS_DIR)]
         netns_dir: PathBuf,
-        /// Projected service-account token presented to the CA (audience strait-ca); sent
-        /// only if the file exists.
-        #[arg(long, default_value = DEFAULT_CA_TOKEN_FILE)]
-        ca_token_file: PathBuf,
-        /// Serve `/healthz/ready` here (with --control-plane: ready once a config is applied).
-        #[arg(long, default_value = "0.0.0.0:15021")]
-        health_listen: SocketAddr,
+        #[command(flatten)]
+        access: ProxyAccess,
         /// Do not reload when files change.
         #[arg(long)]
         no_watch: bool,
@@ -115,13 +111,8 @@ enum Command {
         /// Bind inside this named network namespace (the waypoint pod's).
         #[arg(long)]
         netns: Option<String>,
-        /// Projected service-account token presented to the CA (audience strait-ca); sent
-        /// only if the file exists.
-        #[arg(long, default_value = DEFAULT_CA_TOKEN_FILE)]
-        ca_token_file: PathBuf,
-        /// Serve `/healthz/ready` here (with --control-plane: ready once a config is applied).
-        #[arg(long, default_value = "0.0.0.0:15021")]
-        health_listen: SocketAddr,
+        #[command(flatten)]
+        access: ProxyAccess,
         /// Do not reload when files change.
         #[arg(long)]
         no_watch: bool,
@@ -135,9 +126,8 @@ enum Command {
         /// The Gateway, as NAMESPACE/NAME.
         #[arg(long)]
         gateway: String,
-        /// Serve `/healthz/ready` here (ready once a config is applied).
-        #[arg(long, default_value = "0.0.0.0:15021")]
-        health_listen: SocketAddr,
+        #[command(flatten)]
+        access: ProxyAccess,
     },
     /// The Kubernetes controller: watches the API server, compiles, streams config to proxies,
     /// writes status (as the holder of the `strait-controller` Lease).
@@ -202,8 +192,8 @@ fn main() -> ExitCode {
         Command::Gateway {
             control_plane,
             gateway,
-            health_listen,
-        } => block_on(run_gateway(control_plane, gateway, health_listen)),
+            access,
+        } => block_on(run_gateway(control_plane, gateway, access)),
         Command::Standalone {
             dir,
             port_offset,
@@ -235,13 +225,15 @@ fn main() -> ExitCode {
             node_name,
             probe_sources,
             netns_dir,
-            ca_token_file,
-            health_listen,
+            access,
             no_watch,
         } => {
             let scope = node_name.clone().map(strait_xds::Scope::node);
             let mesh = MeshOptions {
-                ca: remote_ca(ca, ca_token_file),
+                ca: match access.remote_ca(ca) {
+                    Ok(ca) => ca,
+                    Err(error) => return fail(error),
+                },
                 node: true,
                 node_name,
                 waypoints: WaypointSelection::None,
@@ -253,7 +245,7 @@ fn main() -> ExitCode {
                 control_plane,
                 scope,
                 !no_watch,
-                health_listen,
+                access,
                 mesh,
             ))
         }
@@ -264,13 +256,15 @@ fn main() -> ExitCode {
             name,
             ca,
             netns,
-            ca_token_file,
-            health_listen,
+            access,
             no_watch,
         } => {
             let scope = Some(strait_xds::Scope::waypoint(&namespace, &name));
             let mesh = MeshOptions {
-                ca: remote_ca(ca, ca_token_file),
+                ca: match access.remote_ca(ca) {
+                    Ok(ca) => ca,
+                    Err(error) => return fail(error),
+                },
                 node: false,
                 node_name: None,
                 waypoints: WaypointSelection::One {
@@ -285,26 +279,71 @@ fn main() -> ExitCode {
                 control_plane,
                 scope,
                 !no_watch,
-                health_listen,
+                access,
                 mesh,
             ))
         }
     };
-    result.unwrap_or_else(|error| {
-        eprintln!("error: {error:#}");
-        ExitCode::FAILURE
-    })
+    result.unwrap_or_else(fail)
 }
 
-/// Where provisioned proxies and the node DaemonSet mount their CA token.
-const DEFAULT_CA_TOKEN_FILE: &str = "/var/run/secrets/strait.dev/tokens/strait-ca";
+fn fail(error: anyhow::Error) -> ExitCode {
+    eprintln!("error: {error:#}");
+    ExitCode::FAILURE
+}
 
-/// A remote CA, presenting the token file when there is one (standalone and development runs
-/// have none: a loopback CA needs none).
-fn remote_ca(endpoint: String, token_file: PathBuf) -> CaSource {
-    CaSource::Remote {
-        endpoint,
-        token_file: token_file.exists().then_some(token_file),
+/// How a proxy proves itself to the controller and checks the controller: where provisioned
+/// proxies and the node DaemonSet mount their token and the mesh's trust anchor.
+#[derive(clap::Args, Clone, Debug)]
+struct ProxyAccess {
+    /// Projected service-account token (audience strait-ca) presented to the config stream
+    /// and the CA; sent only if the file exists.
+    #[arg(long, default_value = "/var/run/secrets/strait.dev/tokens/strait-ca")]
+    token_file: PathBuf,
+    /// Trust anchor of the controller's serving certificate, for https:// endpoints.
+    #[arg(long, default_value = "/var/run/secrets/strait.dev/ca-root/root.crt")]
+    ca_root: PathBuf,
+    /// Serve `/healthz/ready` here (with --control-plane: ready once a config is applied).
+    #[arg(long, default_value = "0.0.0.0:15021")]
+    health_listen: SocketAddr,
+}
+
+impl ProxyAccess {
+    /// The token file, when there is one (standalone and development runs have none).
+    fn token(&self) -> Option<PathBuf> {
+        self.token_file.exists().then(|| self.token_file.clone())
+    }
+
+    /// The trust anchor for `endpoint`: required for https://, unused for http://.
+    fn tls_root(&self, endpoint: &str) -> anyhow::Result<Option<String>> {
+        if !endpoint.starts_with("https://") {
+            return Ok(None);
+        }
+        std::fs::read_to_string(&self.ca_root)
+            .map(Some)
+            .with_context(|| {
+                format!(
+                    "{endpoint}: reading the trust anchor {} (--ca-root)",
+                    self.ca_root.display()
+                )
+            })
+    }
+
+    fn control_plane(&self, endpoint: &str) -> anyhow::Result<ControlPlane> {
+        Ok(ControlPlane {
+            endpoint: endpoint.to_string(),
+            token_file: self.token(),
+            tls_root: self.tls_root(endpoint)?,
+        })
+    }
+
+    fn remote_ca(&self, endpoint: String) -> anyhow::Result<CaSource> {
+        let tls_root = self.tls_root(&endpoint)?;
+        Ok(CaSource::Remote {
+            endpoint,
+            token_file: self.token(),
+            tls_root,
+        })
     }
 }
 
@@ -323,16 +362,17 @@ async fn run_mesh_component(
     control_plane: Option<String>,
     scope: Option<strait_xds::Scope>,
     watch: bool,
-    health_listen: SocketAddr,
+    access: ProxyAccess,
     mesh: MeshOptions,
 ) -> anyhow::Result<()> {
     match (dir, control_plane) {
         (Some(dir), _) => run_component(dir, watch, mesh).await,
         (None, Some(control_plane)) => {
             let scope = scope.context("--node-name is required with --control-plane")?;
+            let control_plane = access.control_plane(&control_plane)?;
             let (runtime, subscription) =
                 strait::subscribe::mesh(&control_plane, scope, mesh).await?;
-            serve_health(health_listen, &subscription).await?;
+            serve_health(access.health_listen, &subscription).await?;
             wait_for_signal().await?;
             eprintln!("shutting down");
             subscription.stop().await;
@@ -357,13 +397,14 @@ async fn serve_health(
 async fn run_gateway(
     control_plane: String,
     gateway: String,
-    health_listen: SocketAddr,
+    access: ProxyAccess,
 ) -> anyhow::Result<()> {
     let (namespace, name) = gateway
         .split_once('/')
         .context("--gateway must be NAMESPACE/NAME")?;
+    let control_plane = access.control_plane(&control_plane)?;
     let subscription = strait::subscribe::gateway(&control_plane, namespace, name);
-    serve_health(health_listen, &subscription).await?;
+    serve_health(access.health_listen, &subscription).await?;
     wait_for_signal().await?;
     eprintln!("shutting down");
     subscription.stop().await;

@@ -33,6 +33,8 @@ pub enum CaSource {
     Remote {
         endpoint: String,
         token_file: Option<PathBuf>,
+        /// The trust anchor of the CA's serving certificate, for an `https://` endpoint.
+        tls_root: Option<String>,
     },
 }
 
@@ -124,9 +126,13 @@ impl MeshRuntime {
             CaSource::Remote {
                 endpoint,
                 token_file,
+                tls_root,
             } => {
-                let mut client = CertificateClient::connect_lazy(endpoint)
-                    .with_context(|| format!("the CA at {endpoint}"))?;
+                let client = match tls_root {
+                    Some(root) => CertificateClient::connect_lazy_tls(endpoint, root),
+                    None => CertificateClient::connect_lazy(endpoint),
+                };
+                let mut client = client.with_context(|| format!("the CA at {endpoint}"))?;
                 if let Some(path) = token_file {
                     client = client.with_bearer_token_file(path);
                 }

@@ -3,6 +3,7 @@
 //! rejects it with the error. Losing the controller keeps the last good config; the
 //! subscription reconnects with backoff.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::Context as _;
@@ -25,32 +26,59 @@ fn block_on<T>(job: impl Future<Output = T>) -> T {
     tokio::task::block_in_place(|| tokio::runtime::Handle::current().block_on(job))
 }
 
+/// How a proxy reaches the controller's config stream.
+#[derive(Clone, Debug)]
+pub struct ControlPlane {
+    /// `https://strait-controller.strait-system.svc:15010` (or `http://` on loopback).
+    pub endpoint: String,
+    /// A projected service-account token, re-read on every reconnect: the controller admits
+    /// each proxy to its own scope only.
+    pub token_file: Option<PathBuf>,
+    /// The trust anchor the controller's serving certificate chains to (`https://` only).
+    pub tls_root: Option<String>,
+}
+
+impl ControlPlane {
+    fn subscription(&self, hello: Hello) -> Subscription {
+        let mut subscription = Subscription::new(self.endpoint.clone(), hello);
+        if let Some(path) = &self.token_file {
+            subscription = subscription.bearer_token_file(path);
+        }
+        if let Some(root) = &self.tls_root {
+            subscription = subscription.tls_root(root.clone());
+        }
+        subscription
+    }
+}
+
 /// An ingress gateway: serves one Gateway's listeners on every address of this pod.
-pub fn gateway(control_plane: &str, namespace: &str, name: &str) -> SubscriptionHandle {
+pub fn gateway(control_plane: &ControlPlane, namespace: &str, name: &str) -> SubscriptionHandle {
     let proxy = Arc::new(Proxy::new(ProxyOptions::default()));
     let hello = Hello::new(Scope::gateway(namespace, name), proxy_id());
-    Subscription::spawn(control_plane.to_string(), hello, move |version, bytes| {
-        let mut config: ProxyConfig =
-            serde_json::from_slice(bytes).map_err(|e| format!("config version {version}: {e}"))?;
-        config.version = version;
-        // The Gateway's addresses are its Service's; inside the pod, listen on all of them.
-        for gateway in &mut config.gateways {
-            gateway.addresses.clear();
-        }
-        let errors = block_on(proxy.apply(Arc::new(config)));
-        if errors.is_empty() {
-            tracing::info!(version, "config applied");
-            Ok(())
-        } else {
-            let text: Vec<String> = errors.iter().map(ToString::to_string).collect();
-            Err(text.join("; "))
-        }
-    })
+    control_plane
+        .subscription(hello)
+        .start(move |version, bytes| {
+            let mut config: ProxyConfig = serde_json::from_slice(bytes)
+                .map_err(|e| format!("config version {version}: {e}"))?;
+            config.version = version;
+            // The Gateway's addresses are its Service's; inside the pod, listen on all of them.
+            for gateway in &mut config.gateways {
+                gateway.addresses.clear();
+            }
+            let errors = block_on(proxy.apply(Arc::new(config)));
+            if errors.is_empty() {
+                tracing::info!(version, "config applied");
+                Ok(())
+            } else {
+                let text: Vec<String> = errors.iter().map(ToString::to_string).collect();
+                Err(text.join("; "))
+            }
+        })
 }
 
 /// A node proxy or waypoint: mesh components fed the mesh config of `scope`.
 pub async fn mesh(
-    control_plane: &str,
+    control_plane: &ControlPlane,
     scope: Scope,
     options: MeshOptions,
 ) -> anyhow::Result<(Arc<MeshRuntime>, SubscriptionHandle)> {
@@ -61,17 +89,19 @@ pub async fn mesh(
     );
     let applier = runtime.clone();
     let hello = Hello::new(scope, proxy_id());
-    let handle = Subscription::spawn(control_plane.to_string(), hello, move |version, bytes| {
-        let mut mesh: MeshConfig = serde_json::from_slice(bytes)
-            .map_err(|e| format!("mesh config version {version}: {e}"))?;
-        mesh.version = version;
-        let errors = block_on(applier.apply(Arc::new(mesh)));
-        if errors.is_empty() {
-            tracing::info!(version, "mesh config applied");
-            Ok(())
-        } else {
-            Err(errors.join("; "))
-        }
-    });
+    let handle = control_plane
+        .subscription(hello)
+        .start(move |version, bytes| {
+            let mut mesh: MeshConfig = serde_json::from_slice(bytes)
+                .map_err(|e| format!("mesh config version {version}: {e}"))?;
+            mesh.version = version;
+            let errors = block_on(applier.apply(Arc::new(mesh)));
+            if errors.is_empty() {
+                tracing::info!(version, "mesh config applied");
+                Ok(())
+            } else {
+                Err(errors.join("; "))
+            }
+        });
     Ok((runtime, handle))
 }

@@ -48,6 +48,7 @@ pub struct Subscription {
     max_backoff: Duration,
     connect_timeout: Duration,
     token_file: Option<PathBuf>,
+    tls_root: Option<String>,
 }
 
 impl Subscription {
@@ -61,6 +62,7 @@ impl Subscription {
             max_backoff: Duration::from_secs(5),
             connect_timeout: Duration::from_secs(5),
             token_file: None,
+            tls_root: None,
         }
     }
 
@@ -69,6 +71,14 @@ impl Subscription {
     /// reconnect, so a rotated (projected service-account) token is picked up.
     pub fn bearer_token_file(mut self, path: impl Into<PathBuf>) -> Subscription {
         self.token_file = Some(path.into());
+        self
+    }
+
+    /// Verifies the controller's serving certificate against `root_pem` (for an `https://`
+    /// endpoint): the subscription carries a bearer token and receives private keys, neither of
+    /// which may cross the network in cleartext.
+    pub fn tls_root(mut self, root_pem: impl Into<String>) -> Subscription {
+        self.tls_root = Some(root_pem.into());
         self
     }
 
@@ -133,6 +143,22 @@ impl Subscription {
                 tracing::error!(scope = %self.hello.scope, %error, "cannot subscribe");
                 status.send_modify(|s| s.last_error = Some(error));
                 return;
+            }
+        };
+        let endpoint = match &self.tls_root {
+            None => endpoint,
+            Some(root) => {
+                let tls = tonic::transport::ClientTlsConfig::new()
+                    .ca_certificate(tonic::transport::Certificate::from_pem(root));
+                match endpoint.tls_config(tls) {
+                    Ok(endpoint) => endpoint,
+                    Err(err) => {
+                        let error = format!("config endpoint {:?}: TLS: {err}", self.endpoint);
+                        tracing::error!(scope = %self.hello.scope, %error, "cannot subscribe");
+                        status.send_modify(|s| s.last_error = Some(error));
+                        return;
+                    }
+                }
             }
         };
         let channel = endpoint

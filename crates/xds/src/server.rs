@@ -582,16 +582,35 @@ pub async fn serve_with_auth<A: SubscriberAuth>(
     listener: tokio::net::TcpListener,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), XdsError> {
+    serve_with_auth_tls(hub, auth, listener, None, shutdown).await
+}
+
+/// [`serve_with_auth`] over TLS with the serving certificate `tls` (when given): subscribers
+/// send bearer tokens and receive Gateway private keys, so across a network the stream must
+/// be encrypted.
+pub async fn serve_with_auth_tls<A: SubscriberAuth>(
+    hub: ConfigHub,
+    auth: A,
+    listener: tokio::net::TcpListener,
+    tls: Option<tonic::transport::Identity>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), XdsError> {
     let addr = listener
         .local_addr()
         .map_err(|source| XdsError::Listener { source })?;
-    tracing::info!(%addr, "serving config stream");
+    tracing::info!(%addr, tls = tls.is_some(), "serving config stream");
     let (closing_tx, closing_rx) = watch::channel(false);
     let service = ConfigService::new(hub, auth)
         .closing_on(closing_rx)
         .into_server();
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
-    tonic::transport::Server::builder()
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(identity) = tls {
+        builder = builder
+            .tls_config(tonic::transport::ServerTlsConfig::new().identity(identity))
+            .map_err(|source| XdsError::Serve { addr, source })?;
+    }
+    builder
         // Detect proxies that vanished without closing their connection.
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))

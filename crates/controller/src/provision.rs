@@ -250,13 +250,18 @@ impl Proxy<'_> {
                     "runAsUser": 65532,
                     "allowPrivilegeEscalation": false,
                     "readOnlyRootFilesystem": true,
-                    "capabilities": {
-                        "drop": ["ALL"],
-                        "add": if privileged_port { json!(["NET_BIND_SERVICE"]) } else { json!([]) },
-                    },
+                    "capabilities": {"drop": ["ALL"]},
                 },
             }],
         });
+        if privileged_port {
+            // Listener ports below 1024 without root: a capability added to a non-root
+            // container never becomes effective (Kubernetes sets no ambient capabilities), so
+            // lower the pod's unprivileged-port floor instead. The sysctl is namespaced to the
+            // pod's network namespace and on the kubelet's safe list (no node configuration).
+            pod_spec["securityContext"]["sysctls"] =
+                json!([{"name": "net.ipv4.ip_unprivileged_port_start", "value": "0"}]);
+        }
         // The proxy's only credential: a projected token (audience strait-ca) it presents to
         // the config stream and, for waypoints, to the CA.
         // The mesh's trust anchor, to verify the control plane's serving certificate.
@@ -394,11 +399,15 @@ spec:
             [80, 8080],
             "one Service port per distinct listener port"
         );
-        let caps = &objects[1]["spec"]["template"]["spec"]["containers"][0]["securityContext"]["capabilities"];
+        let pod = &objects[1]["spec"]["template"]["spec"];
         assert_eq!(
-            caps["add"],
-            json!(["NET_BIND_SERVICE"]),
-            "port 80 needs the capability"
+            pod["securityContext"]["sysctls"],
+            json!([{"name": "net.ipv4.ip_unprivileged_port_start", "value": "0"}]),
+            "port 80 without root needs the unprivileged-port floor lowered"
+        );
+        assert_eq!(
+            pod["containers"][0]["securityContext"]["capabilities"],
+            json!({"drop": ["ALL"]})
         );
     }
 }

@@ -1,0 +1,694 @@
+#!/usr/bin/env bash
+# One-run performance comparison: Strait vs HAProxy vs nginx vs direct, on loopback and on a
+# network-namespace mesh topology (198.18.0.0/15 only). Interleaved rounds, medians reported,
+# table printed and written to docs/performance.md (see that file for the method).
+#
+#   sudo tests/perf/run.sh            # 3 rounds of 10 s tests
+#   sudo tests/perf/run.sh --rounds 5
+#   sudo tests/perf/run.sh --quick    # smoke run: 1 round of 3 s tests
+#
+# Needs root (network namespaces, iptables in the pods). Installs wrk, nghttp2-client (h2load),
+# haproxy, nginx and iperf3 with apt-get when missing. Sends traffic only to loopback and to
+# its own namespaces; every process and namespace it made is removed on exit, Ctrl-C or error.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+ROUNDS=3
+DURATION=10
+QUICK=0
+OUT="$ROOT/docs/performance.md"
+KEEP_WORK=0
+
+usage() {
+    sed -n '2,12p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+    echo "options: --rounds N  --quick  --duration SECONDS  --out FILE  --keep-work"
+}
+
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --rounds) ROUNDS="${2:?--rounds needs a number}"; shift 2 ;;
+        --quick) QUICK=1; ROUNDS=1; DURATION=3; shift ;;
+        --duration) DURATION="${2:?--duration needs seconds}"; shift 2 ;;
+        --out) OUT="${2:?--out needs a file}"; shift 2 ;;
+        --keep-work) KEEP_WORK=1; shift ;;
+        -h|--help) usage; exit 0 ;;
+        *) echo "unknown option: $1" >&2; usage >&2; exit 2 ;;
+    esac
+done
+case "$ROUNDS" in ''|*[!0-9]*) echo "--rounds: not a number: $ROUNDS" >&2; exit 2 ;; esac
+case "$DURATION" in ''|*[!0-9]*) echo "--duration: not a number: $DURATION" >&2; exit 2 ;; esac
+[ "$ROUNDS" -ge 1 ] || { echo "--rounds must be at least 1" >&2; exit 2; }
+[ "$(id -u)" -eq 0 ] || { echo "run as root (network namespaces, iptables)" >&2; exit 1; }
+
+# ---------------------------------------------------------------------------------------------
+# Ports (all on 127.0.0.1) and load shapes.
+BACKEND_H1=18001      # nginx: return 200 "hello, world\n"
+BACKEND_H2C=18002     # the same server, h2c prior knowledge
+GATEWAY_OFFSET=18000  # strait standalone --port-offset: listener port 80 -> 18080
+STRAIT_PORT=18080     # HTTP/1.1 and h2c on one listener
+HAPROXY_H1=18180
+HAPROXY_H2C=18181
+NGINX_H1=18280
+NGINX_H2C=18281
+CA_PORT=18512         # the mesh CA (loopback only)
+HAPROXY_TCP=15202     # inside the plain client pod: HAProxy TCP mode
+HAPROXY_TCP_SPLICE=15203
+IPERF_PORT=5201
+MESH_HTTP_PORT=8080   # nginx inside the server pods
+PATH_URL="/api/hello"
+HOST_HEADER="example.com"
+WRK_THREADS=1
+WRK_CONNS=64
+H2_CLIENTS=16
+H2_STREAMS=10
+IDLE_CONNS=10000
+
+# Pinning: the proxy under test gets CPU 0, load generators and backends CPU 1, so each proxy
+# has exactly one core to itself and the figures do not depend on who wins the scheduler.
+NCPU="$(nproc)"
+if [ "$NCPU" -ge 2 ]; then
+    PROXY_CPU=0; LOAD_CPU=1
+    PIN_PROXY=(taskset -c "$PROXY_CPU"); PIN_LOAD=(taskset -c "$LOAD_CPU")
+else
+    PIN_PROXY=(); PIN_LOAD=()
+fi
+CLK_TCK="$(getconf CLK_TCK)"
+
+# ---------------------------------------------------------------------------------------------
+# Cleanup: every process we start is recorded; the mesh helper tears its namespaces down on
+# SIGTERM, and anything it left is removed by name from its env file.
+WORK="$(mktemp -d /tmp/strait-perf.XXXXXX)"
+PIDS=()
+MESH_PID=""
+FINISHED=0
+
+cleanup() {
+    local status=$?
+    trap - EXIT INT TERM
+    set +e
+    local pid
+    for pid in "${PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null; done
+    for _ in $(seq 50); do
+        local alive=0
+        for pid in "${PIDS[@]}"; do kill -0 "$pid" 2>/dev/null && alive=1; done
+        [ "$alive" -eq 0 ] && break
+        sleep 0.1
+    done
+    for pid in "${PIDS[@]}"; do kill -KILL "$pid" 2>/dev/null; done
+    if [ -n "$MESH_PID" ] && kill -0 "$MESH_PID" 2>/dev/null; then
+        kill -TERM "$MESH_PID" 2>/dev/null
+        for _ in $(seq 100); do kill -0 "$MESH_PID" 2>/dev/null || break; sleep 0.1; done
+        kill -KILL "$MESH_PID" 2>/dev/null
+    fi
+    wait 2>/dev/null
+    # Namespaces the helper could not remove (killed hard): delete them by name.
+    if [ -f "$WORK/mesh/env" ]; then
+        local ns
+        for ns in $(grep -E '_NETNS=' "$WORK/mesh/env" | cut -d= -f2); do
+            ip netns delete "$ns" 2>/dev/null
+            rm -rf "/etc/netns/$ns"
+        done
+    fi
+    if [ "$FINISHED" -eq 1 ] && [ "$KEEP_WORK" -eq 0 ]; then
+        rm -rf "$WORK"
+    else
+        echo "logs kept in $WORK" >&2
+    fi
+    exit "$status"
+}
+trap cleanup EXIT
+trap 'echo "interrupted" >&2; exit 130' INT
+trap 'exit 143' TERM
+
+log() { printf '[%s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+note() { printf -- '- %s\n' "$*" >>"$WORK/notes.md"; log "note: $*"; }
+
+# ---------------------------------------------------------------------------------------------
+# Tools.
+need=()
+for pair in wrk:wrk h2load:nghttp2-client haproxy:haproxy nginx:nginx iperf3:iperf3 \
+    taskset:util-linux ip:iproute2 iptables:iptables ss:iproute2; do
+    command -v "${pair%%:*}" >/dev/null 2>&1 || need+=("${pair#*:}")
+done
+if [ "${#need[@]}" -gt 0 ]; then
+    log "installing ${need[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get install -y --no-install-recommends "${need[@]}" >"$WORK/apt.log" 2>&1 || {
+        apt-get update >>"$WORK/apt.log" 2>&1
+        apt-get install -y --no-install-recommends "${need[@]}" >>"$WORK/apt.log" 2>&1
+    }
+fi
+# Packaged services may have been started by the install: we use our own instances only.
+
+log "building strait and strait-perf (release)"
+(cd "$ROOT" && cargo build --release -q -p strait -p strait-perf)
+TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
+STRAIT="$TARGET_DIR/release/strait"
+PERF="$TARGET_DIR/release/strait-perf"
+
+HARD_NOFILE="$(ulimit -Hn)"
+if [ "$HARD_NOFILE" = unlimited ] || [ "$HARD_NOFILE" -gt 65536 ]; then HARD_NOFILE=65536; fi
+ulimit -n "$HARD_NOFILE"
+[ "$HARD_NOFILE" -ge $((IDLE_CONNS + 1000)) ] ||
+    note "open-file limit is $HARD_NOFILE: fewer than $IDLE_CONNS idle connections can be held"
+
+# ---------------------------------------------------------------------------------------------
+# Helpers.
+
+# start NAME CMD...: runs CMD in the background, logging to $WORK/NAME.log; sets LAST_PID.
+start() {
+    local name="$1"; shift
+    "$@" >"$WORK/$name.log" 2>&1 &
+    LAST_PID=$!
+    PIDS+=("$LAST_PID")
+}
+
+# The process and all its descendants.
+pid_tree() {
+    local pid child
+    for pid in "$@"; do
+        [ -d "/proc/$pid" ] || continue
+        echo "$pid"
+        for child in $(pgrep -P "$pid" 2>/dev/null || true); do pid_tree "$child"; done
+    done
+}
+
+# utime+stime (clock ticks) of the processes and their descendants.
+cpu_ticks() {
+    local total=0 pid t
+    for pid in $(pid_tree "$@"); do
+        t="$(sed 's/^.*) //' "/proc/$pid/stat" 2>/dev/null | awk '{print $12 + $13}')" || t=0
+        total=$((total + ${t:-0}))
+    done
+    echo "$total"
+}
+
+# VmRSS (KiB) of the processes and their descendants.
+rss_kib() {
+    local total=0 pid r
+    for pid in $(pid_tree "$@"); do
+        r="$(awk '/^VmRSS:/{print $2}' "/proc/$pid/status" 2>/dev/null)" || r=0
+        total=$((total + ${r:-0}))
+    done
+    echo "$total"
+}
+kib_to_mb() { awk -v k="$1" 'BEGIN{printf "%.2f", k / 1024}'; }
+
+# record ROUND SECTION TARGET < "metric<TAB>value" lines
+record() {
+    local round="$1" section="$2" target="$3" metric value
+    while IFS=$'\t' read -r metric value; do
+        [ -n "$metric" ] && printf '%s\t%s\t%s\t%s\t%s\n' "$round" "$section" "$target" \
+            "$metric" "$value" >>"$WORK/results.tsv"
+    done
+}
+
+# http_ok [NETNS] HOST PORT: one HTTP/1.1 request, succeeds on a 200.
+http_ok() {
+    local netns="" host port
+    if [ $# -eq 3 ]; then netns="$1"; shift; fi
+    host="$1"; port="$2"
+    local probe="exec 3<>/dev/tcp/$host/$port || exit 1
+        printf 'GET $PATH_URL HTTP/1.1\r\nHost: $HOST_HEADER\r\nConnection: close\r\n\r\n' >&3
+        IFS= read -r -t 3 line <&3 || exit 1
+        case \"\$line\" in *' 200 '*) exit 0 ;; *) exit 1 ;; esac"
+    if [ -n "$netns" ]; then
+        timeout 5 ip netns exec "$netns" bash -c "$probe" 2>/dev/null
+    else
+        timeout 5 bash -c "$probe" 2>/dev/null
+    fi
+}
+
+# wait_http WHAT [NETNS] HOST PORT: up to 30 s for a 200.
+wait_http() {
+    local what="$1"; shift
+    for _ in $(seq 150); do
+        http_ok "$@" && return 0
+        sleep 0.2
+    done
+    echo "$what did not answer 200 on ${*: -2:1}:${*: -1} within 30 s (logs: $WORK)" >&2
+    return 1
+}
+
+# ---------------------------------------------------------------------------------------------
+# Configuration files.
+mkdir -p "$WORK/backend" "$WORK/nginx" "$WORK/gateway" "$WORK/tmp"
+BODY='hello, world\n'   # 13 bytes
+
+nginx_common() {
+    cat <<EOF
+daemon off;
+master_process on;
+worker_processes 1;
+worker_rlimit_nofile $HARD_NOFILE;
+pid $1/nginx.pid;
+error_log $1/error.log warn;
+events { worker_connections $((HARD_NOFILE - 100)); multi_accept on; }
+EOF
+}
+nginx_http_common() {
+    cat <<EOF
+    access_log off;
+    keepalive_requests 100000000;
+    keepalive_timeout 600s;
+    client_body_temp_path $WORK/tmp/body;
+    proxy_temp_path $WORK/tmp/proxy;
+    fastcgi_temp_path $WORK/tmp/fastcgi;
+    uwsgi_temp_path $WORK/tmp/uwsgi;
+    scgi_temp_path $WORK/tmp/scgi;
+EOF
+}
+
+# The backend: nginx answering every request with 200 and a 13-byte body.
+backend_conf() { # DIR LISTEN_H1 LISTEN_H2C
+    nginx_common "$1"
+    cat <<EOF
+http {
+$(nginx_http_common)
+    server {
+        listen $2 reuseport;
+        $( [ -n "$3" ] && echo "listen $3 http2 reuseport;" )
+        location / { default_type text/plain; return 200 "$BODY"; }
+    }
+}
+EOF
+}
+backend_conf "$WORK/backend" "127.0.0.1:$BACKEND_H1" "127.0.0.1:$BACKEND_H2C" >"$WORK/backend/nginx.conf"
+
+# nginx as the proxy: Host example.com, PathPrefix /api, a header added, upstream keep-alive.
+NGINX_PROXY_BLOCK="proxy_pass http://backend; proxy_http_version 1.1;
+            proxy_set_header Connection \"\"; proxy_set_header Host \$host;
+            proxy_set_header x-routed-by strait;"
+{
+    nginx_common "$WORK/nginx"
+    cat <<EOF
+http {
+$(nginx_http_common)
+    upstream backend {
+        server 127.0.0.1:$BACKEND_H1;
+        keepalive 256;
+        keepalive_requests 100000000;
+        keepalive_timeout 600s;
+    }
+    server {
+        listen 127.0.0.1:$NGINX_H1 default_server;
+        listen 127.0.0.1:$NGINX_H2C http2 default_server;
+        server_name _;
+        return 404;
+    }
+    server {
+        listen 127.0.0.1:$NGINX_H1;
+        listen 127.0.0.1:$NGINX_H2C http2;
+        server_name $HOST_HEADER;
+        location = /api { $NGINX_PROXY_BLOCK }
+        location /api/ { $NGINX_PROXY_BLOCK }
+        location / { return 404; }
+    }
+}
+EOF
+} >"$WORK/nginx/nginx.conf"
+
+# HAProxy: the same route; HTTP mode for the gateway comparison. It refuses to start unless
+# the open-file limit covers two descriptors per connection, so a low hard limit caps it.
+HAPROXY_MAXCONN=$((IDLE_CONNS + 500))
+if [ $((HAPROXY_MAXCONN * 2 + 100)) -gt "$HARD_NOFILE" ]; then
+    HAPROXY_MAXCONN=$(((HARD_NOFILE - 100) / 2))
+    note "HAProxy maxconn capped at $HAPROXY_MAXCONN by the open-file hard limit ($HARD_NOFILE): it cannot hold $IDLE_CONNS idle connections here"
+fi
+cat >"$WORK/haproxy.cfg" <<EOF
+global
+    nbthread 1
+    maxconn $HAPROXY_MAXCONN
+defaults
+    mode http
+    timeout connect 5s
+    timeout client 600s
+    timeout server 600s
+    timeout http-keep-alive 600s
+    timeout http-request 600s
+frontend gateway
+    bind 127.0.0.1:$HAPROXY_H1
+    bind 127.0.0.1:$HAPROXY_H2C proto h2
+    acl host_ok hdr(host) -i $HOST_HEADER
+    acl api path /api
+    acl api path_beg /api/
+    use_backend fast if host_ok api
+    default_backend not_found
+backend fast
+    http-reuse always
+    http-request add-header x-routed-by strait
+    server backend 127.0.0.1:$BACKEND_H1
+backend not_found
+    http-request return status 404
+EOF
+
+# Strait: one Gateway + HTTPRoute, backend = the same nginx via a Service + EndpointSlice.
+cat >"$WORK/gateway/gateway.yaml" <<EOF
+apiVersion: gateway.networking.k8s.io/v1
+kind: GatewayClass
+metadata: {name: strait}
+spec: {controllerName: strait.dev/gateway-controller}
+---
+apiVersion: v1
+kind: Namespace
+metadata: {name: perf}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: gateway, namespace: perf}
+spec:
+  gatewayClassName: strait
+  listeners:
+  - {name: http, port: 80, protocol: HTTP}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: api, namespace: perf}
+spec:
+  parentRefs: [{name: gateway}]
+  hostnames: ["$HOST_HEADER"]
+  rules:
+  - matches:
+    - path: {type: PathPrefix, value: /api}
+    filters:
+    - type: RequestHeaderModifier
+      requestHeaderModifier:
+        add: [{name: x-routed-by, value: strait}]
+    backendRefs: [{name: backend, port: 80}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: backend, namespace: perf}
+spec:
+  ports: [{name: http, port: 80, targetPort: $BACKEND_H1, appProtocol: http}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: backend-local
+  namespace: perf
+  labels: {kubernetes.io/service-name: backend}
+addressType: IPv4
+ports: [{name: http, port: $BACKEND_H1, appProtocol: http}]
+endpoints: [{addresses: ["127.0.0.1"]}]
+EOF
+
+# ---------------------------------------------------------------------------------------------
+# Machine.
+{
+    echo "date:     $(date -u +%Y-%m-%dT%H:%M:%SZ)"
+    echo "cpu:      $(awk -F': ' '/^model name/{print $2; exit}' /proc/cpuinfo)"
+    echo "cores:    $NCPU (proxy under test pinned to CPU ${PROXY_CPU:-none}, load and backends to CPU ${LOAD_CPU:-none})"
+    echo "memory:   $(awk '/^MemTotal/{printf "%.1f GiB", $2/1048576}' /proc/meminfo)"
+    echo "kernel:   $(uname -sr)"
+    echo "load:     $(cut -d' ' -f1-3 /proc/loadavg) (1/5/15-min load average when the run started; other work on the machine skews every figure)"
+    echo "strait:   $("$STRAIT" --version 2>&1 | head -1) (release build)"
+    echo "rustc:    $(rustc --version 2>/dev/null || echo unknown)"
+    echo "haproxy:  $(haproxy -v 2>&1 | head -1)"
+    echo "nginx:    $(nginx -v 2>&1 | head -1)"
+    echo "wrk:      $(wrk -v 2>&1 | head -1)"
+    echo "h2load:   $(h2load --version 2>&1 | head -1)"
+    echo "iperf3:   $(iperf3 --version 2>&1 | head -1)"
+} >"$WORK/machine.txt"
+: >"$WORK/results.tsv"
+
+# ---------------------------------------------------------------------------------------------
+# Loopback: backend and the three proxies.
+log "starting the backend, Strait, HAProxy and nginx on 127.0.0.1"
+start backend "${PIN_LOAD[@]}" nginx -p "$WORK/backend" -c "$WORK/backend/nginx.conf" -e "$WORK/backend/error.log"
+BACKEND_PID=$LAST_PID
+start strait env RUST_LOG=warn "${PIN_PROXY[@]}" "$STRAIT" standalone "$WORK/gateway" \
+    --address 127.0.0.1 --port-offset "$GATEWAY_OFFSET" --no-mesh --no-watch
+STRAIT_PID=$LAST_PID
+start haproxy "${PIN_PROXY[@]}" haproxy -db -f "$WORK/haproxy.cfg"
+HAPROXY_PID=$LAST_PID
+start nginx "${PIN_PROXY[@]}" nginx -p "$WORK/nginx" -c "$WORK/nginx/nginx.conf" -e "$WORK/nginx/error.log"
+NGINX_PID=$LAST_PID
+
+wait_http "backend" 127.0.0.1 "$BACKEND_H1"
+wait_http "strait gateway" 127.0.0.1 "$STRAIT_PORT"
+wait_http "haproxy" 127.0.0.1 "$HAPROXY_H1"
+wait_http "nginx" 127.0.0.1 "$NGINX_H1"
+# A request that must not match (wrong path) proves the route is really applied.
+for port in "$STRAIT_PORT" "$HAPROXY_H1" "$NGINX_H1"; do
+    if (PATH_URL=/other; http_ok 127.0.0.1 "$port"); then
+        note "port $port answered 200 for /other: the route match is not applied"
+    fi
+done
+
+proxy_pid() { case "$1" in strait) echo "$STRAIT_PID" ;; haproxy) echo "$HAPROXY_PID" ;; nginx) echo "$NGINX_PID" ;; *) echo "" ;; esac; }
+h1_port() { case "$1" in direct) echo "$BACKEND_H1" ;; strait) echo "$STRAIT_PORT" ;; haproxy) echo "$HAPROXY_H1" ;; nginx) echo "$NGINX_H1" ;; esac; }
+h2c_port() { case "$1" in direct) echo "$BACKEND_H2C" ;; strait) echo "$STRAIT_PORT" ;; haproxy) echo "$HAPROXY_H2C" ;; nginx) echo "$NGINX_H2C" ;; esac; }
+
+for target in strait haproxy nginx; do
+    printf '0\trss\t%s\tidle_mb\t%s\n' "$target" "$(kib_to_mb "$(rss_kib "$(proxy_pid "$target")")")" >>"$WORK/results.tsv"
+done
+
+# watch_rss OUTFILE PID WATCHED...: highest RSS (KiB) of WATCHED while PID runs.
+watch_rss() {
+    local out="$1" pid="$2"; shift 2
+    local max=0 r
+    while kill -0 "$pid" 2>/dev/null; do
+        r="$(rss_kib "$@")"
+        [ "$r" -gt "$max" ] && max="$r"
+        sleep 0.5
+    done
+    echo "$max" >"$out"
+}
+
+# load_h1 ROUND SECTION TARGET URL NETNS PROXY_PIDS...: one wrk run, recorded (CPU of
+# PROXY_PIDS; with RSS_TARGET and RSS_PIDS set, the highest RSS of RSS_PIDS as RSS_TARGET).
+load_h1() {
+    local round="$1" section="$2" target="$3" url="$4" netns="$5"; shift 5
+    local out="$WORK/wrk-$section-$target-$round.txt" exec_in=() before after
+    [ -n "$netns" ] && exec_in=(ip netns exec "$netns")
+    before="$(cpu_ticks "$@")"
+    "${exec_in[@]}" "${PIN_LOAD[@]}" wrk -t"$WRK_THREADS" -c"$WRK_CONNS" -d"${DURATION}s" --latency \
+        -H "Host: $HOST_HEADER" "$url" >"$out" 2>&1 &
+    local wrk_pid=$!
+    local watch_pid=""
+    if [ -n "${RSS_PIDS:-}" ]; then
+        # shellcheck disable=SC2086
+        watch_rss "$out.rss" "$wrk_pid" $RSS_PIDS &
+        watch_pid=$!
+    fi
+    if ! wait "$wrk_pid"; then
+        note "round $round $section/$target: wrk failed: $(tail -1 "$out")"
+        [ -n "$watch_pid" ] && wait "$watch_pid" 2>/dev/null
+        return 0
+    fi
+    after="$(cpu_ticks "$@")"
+    [ -n "$watch_pid" ] && { wait "$watch_pid" 2>/dev/null || true; }
+    local cpu=()
+    [ $# -gt 0 ] && cpu=(--cpu-ticks "$((after - before))" --clk-tck "$CLK_TCK")
+    if ! "$PERF" parse wrk "$out" "${cpu[@]}" >"$out.parsed" 2>"$out.err"; then
+        note "round $round $section/$target: $(cat "$out.err")"
+        return 0
+    fi
+    record "$round" "$section" "$target" <"$out.parsed"
+    if [ -n "$watch_pid" ] && [ -s "$out.rss" ]; then
+        printf 'load_mb\t%s\n' "$(kib_to_mb "$(cat "$out.rss")")" | record "$round" rss "$RSS_TARGET"
+    fi
+    log "round $round $section/$target: $(awk -F'\t' '{printf "%s=%s ", $1, $2}' "$out.parsed")"
+}
+
+# load_h2c ROUND TARGET PORT PROXY_PIDS...: one h2load run, recorded.
+load_h2c() {
+    local round="$1" target="$2" port="$3"; shift 3
+    local out="$WORK/h2load-$target-$round.txt" log_file="$WORK/h2load-$target-$round.log" before after
+    before="$(cpu_ticks "$@")"
+    if ! "${PIN_LOAD[@]}" h2load -t1 -c"$H2_CLIENTS" -m"$H2_STREAMS" -D "$DURATION" \
+        --log-file="$log_file" -H ":authority: $HOST_HEADER" \
+        "http://127.0.0.1:$port$PATH_URL" >"$out" 2>&1; then
+        note "round $round h2c/$target: h2load failed: $(tail -1 "$out")"
+        return 0
+    fi
+    after="$(cpu_ticks "$@")"
+    local cpu=()
+    [ $# -gt 0 ] && cpu=(--cpu-ticks "$((after - before))" --clk-tck "$CLK_TCK")
+    if ! "$PERF" parse h2load "$out" "$log_file" "${cpu[@]}" >"$out.parsed" 2>"$out.err"; then
+        note "round $round h2c/$target: $(cat "$out.err")"
+        return 0
+    fi
+    rm -f "$log_file"
+    record "$round" h2c "$target" <"$out.parsed"
+    log "round $round h2c/$target: $(awk -F'\t' '{printf "%s=%s ", $1, $2}' "$out.parsed")"
+}
+
+# ---------------------------------------------------------------------------------------------
+# Mesh topology: namespaces by the helper, nginx + iperf3 in the server pods, the CA, the node
+# proxy and the waypoint as separate strait processes.
+MESH_OK=0
+start_mesh() {
+    log "building the mesh topology"
+    mkdir -p "$WORK/mesh" "$WORK/ca-empty"
+    "$PERF" mesh --dir "$WORK/mesh" >"$WORK/mesh-helper.out" 2>"$WORK/mesh-helper.log" &
+    MESH_PID=$!
+    for _ in $(seq 300); do
+        grep -q '^READY=1' "$WORK/mesh-helper.out" 2>/dev/null && break
+        kill -0 "$MESH_PID" 2>/dev/null || { note "mesh helper failed: $(tail -3 "$WORK/mesh-helper.log")"; return 1; }
+        sleep 0.2
+    done
+    grep -q '^READY=1' "$WORK/mesh-helper.out" || { note "mesh helper not ready after 60 s"; return 1; }
+    # shellcheck disable=SC1091
+    . "$WORK/mesh/env"
+    local ns
+    for ns in MESH_SERVER_NETNS PLAIN_SERVER_NETNS; do
+        local dir="$WORK/pod-$ns"
+        mkdir -p "$dir"
+        backend_conf "$dir" "0.0.0.0:$MESH_HTTP_PORT" "" >"$dir/nginx.conf"
+        start "pod-nginx-$ns" ip netns exec "${!ns}" "${PIN_LOAD[@]}" nginx -p "$dir" -c "$dir/nginx.conf" -e "$dir/error.log"
+        start "pod-iperf3-$ns" ip netns exec "${!ns}" "${PIN_LOAD[@]}" iperf3 -s -p "$IPERF_PORT"
+    done
+    # HAProxy TCP mode inside the plain client pod: client -> 127.0.0.1 -> HAProxy -> veth ->
+    # server pod, the same wires as the node proxy's in-pod listener.
+    cat >"$WORK/haproxy-tcp.cfg" <<EOF
+global
+    nbthread 1
+defaults
+    mode tcp
+    timeout connect 5s
+    timeout client 600s
+    timeout server 600s
+listen plain
+    bind 127.0.0.1:$HAPROXY_TCP
+    server s $PLAIN_SERVER_IP:$IPERF_PORT
+listen spliced
+    bind 127.0.0.1:$HAPROXY_TCP_SPLICE
+    option splice-request
+    option splice-response
+    server s $PLAIN_SERVER_IP:$IPERF_PORT
+EOF
+    start haproxy-tcp ip netns exec "$PLAIN_CLIENT_NETNS" "${PIN_PROXY[@]}" haproxy -db -f "$WORK/haproxy-tcp.cfg"
+    HAPROXY_TCP_PID=$LAST_PID
+    start mesh-ca env RUST_LOG=warn "$STRAIT" standalone "$WORK/ca-empty" --no-watch \
+        --ca-listen "127.0.0.1:$CA_PORT" --node-name perf-no-such-node
+    CA_PID=$LAST_PID
+    start mesh-node env RUST_LOG=warn "${PIN_PROXY[@]}" "$STRAIT" node "$MESH_DIR" --no-watch \
+        --ca "http://127.0.0.1:$CA_PORT" --node-name strait-node --health-listen 127.0.0.1:18521
+    NODE_PID=$LAST_PID
+    start mesh-waypoint env RUST_LOG=warn "${PIN_PROXY[@]}" "$STRAIT" waypoint "$MESH_DIR" --no-watch \
+        --namespace bench --name waypoint --ca "http://127.0.0.1:$CA_PORT" \
+        --netns "$WAYPOINT_NETNS" --health-listen 127.0.0.1:18522
+    WAYPOINT_PID=$LAST_PID
+    wait_http "plain server pod" "$PLAIN_CLIENT_NETNS" "$PLAIN_SERVER_IP" "$MESH_HTTP_PORT" || return 1
+    # Idle RSS before the first mesh request (certificates are fetched lazily).
+    sleep 1
+    printf '0\trss\tnode\tidle_mb\t%s\n' "$(kib_to_mb "$(rss_kib "$NODE_PID")")" >>"$WORK/results.tsv"
+    printf '0\trss\twaypoint\tidle_mb\t%s\n' "$(kib_to_mb "$(rss_kib "$WAYPOINT_PID")")" >>"$WORK/results.tsv"
+    wait_http "mesh (node, HBONE)" "$MESH_CLIENT_NETNS" "$MESH_SERVER_IP" "$MESH_HTTP_PORT" || return 1
+    wait_http "mesh (waypoint)" "$MESH_CLIENT_NETNS" "$ROUTED_VIP" 80 || return 1
+    # The pod-to-pod bulk baseline and the passthrough path must reach the server.
+    for check in "$PLAIN_CLIENT_NETNS" "$MESH_CLIENT_NETNS"; do
+        timeout 10 ip netns exec "$check" iperf3 -c "$PLAIN_SERVER_IP" -p "$IPERF_PORT" -t 1 -J >/dev/null 2>&1 ||
+            note "iperf3 from $check to the plain server pod failed"
+    done
+    MESH_OK=1
+}
+if ! start_mesh; then
+    note "mesh part skipped (logs: $WORK/mesh-*.log)"
+fi
+
+# load_bulk ROUND TARGET NETNS HOST PORT PROXY_PIDS...: one iperf3 run, recorded.
+load_bulk() {
+    local round="$1" target="$2" netns="$3" host="$4" port="$5"; shift 5
+    local out="$WORK/iperf3-$target-$round.json" before after
+    before="$(cpu_ticks "$@")"
+    if ! ip netns exec "$netns" "${PIN_LOAD[@]}" iperf3 -c "$host" -p "$port" -t "$DURATION" -J >"$out" 2>&1; then
+        note "round $round bulk/$target: iperf3 failed: $(grep -o '"error":.*' "$out" | head -1)"
+        return 0
+    fi
+    after="$(cpu_ticks "$@")"
+    if ! "$PERF" parse iperf3 "$out" >"$out.parsed" 2>"$out.err"; then
+        note "round $round bulk/$target: $(cat "$out.err")"
+        return 0
+    fi
+    if [ $# -gt 0 ]; then
+        # Proxy CPU seconds per GB moved.
+        awk -F'\t' -v t="$((after - before))" -v hz="$CLK_TCK" -v d="$DURATION" \
+            '$1=="gbps" && $2 > 0 {printf "cpu_s_per_gb\t%.3f\n", (t/hz) / ($2*d/8)}' "$out.parsed" >>"$out.parsed"
+    fi
+    record "$round" bulk "$target" <"$out.parsed"
+    log "round $round bulk/$target: $(awk -F'\t' '{printf "%s=%s ", $1, $2}' "$out.parsed")"
+}
+
+# ---------------------------------------------------------------------------------------------
+# Warm-up (not recorded): connection pools, certificates, page cache.
+log "warming up"
+SAVED_DURATION=$DURATION
+DURATION=1
+for target in direct strait haproxy nginx; do
+    RSS_PIDS="" load_h1 0 warmup "$target" "http://127.0.0.1:$(h1_port "$target")$PATH_URL" "" >/dev/null 2>&1 || true
+done
+if [ "$MESH_OK" -eq 1 ]; then
+    RSS_PIDS="" load_h1 0 warmup mesh-waypoint "http://$ROUTED_VIP:80$PATH_URL" "$MESH_CLIENT_NETNS" >/dev/null 2>&1 || true
+    RSS_PIDS="" load_h1 0 warmup mesh-hbone "http://$MESH_SERVER_IP:$MESH_HTTP_PORT$PATH_URL" "$MESH_CLIENT_NETNS" >/dev/null 2>&1 || true
+fi
+DURATION=$SAVED_DURATION
+sed -i '/\twarmup\t/d' "$WORK/results.tsv"
+
+# ---------------------------------------------------------------------------------------------
+# Interleaved rounds.
+for round in $(seq "$ROUNDS"); do
+    log "round $round of $ROUNDS"
+    for target in direct strait haproxy nginx; do
+        pid="$(proxy_pid "$target")"
+        RSS_TARGET="$target" RSS_PIDS="$pid" load_h1 "$round" h1 "$target" "http://127.0.0.1:$(h1_port "$target")$PATH_URL" "" $pid
+    done
+    for target in direct strait haproxy nginx; do
+        pid="$(proxy_pid "$target")"
+        load_h2c "$round" "$target" "$(h2c_port "$target")" $pid
+    done
+    if [ "$MESH_OK" -eq 1 ]; then
+        RSS_PIDS="" load_h1 "$round" mesh pod "http://$PLAIN_SERVER_IP:$MESH_HTTP_PORT$PATH_URL" "$PLAIN_CLIENT_NETNS"
+        RSS_TARGET=node RSS_PIDS="$NODE_PID" load_h1 "$round" mesh hbone "http://$MESH_SERVER_IP:$MESH_HTTP_PORT$PATH_URL" "$MESH_CLIENT_NETNS" "$NODE_PID"
+        RSS_TARGET=waypoint RSS_PIDS="$WAYPOINT_PID" load_h1 "$round" mesh waypoint "http://$ROUTED_VIP:80$PATH_URL" "$MESH_CLIENT_NETNS" "$NODE_PID" "$WAYPOINT_PID"
+        load_bulk "$round" pod "$PLAIN_CLIENT_NETNS" "$PLAIN_SERVER_IP" "$IPERF_PORT"
+        load_bulk "$round" hbone "$MESH_CLIENT_NETNS" "$MESH_SERVER_IP" "$IPERF_PORT" "$NODE_PID"
+        load_bulk "$round" passthrough "$MESH_CLIENT_NETNS" "$PLAIN_SERVER_IP" "$IPERF_PORT" "$NODE_PID"
+        load_bulk "$round" haproxy "$PLAIN_CLIENT_NETNS" 127.0.0.1 "$HAPROXY_TCP" "$HAPROXY_TCP_PID"
+        load_bulk "$round" haproxy-splice "$PLAIN_CLIENT_NETNS" 127.0.0.1 "$HAPROXY_TCP_SPLICE" "$HAPROXY_TCP_PID"
+    fi
+done
+# ---------------------------------------------------------------------------------------------
+# 10,000 idle keep-alive connections per proxy.
+for target in strait haproxy nginx; do
+    port="$(h1_port "$target")"
+    pid="$(proxy_pid "$target")"
+    log "holding $IDLE_CONNS idle connections to $target"
+    "${PIN_LOAD[@]}" "$PERF" hold "127.0.0.1:$port" --count "$IDLE_CONNS" --host "$HOST_HEADER" --path "$PATH_URL" \
+        >"$WORK/hold-$target.out" 2>"$WORK/hold-$target.log" &
+    hold_pid=$!
+    for _ in $(seq 600); do
+        grep -q '^held=' "$WORK/hold-$target.out" 2>/dev/null && break
+        kill -0 "$hold_pid" 2>/dev/null || break
+        sleep 0.1
+    done
+    sleep 2
+    held="$(ss -Htn state established "( sport = :$port )" | wc -l)"
+    rss="$(kib_to_mb "$(rss_kib "$pid")")"
+    kill -TERM "$hold_pid" 2>/dev/null || true
+    wait "$hold_pid" 2>/dev/null || true
+    printf '0\trss\t%s\tconns_mb\t%s\n0\trss\t%s\tconns_held\t%s\n' "$target" "$rss" "$target" "$held" >>"$WORK/results.tsv"
+    opened="$(cat "$WORK/hold-$target.out" 2>/dev/null || true)"
+    [ "$held" -ge "$IDLE_CONNS" ] || note "$target: only $held of $IDLE_CONNS idle connections established ($opened; $(head -1 "$WORK/hold-$target.log" 2>/dev/null))"
+    sleep 1
+done
+
+# Errors logged by the proxies during the run.
+for name in strait mesh-node mesh-waypoint mesh-ca; do
+    f="$WORK/$name.log"
+    [ -s "$f" ] || continue
+    n="$(grep -c -iE 'error|warn' "$f" || true)"
+    [ "$n" -gt 0 ] && note "$name logged $n warning/error lines, e.g. \`$(grep -m1 -iE 'error|warn' "$f" | cut -c1-200)\`"
+done
+
+# ---------------------------------------------------------------------------------------------
+mode="full"; [ "$QUICK" -eq 1 ] && mode="quick (smoke run: figures are not meaningful)"
+RUN_LINE="Run: $mode, $ROUNDS interleaved round(s) of ${DURATION} s tests; medians of the rounds (errors: sums)."
+mkdir -p "$(dirname "$OUT")"
+"$PERF" report "$WORK/results.tsv" --machine "$WORK/machine.txt" --notes "$WORK/notes.md" \
+    --run "$RUN_LINE" --out "$OUT"
+cp "$WORK/results.tsv" "$WORK/results.kept.tsv"
+log "written $OUT"
+FINISHED=1

@@ -64,13 +64,29 @@ async fn serve_connection(
     _tracker: mpsc::Sender<()>,
 ) {
     let state = shared.state.load_full();
-    let Some(tls) = &state.tls else {
+    if state.tls.is_none() {
+        drop(state);
         let conn = ConnInfo {
             peer,
             https: false,
             sni: None,
         };
         serve_http(shared, TokioIo::new(stream), conn, stop).await;
+        return;
+    }
+    // The TLS path's state (handshake, rustls connection) is several kilobytes: boxed, so the
+    // task of every plaintext connection (most idle keep-alive connections) does not carry it.
+    Box::pin(serve_tls(shared, state, stream, peer, stop)).await;
+}
+
+async fn serve_tls(
+    shared: Arc<ListenerShared>,
+    state: Arc<PortState>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    stop: watch::Receiver<bool>,
+) {
+    let Some(tls) = &state.tls else {
         return;
     };
     let acceptor =

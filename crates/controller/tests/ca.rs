@@ -815,6 +815,27 @@ async fn a_token_file_is_read_anew_for_every_request() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+/// Runs `subscription` until it applied a version or failed (at most 5 s): the payloads it
+/// received and its last error.
+async fn first_payloads(subscription: strait_xds::Subscription) -> (Vec<Vec<u8>>, Option<String>) {
+    let received = Arc::new(Mutex::new(Vec::<Vec<u8>>::new()));
+    let sink = received.clone();
+    let handle = subscription.start(move |_, bytes| {
+        sink.lock().unwrap().push(bytes.to_vec());
+        Ok(())
+    });
+    let mut status = handle.watch_status();
+    let _ = tokio::time::timeout(
+        Duration::from_secs(5),
+        status.wait_for(|s| s.last_version.is_some() || s.last_error.is_some()),
+    )
+    .await;
+    let error = handle.status().last_error;
+    handle.stop().await;
+    let received = received.lock().unwrap().clone();
+    (received, error)
+}
+
 /// The config stream admits each proxy to its own scope only: configs carry Gateway private
 /// keys, so a workload's token must not read a gateway's config, nor a node proxy another
 /// node's.
@@ -868,24 +889,7 @@ async fn the_config_stream_admits_each_proxy_to_its_own_scope_only() {
             std::fs::write(&file, token).unwrap();
             subscription = subscription.bearer_token_file(file);
         }
-        async move {
-            let received = Arc::new(Mutex::new(Vec::<Vec<u8>>::new()));
-            let sink = received.clone();
-            let handle = subscription.start(move |_, bytes| {
-                sink.lock().unwrap().push(bytes.to_vec());
-                Ok(())
-            });
-            let mut status = handle.watch_status();
-            let _ = tokio::time::timeout(
-                Duration::from_secs(5),
-                status.wait_for(|s| s.last_version.is_some() || s.last_error.is_some()),
-            )
-            .await;
-            let error = handle.status().last_error;
-            handle.stop().await;
-            let received = received.lock().unwrap().clone();
-            (received, error)
-        }
+        first_payloads(subscription)
     };
 
     let (got, error) = subscribe(Scope::gateway("shop", "web"), Some("tok-gateway")).await;
@@ -952,22 +956,8 @@ async fn the_control_plane_serves_tls_under_the_mesh_root() {
         )
         .tls_root(root);
         async move {
-            let got = Arc::new(Mutex::new(None));
-            let sink = got.clone();
-            let handle = subscription.start(move |_, bytes| {
-                *sink.lock().unwrap() = Some(bytes.to_vec());
-                Ok(())
-            });
-            let mut status = handle.watch_status();
-            let _ = tokio::time::timeout(
-                Duration::from_secs(5),
-                status.wait_for(|s| s.last_version.is_some() || s.last_error.is_some()),
-            )
-            .await;
-            let error = handle.status().last_error;
-            handle.stop().await;
-            let got = got.lock().unwrap().clone();
-            (got, error)
+            let (payloads, error) = first_payloads(subscription).await;
+            (payloads.into_iter().next(), error)
         }
     };
     let (got, error) = first_version(ca.root_pem().to_string()).await;

@@ -50,18 +50,16 @@ pub struct ProvisionReport {
 /// ConfigMap before the Deployment that uses them).
 const KINDS: [&str; 4] = ["ServiceAccount", "ConfigMap", "Deployment", "Service"];
 
-fn api_resource(kind: &str) -> Option<ApiResource> {
+/// The API resource of a managed kind, and the kind's `'static` name; `None` for any other
+/// kind, so an unmanaged kind can never reach an API call.
+fn managed_kind(kind: &str) -> Option<(&'static str, ApiResource)> {
     Some(match kind {
-        "ServiceAccount" => ApiResource::erase::<ServiceAccount>(&()),
-        "Deployment" => ApiResource::erase::<Deployment>(&()),
-        "Service" => ApiResource::erase::<Service>(&()),
-        "ConfigMap" => ApiResource::erase::<ConfigMap>(&()),
+        "ServiceAccount" => ("ServiceAccount", ApiResource::erase::<ServiceAccount>(&())),
+        "ConfigMap" => ("ConfigMap", ApiResource::erase::<ConfigMap>(&())),
+        "Deployment" => ("Deployment", ApiResource::erase::<Deployment>(&())),
+        "Service" => ("Service", ApiResource::erase::<Service>(&())),
         _ => return None,
     })
-}
-
-fn static_kind(kind: &str) -> Option<&'static str> {
-    KINDS.into_iter().find(|k| *k == kind)
 }
 
 /// Applies desired objects and collects garbage; keeps what it applied between calls.
@@ -150,7 +148,7 @@ impl Provisioner {
     }
 
     async fn apply(&self, key: &ManagedKey, object: &Value) -> Result<(), String> {
-        let api = self.api(key);
+        let api = self.api(key)?;
         let params = PatchParams::apply(FIELD_MANAGER).force();
         api.patch(&key.name, &params, &Patch::Apply(object))
             .await
@@ -160,7 +158,7 @@ impl Provisioner {
 
     async fn delete(&self, key: &ManagedKey) -> Result<(), String> {
         match self
-            .api(key)
+            .api(key)?
             .delete(&key.name, &DeleteParams::background())
             .await
         {
@@ -170,9 +168,14 @@ impl Provisioner {
         }
     }
 
-    fn api(&self, key: &ManagedKey) -> Api<DynamicObject> {
-        let resource = api_resource(key.kind).expect("managed kinds have API resources");
-        Api::namespaced_with(self.client.clone(), &key.namespace, &resource)
+    fn api(&self, key: &ManagedKey) -> Result<Api<DynamicObject>, String> {
+        let (_, resource) = managed_kind(key.kind)
+            .ok_or_else(|| format!("provisioner: {key}: not a kind the provisioner manages"))?;
+        Ok(Api::namespaced_with(
+            self.client.clone(),
+            &key.namespace,
+            &resource,
+        ))
     }
 
     /// Every object in the cluster carrying our managed-by label, with a hash no body has, so
@@ -180,8 +183,7 @@ impl Provisioner {
     async fn list_managed(&self) -> Result<BTreeMap<ManagedKey, u64>, String> {
         let selector = format!("{}={}", MANAGED_BY.0, MANAGED_BY.1);
         let mut existing = BTreeMap::new();
-        for kind in KINDS {
-            let resource = api_resource(kind).expect("managed kinds have API resources");
+        for (kind, resource) in KINDS.into_iter().filter_map(managed_kind) {
             let api: Api<DynamicObject> = Api::all_with(self.client.clone(), &resource);
             let list = api
                 .list(&ListParams::default().labels(&selector))
@@ -209,8 +211,9 @@ impl Provisioner {
 const UNAPPLIED: u64 = 0;
 
 fn key_of(object: &Value) -> Option<ManagedKey> {
+    let (kind, _) = managed_kind(object["kind"].as_str()?)?;
     Some(ManagedKey {
-        kind: static_kind(object["kind"].as_str()?)?,
+        kind,
         namespace: object["metadata"]["namespace"].as_str()?.to_string(),
         name: object["metadata"]["name"].as_str()?.to_string(),
     })

@@ -124,10 +124,8 @@ pub async fn run_with_sources(
                 }
             }
             let report = writer.write(&sources, &output.statuses).await;
+            // Each failure was logged by the writer, with the object it concerns.
             failed |= !report.failed.is_empty();
-            for failure in &report.failed {
-                tracing::warn!("{failure}");
-            }
             if report.written > 0 || !report.failed.is_empty() {
                 tracing::info!(
                     written = report.written,

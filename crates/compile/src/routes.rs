@@ -10,7 +10,7 @@ use std::cell::OnceCell;
 use std::collections::{BTreeMap, BTreeSet};
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use serde_json::{Value, json};
+use serde_json::{Map, Value, json};
 use strait_config::{
     AppProtocol, Cluster, ClusterKey, HttpRoute as RouteConfig, HttpRule, RouteRef,
 };
@@ -240,11 +240,19 @@ impl RouteParents {
         parent_ref: Value,
         conditions: &[Condition],
     ) {
-        let entry = json!({
-            "parentRef": parent_ref,
-            "controllerName": ctx.input.controller_name,
-            "conditions": render(conditions, route.1.meta().generation, ctx.now()),
-        });
+        // Built by hand: `json!` would deep-copy `parent_ref` and the rendered conditions
+        // through serde, the costliest part of compiling thousands of routes.
+        let mut entry = Map::new();
+        entry.insert("parentRef".into(), parent_ref);
+        entry.insert(
+            "controllerName".into(),
+            Value::from(ctx.input.controller_name),
+        );
+        entry.insert(
+            "conditions".into(),
+            render(conditions, route.1.meta().generation, ctx.now()),
+        );
+        let entry = Value::Object(entry);
         self.0
             .entry(route.0)
             .or_default()
@@ -263,7 +271,11 @@ impl RouteParents {
                 kind: route.kind().into(),
                 namespace: ns(route.meta()).into(),
                 name: name(route.meta()).into(),
-                status: json!({ "parents": parents }),
+                // Not `json!`, which would deep-copy every entry through serde.
+                status: Value::Object(Map::from_iter([(
+                    "parents".to_string(),
+                    Value::Array(parents),
+                )])),
             });
         }
     }

@@ -16,11 +16,12 @@ pub mod status;
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use k8s_openapi::jiff::Timestamp;
 use kube::Client;
-use strait_compile::{CompileInput, CompileOutput, compile};
+use strait_compile::{CompileInput, CompileOutput, ObjectStatus, compile};
 use strait_config::ObjectRef;
 use strait_config::mesh::GATEWAY_NAME_LABEL;
 use strait_model::Snapshot;
@@ -62,7 +63,7 @@ impl Default for ControllerOptions {
 }
 
 /// Runs forever: compile on every (debounced) change, `publish` each output, write status
-/// while leading.
+/// while leading (in the background, never delaying the next compile).
 pub async fn run(
     client: Client,
     options: ControllerOptions,
@@ -74,6 +75,9 @@ pub async fn run(
 
 /// Like [`run`], with sources the caller started, to share their caches (the CA reads the
 /// pod cache to decide which identities a node proxy may hold).
+///
+/// Status writes run in a task of their own ([`write_statuses`]): a change that arrives while
+/// they are under way is compiled and published without waiting for them.
 pub async fn run_with_sources(
     client: Client,
     sources: Sources,
@@ -82,6 +86,7 @@ pub async fn run_with_sources(
 ) {
     sources.wait_ready().await;
     tracing::info!("controller caches ready");
+    let sources = Arc::new(sources);
     let (leader_tx, mut leader) = watch::channel(options.lease.is_none());
     // The election lives exactly as long as this controller: dropping it stops renewing.
     let _election = options.lease.clone().map(|lease| {
@@ -91,42 +96,96 @@ pub async fn run_with_sources(
             leader_tx.clone(),
         )))
     });
+    let (statuses_tx, statuses_rx) = watch::channel(None);
+    let _status_writer = AbortOnDrop(tokio::spawn(write_statuses(
+        StatusWriter::new(client.clone(), &options.controller_name),
+        sources.clone(),
+        statuses_rx,
+        leader_tx.subscribe(),
+    )));
     // Held so `leader.changed()` waits (instead of failing at once) when there is no election.
     let _leader_tx = leader_tx;
-    let writer = StatusWriter::new(client.clone(), &options.controller_name);
     let mut provisioner = Provisioner::new(client);
     let changed = sources.changed();
     let mut resync = tokio::time::interval(options.resync);
     resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     resync.reset();
+    let mut snapshot = Snapshot::default();
     loop {
-        let mut snapshot = sources.snapshot();
+        let started = Instant::now();
+        snapshot = sources.refresh(std::mem::take(&mut snapshot));
         if sources.sync_secrets(&snapshot).await {
-            snapshot = sources.snapshot();
+            snapshot = sources.refresh(std::mem::take(&mut snapshot));
         }
-        let output = compile_snapshot(&snapshot, &options.controller_name);
+        let mut output = compile_snapshot(&snapshot, &options.controller_name);
+        let compiled = started.elapsed();
         publish(&output);
+        tracing::debug!(
+            compile = ?compiled,
+            publish = ?started.elapsed().saturating_sub(compiled),
+            "config published"
+        );
         let mut failed = false;
-        if *leader.borrow() {
-            if let Some(provision) = &options.provision {
-                let desired = provision::desired(&snapshot, &output, provision);
-                let report = provisioner.reconcile(&desired).await;
-                failed |= !report.failed.is_empty();
-                for failure in &report.failed {
-                    tracing::warn!("{failure}");
-                }
-                if report.applied > 0 || report.deleted > 0 {
-                    tracing::info!(
-                        applied = report.applied,
-                        deleted = report.deleted,
-                        "provisioner pass"
-                    );
-                }
-            }
-            let report = writer.write(&sources, &output.statuses).await;
-            // Each failure was logged by the writer, with the object it concerns.
+        if *leader.borrow()
+            && let Some(provision) = &options.provision
+        {
+            let desired = provision::desired(&snapshot, &output, provision);
+            let report = provisioner.reconcile(&desired).await;
             failed |= !report.failed.is_empty();
-            if report.written > 0 || !report.failed.is_empty() {
+            for failure in &report.failed {
+                tracing::warn!("{failure}");
+            }
+            if report.applied > 0 || report.deleted > 0 {
+                tracing::info!(
+                    applied = report.applied,
+                    deleted = report.deleted,
+                    "provisioner pass"
+                );
+            }
+        }
+        let statuses = Arc::new(std::mem::take(&mut output.statuses));
+        let superseded = statuses_tx.send_replace(Some(statuses));
+        tokio::select! {
+            () = changed.notified() => {}
+            _ = leader.changed() => {
+                // Whoever led meanwhile may have changed the managed objects.
+                provisioner.reset();
+            }
+            _ = resync.tick() => provisioner.reset(),
+            // A failed provisioner pass (API server away) is retried without waiting for the
+            // next change.
+            () = tokio::time::sleep(RETRY_AFTER_FAILURE), if failed => {}
+        }
+        // Freeing the output of thousands of routes takes milliseconds: do it on another thread
+        // while the debounce waits, rather than when the next compile is due.
+        drop(tokio::task::spawn_blocking(move || {
+            drop((output, superseded))
+        }));
+        settle(&changed, options.debounce, options.debounce * 10).await;
+    }
+}
+
+/// The status writer's loop: brings stored statuses to the latest compiled ones while leading,
+/// again whenever a new compile, a status-only change (another writer, or our own echo: cheap,
+/// see [`StatusWriter`]) or leadership arrives, and after a pause when writes failed.
+async fn write_statuses(
+    mut writer: StatusWriter,
+    sources: Arc<Sources>,
+    mut statuses: watch::Receiver<Option<Arc<Vec<ObjectStatus>>>>,
+    mut leader: watch::Receiver<bool>,
+) {
+    let status_changed = sources.status_changed();
+    loop {
+        let current = statuses.borrow_and_update().clone();
+        let leading = *leader.borrow_and_update();
+        let mut failed = false;
+        if let (Some(current), true) = (current, leading) {
+            let started = Instant::now();
+            let report = writer.write(&sources, &current).await;
+            tracing::debug!(took = ?started.elapsed(), "status pass done");
+            // Each failure was logged by the writer, with the object it concerns.
+            failed = !report.failed.is_empty();
+            if report.written > 0 || failed {
                 tracing::info!(
                     written = report.written,
                     unchanged = report.unchanged,
@@ -136,17 +195,11 @@ pub async fn run_with_sources(
             }
         }
         tokio::select! {
-            () = changed.notified() => {}
-            _ = leader.changed() => {
-                // Whoever led meanwhile may have changed the managed objects.
-                provisioner.reset();
-            }
-            _ = resync.tick() => provisioner.reset(),
-            // Failed writes (API server away, a conflict that outlived its retries) are
-            // retried without waiting for the next change.
+            changed = statuses.changed() => if changed.is_err() { return },
+            changed = leader.changed() => if changed.is_err() { return },
+            () = status_changed.notified() => {}
             () = tokio::time::sleep(RETRY_AFTER_FAILURE), if failed => {}
         }
-        settle(&changed, options.debounce, options.debounce * 10).await;
     }
 }
 

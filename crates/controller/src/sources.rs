@@ -5,7 +5,9 @@
 //! references are watched, one by name ([`crate::secrets`]); the cluster's other Secrets never
 //! enter this process.
 
+use std::collections::HashMap;
 use std::fmt::Debug;
+use std::hash::{Hash as _, Hasher as _};
 use std::sync::Arc;
 
 use futures_util::StreamExt as _;
@@ -39,33 +41,161 @@ pub struct Sources {
     config_maps: Store<ConfigMap>,
     pods: Store<Pod>,
     changed: Arc<Notify>,
+    status_changed: Arc<Notify>,
     tasks: Vec<JoinHandle<()>>,
 }
 
-/// Starts a reflector for `K` across all namespaces; every event raises `changed`.
+/// What a reflector signals on an event.
+#[derive(Clone)]
+struct Signals {
+    /// Raised by every change compile may read.
+    changed: Arc<Notify>,
+    /// Raised by a change of nothing but `.status` on a kind whose status we write.
+    status_changed: Arc<Notify>,
+}
+
+/// Starts a reflector for `K` across all namespaces. Every event raises `changed`, except an
+/// update of nothing but the status of a kind listed in [`STATUS_ONLY_QUIET`] (compile never
+/// reads those statuses; the status writer does, so it raises `status_changed` instead): our
+/// own status writes would otherwise each cost a full recompile that a real change then waits
+/// behind.
 fn reflect<K>(
     client: &Client,
     config: watcher::Config,
-    changed: &Arc<Notify>,
+    signals: &Signals,
     tasks: &mut Vec<JoinHandle<()>>,
 ) -> Store<K>
 where
-    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+    K: Resource<DynamicType = ()>
+        + Clone
+        + DeserializeOwned
+        + serde::Serialize
+        + Debug
+        + Send
+        + Sync
+        + 'static,
 {
     let api: Api<K> = Api::all(client.clone());
     let (reader, writer) = reflector::store();
     let stream = reflector::reflector(writer, watcher(api, config)).default_backoff();
-    let changed = changed.clone();
+    let signals = signals.clone();
+    let kind = K::kind(&());
+    let status_quiet = STATUS_ONLY_QUIET.contains(&kind.as_ref());
     tasks.push(tokio::spawn(async move {
         let mut stream = std::pin::pin!(stream);
+        // Fingerprints of what compile reads of each object (everything but status), to tell
+        // a status-only update from a real one; only kept for `status_quiet` kinds.
+        let mut prints: HashMap<reflector::ObjectRef<K>, u64> = HashMap::new();
+        let mut relisted: HashMap<reflector::ObjectRef<K>, u64> = HashMap::new();
         while let Some(event) = stream.next().await {
-            match event {
-                Ok(_) => changed.notify_one(),
-                Err(e) => tracing::warn!(kind = K::kind(&()).as_ref(), error = %e, "watch failed; retrying"),
+            let event = match event {
+                Ok(event) => event,
+                Err(e) => {
+                    tracing::warn!(kind = kind.as_ref(), error = %e, "watch failed; retrying");
+                    continue;
+                }
+            };
+            if !status_quiet {
+                signals.changed.notify_one();
+                continue;
             }
+            match event {
+                watcher::Event::Apply(object) => {
+                    let key = reflector::ObjectRef::from_obj(&object);
+                    let before = match fingerprint(&object) {
+                        Some(print) => prints.insert(key, print).filter(|old| *old == print),
+                        None => {
+                            prints.remove(&key);
+                            None
+                        }
+                    };
+                    if before.is_some() {
+                        tracing::trace!(kind = kind.as_ref(), "status-only update");
+                        signals.status_changed.notify_one();
+                        continue;
+                    }
+                }
+                watcher::Event::Delete(object) => {
+                    prints.remove(&reflector::ObjectRef::from_obj(&object));
+                }
+                watcher::Event::Init => relisted.clear(),
+                watcher::Event::InitApply(object) => {
+                    if let Some(print) = fingerprint(&object) {
+                        relisted.insert(reflector::ObjectRef::from_obj(&object), print);
+                    }
+                }
+                watcher::Event::InitDone => prints = std::mem::take(&mut relisted),
+            }
+            signals.changed.notify_one();
         }
     }));
     reader
+}
+
+/// Kinds whose status only the status writer reads (never compile), so a status-only update
+/// of one needs no recompile.
+const STATUS_ONLY_QUIET: [&str; 8] = [
+    "GatewayClass",
+    "Gateway",
+    "HTTPRoute",
+    "GRPCRoute",
+    "TCPRoute",
+    "TLSRoute",
+    "ListenerSet",
+    "BackendTLSPolicy",
+];
+
+/// A hash of everything in `object` but its status and the metadata every write changes
+/// (`resourceVersion`, `managedFields`); `None` if it does not serialize as an object.
+fn fingerprint<K: serde::Serialize>(object: &K) -> Option<u64> {
+    let mut value = serde_json::to_value(object).ok()?;
+    let map = value.as_object_mut()?;
+    map.remove("status");
+    if let Some(meta) = map
+        .get_mut("metadata")
+        .and_then(serde_json::Value::as_object_mut)
+    {
+        meta.remove("resourceVersion");
+        meta.remove("managedFields");
+    }
+    let bytes = serde_json::to_vec(&value).ok()?;
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    bytes.hash(&mut hasher);
+    Some(hasher.finish())
+}
+
+/// `store`'s objects sorted by namespace and name, reusing the objects of `previous` (sorted
+/// the same way) whose resourceVersion did not change: a change of one object among thousands
+/// clones one object, not thousands.
+fn refresh<K: Resource<DynamicType = ()> + Clone>(store: &Store<K>, previous: Vec<K>) -> Vec<K> {
+    fn key<K: Resource>(object: &K) -> (Option<&str>, Option<&str>) {
+        (
+            object.meta().namespace.as_deref(),
+            object.meta().name.as_deref(),
+        )
+    }
+    let mut current = store.state();
+    current.sort_by(|a, b| key(a.as_ref()).cmp(&key(b.as_ref())));
+    let mut previous = previous.into_iter().peekable();
+    let mut objects = Vec::with_capacity(current.len());
+    for object in current {
+        while previous
+            .peek()
+            .is_some_and(|old| key(old) < key(object.as_ref()))
+        {
+            previous.next();
+        }
+        let reusable = previous.peek().is_some_and(|old| {
+            key(old) == key(object.as_ref())
+                && old.meta().resource_version.is_some()
+                && old.meta().resource_version == object.meta().resource_version
+        });
+        match previous.next_if(|_| reusable) {
+            Some(old) => objects.push(old),
+            None => objects.push((*object).clone()),
+        }
+    }
+    objects
 }
 
 impl Sources {
@@ -73,25 +203,32 @@ impl Sources {
     /// [`Sources::wait_ready`].
     pub fn start(client: &Client) -> Sources {
         let changed = Arc::new(Notify::new());
+        let status_changed = Arc::new(Notify::new());
+        let signals = Signals {
+            changed: changed.clone(),
+            status_changed: status_changed.clone(),
+        };
+        let changed = &signals.changed;
         let mut tasks = Vec::new();
         let all = watcher::Config::default;
         Sources {
-            gateway_classes: reflect(client, all(), &changed, &mut tasks),
-            gateways: reflect(client, all(), &changed, &mut tasks),
-            http_routes: reflect(client, all(), &changed, &mut tasks),
-            grpc_routes: reflect(client, all(), &changed, &mut tasks),
-            tcp_routes: reflect(client, all(), &changed, &mut tasks),
-            tls_routes: reflect(client, all(), &changed, &mut tasks),
-            reference_grants: reflect(client, all(), &changed, &mut tasks),
-            listener_sets: reflect(client, all(), &changed, &mut tasks),
-            backend_tls_policies: reflect(client, all(), &changed, &mut tasks),
-            services: reflect(client, all(), &changed, &mut tasks),
-            endpoint_slices: reflect(client, all(), &changed, &mut tasks),
-            namespaces: reflect(client, all(), &changed, &mut tasks),
+            gateway_classes: reflect(client, all(), &signals, &mut tasks),
+            gateways: reflect(client, all(), &signals, &mut tasks),
+            http_routes: reflect(client, all(), &signals, &mut tasks),
+            grpc_routes: reflect(client, all(), &signals, &mut tasks),
+            tcp_routes: reflect(client, all(), &signals, &mut tasks),
+            tls_routes: reflect(client, all(), &signals, &mut tasks),
+            reference_grants: reflect(client, all(), &signals, &mut tasks),
+            listener_sets: reflect(client, all(), &signals, &mut tasks),
+            backend_tls_policies: reflect(client, all(), &signals, &mut tasks),
+            services: reflect(client, all(), &signals, &mut tasks),
+            endpoint_slices: reflect(client, all(), &signals, &mut tasks),
+            namespaces: reflect(client, all(), &signals, &mut tasks),
             secrets: ReferencedSecrets::new(client.clone(), changed.clone()),
-            config_maps: reflect(client, all(), &changed, &mut tasks),
-            pods: reflect(client, all(), &changed, &mut tasks),
-            changed,
+            config_maps: reflect(client, all(), &signals, &mut tasks),
+            pods: reflect(client, all(), &signals, &mut tasks),
+            changed: changed.clone(),
+            status_changed,
             tasks,
         }
     }
@@ -133,6 +270,12 @@ impl Sources {
         self.changed.clone()
     }
 
+    /// Raised when only the status of an object whose status we write changed (not raising
+    /// `changed`): the status writer's cue to check it again.
+    pub fn status_changed(&self) -> Arc<Notify> {
+        self.status_changed.clone()
+    }
+
     /// The pod cache, shared with the CA's authorizer (node proxies are checked against it
     /// without a request to the API server per certificate).
     pub fn pods(&self) -> Store<Pod> {
@@ -142,38 +285,71 @@ impl Sources {
     /// Everything currently cached, as compile wants it (sorted by namespace and name so equal
     /// clusters compile to equal configs).
     pub fn snapshot(&self) -> Snapshot {
-        fn all<K: Resource<DynamicType = ()> + Clone>(store: &Store<K>) -> Vec<K> {
-            let mut objects: Vec<K> = store.state().iter().map(|o| (**o).clone()).collect();
-            objects.sort_by(|a, b| {
-                (a.meta().namespace.as_deref(), a.meta().name.as_deref())
-                    .cmp(&(b.meta().namespace.as_deref(), b.meta().name.as_deref()))
-            });
-            objects
-        }
+        self.refresh(Snapshot::default())
+    }
+
+    /// Like [`Sources::snapshot`], taking over the objects of `previous` (an earlier snapshot
+    /// of these sources) that did not change instead of cloning them again.
+    pub fn refresh(&self, previous: Snapshot) -> Snapshot {
+        let mut secrets = self.secrets.secrets();
+        secrets.sort_by(|a, b| {
+            (a.meta().namespace.as_deref(), a.meta().name.as_deref())
+                .cmp(&(b.meta().namespace.as_deref(), b.meta().name.as_deref()))
+        });
         Snapshot {
-            gateway_classes: all(&self.gateway_classes),
-            gateways: all(&self.gateways),
-            http_routes: all(&self.http_routes),
-            grpc_routes: all(&self.grpc_routes),
-            tcp_routes: all(&self.tcp_routes),
-            tls_routes: all(&self.tls_routes),
-            reference_grants: all(&self.reference_grants),
-            listener_sets: all(&self.listener_sets),
-            backend_tls_policies: all(&self.backend_tls_policies),
-            services: all(&self.services),
-            endpoint_slices: all(&self.endpoint_slices),
-            namespaces: all(&self.namespaces),
-            secrets: {
-                let mut secrets = self.secrets.secrets();
-                secrets.sort_by(|a, b| {
-                    (a.meta().namespace.as_deref(), a.meta().name.as_deref())
-                        .cmp(&(b.meta().namespace.as_deref(), b.meta().name.as_deref()))
-                });
-                secrets
-            },
-            config_maps: all(&self.config_maps),
-            pods: all(&self.pods),
+            gateway_classes: refresh(&self.gateway_classes, previous.gateway_classes),
+            gateways: refresh(&self.gateways, previous.gateways),
+            http_routes: refresh(&self.http_routes, previous.http_routes),
+            grpc_routes: refresh(&self.grpc_routes, previous.grpc_routes),
+            tcp_routes: refresh(&self.tcp_routes, previous.tcp_routes),
+            tls_routes: refresh(&self.tls_routes, previous.tls_routes),
+            reference_grants: refresh(&self.reference_grants, previous.reference_grants),
+            listener_sets: refresh(&self.listener_sets, previous.listener_sets),
+            backend_tls_policies: refresh(
+                &self.backend_tls_policies,
+                previous.backend_tls_policies,
+            ),
+            services: refresh(&self.services, previous.services),
+            endpoint_slices: refresh(&self.endpoint_slices, previous.endpoint_slices),
+            namespaces: refresh(&self.namespaces, previous.namespaces),
+            secrets,
+            config_maps: refresh(&self.config_maps, previous.config_maps),
+            pods: refresh(&self.pods, previous.pods),
             sources: Default::default(),
+        }
+    }
+
+    /// The resourceVersion of a cached object whose status we write: `None` if not cached,
+    /// `Some(None)` if it has none. Cheap (no serialization), so the status writer can skip
+    /// objects it already brought to the desired status at that version.
+    pub fn stored_version(
+        &self,
+        kind: &str,
+        namespace: &str,
+        name: &str,
+    ) -> Option<Option<String>> {
+        fn find<K: Resource<DynamicType = ()> + Clone>(
+            store: &Store<K>,
+            namespace: &str,
+            name: &str,
+        ) -> Option<Option<String>> {
+            let key = if namespace.is_empty() {
+                reflector::ObjectRef::new(name)
+            } else {
+                reflector::ObjectRef::new(name).within(namespace)
+            };
+            Some(store.get(&key)?.meta().resource_version.clone())
+        }
+        match kind {
+            "GatewayClass" => find(&self.gateway_classes, namespace, name),
+            "Gateway" => find(&self.gateways, namespace, name),
+            "HTTPRoute" => find(&self.http_routes, namespace, name),
+            "GRPCRoute" => find(&self.grpc_routes, namespace, name),
+            "TCPRoute" => find(&self.tcp_routes, namespace, name),
+            "TLSRoute" => find(&self.tls_routes, namespace, name),
+            "ListenerSet" => find(&self.listener_sets, namespace, name),
+            "BackendTLSPolicy" => find(&self.backend_tls_policies, namespace, name),
+            _ => None,
         }
     }
 

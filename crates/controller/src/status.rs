@@ -4,6 +4,9 @@
 //! `lastTransitionTime`, and nothing is written when nothing changed — so a restart, which
 //! recompiles the same cluster, writes nothing.
 
+use std::collections::HashMap;
+use std::sync::Arc;
+
 use kube::api::{Api, ApiResource, DynamicObject, Patch, PatchParams};
 use kube::{Client, Resource};
 use serde_json::{Value, json};
@@ -15,6 +18,9 @@ use crate::sources::Sources;
 
 /// Attempts per object when the stored object moved under us (409).
 const CONFLICT_RETRIES: usize = 3;
+
+/// Objects a pass checks between two yields to the runtime.
+const YIELD_EVERY: usize = 128;
 
 /// What one pass did.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -28,6 +34,23 @@ pub struct WriteReport {
 pub struct StatusWriter {
     client: Client,
     controller_name: String,
+    /// Objects known to hold the status we want, by kind, namespace and name: the
+    /// resourceVersion at which they did and the computed status it was merged from. A pass
+    /// skips such an object while both are unchanged, without reading its stored status (which
+    /// means serializing the cached object: thousands of them per pass otherwise).
+    in_sync: HashMap<(String, String, String), InSync>,
+    /// The statuses of the last pass, held so a pass over the same ones (a status-only change
+    /// woke the writer, not a compile) can tell by identity.
+    last: Option<Arc<Vec<ObjectStatus>>>,
+    /// Counts passes over different statuses.
+    generation: u64,
+}
+
+struct InSync {
+    resource_version: String,
+    desired: Value,
+    /// The [`StatusWriter::generation`] whose desired status was last found equal to `desired`.
+    checked: u64,
 }
 
 impl StatusWriter {
@@ -35,31 +58,87 @@ impl StatusWriter {
         StatusWriter {
             client,
             controller_name: controller_name.to_string(),
+            in_sync: HashMap::new(),
+            last: None,
+            generation: 0,
         }
     }
 
     /// Brings every object's stored status to `statuses`, skipping the ones already there.
-    pub async fn write(&self, sources: &Sources, statuses: &[ObjectStatus]) -> WriteReport {
+    pub async fn write(
+        &mut self,
+        sources: &Sources,
+        statuses: &Arc<Vec<ObjectStatus>>,
+    ) -> WriteReport {
+        if !self
+            .last
+            .as_ref()
+            .is_some_and(|last| Arc::ptr_eq(last, statuses))
+        {
+            self.generation += 1;
+            if let Some(previous) = self.last.replace(statuses.clone()) {
+                // Possibly the last holder of thousands of statuses: free them elsewhere.
+                drop(tokio::task::spawn_blocking(move || drop(previous)));
+            }
+        }
         let mut report = WriteReport::default();
-        for desired in statuses {
+        let mut known =
+            std::mem::replace(&mut self.in_sync, HashMap::with_capacity(statuses.len()));
+        for (index, desired) in statuses.iter().enumerate() {
+            if index % YIELD_EVERY == YIELD_EVERY - 1 {
+                // A pass over thousands of objects must not hold a runtime thread that the
+                // config pushes and the watches need.
+                tokio::task::yield_now().await;
+            }
             let Some(resource) = api_resource(&desired.kind) else {
                 continue;
             };
+            let key = (
+                desired.kind.clone(),
+                desired.namespace.clone(),
+                desired.name.clone(),
+            );
+            let Some(version) =
+                sources.stored_version(&desired.kind, &desired.namespace, &desired.name)
+            else {
+                // Not cached (yet): the next change event brings it, and another pass.
+                continue;
+            };
+            if let (Some(version), Some(mut entry)) = (&version, known.remove(&key))
+                && entry.resource_version == *version
+                && (entry.checked == self.generation
+                    || same_but_transition_times(&entry.desired, &desired.status))
+            {
+                // Merging `desired` into what is stored gave what is stored, at this very
+                // version; it still does (only `lastTransitionTime`s differ, and those of
+                // unchanged conditions are taken from the stored status).
+                report.unchanged += 1;
+                entry.checked = self.generation;
+                self.in_sync.insert(key, entry);
+                continue;
+            }
             let stored = sources.stored_status(&desired.kind, &desired.namespace, &desired.name);
             let Some(stored) = stored else {
-                // Not cached (yet): the next change event brings it, and another pass.
                 continue;
             };
             let status = self.merged(&stored.status, &desired.status);
             if status == stored.status {
                 report.unchanged += 1;
+                if let Some(version) = stored.resource_version {
+                    self.remember(key, version, desired);
+                }
                 continue;
             }
             match self
                 .patch(&resource, desired, status, stored.resource_version)
                 .await
             {
-                Ok(()) => report.written += 1,
+                Ok(version) => {
+                    report.written += 1;
+                    if let Some(version) = version {
+                        self.remember(key, version, desired);
+                    }
+                }
                 Err(e) => {
                     tracing::warn!(kind = %desired.kind, namespace = %desired.namespace, name = %desired.name, error = %e, "status not written");
                     report.failed.push(format!(
@@ -72,6 +151,17 @@ impl StatusWriter {
         report
     }
 
+    fn remember(&mut self, key: (String, String, String), version: String, desired: &ObjectStatus) {
+        self.in_sync.insert(
+            key,
+            InSync {
+                resource_version: version,
+                desired: desired.status.clone(),
+                checked: self.generation,
+            },
+        );
+    }
+
     fn merged(&self, stored: &Value, desired: &Value) -> Value {
         let mut status = desired.clone();
         keep_foreign_entries(stored, &mut status, &self.controller_name);
@@ -80,14 +170,16 @@ impl StatusWriter {
     }
 
     /// Merge-patches `status` with the resourceVersion it was computed against; on a conflict
-    /// re-reads the object, re-merges other controllers' entries and tries again.
+    /// re-reads the object, re-merges other controllers' entries and tries again. Returns the
+    /// resourceVersion at which the object is known to hold exactly `status` (`None` when the
+    /// patch left it different, or nothing had to be written after all).
     async fn patch(
         &self,
         resource: &ApiResource,
         desired: &ObjectStatus,
         mut status: Value,
         mut resource_version: Option<String>,
-    ) -> Result<(), kube::Error> {
+    ) -> Result<Option<String>, kube::Error> {
         let api: Api<DynamicObject> = if desired.namespace.is_empty() {
             Api::all_with(self.client.clone(), resource)
         } else {
@@ -104,19 +196,51 @@ impl StatusWriter {
                 .patch_status(&desired.name, &PatchParams::default(), &Patch::Merge(&body))
                 .await
             {
-                Ok(_) => return Ok(()),
+                Ok(written) => {
+                    let exact = written.data.get("status") == Some(&status);
+                    return Ok(written.metadata.resource_version.filter(|_| exact));
+                }
                 Err(kube::Error::Api(e)) if e.code == 409 && attempt < CONFLICT_RETRIES => {
                     let current = api.get_status(&desired.name).await?;
                     let stored = current.data.get("status").cloned().unwrap_or(Value::Null);
                     status = self.merged(&stored, &desired.status);
                     resource_version = current.metadata.resource_version.clone();
                     if status == stored {
-                        return Ok(());
+                        return Ok(None);
                     }
                 }
                 Err(e) => return Err(e),
             }
         }
+    }
+}
+
+/// Whether two computed statuses are equal but for the `lastTransitionTime` of their
+/// conditions (each compile stamps new conditions with its own time).
+fn same_but_transition_times(a: &Value, b: &Value) -> bool {
+    match (a, b) {
+        (Value::Object(a), Value::Object(b)) => {
+            let significant = |(key, _): &(&String, &Value)| key.as_str() != "lastTransitionTime";
+            // Maps iterate in key order, so walking both side by side compares them (were the
+            // order ever different, a false "changed" only costs the full comparison).
+            let mut a = a.iter().filter(significant);
+            let mut b = b.iter().filter(significant);
+            loop {
+                match (a.next(), b.next()) {
+                    (None, None) => return true,
+                    (Some((ka, va)), Some((kb, vb)))
+                        if ka == kb && same_but_transition_times(va, vb) => {}
+                    _ => return false,
+                }
+            }
+        }
+        (Value::Array(a), Value::Array(b)) => {
+            a.len() == b.len()
+                && a.iter()
+                    .zip(b)
+                    .all(|(a, b)| same_but_transition_times(a, b))
+        }
+        _ => a == b,
     }
 }
 

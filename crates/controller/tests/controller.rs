@@ -257,6 +257,68 @@ async fn a_restart_writes_nothing_and_other_controllers_entries_survive() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_writes_cost_no_recompile_and_a_wiped_status_is_restored() {
+    let server = cluster().await;
+    let compiles = Arc::new(AtomicUsize::new(0));
+    let counter = compiles.clone();
+    let mut publisher = Publisher::new(ConfigHub::new());
+    let client = server.kube_client().expect("client");
+    let controller = tokio::spawn(run(client, ControllerOptions::default(), move |output| {
+        counter.fetch_add(1, Ordering::SeqCst);
+        publisher.publish(output)
+    }));
+    eventually("route Accepted", || {
+        our_parent_accepted(&route_status(&server)).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let settled = compiles.load(Ordering::SeqCst);
+
+    // Someone wipes the route's status: only the status writer reacts, and restores it.
+    let mut route = server.get(GW, "HTTPRoute", Some("shop"), "cart").unwrap();
+    route["status"] = json!({"parents": []});
+    server.update_status(route).expect("wipe status");
+    eventually("route status restored", || {
+        our_parent_accepted(&route_status(&server)).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        compiles.load(Ordering::SeqCst),
+        settled,
+        "a status change was compiled"
+    );
+
+    // A spec change still compiles, once: the status written for its new generation (the
+    // route's observedGeneration) is not compiled again.
+    let mut route = server.get(GW, "HTTPRoute", Some("shop"), "cart").unwrap();
+    route["spec"]["hostnames"] = json!(["cart.example.com"]);
+    server.update(route).expect("spec change");
+    eventually("the spec change compiled", || {
+        (compiles.load(Ordering::SeqCst) > settled).then_some(())
+    })
+    .await;
+    eventually("status of the new generation", || {
+        let route = server.get(GW, "HTTPRoute", Some("shop"), "cart").ok()?;
+        let generation = route["metadata"]["generation"].clone();
+        let parents = route["status"]["parents"].as_array()?.clone();
+        parents
+            .iter()
+            .flat_map(|p| p["conditions"].as_array().cloned().unwrap_or_default())
+            .all(|c| c["observedGeneration"] == generation)
+            .then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        compiles.load(Ordering::SeqCst),
+        settled + 1,
+        "our own status write was compiled"
+    );
+    controller.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_status_conflict_is_retried_and_keeps_the_concurrent_writers_entry() {
     let server = cluster().await;
     let attempts = Arc::new(AtomicUsize::new(0));

@@ -561,7 +561,7 @@ mod tests {
             headers: HeaderMap::new(),
             host: Some("abc.example.com".parse().unwrap()),
         };
-        let response = send(&rt, protocol, &endpoint, outgoing, Body::empty())
+        let response = send(protocol, &endpoint, outgoing, Body::empty())
             .await
             .map_err(|e| e.to_string())?;
         let body = response.into_body().collect().await.unwrap().to_bytes();
@@ -682,7 +682,7 @@ mod tests {
                 headers: HeaderMap::new(),
                 host: None,
             };
-            let response = send(&rt, AppProtocol::Http1, &endpoint, outgoing, Body::empty())
+            let response = send(AppProtocol::Http1, &endpoint, outgoing, Body::empty())
                 .await
                 .unwrap();
             response.into_body().collect().await.unwrap();

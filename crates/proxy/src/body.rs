@@ -2,13 +2,16 @@
 //!
 //! A request body is either buffered (small: replayable for retries and mirrors), streamed from
 //! the client, or — when buffering gave up at the size limit — the buffered prefix followed by
-//! the rest of the stream.
+//! the rest of the stream. A response body from a pooled HTTP/1.1 connection hands that
+//! connection back to its pool when it ends.
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use hyper::body::{Body as HttpBody, Frame, Incoming, SizeHint};
+
+use crate::pool::Checkin;
 
 /// See the module documentation.
 #[derive(Debug)]
@@ -19,11 +22,24 @@ pub(crate) enum Body {
     Stream(Incoming),
     /// Already-read chunks, then the rest of the stream.
     Prefixed(std::collections::VecDeque<Bytes>, Incoming),
+    /// A response from a pooled upstream connection; the connection goes back to its pool
+    /// when the body ends (`None` afterwards).
+    Pooled(Incoming, Option<Checkin>),
 }
 
 impl Body {
     pub(crate) fn empty() -> Body {
         Body::Full(None)
+    }
+
+    /// A response body that returns `checkin`'s connection to its pool once read to the end.
+    pub(crate) fn pooled(body: Incoming, checkin: Checkin) -> Body {
+        if body.is_end_stream() {
+            checkin.finish();
+            Body::Stream(body)
+        } else {
+            Body::Pooled(body, Some(checkin))
+        }
     }
 
     pub(crate) fn full(bytes: Bytes) -> Body {
@@ -51,13 +67,34 @@ impl HttpBody for Body {
                 Some(chunk) => Poll::Ready(Some(Ok(Frame::data(chunk)))),
                 None => Pin::new(incoming).poll_frame(cx),
             },
+            Body::Pooled(incoming, checkin) => {
+                let frame = Pin::new(&mut *incoming).poll_frame(cx);
+                match &frame {
+                    // Senders stop polling once `is_end_stream` holds, so the end is noticed
+                    // right after the last frame rather than on a final `None`.
+                    Poll::Ready(Some(Ok(_))) if incoming.is_end_stream() => {
+                        if let Some(checkin) = checkin.take() {
+                            checkin.finish();
+                        }
+                    }
+                    Poll::Ready(None) => {
+                        if let Some(checkin) = checkin.take() {
+                            checkin.finish();
+                        }
+                    }
+                    // An error leaves the connection unusable: dropping the checkin closes it.
+                    Poll::Ready(Some(Err(_))) => drop(checkin.take()),
+                    _ => {}
+                }
+                frame
+            }
         }
     }
 
     fn is_end_stream(&self) -> bool {
         match self {
             Body::Full(bytes) => bytes.is_none(),
-            Body::Stream(incoming) => incoming.is_end_stream(),
+            Body::Stream(incoming) | Body::Pooled(incoming, _) => incoming.is_end_stream(),
             Body::Prefixed(prefix, incoming) => prefix.is_empty() && incoming.is_end_stream(),
         }
     }
@@ -65,7 +102,7 @@ impl HttpBody for Body {
     fn size_hint(&self) -> SizeHint {
         match self {
             Body::Full(bytes) => SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64)),
-            Body::Stream(incoming) => incoming.size_hint(),
+            Body::Stream(incoming) | Body::Pooled(incoming, _) => incoming.size_hint(),
             Body::Prefixed(prefix, incoming) => {
                 let buffered: u64 = prefix.iter().map(|b| b.len() as u64).sum();
                 let rest = incoming.size_hint();

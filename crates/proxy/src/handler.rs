@@ -18,7 +18,7 @@ use strait_route::{Decision, RequestInfo, RouteMatch, RouteTable};
 
 use crate::headers;
 use crate::tls::PortTls;
-use crate::upstream::{self, Body, ClusterState, Clusters, InFlight, Outgoing, Runtime, SendError};
+use crate::upstream::{self, Body, ClusterState, Clusters, InFlight, Outgoing, SendError};
 
 /// Bodies up to this size are buffered so retries and mirrors can replay them.
 const REPLAY_LIMIT: u64 = 64 * 1024;
@@ -42,8 +42,21 @@ pub(crate) struct PortState {
 #[derive(Debug)]
 pub(crate) struct ConnInfo {
     pub(crate) peer: SocketAddr,
+    /// `peer`'s address for `x-forwarded-for`.
+    peer_header: HeaderValue,
     pub(crate) https: bool,
     pub(crate) sni: Option<String>,
+}
+
+impl ConnInfo {
+    pub(crate) fn new(peer: SocketAddr, https: bool, sni: Option<String>) -> ConnInfo {
+        ConnInfo {
+            peer,
+            peer_header: headers::client_address(peer.ip()),
+            https,
+            sni,
+        }
+    }
 }
 
 /// Filter effects carried from request processing to the upstream call and the response.
@@ -63,7 +76,6 @@ pub(crate) fn status(code: StatusCode) -> Response<Body> {
 /// Handles one request; never fails (errors become status codes).
 pub(crate) async fn handle(
     state: Arc<PortState>,
-    rt: &Arc<Runtime>,
     conn: &ConnInfo,
     mut req: Request<Incoming>,
 ) -> Response<Body> {
@@ -182,7 +194,7 @@ pub(crate) async fn handle(
     };
     headers::strip_hop_by_hop(&mut outgoing.headers, upgrade);
     outgoing.headers.remove(header::HOST);
-    headers::add_forwarded(&mut outgoing.headers, conn.peer.ip(), conn.https);
+    headers::add_forwarded(&mut outgoing.headers, &conn.peer_header, conn.https);
 
     let filters = || rule.filters.iter().chain(backend.filters.iter());
     let request_timeout = rule.timeouts.request.filter(|d| !d.is_zero());
@@ -208,11 +220,11 @@ pub(crate) async fn handle(
         if has_mirror {
             for filter in filters() {
                 if let HttpFilter::RequestMirror(mirror) = filter {
-                    spawn_mirror(rt, &state.clusters, mirror, &outgoing, &body);
+                    spawn_mirror(&state.clusters, mirror, &outgoing, &body);
                 }
             }
         }
-        let attempt = forward(rt, cluster, outgoing, body, retries, backend_timeout);
+        let attempt = forward(cluster, outgoing, body, retries, backend_timeout);
         with_timeout(request_timeout, attempt).await
     };
     let response = match result {
@@ -246,12 +258,12 @@ pub(crate) async fn handle(
             filters::modify_headers(modifier, &mut parts.headers);
         }
     }
-    Response::from_parts(parts, Body::Stream(body))
+    Response::from_parts(parts, body)
 }
 
-async fn with_timeout<F>(limit: Option<Duration>, fut: F) -> Result<Response<Incoming>, StatusCode>
+async fn with_timeout<F>(limit: Option<Duration>, fut: F) -> Result<Response<Body>, StatusCode>
 where
-    F: Future<Output = Result<Response<Incoming>, StatusCode>>,
+    F: Future<Output = Result<Response<Body>, StatusCode>>,
 {
     match limit {
         Some(limit) => match tokio::time::timeout(limit, fut).await {
@@ -388,13 +400,12 @@ async fn buffer_small(mut body: Incoming) -> Result<ReqBody, Response<Body>> {
 
 /// Sends the request with retries; each attempt may pick another endpoint.
 async fn forward(
-    rt: &Runtime,
     cluster: &ClusterState,
     outgoing: Outgoing,
     mut body: ReqBody,
     retry: Option<&Retry>,
     per_attempt: Option<Duration>,
-) -> Result<Response<Incoming>, StatusCode> {
+) -> Result<Response<Body>, StatusCode> {
     let replayable = body.replayable();
     let mut retries = match retry {
         Some(retry) if replayable => retry.attempts,
@@ -428,7 +439,7 @@ async fn forward(
             return Err(StatusCode::BAD_GATEWAY);
         };
         let guard = InFlight::new(endpoint);
-        let send = upstream::send(rt, cluster.protocol, endpoint, head, body.take());
+        let send = upstream::send(cluster.protocol, endpoint, head, body.take());
         let outcome = match per_attempt {
             Some(limit) => tokio::time::timeout(limit, send).await.ok(),
             None => Some(send.await),
@@ -474,7 +485,7 @@ async fn forward_upgrade(
     cluster: &ClusterState,
     outgoing: Outgoing,
     client: Option<OnUpgrade>,
-) -> Result<Response<Incoming>, StatusCode> {
+) -> Result<Response<Body>, StatusCode> {
     let Some(endpoint) = cluster.pick() else {
         return Err(StatusCode::SERVICE_UNAVAILABLE);
     };
@@ -507,12 +518,11 @@ async fn forward_upgrade(
             }
         });
     }
-    Ok(response)
+    Ok(response.map(Body::Stream))
 }
 
 /// Fire-and-forget copy of the request; never delays or fails the primary.
 fn spawn_mirror(
-    rt: &Arc<Runtime>,
     clusters: &Arc<Clusters>,
     mirror: &strait_config::RequestMirror,
     outgoing: &Outgoing,
@@ -538,10 +548,9 @@ fn spawn_mirror(
             upstream::empty()
         }
     };
-    let rt = rt.clone();
     tokio::spawn(async move {
         let _guard = InFlight::new(&endpoint);
-        let send = upstream::send(&rt, cluster.protocol, &endpoint, copy, body);
+        let send = upstream::send(cluster.protocol, &endpoint, copy, body);
         match tokio::time::timeout(MIRROR_TIMEOUT, send).await {
             Ok(Ok(response)) => {
                 // Drain so the pooled connection can be reused.

@@ -10,10 +10,45 @@ static HTTP2_SETTINGS: HeaderName = HeaderName::from_static("http2-settings");
 pub(crate) static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 pub(crate) static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 
+// Which hop-by-hop headers a message carries, found in one pass over its names: most
+// messages carry none or one, and each `HeaderMap::remove` hashes its name.
+const CONNECTION: u8 = 1;
+const KEEP_ALIVE_BIT: u8 = 1 << 1;
+const PROXY_CONNECTION_BIT: u8 = 1 << 2;
+const TRANSFER_ENCODING: u8 = 1 << 3;
+const HTTP2_SETTINGS_BIT: u8 = 1 << 4;
+const TE: u8 = 1 << 5;
+const UPGRADE: u8 = 1 << 6;
+
+fn hop_by_hop_present(headers: &HeaderMap) -> u8 {
+    let mut found = 0;
+    for name in headers.keys() {
+        found |= if name == header::CONNECTION {
+            CONNECTION
+        } else if name == KEEP_ALIVE {
+            KEEP_ALIVE_BIT
+        } else if name == PROXY_CONNECTION {
+            PROXY_CONNECTION_BIT
+        } else if name == header::TRANSFER_ENCODING {
+            TRANSFER_ENCODING
+        } else if name == HTTP2_SETTINGS {
+            HTTP2_SETTINGS_BIT
+        } else if name == header::TE {
+            TE
+        } else if name == header::UPGRADE {
+            UPGRADE
+        } else {
+            0
+        };
+    }
+    found
+}
+
 /// Removes hop-by-hop headers. When `upgrade` is set, `Upgrade` survives and `Connection`
 /// is reduced to `upgrade`, so the upgrade can be forwarded.
 pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
-    if headers.contains_key(header::CONNECTION) {
+    let found = hop_by_hop_present(headers);
+    if found & CONNECTION != 0 {
         let named: Vec<HeaderName> = headers
             .get_all(header::CONNECTION)
             .iter()
@@ -29,25 +64,33 @@ pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
         }
         headers.remove(header::CONNECTION);
     }
-    headers.remove(&KEEP_ALIVE);
-    headers.remove(&PROXY_CONNECTION);
-    headers.remove(header::TRANSFER_ENCODING);
-    headers.remove(&HTTP2_SETTINGS);
-    // `TE: trailers` is the one TE value HTTP/2 (gRPC) relies on.
-    let te_trailers = headers
-        .get(header::TE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| {
-            v.split(',')
-                .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
-        });
-    headers.remove(header::TE);
-    if te_trailers {
-        headers.insert(header::TE, HeaderValue::from_static("trailers"));
+    for (bit, name) in [
+        (KEEP_ALIVE_BIT, &KEEP_ALIVE),
+        (PROXY_CONNECTION_BIT, &PROXY_CONNECTION),
+        (TRANSFER_ENCODING, &header::TRANSFER_ENCODING),
+        (HTTP2_SETTINGS_BIT, &HTTP2_SETTINGS),
+    ] {
+        if found & bit != 0 {
+            headers.remove(name);
+        }
+    }
+    if found & TE != 0 {
+        // `TE: trailers` is the one TE value HTTP/2 (gRPC) relies on.
+        let te_trailers = headers
+            .get(header::TE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| {
+                v.split(',')
+                    .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
+            });
+        headers.remove(header::TE);
+        if te_trailers {
+            headers.insert(header::TE, HeaderValue::from_static("trailers"));
+        }
     }
     if upgrade {
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-    } else {
+    } else if found & UPGRADE != 0 {
         headers.remove(header::UPGRADE);
     }
 }
@@ -83,14 +126,26 @@ pub(crate) fn normalize_host(raw: &str) -> Cow<'_, str> {
     }
 }
 
-/// Appends the client address to `x-forwarded-for` and sets `x-forwarded-proto`.
-pub(crate) fn add_forwarded(headers: &mut HeaderMap, client: std::net::IpAddr, https: bool) {
-    let ip = client.to_string();
-    let value = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(existing) if !existing.is_empty() => format!("{existing}, {ip}"),
-        _ => ip,
+/// A client address as a header value: made once per connection, since formatting an address
+/// costs more than the rest of the header handling of a request.
+pub(crate) fn client_address(client: std::net::IpAddr) -> HeaderValue {
+    HeaderValue::from_str(&client.to_string()).unwrap_or_else(|_| HeaderValue::from_static(""))
+}
+
+/// Appends the client address ([`client_address`]) to `x-forwarded-for` and sets
+/// `x-forwarded-proto`.
+pub(crate) fn add_forwarded(headers: &mut HeaderMap, client: &HeaderValue, https: bool) {
+    let value = match headers.get(&X_FORWARDED_FOR).map(HeaderValue::as_bytes) {
+        Some(existing) if !existing.is_empty() => {
+            let mut joined = Vec::with_capacity(existing.len() + 2 + client.len());
+            joined.extend_from_slice(existing);
+            joined.extend_from_slice(b", ");
+            joined.extend_from_slice(client.as_bytes());
+            HeaderValue::from_bytes(&joined).ok()
+        }
+        _ => Some(client.clone()),
     };
-    if let Ok(value) = HeaderValue::from_str(&value) {
+    if let Some(value) = value {
         headers.insert(X_FORWARDED_FOR.clone(), value);
     }
     let proto = HeaderValue::from_static(if https { "https" } else { "http" });
@@ -193,14 +248,14 @@ mod tests {
     fn forwarded_headers() {
         let ip: std::net::IpAddr = "127.0.0.9".parse().unwrap();
         let mut h = HeaderMap::new();
-        add_forwarded(&mut h, ip, false);
+        add_forwarded(&mut h, &client_address(ip), false);
         assert_eq!(h[&X_FORWARDED_FOR], "127.0.0.9");
         assert_eq!(h[&X_FORWARDED_PROTO], "http");
         let mut h = map(&[
             ("x-forwarded-for", "10.0.0.1"),
             ("x-forwarded-proto", "ftp"),
         ]);
-        add_forwarded(&mut h, ip, true);
+        add_forwarded(&mut h, &client_address(ip), true);
         assert_eq!(h[&X_FORWARDED_FOR], "10.0.0.1, 127.0.0.9");
         assert_eq!(h[&X_FORWARDED_PROTO], "https");
     }

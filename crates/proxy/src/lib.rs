@@ -14,6 +14,7 @@ mod handler;
 pub mod hbone;
 mod headers;
 pub mod mesh;
+mod pool;
 mod server;
 mod tls;
 mod upstream;
@@ -253,7 +254,6 @@ impl Proxy {
         let port = state.listener_port;
         let shared = Arc::new(ListenerShared {
             state: ArcSwap::new(state),
-            rt: self.rt.clone(),
         });
         let (stop, stop_rx) = watch::channel(false);
         let (tracker, done) = mpsc::channel(1);

@@ -13,14 +13,12 @@ use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::{mpsc, watch};
 
 use crate::handler::{self, ConnInfo, PortState};
-use crate::upstream::Runtime;
 
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// State shared by a listener and its connections; `state` is swapped on every config apply.
 pub(crate) struct ListenerShared {
     pub(crate) state: ArcSwap<PortState>,
-    pub(crate) rt: Arc<Runtime>,
 }
 
 /// Binds with SO_REUSEADDR so a restarted proxy can rebind while old connections linger.
@@ -66,11 +64,7 @@ async fn serve_connection(
     let state = shared.state.load_full();
     if state.tls.is_none() {
         drop(state);
-        let conn = ConnInfo {
-            peer,
-            https: false,
-            sni: None,
-        };
+        let conn = ConnInfo::new(peer, false, None);
         serve_http(shared, TokioIo::new(stream), conn, stop).await;
         return;
     }
@@ -117,11 +111,7 @@ async fn serve_tls(
         }
         Err(_) => return,
     };
-    let conn = ConnInfo {
-        peer,
-        https: true,
-        sni,
-    };
+    let conn = ConnInfo::new(peer, true, sni);
     serve_http(shared, TokioIo::new(stream), conn, stop).await;
 }
 
@@ -143,7 +133,7 @@ pub(crate) async fn serve_http<I>(
         let conn = conn.clone();
         async move {
             let state = shared.state.load_full();
-            Ok::<_, Infallible>(handler::handle(state, &shared.rt, &conn, req).await)
+            Ok::<_, Infallible>(handler::handle(state, &conn, req).await)
         }
     });
     let connection = builder.serve_connection_with_upgrades(io, service);

@@ -1487,3 +1487,177 @@ fn proxy_can_be_shared_across_tasks() {
     send(proxy.apply(Arc::new(ProxyConfig::default())));
     send(proxy.shutdown(Duration::ZERO));
 }
+
+// ---------------------------------------------------------------------------------------------
+// Upstream HTTP/1.1 connection pool
+
+/// How [`raw_backend`] treats a connection after its first response.
+#[derive(Clone, Copy, PartialEq)]
+enum AfterResponse {
+    KeepAlive,
+    /// Close without saying so (as a backend's idle timeout does).
+    Close,
+}
+
+/// A hand-written HTTP/1.1 backend that counts the connections it accepts. `/slow` sends half
+/// of its 10-byte body, then the rest once `release` is notified; anything else answers `ok`.
+async fn raw_backend(
+    after: AfterResponse,
+    release: Arc<tokio::sync::Notify>,
+) -> (SocketAddr, Arc<AtomicUsize>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let count = accepted.clone();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            count.fetch_add(1, Ordering::SeqCst);
+            let release = release.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                loop {
+                    let mut chunk = [0u8; 1024];
+                    let Ok(n) = stream.read(&mut chunk).await else {
+                        return;
+                    };
+                    if n == 0 {
+                        return;
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                    let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+                        continue;
+                    };
+                    let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+                    buf.drain(..end + 4);
+                    let slow = head.split(' ').nth(1).is_some_and(|p| p == "/slow");
+                    let sent = if slow {
+                        let first = b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\n01234";
+                        if stream.write_all(first).await.is_err() {
+                            return;
+                        }
+                        release.notified().await;
+                        stream.write_all(b"56789").await
+                    } else {
+                        stream
+                            .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                            .await
+                    };
+                    if sent.is_err() || after == AfterResponse::Close {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (addr, accepted)
+}
+
+async fn proxy_to_raw_backend(
+    after: AfterResponse,
+) -> (Proxy, u16, Arc<AtomicUsize>, Arc<tokio::sync::Notify>) {
+    let release = Arc::new(tokio::sync::Notify::new());
+    let (addr, accepted) = raw_backend(after, release.clone()).await;
+    let port = free_port();
+    let cfg = config(
+        vec![http_port(port, vec![rule("/", vec![to("b")])])],
+        &[("b", AppProtocol::Http1, vec![addr])],
+    );
+    (start(cfg).await, port, accepted, release)
+}
+
+#[tokio::test]
+async fn sequential_requests_share_one_upstream_connection() {
+    let (_proxy, port, accepted, _) = proxy_to_raw_backend(AfterResponse::KeepAlive).await;
+    for _ in 0..5 {
+        let reply = get(port, "h", "/").await;
+        assert_eq!(
+            (reply.status, &reply.body[..]),
+            (StatusCode::OK, &b"ok"[..])
+        );
+    }
+    assert_eq!(
+        accepted.load(Ordering::SeqCst),
+        1,
+        "one keep-alive connection"
+    );
+}
+
+#[tokio::test]
+async fn a_connection_still_streaming_a_body_is_not_handed_out() {
+    let (_proxy, port, accepted, release) = proxy_to_raw_backend(AfterResponse::KeepAlive).await;
+    // Warm the pool with one idle connection, then occupy it with a half-sent body.
+    assert_eq!(get(port, "h", "/").await.status, 200);
+    let stream = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let slow = Request::get("/slow")
+        .header("host", "h")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let mut slow = sender.send_request(slow).await.unwrap().into_body();
+    let first = slow.frame().await.unwrap().unwrap().into_data().unwrap();
+    assert_eq!(&first[..], b"01234");
+    // Meanwhile another request needs a connection of its own.
+    let reply = tokio::time::timeout(Duration::from_secs(5), get(port, "h", "/"))
+        .await
+        .expect("not queued behind the streaming connection");
+    assert_eq!(reply.body, "ok");
+    assert_eq!(accepted.load(Ordering::SeqCst), 2);
+    release.notify_one();
+    let rest = slow.collect().await.unwrap().to_bytes();
+    assert_eq!(&rest[..], b"56789");
+    // Both connections are idle again: no third one is needed.
+    for _ in 0..3 {
+        assert_eq!(get(port, "h", "/").await.status, 200);
+    }
+    assert_eq!(accepted.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
+async fn idle_connection_closed_by_the_backend_is_replaced() {
+    let (_proxy, port, accepted, _) = proxy_to_raw_backend(AfterResponse::Close).await;
+    for round in 1..=3 {
+        let reply = get(port, "h", "/").await;
+        assert_eq!(reply.status, 200, "round {round}");
+        // Let the proxy notice the close before the next request.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(accepted.load(Ordering::SeqCst), 3);
+}
+
+#[tokio::test]
+async fn a_client_leaving_mid_body_does_not_poison_the_pool() {
+    let (_proxy, port, accepted, release) = proxy_to_raw_backend(AfterResponse::KeepAlive).await;
+    let stream = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    let driver = tokio::spawn(conn);
+    let slow = Request::get("/slow")
+        .header("host", "h")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let mut body = sender.send_request(slow).await.unwrap().into_body();
+    assert!(body.frame().await.is_some());
+    // The client goes away with half the body unread.
+    drop(body);
+    drop(sender);
+    driver.abort();
+    release.notify_one();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    for _ in 0..3 {
+        let reply = get(port, "h", "/").await;
+        assert_eq!(
+            (reply.status, &reply.body[..]),
+            (StatusCode::OK, &b"ok"[..])
+        );
+    }
+    assert_eq!(
+        accepted.load(Ordering::SeqCst),
+        2,
+        "the half-read connection was closed, one new connection serves the rest"
+    );
+}

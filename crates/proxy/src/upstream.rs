@@ -1,6 +1,6 @@
 //! Upstream side: clusters, endpoint choice and pooled connections.
 //!
-//! HTTP/1.1 goes through hyper-util's pooled client (keep-alive per endpoint). h2c keeps one
+//! HTTP/1.1 keeps idle keep-alive connections per endpoint ([`crate::pool`]). h2c keeps one
 //! multiplexed connection per endpoint. WebSocket upgrades use a dedicated HTTP/1.1 connection,
 //! since an upgraded connection never returns to a pool. Endpoint state (in-flight counters, the
 //! h2 connection) outlives config versions so a config swap does not reset connections.
@@ -12,17 +12,17 @@
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
 use crate::backend_tls::{self, Origination};
-use crate::dial::{BoxIo, DialConnector, Dialer, TcpDialer, dial_within};
+use crate::dial::{BoxIo, Dialer, TcpDialer, dial_within};
+use crate::pool::{Checkin, IDLE_TIMEOUT, IdlePool};
 use arc_swap::ArcSwapOption;
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{HeaderMap, HeaderValue, Method, Request, Response, Uri, Version, header};
 use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
-use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use rand::Rng;
 use strait_config::{AppProtocol, CertificatePem, Cluster, ClusterKey, GatewayConfig, ProxyConfig};
@@ -47,6 +47,8 @@ pub(crate) struct Endpoint {
     in_flight: AtomicUsize,
     h2: ArcSwapOption<http2::SendRequest<Body>>,
     h2_connect: tokio::sync::Mutex<()>,
+    /// Idle plain HTTP/1.1 connections (TLS-originating clusters pool in their origination).
+    pub(crate) h1: IdlePool,
     /// Set for endpoints of a cluster with a BackendTLSPolicy. Such endpoints belong to their
     /// cluster alone (another Service may reach the same address without TLS).
     tls: Option<Arc<Origination>>,
@@ -68,6 +70,7 @@ impl Endpoint {
             in_flight: AtomicUsize::new(0),
             h2: ArcSwapOption::empty(),
             h2_connect: tokio::sync::Mutex::new(()),
+            h1: IdlePool::default(),
             tls: None,
             dialer,
         })
@@ -84,6 +87,11 @@ impl Endpoint {
         {
             return Ok((*sender).clone());
         }
+        // Boxed so the request's future does not carry the size of a handshake.
+        Box::pin(self.h2_connect()).await
+    }
+
+    async fn h2_connect(&self) -> Result<http2::SendRequest<Body>, SendError> {
         // Only one task connects; the others wait and reuse its connection.
         let _connecting = self.h2_connect.lock().await;
         if let Some(sender) = self.h2.load_full()
@@ -115,6 +123,22 @@ impl Endpoint {
             }
         });
         self.h2.store(Some(Arc::new(sender.clone())));
+        Ok(sender)
+    }
+
+    /// A new plain HTTP/1.1 connection; its driver runs as its own task until the connection
+    /// closes (the peer closes it, or the last sender is dropped while it is idle).
+    async fn h1_connect(&self) -> Result<http1::SendRequest<Body>, SendError> {
+        let stream = connect(self.dialer.as_ref(), self.addr).await?;
+        let (sender, conn) = http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| SendError::Connect(e.into()))?;
+        let addr = self.addr;
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(%addr, error = %e, "upstream connection closed");
+            }
+        });
         Ok(sender)
     }
 }
@@ -175,13 +199,55 @@ impl ClusterState {
     }
 }
 
-pub(crate) type Clusters = HashMap<ClusterKey, Arc<ClusterState>>;
+/// Looked up on every request: foldhash rather than SipHash (the keys come from config).
+pub(crate) type Clusters = foldhash::HashMap<ClusterKey, Arc<ClusterState>>;
+
+/// Endpoints by address: one endpoint (and one connection pool) per address however many
+/// clusters and config versions list it.
+type Registry = Mutex<HashMap<SocketAddr, Weak<Endpoint>>>;
+
+fn lock(registry: &Registry) -> MutexGuard<'_, HashMap<SocketAddr, Weak<Endpoint>>> {
+    registry
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
 
 /// Process-wide upstream machinery.
 pub(crate) struct Runtime {
-    client: Client<DialConnector, Body>,
-    endpoints: Mutex<HashMap<SocketAddr, Weak<Endpoint>>>,
+    endpoints: Arc<Registry>,
     dialer: Arc<dyn Dialer>,
+    /// Closes idle connections past their timeout; lives as long as the runtime.
+    _reaper: Option<AbortOnDrop>,
+}
+
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Periodically closes idle connections that outlived [`IDLE_TIMEOUT`], so an endpoint that
+/// no longer gets requests does not hold its backend's connections forever.
+fn spawn_reaper(registry: &Arc<Registry>) -> Option<AbortOnDrop> {
+    let handle = tokio::runtime::Handle::try_current().ok()?;
+    let registry = Arc::downgrade(registry);
+    Some(AbortOnDrop(handle.spawn(async move {
+        let mut tick = tokio::time::interval(IDLE_TIMEOUT / 2);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let Some(registry) = registry.upgrade() else {
+                return;
+            };
+            let live: Vec<Arc<Endpoint>> =
+                lock(&registry).values().filter_map(Weak::upgrade).collect();
+            for endpoint in live {
+                endpoint.h1.prune();
+            }
+        }
+    })))
 }
 
 impl Runtime {
@@ -192,19 +258,10 @@ impl Runtime {
 
     /// Reaches endpoints through `dialer` (a waypoint's HBONE tunnels).
     pub(crate) fn with_dialer(dialer: Arc<dyn Dialer>) -> Runtime {
-        let connector = DialConnector {
-            dialer: dialer.clone(),
-            timeout: CONNECT_TIMEOUT,
-        };
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(60))
-            .pool_timer(TokioTimer::new())
-            .timer(TokioTimer::new())
-            .set_host(false)
-            .build(connector);
+        let endpoints = Arc::new(Registry::default());
         Runtime {
-            client,
-            endpoints: Mutex::new(HashMap::new()),
+            _reaper: spawn_reaper(&endpoints),
+            endpoints,
             dialer,
         }
     }
@@ -236,12 +293,10 @@ impl Runtime {
         clusters_config: &BTreeMap<ClusterKey, Cluster>,
         client_certificate: Option<&CertificatePem>,
     ) -> Clusters {
-        let mut registry = match self.endpoints.lock() {
-            Ok(guard) => guard,
-            Err(poisoned) => poisoned.into_inner(),
-        };
+        let mut registry = lock(&self.endpoints);
         registry.retain(|_, weak| weak.strong_count() > 0);
-        let mut clusters = Clusters::with_capacity(clusters_config.len());
+        let mut clusters =
+            Clusters::with_capacity_and_hasher(clusters_config.len(), Default::default());
         for (key, cluster) in clusters_config {
             let mut endpoints = Vec::with_capacity(cluster.endpoints.len());
             if let Some(tls) = &cluster.tls {
@@ -309,6 +364,22 @@ pub(crate) struct Outgoing {
 }
 
 impl Outgoing {
+    /// An HTTP/1.1 request in origin form for a connection of our own, with its Host.
+    fn into_h1_request(self, endpoint: &Endpoint, body: Body) -> Request<Body> {
+        let mut request = Request::new(body);
+        *request.method_mut() = self.method;
+        *request.uri_mut() = Uri::from(self.path_and_query);
+        *request.version_mut() = Version::HTTP_11;
+        *request.headers_mut() = self.headers;
+        let host = self
+            .host
+            .or_else(|| HeaderValue::from_str(endpoint.authority.as_str()).ok());
+        if let Some(host) = host {
+            request.headers_mut().insert(header::HOST, host);
+        }
+        request
+    }
+
     fn into_request(self, protocol: AppProtocol, endpoint: &Endpoint, body: Body) -> Request<Body> {
         let h2 = protocol == AppProtocol::H2c;
         let authority = match (&self.host, h2) {
@@ -349,17 +420,63 @@ async fn connect(dialer: &dyn Dialer, addr: SocketAddr) -> Result<BoxIo, SendErr
 
 /// Sends one request to one endpoint.
 pub(crate) async fn send(
-    rt: &Runtime,
+    protocol: AppProtocol,
+    endpoint: &Arc<Endpoint>,
+    outgoing: Outgoing,
+    body: Body,
+) -> Result<Response<Body>, SendError> {
+    if endpoint.tls.is_none() && protocol != AppProtocol::H2c {
+        return send_h1(endpoint, outgoing.into_h1_request(endpoint, body)).await;
+    }
+    let response = if let Some(origination) = &endpoint.tls
+        && !multiplexed(protocol, endpoint)
+    {
+        Box::pin(send_tls(origination, endpoint, outgoing, body, false)).await?
+    } else {
+        send_h2(protocol, endpoint, outgoing, body).await?
+    };
+    Ok(response.map(Body::Stream))
+}
+
+/// Sends over a pooled plain HTTP/1.1 connection, or a new one when none is idle. The
+/// connection returns to the pool when the response body ends.
+async fn send_h1(
+    endpoint: &Arc<Endpoint>,
+    mut request: Request<Body>,
+) -> Result<Response<Body>, SendError> {
+    // Each pass takes a pooled connection out for good, so this ends once the pool is empty.
+    loop {
+        let (mut sender, pooled) = match endpoint.h1.checkout() {
+            Some(sender) => (sender, true),
+            // Boxed: the dial and handshake would otherwise make every request's future (which
+            // is moved several times per request) as large as theirs.
+            None => (Box::pin(endpoint.h1_connect()).await?, false),
+        };
+        if pooled && sender.ready().await.is_err() {
+            continue; // closed while idle
+        }
+        match sender.try_send_request(request).await {
+            Ok(response) => {
+                let checkin = Checkin::new(endpoint.clone(), sender);
+                return Ok(response.map(|body| Body::pooled(body, checkin)));
+            }
+            Err(mut e) => match e.take_message() {
+                // The connection went away before taking the request (the backend closed an
+                // idle connection): nothing was sent, so another connection may carry it.
+                Some(unsent) if pooled => request = unsent,
+                _ => return Err(SendError::Other(e.into_error().into())),
+            },
+        }
+    }
+}
+
+/// Sends over h2c, or h2 to a TLS-originating cluster that negotiated it.
+async fn send_h2(
     protocol: AppProtocol,
     endpoint: &Endpoint,
     outgoing: Outgoing,
     body: Body,
 ) -> Result<Response<Incoming>, SendError> {
-    if let Some(origination) = &endpoint.tls
-        && !multiplexed(protocol, endpoint)
-    {
-        return send_tls(origination, endpoint, outgoing, body, false).await;
-    }
     let mut request = outgoing.into_request(protocol, endpoint, body);
     if endpoint.tls.is_some() {
         let mut parts = request.uri().clone().into_parts();
@@ -368,42 +485,29 @@ pub(crate) async fn send(
             *request.uri_mut() = uri;
         }
     }
-    match protocol {
-        AppProtocol::H2c => {
-            let mut sender = endpoint.h2_sender().await?;
-            let request = match sender.ready().await {
-                Ok(()) => match sender.try_send_request(request).await {
-                    Ok(response) => return Ok(response),
-                    Err(mut e) => match e.take_message() {
-                        Some(request) => request,
-                        None => return Err(SendError::Other(e.into_error().into())),
-                    },
-                },
-                Err(_) => request,
-            };
-            // The cached connection went away (GOAWAY, reset) before taking the request: the
-            // request was not sent, so it is safe to send it on a fresh connection.
-            endpoint.h2.store(None);
-            let mut sender = endpoint.h2_sender().await?;
-            sender
-                .ready()
-                .await
-                .map_err(|e| SendError::Other(e.into()))?;
-            sender
-                .send_request(request)
-                .await
-                .map_err(|e| SendError::Other(e.into()))
-        }
-        AppProtocol::Http1 | AppProtocol::WebSocket => {
-            rt.client.request(request).await.map_err(|e| {
-                if e.is_connect() {
-                    SendError::Connect(e.into())
-                } else {
-                    SendError::Other(e.into())
-                }
-            })
-        }
-    }
+    let mut sender = endpoint.h2_sender().await?;
+    let request = match sender.ready().await {
+        Ok(()) => match sender.try_send_request(request).await {
+            Ok(response) => return Ok(response),
+            Err(mut e) => match e.take_message() {
+                Some(request) => request,
+                None => return Err(SendError::Other(e.into_error().into())),
+            },
+        },
+        Err(_) => request,
+    };
+    // The cached connection went away (GOAWAY, reset) before taking the request: the
+    // request was not sent, so it is safe to send it on a fresh connection.
+    endpoint.h2.store(None);
+    let mut sender = endpoint.h2_sender().await?;
+    sender
+        .ready()
+        .await
+        .map_err(|e| SendError::Other(e.into()))?;
+    sender
+        .send_request(request)
+        .await
+        .map_err(|e| SendError::Other(e.into()))
 }
 
 /// Sends an upgrade request (WebSocket) on a fresh HTTP/1.1 connection that supports upgrades.

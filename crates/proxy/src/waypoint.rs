@@ -279,7 +279,6 @@ impl Inner {
                             (Some(existing), None) => existing.clone(),
                             (None, Some(state)) => Arc::new(ListenerShared {
                                 state: ArcSwap::new(state),
-                                rt: self.rt.clone(),
                             }),
                             (None, None) => return None,
                         };
@@ -401,11 +400,7 @@ impl TunnelHandler for Handler {
                     .map(|id| id.namespace().to_string());
                 let shared = entry.shared_for(caller.as_deref());
                 let stop = inner.stop.clone();
-                let conn = ConnInfo {
-                    peer: client,
-                    https: false,
-                    sni: None,
-                };
+                let conn = ConnInfo::new(client, false, None);
                 return Ok(Box::new(move |tunnel: hbone::Tunnel| {
                     Box::pin(async move { serve_http(shared, tunnel, conn, stop).await })
                         as BoxFuture<'static, ()>

@@ -1,7 +1,9 @@
 //! Hostname indexes: exact names, `*.` wildcard suffixes and a catch-all, looked up from the
 //! most to the least specific without allocating.
 
-use std::collections::HashMap;
+// foldhash rather than SipHash: the request's host is hashed once per wildcard level on every
+// request, and the keys come from config, so hash flooding through lookups is not a concern.
+use foldhash::HashMap;
 
 /// Values keyed by hostname pattern. Used both for listener selection (first hit wins) and for
 /// route hostnames (every hit, in precedence order, so less specific hostnames still serve a
@@ -17,8 +19,8 @@ pub(crate) struct HostIndex<T> {
 impl<T> Default for HostIndex<T> {
     fn default() -> Self {
         HostIndex {
-            exact: HashMap::new(),
-            wildcard: HashMap::new(),
+            exact: HashMap::default(),
+            wildcard: HashMap::default(),
             catch_all: None,
         }
     }

@@ -5,7 +5,9 @@
 //! RegularExpression (longer pattern first), then PathPrefix (more characters first). Regexes sit
 //! before prefixes because a regex is written to select specific paths, like an exact match.
 
-use std::collections::HashMap;
+// foldhash rather than SipHash: every request hashes its path once per prefix level, and the
+// keys come from config, so hash flooding through lookups is not a concern.
+use foldhash::HashMap;
 
 use regex::Regex;
 

@@ -34,6 +34,12 @@ pub(crate) async fn serve(listener: TcpListener, shared: Arc<Shared>) {
                 continue;
             }
         };
+        // As the real server (Go sets TCP_NODELAY on every connection): a watch event is
+        // written as several small segments (chunk header, data, trailer), and with Nagle's
+        // algorithm the last one waits for the client's delayed ACK, some 40 ms.
+        if let Err(e) = stream.set_nodelay(true) {
+            tracing::debug!(error = %e, "test apiserver could not set TCP_NODELAY");
+        }
         let shared = shared.clone();
         let mut shutdown = shared.shutdown.clone();
         tokio::spawn(async move {

@@ -132,6 +132,62 @@ where
     reader
 }
 
+/// Dispatches on the kind name to the store of each kind whose status we write (one generic
+/// function per caller, one table here).
+macro_rules! status_kinds {
+    ($sources:expr, $kind:expr, |$store:ident| $body:expr) => {
+        match $kind {
+            "GatewayClass" => {
+                let $store = &$sources.gateway_classes;
+                $body
+            }
+            "Gateway" => {
+                let $store = &$sources.gateways;
+                $body
+            }
+            "HTTPRoute" => {
+                let $store = &$sources.http_routes;
+                $body
+            }
+            "GRPCRoute" => {
+                let $store = &$sources.grpc_routes;
+                $body
+            }
+            "TCPRoute" => {
+                let $store = &$sources.tcp_routes;
+                $body
+            }
+            "TLSRoute" => {
+                let $store = &$sources.tls_routes;
+                $body
+            }
+            "ListenerSet" => {
+                let $store = &$sources.listener_sets;
+                $body
+            }
+            "BackendTLSPolicy" => {
+                let $store = &$sources.backend_tls_policies;
+                $body
+            }
+            _ => None,
+        }
+    };
+}
+
+/// A cached object by namespace (empty for cluster-scoped kinds) and name.
+fn cached<K: Resource<DynamicType = ()> + Clone>(
+    store: &Store<K>,
+    namespace: &str,
+    name: &str,
+) -> Option<Arc<K>> {
+    let key = if namespace.is_empty() {
+        reflector::ObjectRef::new(name)
+    } else {
+        reflector::ObjectRef::new(name).within(namespace)
+    };
+    store.get(&key)
+}
+
 /// Kinds whose status only the status writer reads (never compile), so a status-only update
 /// of one needs no recompile.
 const STATUS_ONLY_QUIET: [&str; 8] = [
@@ -333,24 +389,14 @@ impl Sources {
             namespace: &str,
             name: &str,
         ) -> Option<Option<String>> {
-            let key = if namespace.is_empty() {
-                reflector::ObjectRef::new(name)
-            } else {
-                reflector::ObjectRef::new(name).within(namespace)
-            };
-            Some(store.get(&key)?.meta().resource_version.clone())
+            Some(
+                cached(store, namespace, name)?
+                    .meta()
+                    .resource_version
+                    .clone(),
+            )
         }
-        match kind {
-            "GatewayClass" => find(&self.gateway_classes, namespace, name),
-            "Gateway" => find(&self.gateways, namespace, name),
-            "HTTPRoute" => find(&self.http_routes, namespace, name),
-            "GRPCRoute" => find(&self.grpc_routes, namespace, name),
-            "TCPRoute" => find(&self.tcp_routes, namespace, name),
-            "TLSRoute" => find(&self.tls_routes, namespace, name),
-            "ListenerSet" => find(&self.listener_sets, namespace, name),
-            "BackendTLSPolicy" => find(&self.backend_tls_policies, namespace, name),
-            _ => None,
-        }
+        status_kinds!(self, kind, |store| find(store, namespace, name))
     }
 
     /// The stored status of an object, if cached (what the status writer compares against).
@@ -360,12 +406,7 @@ impl Sources {
             namespace: &str,
             name: &str,
         ) -> Option<StoredStatus> {
-            let key = if namespace.is_empty() {
-                reflector::ObjectRef::new(name)
-            } else {
-                reflector::ObjectRef::new(name).within(namespace)
-            };
-            let object = store.get(&key)?;
+            let object = cached(store, namespace, name)?;
             let value = serde_json::to_value(&*object).ok()?;
             Some(StoredStatus {
                 status: value
@@ -375,17 +416,7 @@ impl Sources {
                 resource_version: object.meta().resource_version.clone(),
             })
         }
-        match kind {
-            "GatewayClass" => find(&self.gateway_classes, namespace, name),
-            "Gateway" => find(&self.gateways, namespace, name),
-            "HTTPRoute" => find(&self.http_routes, namespace, name),
-            "GRPCRoute" => find(&self.grpc_routes, namespace, name),
-            "TCPRoute" => find(&self.tcp_routes, namespace, name),
-            "TLSRoute" => find(&self.tls_routes, namespace, name),
-            "ListenerSet" => find(&self.listener_sets, namespace, name),
-            "BackendTLSPolicy" => find(&self.backend_tls_policies, namespace, name),
-            _ => None,
-        }
+        status_kinds!(self, kind, |store| find(store, namespace, name))
     }
 }
 

@@ -1566,15 +1566,18 @@ async fn proxy_to_raw_backend(
     (start(cfg).await, port, accepted, release)
 }
 
+fn assert_ok(reply: Reply) {
+    assert_eq!(
+        (reply.status, &reply.body[..]),
+        (StatusCode::OK, &b"ok"[..])
+    );
+}
+
 #[tokio::test]
 async fn sequential_requests_share_one_upstream_connection() {
     let (_proxy, port, accepted, _) = proxy_to_raw_backend(AfterResponse::KeepAlive).await;
     for _ in 0..5 {
-        let reply = get(port, "h", "/").await;
-        assert_eq!(
-            (reply.status, &reply.body[..]),
-            (StatusCode::OK, &b"ok"[..])
-        );
+        assert_ok(get(port, "h", "/").await);
     }
     assert_eq!(
         accepted.load(Ordering::SeqCst),
@@ -1649,11 +1652,7 @@ async fn a_client_leaving_mid_body_does_not_poison_the_pool() {
     release.notify_one();
     tokio::time::sleep(Duration::from_millis(50)).await;
     for _ in 0..3 {
-        let reply = get(port, "h", "/").await;
-        assert_eq!(
-            (reply.status, &reply.body[..]),
-            (StatusCode::OK, &b"ok"[..])
-        );
+        assert_ok(get(port, "h", "/").await);
     }
     assert_eq!(
         accepted.load(Ordering::SeqCst),

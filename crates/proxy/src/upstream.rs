@@ -371,12 +371,7 @@ impl Outgoing {
         *request.uri_mut() = Uri::from(self.path_and_query);
         *request.version_mut() = Version::HTTP_11;
         *request.headers_mut() = self.headers;
-        let host = self
-            .host
-            .or_else(|| HeaderValue::from_str(endpoint.authority.as_str()).ok());
-        if let Some(host) = host {
-            request.headers_mut().insert(header::HOST, host);
-        }
+        set_host(&mut request, self.host, endpoint);
         request
     }
 
@@ -401,14 +396,17 @@ impl Outgoing {
             *request.version_mut() = Version::HTTP_2;
         } else {
             *request.version_mut() = Version::HTTP_11;
-            let host = self
-                .host
-                .or_else(|| HeaderValue::from_str(endpoint.authority.as_str()).ok());
-            if let Some(host) = host {
-                request.headers_mut().insert(header::HOST, host);
-            }
+            set_host(&mut request, self.host, endpoint);
         }
         request
+    }
+}
+
+/// HTTP/1.1 `Host`: the client's (or the rewritten) one, else the endpoint's address.
+fn set_host(request: &mut Request<Body>, host: Option<HeaderValue>, endpoint: &Endpoint) {
+    let host = host.or_else(|| HeaderValue::from_str(endpoint.authority.as_str()).ok());
+    if let Some(host) = host {
+        request.headers_mut().insert(header::HOST, host);
     }
 }
 

@@ -25,6 +25,13 @@ struct Idle {
     since: Instant,
 }
 
+impl Idle {
+    /// Still open at the peer and within its idle timeout.
+    fn usable(&self, now: Instant) -> bool {
+        !self.sender.is_closed() && now.duration_since(self.since) < IDLE_TIMEOUT
+    }
+}
+
 /// See the module documentation.
 #[derive(Default)]
 pub(crate) struct IdlePool {
@@ -53,7 +60,7 @@ impl IdlePool {
         let now = Instant::now();
         let mut idle = self.lock();
         while let Some(entry) = idle.pop() {
-            if !entry.sender.is_closed() && now.duration_since(entry.since) < IDLE_TIMEOUT {
+            if entry.usable(now) {
                 return Some(entry.sender);
             }
         }
@@ -77,9 +84,7 @@ impl IdlePool {
     /// Closes connections idle for longer than [`IDLE_TIMEOUT`] or closed by the peer.
     pub(crate) fn prune(&self) {
         let now = Instant::now();
-        self.lock().retain(|entry| {
-            !entry.sender.is_closed() && now.duration_since(entry.since) < IDLE_TIMEOUT
-        });
+        self.lock().retain(|entry| entry.usable(now));
     }
 }
 

@@ -6,6 +6,7 @@
 #   sudo tests/perf/run.sh            # 3 rounds of 10 s tests
 #   sudo tests/perf/run.sh --rounds 5
 #   sudo tests/perf/run.sh --quick    # smoke run: 1 round of 3 s tests
+#   sudo tests/perf/run.sh --only bulk,idle --out /tmp/p.md   # some sections, while tuning
 #
 # Needs root (network namespaces, iptables in the pods). Installs wrk, nghttp2-client (h2load),
 # haproxy, nginx and iperf3 with apt-get when missing. Sends traffic only to loopback and to
@@ -18,10 +19,11 @@ DURATION=10
 QUICK=0
 OUT="$ROOT/docs/performance.md"
 KEEP_WORK=0
+ONLY="h1,h2c,mesh,bulk,idle"
 
 usage() {
     sed -n '2,12p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
-    echo "options: --rounds N  --quick  --duration SECONDS  --out FILE  --keep-work"
+    echo "options: --rounds N  --quick  --duration SECONDS  --out FILE  --keep-work  --only h1,h2c,mesh,bulk,idle"
 }
 
 while [ $# -gt 0 ]; do
@@ -31,6 +33,7 @@ while [ $# -gt 0 ]; do
         --duration) DURATION="${2:?--duration needs seconds}"; shift 2 ;;
         --out) OUT="${2:?--out needs a file}"; shift 2 ;;
         --keep-work) KEEP_WORK=1; shift ;;
+        --only) ONLY="${2:?--only needs a list of sections}"; shift 2 ;;
         -h|--help) usage; exit 0 ;;
         *) echo "unknown option: $1" >&2; usage >&2; exit 2 ;;
     esac
@@ -38,6 +41,11 @@ done
 case "$ROUNDS" in ''|*[!0-9]*) echo "--rounds: not a number: $ROUNDS" >&2; exit 2 ;; esac
 case "$DURATION" in ''|*[!0-9]*) echo "--duration: not a number: $DURATION" >&2; exit 2 ;; esac
 [ "$ROUNDS" -ge 1 ] || { echo "--rounds must be at least 1" >&2; exit 2; }
+for section in ${ONLY//,/ }; do
+    case "$section" in h1|h2c|mesh|bulk|idle) ;; *) echo "--only: unknown section: $section" >&2; exit 2 ;; esac
+done
+# wants SECTION: whether this run measures SECTION (see --only).
+wants() { case ",$ONLY," in *",$1,"*) return 0 ;; *) return 1 ;; esac; }
 [ "$(id -u)" -eq 0 ] || { echo "run as root (network namespaces, iptables)" >&2; exit 1; }
 
 # ---------------------------------------------------------------------------------------------
@@ -631,18 +639,24 @@ sed -i '/\twarmup\t/d' "$WORK/results.tsv"
 # Interleaved rounds.
 for round in $(seq "$ROUNDS"); do
     log "round $round of $ROUNDS"
-    for target in direct strait haproxy nginx; do
-        pid="$(proxy_pid "$target")"
-        RSS_TARGET="$target" RSS_PIDS="$pid" load_h1 "$round" h1 "$target" "http://127.0.0.1:$(h1_port "$target")$PATH_URL" "" $pid
-    done
-    for target in direct strait haproxy nginx; do
-        pid="$(proxy_pid "$target")"
-        load_h2c "$round" "$target" "$(h2c_port "$target")" $pid
-    done
-    if [ "$MESH_OK" -eq 1 ]; then
+    if wants h1; then
+        for target in direct strait haproxy nginx; do
+            pid="$(proxy_pid "$target")"
+            RSS_TARGET="$target" RSS_PIDS="$pid" load_h1 "$round" h1 "$target" "http://127.0.0.1:$(h1_port "$target")$PATH_URL" "" $pid
+        done
+    fi
+    if wants h2c; then
+        for target in direct strait haproxy nginx; do
+            pid="$(proxy_pid "$target")"
+            load_h2c "$round" "$target" "$(h2c_port "$target")" $pid
+        done
+    fi
+    if [ "$MESH_OK" -eq 1 ] && wants mesh; then
         RSS_PIDS="" load_h1 "$round" mesh pod "http://$PLAIN_SERVER_IP:$MESH_HTTP_PORT$PATH_URL" "$PLAIN_CLIENT_NETNS"
         RSS_TARGET=node RSS_PIDS="$NODE_PID" load_h1 "$round" mesh hbone "http://$MESH_SERVER_IP:$MESH_HTTP_PORT$PATH_URL" "$MESH_CLIENT_NETNS" "$NODE_PID"
         RSS_TARGET=waypoint RSS_PIDS="$WAYPOINT_PID" load_h1 "$round" mesh waypoint "http://$ROUTED_VIP:80$PATH_URL" "$MESH_CLIENT_NETNS" "$NODE_PID" "$WAYPOINT_PID"
+    fi
+    if [ "$MESH_OK" -eq 1 ] && wants bulk; then
         load_bulk "$round" pod "$PLAIN_CLIENT_NETNS" "$PLAIN_SERVER_IP" "$IPERF_PORT"
         load_bulk "$round" hbone "$MESH_CLIENT_NETNS" "$MESH_SERVER_IP" "$IPERF_PORT" "$NODE_PID"
         load_bulk "$round" passthrough "$MESH_CLIENT_NETNS" "$PLAIN_SERVER_IP" "$IPERF_PORT" "$NODE_PID"
@@ -653,6 +667,7 @@ done
 # ---------------------------------------------------------------------------------------------
 # 10,000 idle keep-alive connections per proxy.
 for target in strait haproxy nginx; do
+    wants idle || break
     port="$(h1_port "$target")"
     pid="$(proxy_pid "$target")"
     log "holding $IDLE_CONNS idle connections to $target"
@@ -685,6 +700,7 @@ done
 
 # ---------------------------------------------------------------------------------------------
 mode="full"; [ "$QUICK" -eq 1 ] && mode="quick (smoke run: figures are not meaningful)"
+[ "$ONLY" = "h1,h2c,mesh,bulk,idle" ] || mode="$mode, sections $ONLY only"
 RUN_LINE="Run: $mode, $ROUNDS interleaved round(s) of ${DURATION} s tests; medians of the rounds (errors: sums)."
 mkdir -p "$(dirname "$OUT")"
 "$PERF" report "$WORK/results.tsv" --machine "$WORK/machine.txt" --notes "$WORK/notes.md" \

@@ -191,11 +191,12 @@ cpu_ticks() {
     echo "$total"
 }
 
-# VmRSS (KiB) of the processes and their descendants.
+# VmRSS (KiB) of the processes and their descendants; with RSS_FIELD=RssAnon, only the
+# anonymous part (heap and stacks, without the mapped program and libraries).
 rss_kib() {
     local total=0 pid r
     for pid in $(pid_tree "$@"); do
-        r="$(awk '/^VmRSS:/{print $2}' "/proc/$pid/status" 2>/dev/null)" || r=0
+        r="$(awk -v f="${RSS_FIELD:-VmRSS}:" '$1 == f {print $2}' "/proc/$pid/status" 2>/dev/null)" || r=0
         total=$((total + ${r:-0}))
     done
     echo "$total"
@@ -450,6 +451,7 @@ h2c_port() { case "$1" in direct) echo "$BACKEND_H2C" ;; strait) echo "$STRAIT_P
 
 for target in strait haproxy nginx; do
     printf '0\trss\t%s\tidle_mb\t%s\n' "$target" "$(kib_to_mb "$(rss_kib "$(proxy_pid "$target")")")" >>"$WORK/results.tsv"
+    printf '0\trss\t%s\tidle_anon_mb\t%s\n' "$target" "$(kib_to_mb "$(RSS_FIELD=RssAnon rss_kib "$(proxy_pid "$target")")")" >>"$WORK/results.tsv"
 done
 
 # watch_rss OUTFILE PID WATCHED...: highest RSS (KiB) of WATCHED while PID runs.
@@ -584,6 +586,8 @@ EOF
     sleep 1
     printf '0\trss\tnode\tidle_mb\t%s\n' "$(kib_to_mb "$(rss_kib "$NODE_PID")")" >>"$WORK/results.tsv"
     printf '0\trss\twaypoint\tidle_mb\t%s\n' "$(kib_to_mb "$(rss_kib "$WAYPOINT_PID")")" >>"$WORK/results.tsv"
+    printf '0\trss\tnode\tidle_anon_mb\t%s\n' "$(kib_to_mb "$(RSS_FIELD=RssAnon rss_kib "$NODE_PID")")" >>"$WORK/results.tsv"
+    printf '0\trss\twaypoint\tidle_anon_mb\t%s\n' "$(kib_to_mb "$(RSS_FIELD=RssAnon rss_kib "$WAYPOINT_PID")")" >>"$WORK/results.tsv"
     wait_http "mesh (node, HBONE)" "$MESH_CLIENT_NETNS" "$MESH_SERVER_IP" "$MESH_HTTP_PORT" || return 1
     wait_http "mesh (waypoint)" "$MESH_CLIENT_NETNS" "$ROUTED_VIP" 80 || return 1
     # The pod-to-pod bulk baseline and the passthrough path must reach the server.

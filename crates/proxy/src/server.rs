@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
+use futures_util::future::BoxFuture;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -128,13 +129,16 @@ pub(crate) async fn serve_http<I>(
     builder.http2().timer(TokioTimer::new());
     let peer = conn.peer;
     let conn = Arc::new(conn);
-    let service = service_fn(move |req| {
+    // The request's future is boxed: hyper keeps a slot of the service future's size for the
+    // connection's whole life, and an idle keep-alive connection should not pay kilobytes for a
+    // request it is not serving.
+    let service = service_fn(move |req| -> BoxFuture<'static, Result<_, Infallible>> {
         let shared = shared.clone();
         let conn = conn.clone();
-        async move {
+        Box::pin(async move {
             let state = shared.state.load_full();
-            Ok::<_, Infallible>(handler::handle(state, &conn, req).await)
-        }
+            Ok(handler::handle(state, &conn, req).await)
+        })
     });
     let connection = builder.serve_connection_with_upgrades(io, service);
     tokio::pin!(connection);

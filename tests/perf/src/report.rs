@@ -216,6 +216,11 @@ fn rows() -> Vec<Row> {
     };
     rows.push(rss("RSS MB idle (gateway)", "idle_mb", "strait"));
     rows.push(rss(
+        "of which anonymous (heap, stacks; not the mapped program)",
+        "idle_anon_mb",
+        "strait",
+    ));
+    rows.push(rss(
         "RSS MB under HTTP/1.1 load (gateway)",
         "load_mb",
         "strait",
@@ -232,8 +237,10 @@ fn rows() -> Vec<Row> {
     ));
     for (label, metric, target) in [
         ("RSS MB idle: node proxy", "idle_mb", "node"),
+        ("of which anonymous: node proxy", "idle_anon_mb", "node"),
         ("RSS MB under mesh load: node proxy", "load_mb", "node"),
         ("RSS MB idle: waypoint", "idle_mb", "waypoint"),
+        ("of which anonymous: waypoint", "idle_anon_mb", "waypoint"),
         ("RSS MB under mesh load: waypoint", "load_mb", "waypoint"),
     ] {
         rows.push(row(label, metric, None, Some(("rss", target)), None, None));

@@ -12,8 +12,8 @@ use http_body_util::BodyExt;
 use hyper::body::{Body as _, Incoming};
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
-use strait_config::{AppProtocol, BackendTarget, HttpFilter, ObjectRef, Retry};
-use strait_route::filters::{self, CorsOutcome, RequestTarget};
+use strait_config::{AppProtocol, BackendTarget, ObjectRef, Retry};
+use strait_route::filters::{self, CorsOutcome, Filter, RequestTarget};
 use strait_route::{Decision, RequestInfo, RouteMatch, RouteTable};
 
 use crate::headers;
@@ -156,8 +156,10 @@ pub(crate) async fn handle(
         return status(StatusCode::SERVICE_UNAVAILABLE);
     }
 
+    let hop_by_hop = headers::HopByHop::scan(req.headers());
     let upgrade = client_version == Version::HTTP_11
         && cluster.protocol != AppProtocol::H2c
+        && hop_by_hop.has_upgrade()
         && headers::is_websocket_upgrade(req.headers());
     let client_upgrade = if upgrade {
         req.extensions_mut().remove::<OnUpgrade>()
@@ -192,22 +194,26 @@ pub(crate) async fn handle(
         headers: parts.headers,
         host: upstream_host,
     };
-    headers::strip_hop_by_hop(&mut outgoing.headers, upgrade);
-    outgoing.headers.remove(header::HOST);
+    // The client's Host stays in the map: the upstream request replaces (HTTP/1.1) or removes
+    // (HTTP/2) it, one lookup instead of two.
+    headers::strip_scanned(&mut outgoing.headers, hop_by_hop, upgrade);
     headers::add_forwarded(&mut outgoing.headers, &conn.peer_header, conn.https);
 
     let filters = || rule.filters.iter().chain(backend.filters.iter());
     let request_timeout = rule.timeouts.request.filter(|d| !d.is_zero());
     let backend_timeout = rule.timeouts.backend_request.filter(|d| !d.is_zero());
 
+    // Futures are moved by copying their full size, and a request's future is moved several
+    // times (HTTP/2 spawns it as a task: about ten copies). Every upstream exchange is boxed, so
+    // this future stays a few hundred bytes; one allocation costs far less than the copies.
     let result = if upgrade {
-        let attempt = forward_upgrade(cluster, outgoing, client_upgrade);
+        let attempt = Box::pin(forward_upgrade(cluster, outgoing, client_upgrade));
         with_timeout(request_timeout.or(backend_timeout), attempt).await
     } else {
-        let has_mirror = filters().any(|f| matches!(f, HttpFilter::RequestMirror(_)));
+        let has_mirror = filters().any(|f| matches!(f, Filter::RequestMirror(_)));
         let retries = rule.retry.as_ref().filter(|r| r.attempts > 0);
         let body = if has_mirror || retries.is_some() {
-            match buffer_small(body).await {
+            match Box::pin(buffer_small(body)).await {
                 Ok(body) => body,
                 Err(response) => return response,
             }
@@ -219,12 +225,12 @@ pub(crate) async fn handle(
         };
         if has_mirror {
             for filter in filters() {
-                if let HttpFilter::RequestMirror(mirror) = filter {
+                if let Filter::RequestMirror(mirror) = filter {
                     spawn_mirror(&state.clusters, mirror, &outgoing, &body);
                 }
             }
         }
-        let attempt = forward(cluster, outgoing, body, retries, backend_timeout);
+        let attempt = Box::pin(forward(cluster, outgoing, body, retries, backend_timeout));
         with_timeout(request_timeout, attempt).await
     };
     let response = match result {
@@ -254,8 +260,8 @@ pub(crate) async fn handle(
         }
     }
     for filter in filters() {
-        if let HttpFilter::ResponseHeaderModifier(modifier) = filter {
-            filters::modify_headers(modifier, &mut parts.headers);
+        if let Filter::ResponseHeaderModifier(edits) = filter {
+            edits.apply(&mut parts.headers);
         }
     }
     Response::from_parts(parts, body)
@@ -279,7 +285,7 @@ where
 
 /// Applies request-side filters; returns a response when a filter answers directly.
 fn request_filters<'t>(
-    list: &'t [HttpFilter],
+    list: &'t [Filter],
     req: &mut Request<Incoming>,
     matched: &RouteMatch<'_>,
     state: &PortState,
@@ -289,11 +295,9 @@ fn request_filters<'t>(
 ) -> Option<Response<Body>> {
     for filter in list {
         match filter {
-            HttpFilter::RequestHeaderModifier(modifier) => {
-                filters::modify_headers(modifier, req.headers_mut());
-            }
-            HttpFilter::ResponseHeaderModifier(_) | HttpFilter::RequestMirror(_) => {}
-            HttpFilter::RequestRedirect(redirect) => {
+            Filter::RequestHeaderModifier(edits) => edits.apply(req.headers_mut()),
+            Filter::ResponseHeaderModifier(_) | Filter::RequestMirror(_) => {}
+            Filter::RequestRedirect(redirect) => {
                 let target = RequestTarget {
                     scheme: if conn.https { "https" } else { "http" },
                     host,
@@ -311,7 +315,7 @@ fn request_filters<'t>(
                 response.headers_mut().insert(header::LOCATION, location);
                 return Some(response);
             }
-            HttpFilter::UrlRewrite(rewrite) => {
+            Filter::UrlRewrite(rewrite) => {
                 if let Some(hostname) = &rewrite.hostname {
                     effects.host_rewrite = Some(hostname);
                 }
@@ -323,7 +327,7 @@ fn request_filters<'t>(
                     ));
                 }
             }
-            HttpFilter::Cors(cors) => match filters::cors(cors, req.method(), req.headers()) {
+            Filter::Cors(cors) => match filters::cors(cors, req.method(), req.headers()) {
                 CorsOutcome::NotCors => {}
                 CorsOutcome::Preflight(headers) => {
                     let mut response = status(StatusCode::OK);
@@ -441,7 +445,7 @@ async fn forward(
         let guard = InFlight::new(endpoint);
         let send = upstream::send(cluster.protocol, endpoint, head, body.take());
         let outcome = match per_attempt {
-            Some(limit) => tokio::time::timeout(limit, send).await.ok(),
+            Some(limit) => Box::pin(tokio::time::timeout(limit, send)).await.ok(),
             None => Some(send.await),
         };
         drop(guard);
@@ -475,7 +479,7 @@ async fn forward(
         }
         retries -= 1;
         if let Some(backoff) = retry.and_then(|r| r.backoff).filter(|d| !d.is_zero()) {
-            tokio::time::sleep(backoff).await;
+            Box::pin(tokio::time::sleep(backoff)).await;
         }
     }
 }

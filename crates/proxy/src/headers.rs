@@ -2,6 +2,7 @@
 
 use std::borrow::Cow;
 
+use http::header::Entry;
 use http::{HeaderMap, HeaderName, HeaderValue, header};
 
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
@@ -11,7 +12,7 @@ pub(crate) static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwa
 pub(crate) static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 
 // Which hop-by-hop headers a message carries, found in one pass over its names: most
-// messages carry none or one, and each `HeaderMap::remove` hashes its name.
+// messages carry none or one, and each `HeaderMap` lookup hashes its name.
 const CONNECTION: u8 = 1;
 const KEEP_ALIVE_BIT: u8 = 1 << 1;
 const PROXY_CONNECTION_BIT: u8 = 1 << 2;
@@ -20,49 +21,49 @@ const HTTP2_SETTINGS_BIT: u8 = 1 << 4;
 const TE: u8 = 1 << 5;
 const UPGRADE: u8 = 1 << 6;
 
-fn hop_by_hop_present(headers: &HeaderMap) -> u8 {
-    let mut found = 0;
-    for name in headers.keys() {
-        found |= if name == header::CONNECTION {
-            CONNECTION
-        } else if name == KEEP_ALIVE {
-            KEEP_ALIVE_BIT
-        } else if name == PROXY_CONNECTION {
-            PROXY_CONNECTION_BIT
-        } else if name == header::TRANSFER_ENCODING {
-            TRANSFER_ENCODING
-        } else if name == HTTP2_SETTINGS {
-            HTTP2_SETTINGS_BIT
-        } else if name == header::TE {
-            TE
-        } else if name == header::UPGRADE {
-            UPGRADE
-        } else {
-            0
-        };
+/// The hop-by-hop headers present in a message (see [`HopByHop::scan`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct HopByHop(u8);
+
+impl HopByHop {
+    /// One pass over the header names; names are lower-case, so comparing by length first
+    /// rejects almost every ordinary header with one integer comparison.
+    pub(crate) fn scan(headers: &HeaderMap) -> HopByHop {
+        let mut found = 0;
+        for name in headers.keys() {
+            let name = name.as_str();
+            found |= match name.len() {
+                2 if name == "te" => TE,
+                7 if name == "upgrade" => UPGRADE,
+                10 if name == "connection" => CONNECTION,
+                10 if name == "keep-alive" => KEEP_ALIVE_BIT,
+                14 if name == "http2-settings" => HTTP2_SETTINGS_BIT,
+                16 if name == "proxy-connection" => PROXY_CONNECTION_BIT,
+                17 if name == "transfer-encoding" => TRANSFER_ENCODING,
+                _ => 0,
+            };
+        }
+        HopByHop(found)
     }
-    found
+
+    /// Whether the message has an `Upgrade` header at all.
+    pub(crate) fn has_upgrade(self) -> bool {
+        self.0 & UPGRADE != 0
+    }
 }
 
 /// Removes hop-by-hop headers. When `upgrade` is set, `Upgrade` survives and `Connection`
 /// is reduced to `upgrade`, so the upgrade can be forwarded.
 pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
-    let found = hop_by_hop_present(headers);
+    let found = HopByHop::scan(headers);
+    strip_scanned(headers, found, upgrade);
+}
+
+/// [`strip_hop_by_hop`] with the scan already done (nothing changed the headers since).
+pub(crate) fn strip_scanned(headers: &mut HeaderMap, found: HopByHop, upgrade: bool) {
+    let found = found.0;
     if found & CONNECTION != 0 {
-        let named: Vec<HeaderName> = headers
-            .get_all(header::CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .filter_map(|token| HeaderName::from_bytes(token.trim().as_bytes()).ok())
-            .collect();
-        for name in named {
-            if upgrade && name == header::UPGRADE {
-                continue;
-            }
-            headers.remove(&name);
-        }
-        headers.remove(header::CONNECTION);
+        strip_connection_options(headers, upgrade);
     }
     for (bit, name) in [
         (KEEP_ALIVE_BIT, &KEEP_ALIVE),
@@ -92,6 +93,33 @@ pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
     } else if found & UPGRADE != 0 {
         headers.remove(header::UPGRADE);
+    }
+}
+
+/// Removes `Connection` and every header it names. The values are cheap `Bytes` clones, so the
+/// names can be looked up as `&str` (no allocation) while the map is changed. `keep-alive`, the
+/// option nearly every HTTP/1.1 message names, is left to the `Keep-Alive` header's own bit.
+fn strip_connection_options(headers: &mut HeaderMap, upgrade: bool) {
+    let mut values = headers.get_all(header::CONNECTION).iter();
+    let first = values.next().cloned();
+    // Empty (no allocation) for the usual single `Connection` header.
+    let rest: Vec<HeaderValue> = values.cloned().collect();
+    headers.remove(header::CONNECTION);
+    for value in first.iter().chain(&rest) {
+        let Ok(value) = value.to_str() else {
+            continue;
+        };
+        for token in value.split(',') {
+            let token = token.trim();
+            if token.is_empty()
+                || token.eq_ignore_ascii_case("keep-alive")
+                || (upgrade && token.eq_ignore_ascii_case("upgrade"))
+            {
+                continue;
+            }
+            // An invalid name names no header: the lookup finds nothing.
+            headers.remove(token);
+        }
     }
 }
 
@@ -135,18 +163,26 @@ pub(crate) fn client_address(client: std::net::IpAddr) -> HeaderValue {
 /// Appends the client address ([`client_address`]) to `x-forwarded-for` and sets
 /// `x-forwarded-proto`.
 pub(crate) fn add_forwarded(headers: &mut HeaderMap, client: &HeaderValue, https: bool) {
-    let value = match headers.get(&X_FORWARDED_FOR).map(HeaderValue::as_bytes) {
-        Some(existing) if !existing.is_empty() => {
-            let mut joined = Vec::with_capacity(existing.len() + 2 + client.len());
-            joined.extend_from_slice(existing);
-            joined.extend_from_slice(b", ");
-            joined.extend_from_slice(client.as_bytes());
-            HeaderValue::from_bytes(&joined).ok()
+    // One lookup (the entry) rather than a get and an insert.
+    match headers.entry(X_FORWARDED_FOR.clone()) {
+        Entry::Vacant(vacant) => {
+            vacant.insert(client.clone());
         }
-        _ => Some(client.clone()),
-    };
-    if let Some(value) = value {
-        headers.insert(X_FORWARDED_FOR.clone(), value);
+        Entry::Occupied(mut occupied) => {
+            let existing = occupied.get().as_bytes();
+            let value = if existing.is_empty() {
+                Some(client.clone())
+            } else {
+                let mut joined = Vec::with_capacity(existing.len() + 2 + client.len());
+                joined.extend_from_slice(existing);
+                joined.extend_from_slice(b", ");
+                joined.extend_from_slice(client.as_bytes());
+                HeaderValue::from_bytes(&joined).ok()
+            };
+            if let Some(value) = value {
+                occupied.insert(value);
+            }
+        }
     }
     let proto = HeaderValue::from_static(if https { "https" } else { "http" });
     headers.insert(X_FORWARDED_PROTO.clone(), proto);
@@ -225,6 +261,55 @@ mod tests {
         strip_hop_by_hop(&mut h, true);
         assert_eq!(h["connection"], "upgrade");
         assert_eq!(h["upgrade"], "websocket");
+    }
+
+    #[test]
+    fn connection_options_are_removed_by_name() {
+        let mut h = map(&[
+            ("connection", "close, X-Custom"),
+            ("connection", "  , Keep-Alive,bad name"),
+            ("x-custom", "1"),
+            ("close", "odd but named"),
+            ("keep-alive", "timeout=5"),
+            ("bad", "kept"),
+            ("x-other", "kept"),
+        ]);
+        let found = HopByHop::scan(&h);
+        assert!(!found.has_upgrade());
+        strip_scanned(&mut h, found, false);
+        assert_eq!(names(&h), ["bad", "x-other"]);
+
+        // Only `keep-alive` in Connection: the Keep-Alive header goes by its own bit.
+        let mut h = map(&[("connection", "keep-alive"), ("x-a", "1")]);
+        strip_hop_by_hop(&mut h, false);
+        assert_eq!(names(&h), ["x-a"]);
+
+        // An upgrade keeps Upgrade even when Connection names it.
+        let mut h = map(&[
+            ("connection", "Upgrade, x-hop"),
+            ("upgrade", "websocket"),
+            ("x-hop", "1"),
+        ]);
+        let found = HopByHop::scan(&h);
+        assert!(found.has_upgrade());
+        strip_scanned(&mut h, found, true);
+        assert_eq!(names(&h), ["connection", "upgrade"]);
+        assert_eq!(h["connection"], "upgrade");
+    }
+
+    #[test]
+    fn forwarded_for_joins_the_first_value_and_replaces_the_rest() {
+        let ip: std::net::IpAddr = "2001:db8::1".parse().unwrap();
+        let mut h = map(&[
+            ("x-forwarded-for", "10.0.0.1"),
+            ("x-forwarded-for", "10.0.0.2"),
+        ]);
+        add_forwarded(&mut h, &client_address(ip), false);
+        let all: Vec<_> = h.get_all(&X_FORWARDED_FOR).iter().collect();
+        assert_eq!(all, ["10.0.0.1, 2001:db8::1"]);
+        let mut h = map(&[("x-forwarded-for", "")]);
+        add_forwarded(&mut h, &client_address(ip), false);
+        assert_eq!(h[&X_FORWARDED_FOR], "2001:db8::1");
     }
 
     #[test]

@@ -358,7 +358,8 @@ impl std::fmt::Display for SendError {
 pub(crate) struct Outgoing {
     pub(crate) method: Method,
     pub(crate) path_and_query: PathAndQuery,
-    /// Hop-by-hop headers already removed; no Host (see `host`).
+    /// Hop-by-hop headers already removed. A `Host` left in the map is never sent: the
+    /// request builders replace it with `host` (HTTP/1.1) or drop it (HTTP/2).
     pub(crate) headers: HeaderMap,
     pub(crate) host: Option<HeaderValue>,
 }
@@ -394,6 +395,7 @@ impl Outgoing {
         *request.headers_mut() = self.headers;
         if h2 {
             *request.version_mut() = Version::HTTP_2;
+            request.headers_mut().remove(header::HOST);
         } else {
             *request.version_mut() = Version::HTTP_11;
             set_host(&mut request, self.host, endpoint);
@@ -650,6 +652,51 @@ mod tests {
             "dead endpoints are forgotten"
         );
         assert_eq!(third[&key("z")].endpoints[0].in_flight(), 0);
+    }
+
+    #[test]
+    fn host_left_in_the_headers_is_replaced_or_dropped() {
+        let addr: SocketAddr = "127.0.0.1:1001".parse().unwrap();
+        let endpoint = Endpoint::new(addr, Arc::new(TcpDialer)).unwrap();
+        let outgoing = |host: Option<&'static str>| {
+            let mut headers = HeaderMap::new();
+            headers.insert(header::HOST, HeaderValue::from_static("client.example"));
+            headers.insert("x-a", HeaderValue::from_static("1"));
+            Outgoing {
+                method: Method::GET,
+                path_and_query: PathAndQuery::from_static("/p?q"),
+                headers,
+                host: host.map(HeaderValue::from_static),
+            }
+        };
+        let hosts = |r: &Request<Body>| -> Vec<String> {
+            r.headers()
+                .get_all(header::HOST)
+                .iter()
+                .map(|v| v.to_str().unwrap().to_owned())
+                .collect()
+        };
+
+        let h1 = outgoing(Some("rewritten.example")).into_h1_request(&endpoint, empty());
+        assert_eq!(hosts(&h1), ["rewritten.example"]);
+        assert_eq!(h1.uri(), "/p?q");
+        assert_eq!(h1.headers()["x-a"], "1");
+        let h1 = outgoing(None).into_h1_request(&endpoint, empty());
+        assert_eq!(
+            hosts(&h1),
+            ["127.0.0.1:1001"],
+            "no Host: the endpoint's address"
+        );
+        let h1 = outgoing(Some("a.example")).into_request(AppProtocol::Http1, &endpoint, empty());
+        assert_eq!(hosts(&h1), ["a.example"]);
+
+        let h2 = outgoing(Some("a.example")).into_request(AppProtocol::H2c, &endpoint, empty());
+        assert!(
+            hosts(&h2).is_empty(),
+            "HTTP/2 carries the authority instead"
+        );
+        assert_eq!(h2.uri(), "http://a.example/p?q");
+        assert_eq!(h2.version(), Version::HTTP_2);
     }
 
     #[test]

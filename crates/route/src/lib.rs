@@ -18,13 +18,13 @@ mod matcher;
 mod path;
 mod table;
 
-use std::sync::Arc;
-
 use http::{HeaderMap, Method};
 use strait_config::{
     BackendTarget, ClusterKey, HeaderModifier, HttpFilter, HttpRule, PathMatch, PortConfig, Retry,
     RouteRef, Timeouts,
 };
+
+use filters::Filter;
 
 pub use host::parse_host;
 
@@ -114,7 +114,7 @@ impl RouteTable {
 #[derive(Debug)]
 pub struct Rule {
     pub name: Option<String>,
-    pub filters: Arc<[HttpFilter]>,
+    pub filters: Box<[Filter]>,
     pub backends: Vec<Backend>,
     pub timeouts: Timeouts,
     pub retry: Option<Retry>,
@@ -127,7 +127,7 @@ pub struct Backend {
     pub weight: u32,
     /// `None` for an invalid reference: requests that pick it get 500.
     pub cluster: Option<ClusterKey>,
-    pub filters: Arc<[HttpFilter]>,
+    pub filters: Box<[Filter]>,
 }
 
 impl From<&HttpRule> for Rule {
@@ -141,19 +141,23 @@ impl From<&HttpRule> for Rule {
                     BackendTarget::Cluster(key) => Some(key.clone()),
                     BackendTarget::Invalid { .. } => None,
                 },
-                filters: b.filters.clone().into(),
+                filters: compile_filters(&b.filters),
             })
             .collect();
         let total_weight = backends.iter().map(|b| u64::from(b.weight)).sum();
         Rule {
             name: rule.name.clone(),
-            filters: rule.filters.clone().into(),
+            filters: compile_filters(&rule.filters),
             backends,
             timeouts: rule.timeouts.clone(),
             retry: rule.retry.clone(),
             total_weight,
         }
     }
+}
+
+fn compile_filters(filters: &[HttpFilter]) -> Box<[Filter]> {
+    filters.iter().map(Filter::from).collect()
 }
 
 impl Rule {

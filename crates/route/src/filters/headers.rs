@@ -1,49 +1,77 @@
 //! RequestHeaderModifier / ResponseHeaderModifier.
 
-use http::header::SET_COOKIE;
+use http::header::{Entry, SET_COOKIE};
 use http::{HeaderMap, HeaderName, HeaderValue};
 use strait_config::HeaderModifier;
 
-/// Applies set, then add, then remove (names case-insensitive). `add` on a header that is already
-/// present folds the values into one `existing,new` value: that is what the spec's examples and
-/// the conformance suite expect, and it means the same as separate fields for every header but
-/// `Set-Cookie`, which keeps separate values. Invalid names or values (compile rejects them) are
-/// skipped rather than failing the request.
-pub fn modify_headers(modifier: &HeaderModifier, headers: &mut HeaderMap) {
-    for (name, value) in &modifier.set {
-        if let (Some(name), Ok(value)) = (header_name(name), HeaderValue::from_str(value)) {
-            headers.insert(name, value);
-        }
-    }
-    for (name, value) in &modifier.add {
-        let Some(name) = header_name(name) else {
-            continue;
+/// A header modifier with its names and values parsed once, when the route table is built:
+/// parsing a name (and copying a value) on every request cost more than applying the edit.
+/// Names and values are `Bytes`-backed, so the per-request clones are reference counts.
+#[derive(Clone, Debug, Default)]
+pub struct HeaderEdits {
+    set: Vec<(HeaderName, HeaderValue)>,
+    add: Vec<(HeaderName, HeaderValue)>,
+    remove: Vec<HeaderName>,
+}
+
+impl HeaderEdits {
+    /// Parses a modifier. Invalid names or values (compile rejects them) are skipped rather
+    /// than failing every request of the route.
+    pub fn compile(modifier: &HeaderModifier) -> HeaderEdits {
+        let pairs = |list: &[(String, String)]| -> Vec<(HeaderName, HeaderValue)> {
+            list.iter()
+                .filter_map(|(name, value)| {
+                    let name = HeaderName::from_bytes(name.as_bytes()).ok()?;
+                    let value = HeaderValue::from_str(value).ok()?;
+                    Some((name, value))
+                })
+                .collect()
         };
-        if name == SET_COOKIE || !headers.contains_key(&name) {
-            if let Ok(value) = HeaderValue::from_str(value) {
-                headers.append(name, value);
-            }
-            continue;
-        }
-        let mut joined: Vec<u8> = Vec::new();
-        for existing in headers.get_all(&name) {
-            joined.extend_from_slice(existing.as_bytes());
-            joined.push(b',');
-        }
-        joined.extend_from_slice(value.as_bytes());
-        if let Ok(value) = HeaderValue::from_bytes(&joined) {
-            headers.insert(name, value);
+        HeaderEdits {
+            set: pairs(&modifier.set),
+            add: pairs(&modifier.add),
+            remove: modifier
+                .remove
+                .iter()
+                .filter_map(|name| HeaderName::from_bytes(name.as_bytes()).ok())
+                .collect(),
         }
     }
-    for name in &modifier.remove {
-        if let Some(name) = header_name(name) {
+
+    /// Applies set, then add, then remove (names case-insensitive). `add` on a header that is
+    /// already present folds the values into one `existing,new` value: that is what the spec's
+    /// examples and the conformance suite expect, and it means the same as separate fields for
+    /// every header but `Set-Cookie`, which keeps separate values.
+    pub fn apply(&self, headers: &mut HeaderMap) {
+        for (name, value) in &self.set {
+            headers.insert(name.clone(), value.clone());
+        }
+        for (name, value) in &self.add {
+            if name == SET_COOKIE {
+                headers.append(name.clone(), value.clone());
+                continue;
+            }
+            match headers.entry(name.clone()) {
+                Entry::Vacant(vacant) => {
+                    vacant.insert(value.clone());
+                }
+                Entry::Occupied(mut occupied) => {
+                    let mut joined: Vec<u8> = Vec::new();
+                    for existing in occupied.iter() {
+                        joined.extend_from_slice(existing.as_bytes());
+                        joined.push(b',');
+                    }
+                    joined.extend_from_slice(value.as_bytes());
+                    if let Ok(value) = HeaderValue::from_bytes(&joined) {
+                        occupied.insert(value);
+                    }
+                }
+            }
+        }
+        for name in &self.remove {
             headers.remove(name);
         }
     }
-}
-
-fn header_name(name: &str) -> Option<HeaderName> {
-    HeaderName::from_bytes(name.as_bytes()).ok()
 }
 
 #[cfg(test)]
@@ -207,7 +235,7 @@ mod tests {
                 remove: case.remove.iter().map(|s| s.to_string()).collect(),
             };
             let mut headers = map(case.request);
-            modify_headers(&modifier, &mut headers);
+            HeaderEdits::compile(&modifier).apply(&mut headers);
             for (name, value) in case.want {
                 assert_eq!(
                     joined(&headers, name).as_deref(),
@@ -225,6 +253,30 @@ mod tests {
     }
 
     #[test]
+    fn compiled_edits_apply_to_many_requests_independently() {
+        let edits = HeaderEdits::compile(&HeaderModifier {
+            set: pairs(&[("X-Set", "s")]),
+            add: pairs(&[("X-Add", "a"), ("X-Add", "b")]),
+            remove: vec!["X-Gone".into()],
+        });
+        for _ in 0..2 {
+            let mut headers = map(&[("x-add", "0"), ("x-add", "00"), ("x-gone", "g")]);
+            edits.apply(&mut headers);
+            assert_eq!(joined(&headers, "x-add").as_deref(), Some("0,00,a,b"));
+            assert_eq!(
+                headers.get_all("x-add").iter().count(),
+                1,
+                "folded into one"
+            );
+            assert_eq!(joined(&headers, "x-set").as_deref(), Some("s"));
+            assert!(!headers.contains_key("x-gone"));
+        }
+        let mut empty = HeaderMap::new();
+        edits.apply(&mut empty);
+        assert_eq!(joined(&empty, "x-add").as_deref(), Some("a,b"));
+    }
+
+    #[test]
     fn set_replaces_every_value_and_add_keeps_set_cookie_separate() {
         let mut headers = map(&[("x-a", "1"), ("x-a", "2"), ("set-cookie", "a=1")]);
         let modifier = HeaderModifier {
@@ -232,7 +284,10 @@ mod tests {
             add: pairs(&[("Set-Cookie", "b=2"), ("x-bad name", "v")]),
             remove: vec!["not a header".into()],
         };
-        modify_headers(&modifier, &mut headers);
+        let edits = HeaderEdits::compile(&modifier);
+        assert_eq!(edits.add.len(), 1, "the invalid name is skipped");
+        assert!(edits.remove.is_empty(), "the invalid name is skipped");
+        edits.apply(&mut headers);
         assert_eq!(headers.get_all("x-a").iter().count(), 1);
         assert_eq!(joined(&headers, "x-a").as_deref(), Some("3"));
         assert_eq!(headers.get_all("set-cookie").iter().count(), 2);

@@ -20,6 +20,7 @@ use strait_proxy::hbone::{
     TunnelTask,
 };
 use strait_proxy::mesh::{MeshView, workload_identity};
+use strait_proxy::splice;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
@@ -269,7 +270,7 @@ fn refuse(stream: TcpStream) {
     drop(stream);
 }
 
-async fn outbound(ctx: &PodCtx, stream: TcpStream) {
+async fn outbound(ctx: &PodCtx, mut stream: TcpStream) {
     let dst = match original_dst(&stream) {
         Ok(dst) => dst,
         Err(e) => {
@@ -286,7 +287,7 @@ async fn outbound(ctx: &PodCtx, stream: TcpStream) {
     // A dead waypoint replica or endpoint is skipped: the next roll picks the next one
     // (plans index choices by `roll`), up to CONNECT_ATTEMPTS different choices.
     let first_roll: u64 = rand::random::<u32>().into();
-    let mut upstream: Option<BoxIo> = None;
+    let mut upstream: Option<Upstream> = None;
     let mut last_plan = None;
     for attempt in 0..CONNECT_ATTEMPTS {
         let chosen = plan(&mesh, dst, first_roll + attempt);
@@ -307,9 +308,21 @@ async fn outbound(ctx: &PodCtx, stream: TcpStream) {
         tracing::info!(pod = %ctx.pod, %dst, "no reachable destination: connection refused");
         return refuse(stream);
     };
-    if let Err(e) = hbone::splice(stream, upstream).await {
+    let ended = match upstream {
+        Upstream::Plain(mut upstream) => splice::relay(&mut stream, &mut upstream).await,
+        Upstream::Tunnel(upstream) => hbone::splice(stream, upstream).await,
+    };
+    if let Err(e) = ended {
         tracing::debug!(pod = %ctx.pod, %dst, error = %e, "outbound connection ended");
     }
+}
+
+/// The upstream side of an outbound connection.
+enum Upstream {
+    /// A kernel socket straight to the destination: relayed with zero-copy splice.
+    Plain(TcpStream),
+    /// An HBONE tunnel (through the peer's node proxy or a waypoint).
+    Tunnel(BoxIo),
 }
 
 /// Why a planned connection was not made.
@@ -326,7 +339,7 @@ async fn connect_plan(
     chosen: &Plan,
     dst: SocketAddr,
     source: std::net::IpAddr,
-) -> Result<BoxIo, Final> {
+) -> Result<Upstream, Final> {
     match chosen {
         Plan::Refuse(why) => {
             tracing::info!(pod = %ctx.pod, %dst, reason = %why, "outbound connection refused");
@@ -336,7 +349,7 @@ async fn connect_plan(
             match tokio::time::timeout(CONNECT_TIMEOUT, ctx.netns.connect(*addr, Some(PROXY_MARK)))
                 .await
             {
-                Ok(Ok(upstream)) => Ok(Box::new(upstream)),
+                Ok(Ok(upstream)) => Ok(Upstream::Plain(upstream)),
                 Ok(Err(e)) => {
                     tracing::debug!(pod = %ctx.pod, %addr, error = %e, "passthrough connect failed");
                     Err(Final::Retry)
@@ -361,7 +374,7 @@ async fn connect_plan(
                 source: Some(source),
             };
             match ctx.hbone.open(&to).await {
-                Ok(tunnel) => Ok(Box::new(TokioIo::new(tunnel))),
+                Ok(tunnel) => Ok(Upstream::Tunnel(Box::new(TokioIo::new(tunnel)))),
                 Err(e) => {
                     tracing::info!(pod = %ctx.pod, %dst, %peer, error = %e, "tunnel failed");
                     // The peer answered and said no: its decision stands.
@@ -376,7 +389,7 @@ async fn connect_plan(
     }
 }
 
-async fn inbound_plaintext(ctx: &PodCtx, stream: TcpStream) {
+async fn inbound_plaintext(ctx: &PodCtx, mut stream: TcpStream) {
     let workload = ctx.workload.load_full();
     if workload.mtls == MtlsMode::Strict {
         tracing::info!(pod = %ctx.pod, peer = ?stream.peer_addr().ok(), "plaintext inbound refused: namespace requires mutual TLS");
@@ -387,8 +400,8 @@ async fn inbound_plaintext(ctx: &PodCtx, stream: TcpStream) {
         Err(_) => return refuse(stream),
     };
     match tokio::time::timeout(CONNECT_TIMEOUT, ctx.netns.connect(dst, Some(PROXY_MARK))).await {
-        Ok(Ok(upstream)) => {
-            if let Err(e) = hbone::splice(stream, upstream).await {
+        Ok(Ok(mut upstream)) => {
+            if let Err(e) = splice::relay(&mut stream, &mut upstream).await {
                 tracing::debug!(pod = %ctx.pod, %dst, error = %e, "inbound connection ended");
             }
         }

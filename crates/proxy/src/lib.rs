@@ -16,6 +16,7 @@ mod headers;
 pub mod mesh;
 mod pool;
 mod server;
+pub mod splice;
 mod tls;
 mod upstream;
 pub mod waypoint;

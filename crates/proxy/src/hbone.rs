@@ -10,7 +10,9 @@
 use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -23,6 +25,7 @@ use hyper::upgrade::Upgraded;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use rustls::pki_types::ServerName;
 use strait_identity::{SpiffeId, WorkloadCertificate, peer_identity};
+use tokio::io::{AsyncRead, AsyncWrite, BufReader, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
@@ -35,6 +38,16 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Header carrying the original client address to the far end (as ztunnel does).
 const FORWARDED: &str = "forwarded";
+/// Largest HTTP/2 frame we accept (the peer sends DATA frames up to this). The 16 KiB default
+/// costs a frame, a flush and a write syscall per 16 KiB of tunnelled data; 256 KiB frames cut
+/// that sixteen-fold and still hold a stream off the connection for only ~2 ms at 1 Gbit/s.
+const MAX_FRAME_SIZE: u32 = 256 * 1024;
+/// Read buffer under the TLS layer: rustls asks the socket for 4 KiB at a time, so without it
+/// a 16 KiB record costs four or five `read` syscalls.
+const SOCKET_READ_BUFFER: usize = 64 * 1024;
+/// Encrypted bytes rustls may queue before the socket takes them (64 KiB by default), so a
+/// large DATA frame is encrypted and written with one `writev`.
+const TLS_SEND_BUFFER: usize = 256 * 1024;
 
 /// An established tunnel: the application byte stream.
 pub type Tunnel = Upgraded;
@@ -219,6 +232,7 @@ impl HboneClient {
         let tcp: BoxIo = dial_within(self.dialer.as_ref(), peer, CONNECT_TIMEOUT)
             .await
             .map_err(|source| HboneError::Connect { peer, source })?;
+        let tcp = BufReader::with_capacity(SOCKET_READ_BUFFER, tcp);
         let connector = tokio_rustls::TlsConnector::from(to.local.client_config(to.peer_id));
         let tls = tokio::time::timeout(
             HANDSHAKE_TIMEOUT,
@@ -230,12 +244,17 @@ impl HboneClient {
             source: io::Error::new(io::ErrorKind::TimedOut, "handshake timed out"),
         })?
         .map_err(|source| HboneError::Tls { peer, source })?;
-        let (sender, conn) = http2::Builder::new(TokioExecutor::new())
+        let mut tls = tls;
+        tls.get_mut().1.set_buffer_limit(Some(TLS_SEND_BUFFER));
+        let mut builder = http2::Builder::new(TokioExecutor::new());
+        builder
             .timer(TokioTimer::new())
             .keep_alive_interval(Duration::from_secs(30))
             .keep_alive_timeout(Duration::from_secs(10))
             .initial_stream_window_size(4 * 1024 * 1024)
             .initial_connection_window_size(16 * 1024 * 1024)
+            .max_frame_size(MAX_FRAME_SIZE);
+        let (sender, conn) = builder
             .handshake(TokioIo::new(tls))
             .await
             .map_err(|source| HboneError::Http { peer, source })?;
@@ -324,7 +343,8 @@ async fn serve_connection(
         return;
     };
     let acceptor = tokio_rustls::TlsAcceptor::from(certificate.server_config());
-    let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+    let stream = BufReader::with_capacity(SOCKET_READ_BUFFER, stream);
+    let mut tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
         Ok(Ok(tls)) => tls,
         Ok(Err(e)) => {
             tracing::debug!(%peer, error = %e, "HBONE TLS handshake failed");
@@ -332,6 +352,7 @@ async fn serve_connection(
         }
         Err(_) => return,
     };
+    tls.get_mut().1.set_buffer_limit(Some(TLS_SEND_BUFFER));
     let peer_id = tls.get_ref().1.peer_certificates().and_then(peer_identity);
     let peer_id = Arc::new(peer_id);
     let service = service_fn(move |mut req: Request<hyper::body::Incoming>| {
@@ -383,7 +404,8 @@ async fn serve_connection(
         .max_concurrent_streams(1000)
         .initial_stream_window_size(4 * 1024 * 1024)
         .initial_connection_window_size(16 * 1024 * 1024)
-        .keep_alive_interval(Duration::from_secs(30));
+        .keep_alive_interval(Duration::from_secs(30))
+        .max_frame_size(MAX_FRAME_SIZE);
     let connection = builder.serve_connection(TokioIo::new(tls), service);
     tokio::pin!(connection);
     let stopping = async {
@@ -425,13 +447,127 @@ fn parse_forwarded_for(value: &str) -> Option<IpAddr> {
     })
 }
 
-/// Copies both ways until both sides finish; half-closes are propagated.
+/// First size of a copy buffer: an idle or chatty tunnel stays cheap.
+const COPY_BUF_MIN: usize = 16 * 1024;
+/// Largest copy buffer: a read that fills the buffer doubles it up to this, so bulk transfers
+/// move large chunks (fewer tunnel messages, frames and syscalls per byte).
+const COPY_BUF_MAX: usize = 256 * 1024;
+
+/// Copies both ways until both sides finish; half-closes are propagated (EOF on one side shuts
+/// down writing on the other, the reverse direction keeps flowing). Each direction holds one
+/// buffer of at most [`COPY_BUF_MAX`] bytes, allocated on first use and freed at its EOF.
 pub async fn splice<A, B>(mut a: A, mut b: B) -> io::Result<(u64, u64)>
 where
-    A: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
-    B: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    A: AsyncRead + AsyncWrite + Unpin,
+    B: AsyncRead + AsyncWrite + Unpin,
 {
-    tokio::io::copy_bidirectional(&mut a, &mut b).await
+    let mut a_to_b = Direction::Running(Pipe::default());
+    let mut b_to_a = Direction::Running(Pipe::default());
+    std::future::poll_fn(|cx| {
+        let a_to_b = a_to_b.poll(cx, &mut a, &mut b)?;
+        let b_to_a = b_to_a.poll(cx, &mut b, &mut a)?;
+        match (a_to_b, b_to_a) {
+            (Poll::Ready(sent), Poll::Ready(received)) => Poll::Ready(Ok((sent, received))),
+            _ => Poll::Pending,
+        }
+    })
+    .await
+}
+
+enum Direction {
+    Running(Pipe),
+    ShuttingDown(u64),
+    Done(u64),
+}
+
+impl Direction {
+    fn poll<R, W>(&mut self, cx: &mut Context<'_>, r: &mut R, w: &mut W) -> Poll<io::Result<u64>>
+    where
+        R: AsyncRead + Unpin,
+        W: AsyncWrite + Unpin,
+    {
+        loop {
+            match self {
+                Direction::Running(pipe) => {
+                    let copied = ready!(pipe.poll_copy(cx, Pin::new(&mut *r), Pin::new(&mut *w)))?;
+                    *self = Direction::ShuttingDown(copied);
+                }
+                Direction::ShuttingDown(copied) => {
+                    ready!(Pin::new(&mut *w).poll_shutdown(cx))?;
+                    *self = Direction::Done(*copied);
+                }
+                Direction::Done(copied) => return Poll::Ready(Ok(*copied)),
+            }
+        }
+    }
+}
+
+/// One direction's buffer: `buf[pos..end]` is read but not yet written.
+#[derive(Default)]
+struct Pipe {
+    buf: Vec<u8>,
+    pos: usize,
+    end: usize,
+    eof: bool,
+    need_flush: bool,
+    copied: u64,
+}
+
+impl Pipe {
+    fn poll_copy<R, W>(
+        &mut self,
+        cx: &mut Context<'_>,
+        mut r: Pin<&mut R>,
+        mut w: Pin<&mut W>,
+    ) -> Poll<io::Result<u64>>
+    where
+        R: AsyncRead + ?Sized,
+        W: AsyncWrite + ?Sized,
+    {
+        loop {
+            if self.pos == self.end && !self.eof {
+                if self.buf.is_empty() {
+                    self.buf = vec![0; COPY_BUF_MIN];
+                }
+                let mut read = ReadBuf::new(&mut self.buf);
+                match r.as_mut().poll_read(cx, &mut read) {
+                    Poll::Ready(Ok(())) => {}
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                    Poll::Pending => {
+                        // Nothing more to send for now: push out what was written.
+                        if self.need_flush {
+                            ready!(w.as_mut().poll_flush(cx))?;
+                            self.need_flush = false;
+                        }
+                        return Poll::Pending;
+                    }
+                }
+                let n = read.filled().len();
+                self.pos = 0;
+                self.end = n;
+                self.eof = n == 0;
+            }
+            while self.pos < self.end {
+                let n = ready!(w.as_mut().poll_write(cx, &self.buf[self.pos..self.end]))?;
+                if n == 0 {
+                    return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+                }
+                self.pos += n;
+                self.copied += n as u64;
+                self.need_flush = true;
+            }
+            if self.end == self.buf.len() && self.buf.len() < COPY_BUF_MAX {
+                // The last read filled the buffer: more is waiting, read bigger chunks.
+                let grown = (self.buf.len() * 2).min(COPY_BUF_MAX);
+                self.buf = vec![0; grown];
+            }
+            if self.eof {
+                ready!(w.as_mut().poll_flush(cx))?;
+                self.buf = Vec::new();
+                return Poll::Ready(Ok(self.copied));
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -591,6 +727,38 @@ mod tests {
             handler.0.lock().unwrap().is_empty(),
             "no tunnel request got through"
         );
+    }
+
+    #[tokio::test]
+    async fn splice_moves_bulk_data_intact_and_propagates_half_close() {
+        let (mut left, left_inner) = tokio::io::duplex(64 * 1024);
+        let (right_inner, mut right) = tokio::io::duplex(64 * 1024);
+        let spliced = tokio::spawn(splice(left_inner, right_inner));
+        // More than the largest copy buffer, in a pattern that shows reordering or loss.
+        let sent: Vec<u8> = (0..3 * COPY_BUF_MAX + 12_345)
+            .map(|i| (i % 251) as u8)
+            .collect();
+        let writer = {
+            let sent = sent.clone();
+            tokio::spawn(async move {
+                left.write_all(&sent).await.unwrap();
+                left.shutdown().await.unwrap();
+                left
+            })
+        };
+        let mut received = Vec::new();
+        right.read_to_end(&mut received).await.unwrap();
+        assert!(received == sent, "bytes arrive intact and in order");
+        // The other direction still flows after the first one closed.
+        right.write_all(b"bye").await.unwrap();
+        right.shutdown().await.unwrap();
+        let mut left = writer.await.unwrap();
+        let mut reply = Vec::new();
+        left.read_to_end(&mut reply).await.unwrap();
+        assert_eq!(reply, b"bye");
+        let (forward, backward) = spliced.await.unwrap().unwrap();
+        assert_eq!(forward, sent.len() as u64);
+        assert_eq!(backward, 3);
     }
 
     #[test]

@@ -461,8 +461,8 @@ where
     A: AsyncRead + AsyncWrite + Unpin,
     B: AsyncRead + AsyncWrite + Unpin,
 {
-    let mut a_to_b = Direction::Running(Pipe::default());
-    let mut b_to_a = Direction::Running(Pipe::default());
+    let mut a_to_b = Direction::Running(CopyBuffer::default());
+    let mut b_to_a = Direction::Running(CopyBuffer::default());
     std::future::poll_fn(|cx| {
         let a_to_b = a_to_b.poll(cx, &mut a, &mut b)?;
         let b_to_a = b_to_a.poll(cx, &mut b, &mut a)?;
@@ -475,7 +475,7 @@ where
 }
 
 enum Direction {
-    Running(Pipe),
+    Running(CopyBuffer),
     ShuttingDown(u64),
     Done(u64),
 }
@@ -504,7 +504,7 @@ impl Direction {
 
 /// One direction's buffer: `buf[pos..end]` is read but not yet written.
 #[derive(Default)]
-struct Pipe {
+struct CopyBuffer {
     buf: Vec<u8>,
     pos: usize,
     end: usize,
@@ -513,7 +513,7 @@ struct Pipe {
     copied: u64,
 }
 
-impl Pipe {
+impl CopyBuffer {
     fn poll_copy<R, W>(
         &mut self,
         cx: &mut Context<'_>,

@@ -7,6 +7,7 @@
 #   sudo tests/perf/run.sh --rounds 5
 #   sudo tests/perf/run.sh --quick    # smoke run: 1 round of 3 s tests
 #   sudo tests/perf/run.sh --only bulk,idle --out /tmp/p.md   # some sections, while tuning
+#   sudo tests/perf/run.sh --only mesh --hold   # set up, warm up, then keep running to profile
 #
 # Needs root (network namespaces, iptables in the pods). Installs wrk, nghttp2-client (h2load),
 # haproxy, nginx and iperf3 with apt-get when missing. Sends traffic only to loopback and to
@@ -19,11 +20,12 @@ DURATION=10
 QUICK=0
 OUT="$ROOT/docs/performance.md"
 KEEP_WORK=0
+HOLD=0
 ONLY="h1,h2c,mesh,bulk,idle"
 
 usage() {
     sed -n '2,12p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
-    echo "options: --rounds N  --quick  --duration SECONDS  --out FILE  --keep-work  --only h1,h2c,mesh,bulk,idle"
+    echo "options: --rounds N  --quick  --duration SECONDS  --out FILE  --keep-work  --only h1,h2c,mesh,bulk,idle  --hold"
 }
 
 while [ $# -gt 0 ]; do
@@ -34,6 +36,7 @@ while [ $# -gt 0 ]; do
         --out) OUT="${2:?--out needs a file}"; shift 2 ;;
         --keep-work) KEEP_WORK=1; shift ;;
         --only) ONLY="${2:?--only needs a list of sections}"; shift 2 ;;
+        --hold) HOLD=1; shift ;;
         -h|--help) usage; exit 0 ;;
         *) echo "unknown option: $1" >&2; usage >&2; exit 2 ;;
     esac
@@ -638,6 +641,22 @@ if [ "$MESH_OK" -eq 1 ]; then
 fi
 DURATION=$SAVED_DURATION
 sed -i '/\twarmup\t/d' "$WORK/results.tsv"
+
+# --hold: keep everything running for profiling instead of measuring; Ctrl-C tears it down.
+if [ "$HOLD" -eq 1 ]; then
+    {
+        printf 'STRAIT_PID=%s\nHAPROXY_PID=%s\nNGINX_PID=%s\n' "$(proxy_pid strait)" "$(proxy_pid haproxy)" "$(proxy_pid nginx)"
+        if [ "$MESH_OK" -eq 1 ]; then
+            printf 'NODE_PID=%s\nWAYPOINT_PID=%s\n' "$NODE_PID" "$WAYPOINT_PID"
+            printf 'MESH_WAYPOINT_URL=http://%s:80%s\n' "$ROUTED_VIP" "$PATH_URL"
+            printf 'MESH_HBONE_URL=http://%s:%s%s\n' "$MESH_SERVER_IP" "$MESH_HTTP_PORT" "$PATH_URL"
+            grep -E '_NETNS=' "$WORK/mesh/env"
+        fi
+    } >"$WORK/hold.env"
+    log "holding; processes and addresses are in $WORK/hold.env; Ctrl-C (or SIGTERM) to tear down"
+    KEEP_WORK=1
+    while true; do sleep 3600 & wait $!; done
+fi
 
 # ---------------------------------------------------------------------------------------------
 # Interleaved rounds.

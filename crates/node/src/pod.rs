@@ -8,7 +8,6 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use futures_util::future::BoxFuture;
 use http::StatusCode;
-use hyper_util::rt::TokioIo;
 use strait_capture::{CaptureSpec, PROXY_MARK};
 use strait_config::ObjectRef;
 use strait_config::mesh::{MtlsMode, Workload};
@@ -310,7 +309,7 @@ async fn outbound(ctx: &PodCtx, mut stream: TcpStream) {
     };
     let ended = match upstream {
         Upstream::Plain(mut upstream) => splice::relay(&mut stream, &mut upstream).await,
-        Upstream::Tunnel(upstream) => hbone::splice(stream, upstream).await,
+        Upstream::Tunnel(upstream) => hbone::relay(stream, upstream).await,
     };
     if let Err(e) = ended {
         tracing::debug!(pod = %ctx.pod, %dst, error = %e, "outbound connection ended");
@@ -322,7 +321,7 @@ enum Upstream {
     /// A kernel socket straight to the destination: relayed with zero-copy splice.
     Plain(TcpStream),
     /// An HBONE tunnel (through the peer's node proxy or a waypoint).
-    Tunnel(BoxIo),
+    Tunnel(hbone::Tunnel),
 }
 
 /// Why a planned connection was not made.
@@ -374,7 +373,7 @@ async fn connect_plan(
                 source: Some(source),
             };
             match ctx.hbone.open(&to).await {
-                Ok(tunnel) => Ok(Upstream::Tunnel(Box::new(TokioIo::new(tunnel)))),
+                Ok(tunnel) => Ok(Upstream::Tunnel(tunnel)),
                 Err(e) => {
                     tracing::info!(pod = %ctx.pod, %dst, %peer, error = %e, "tunnel failed");
                     // The peer answered and said no: its decision stands.
@@ -448,7 +447,7 @@ impl TunnelHandler for InboundTunnels {
             tracing::debug!(pod = %ctx.pod, target = %request.target, peer = ?request.peer_id.as_ref().map(ToString::to_string), "tunnel in");
             Ok(Box::new(move |tunnel: hbone::Tunnel| {
                 Box::pin(async move {
-                    if let Err(e) = hbone::splice(TokioIo::new(tunnel), upstream).await {
+                    if let Err(e) = hbone::relay(upstream, tunnel).await {
                         tracing::debug!(error = %e, "inbound tunnel ended");
                     }
                 }) as BoxFuture<'static, ()>

@@ -18,6 +18,7 @@ mod pool;
 mod server;
 pub mod splice;
 mod tls;
+mod tunnel;
 mod upstream;
 pub mod waypoint;
 

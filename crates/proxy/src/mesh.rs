@@ -6,7 +6,6 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use futures_util::future::BoxFuture;
-use hyper_util::rt::TokioIo;
 use strait_config::mesh::{MeshConfig, Workload};
 use strait_identity::{Certificates, SpiffeId};
 
@@ -61,7 +60,7 @@ impl Dialer for MeshDialer {
                     source: None,
                 })
                 .await?;
-            Ok(Box::new(TokioIo::new(tunnel)) as BoxIo)
+            Ok(Box::new(tunnel) as BoxIo)
         })
     }
 }

@@ -402,8 +402,9 @@ impl TunnelHandler for Handler {
                 let stop = inner.stop.clone();
                 let conn = ConnInfo::new(client, false, None);
                 return Ok(Box::new(move |tunnel: hbone::Tunnel| {
-                    Box::pin(async move { serve_http(shared, tunnel, conn, stop).await })
-                        as BoxFuture<'static, ()>
+                    Box::pin(
+                        async move { serve_http(shared, TokioIo::new(tunnel), conn, stop).await },
+                    ) as BoxFuture<'static, ()>
                 }) as TunnelTask);
             }
             // Opaque TCP: one endpoint per connection.
@@ -422,7 +423,7 @@ impl TunnelHandler for Handler {
             Ok(Box::new(move |tunnel: hbone::Tunnel| {
                 Box::pin(async move {
                     let _in_flight = crate::upstream::InFlight::new(&endpoint);
-                    if let Err(e) = hbone::splice(TokioIo::new(tunnel), upstream).await {
+                    if let Err(e) = hbone::relay(upstream, tunnel).await {
                         tracing::debug!(error = %e, "waypoint TCP tunnel ended");
                     }
                 }) as BoxFuture<'static, ()>

@@ -50,6 +50,8 @@ const CONNECTION_WINDOW: u32 = 16 * 1024 * 1024;
 const STREAM_SEND_BUFFER: usize = 1024 * 1024;
 /// Tunnels one connection carries at once; more wait for a free slot at the client.
 const MAX_TUNNELS_PER_CONNECTION: u32 = 1000;
+/// A `CONNECT` carries a handful of headers; anything near this is not HBONE.
+const MAX_HEADER_LIST_SIZE: u32 = 16 * 1024;
 /// Read buffer under the TLS layer: rustls asks the socket for 4 KiB at a time, so without it
 /// a 16 KiB record costs four or five `read` syscalls.
 const SOCKET_READ_BUFFER: usize = 64 * 1024;
@@ -275,6 +277,7 @@ impl HboneClient {
             .initial_window_size(STREAM_WINDOW)
             .initial_connection_window_size(CONNECTION_WINDOW)
             .max_frame_size(MAX_FRAME_SIZE)
+            .max_header_list_size(MAX_HEADER_LIST_SIZE)
             .max_send_buffer_size(STREAM_SEND_BUFFER);
         let (sender, mut connection) =
             tokio::time::timeout(HANDSHAKE_TIMEOUT, builder.handshake::<_, Bytes>(tls))
@@ -416,6 +419,7 @@ async fn serve_connection(
         .initial_window_size(STREAM_WINDOW)
         .initial_connection_window_size(CONNECTION_WINDOW)
         .max_frame_size(MAX_FRAME_SIZE)
+        .max_header_list_size(MAX_HEADER_LIST_SIZE)
         .max_send_buffer_size(STREAM_SEND_BUFFER);
     let mut connection =
         match tokio::time::timeout(HANDSHAKE_TIMEOUT, builder.handshake::<_, Bytes>(tls)).await {

@@ -33,6 +33,9 @@ pub const HBONE_PORT: u16 = 15008;
 /// Bounds connection setup (TCP + TLS + HTTP/2) to a peer.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Bounds the wait for the answer to a `CONNECT`: the peer connects its target (within its own
+/// 5 s connect timeout) before it answers.
+const RESPONSE_TIMEOUT: Duration = Duration::from_secs(15);
 /// A connection whose peer does not answer a PING within [`KEEP_ALIVE_TIMEOUT`] is dropped, so
 /// a vanished node or waypoint does not keep tunnels (or a pooled connection) hanging.
 const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(30);
@@ -208,15 +211,25 @@ impl HboneClient {
                 }
                 Err(e) => return Err(http_error(e)),
             };
+            // Nothing reached the peer yet: any failure here may be retried.
             let (response, send) = match sender.send_request(request.clone(), false) {
                 Ok(sent) => sent,
-                Err(e) if !last && never_processed(&e) => continue,
+                Err(e) if !last => {
+                    tracing::debug!(peer = %to.peer, error = %e, "pooled HBONE connection unusable");
+                    continue;
+                }
                 Err(e) => return Err(http_error(e)),
             };
-            let response = match response.await {
-                Ok(response) => response,
-                Err(e) if !last && never_processed(&e) => continue,
-                Err(e) => return Err(http_error(e)),
+            let response = match tokio::time::timeout(RESPONSE_TIMEOUT, response).await {
+                Ok(Ok(response)) => response,
+                Ok(Err(e)) if !last && never_processed(&e) => continue,
+                Ok(Err(e)) => return Err(http_error(e)),
+                Err(_) => {
+                    return Err(HboneError::Connect {
+                        peer: to.peer,
+                        source: io::Error::new(io::ErrorKind::TimedOut, "no answer to CONNECT"),
+                    });
+                }
             };
             if response.status() != StatusCode::OK {
                 return Err(HboneError::Refused {
@@ -305,10 +318,12 @@ impl HboneClient {
     }
 }
 
-/// Whether a failed `CONNECT` certainly never reached the peer's handler, so opening it on a
-/// fresh connection cannot do anything twice.
+/// Whether the peer certainly did not act on a sent `CONNECT` (it refused the stream, or a
+/// graceful GOAWAY excluded it), so opening it again elsewhere cannot connect the target twice.
+/// A connection that died mid-request proves nothing: the peer may have connected.
 fn never_processed(e: &h2::Error) -> bool {
-    e.is_go_away() || e.is_io() || e.reason() == Some(Reason::REFUSED_STREAM)
+    e.reason() == Some(Reason::REFUSED_STREAM)
+        || (e.is_go_away() && e.is_remote() && e.reason() == Some(Reason::NO_ERROR))
 }
 
 /// Resolves once the peer leaves a PING unanswered for [`KEEP_ALIVE_TIMEOUT`] (or the
@@ -496,7 +511,16 @@ async fn serve_tunnel(
         source,
         headers: parts.headers,
     };
-    match handler.open(request).await {
+    // A client that gives up (RST_STREAM) while the target is being connected gets no tunnel,
+    // and the half-made connection is dropped at once.
+    let opened = tokio::select! {
+        opened = handler.open(request) => opened,
+        _ = std::future::poll_fn(|cx| respond.poll_reset(cx)) => {
+            tracing::debug!(%peer, %target, "CONNECT cancelled by the client");
+            return;
+        }
+    };
+    match opened {
         Ok(task) => match respond.send_response(status(StatusCode::OK), false) {
             Ok(send) => task(Tunnel::new(send, body)).await,
             Err(e) => tracing::debug!(%peer, %target, error = %e, "tunnel not established"),
@@ -533,6 +557,7 @@ fn parse_forwarded_for(value: &str) -> Option<IpAddr> {
 mod tests {
     use super::*;
     use crate::dial::TcpDialer;
+    use std::sync::atomic::AtomicUsize;
     use strait_identity::{CertificateAuthority, Certificates};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -545,11 +570,21 @@ mod tests {
         }
     }
 
-    /// Echoes tunnels addressed to port 7; refuses others with 503. Records callers.
+    /// Echoes tunnels addressed to port 7; never answers port 9 (and counts how many of those
+    /// waits were abandoned); refuses others with 503. Records callers.
     /// What the server saw of one CONNECT: target, caller identity, forwarded source.
     type Seen = (SocketAddr, Option<SpiffeId>, Option<IpAddr>);
 
-    struct EchoSeven(Mutex<Vec<Seen>>);
+    struct EchoSeven(Mutex<Vec<Seen>>, Arc<AtomicUsize>);
+
+    /// Counts its drops: shows that a pending `open` was abandoned.
+    struct DropCounter(Arc<AtomicUsize>);
+
+    impl Drop for DropCounter {
+        fn drop(&mut self) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
 
     impl TunnelHandler for Arc<EchoSeven> {
         fn open(
@@ -560,9 +595,13 @@ mod tests {
                 .lock()
                 .unwrap()
                 .push((request.target, request.peer_id.clone(), request.source));
-            let ok = request.target.port() == 7;
+            let port = request.target.port();
+            let never_answered = (port == 9).then(|| DropCounter(self.1.clone()));
             Box::pin(async move {
-                if !ok {
+                if let Some(_dropped_when_abandoned) = never_answered {
+                    std::future::pending::<()>().await;
+                }
+                if port != 7 {
                     return Err(StatusCode::SERVICE_UNAVAILABLE);
                 }
                 Ok(Box::new(|tunnel: Tunnel| {
@@ -586,7 +625,10 @@ mod tests {
     ) -> (SocketAddr, Arc<EchoSeven>, watch::Sender<bool>) {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let handler = Arc::new(EchoSeven(Mutex::new(Vec::new())));
+        let handler = Arc::new(EchoSeven(
+            Mutex::new(Vec::new()),
+            Arc::new(AtomicUsize::new(0)),
+        ));
         let (stop, stop_rx) = watch::channel(false);
         tokio::spawn(serve(
             listener,
@@ -659,6 +701,47 @@ mod tests {
             .await
             .unwrap_err();
         assert!(matches!(err, HboneError::Tls { .. }), "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_connect_the_client_gives_up_on_is_abandoned_by_the_server() {
+        let certs = Certificates::from_ca(Arc::new(
+            CertificateAuthority::new_self_signed("cluster.local").unwrap(),
+        ));
+        let server_cert = certs.get(&id("shop", "cart")).await.unwrap();
+        let client_cert = certs.get(&id("web", "frontend")).await.unwrap();
+        let (addr, handler, _stop) = start_server(server_cert).await;
+        let client = HboneClient::new(Arc::new(TcpDialer));
+        let target = TunnelTarget {
+            local: &client_cert,
+            peer: addr,
+            peer_id: None,
+            target: SocketAddr::from(([198, 19, 0, 10], 9)),
+            source: None,
+        };
+        // The server's handler never answers port 9; the client stops waiting.
+        let gave_up = tokio::time::timeout(Duration::from_millis(300), client.open(&target)).await;
+        assert!(gave_up.is_err(), "no answer yet");
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while handler.1.load(Ordering::SeqCst) == 0 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the server kept preparing a tunnel nobody waits for"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        // The connection itself stays usable.
+        let mut io = client
+            .open(&TunnelTarget {
+                target: SocketAddr::from(([198, 19, 0, 10], 7)),
+                ..target
+            })
+            .await
+            .unwrap();
+        io.write_all(b"still here").await.unwrap();
+        let mut buf = [0u8; 10];
+        io.read_exact(&mut buf).await.unwrap();
+        assert_eq!(&buf, b"still here");
     }
 
     #[tokio::test]

@@ -22,8 +22,9 @@ const READ_BUF_MIN: usize = 16 * 1024;
 /// Largest read buffer: a read that fills the buffer doubles it up to this, so bulk transfers
 /// move large chunks (fewer frames, TLS records and syscalls per byte).
 const READ_BUF_MAX: usize = 256 * 1024;
-/// Reads smaller than this are copied out so the buffer is reused; larger ones are handed to
-/// h2 as they are and the next read gets a fresh buffer.
+/// Reads smaller than this (or than half the buffer) are copied out so the buffer is reused;
+/// larger ones are handed to h2 as they are and the next read gets a fresh buffer. Handing over
+/// a small read would pin the whole buffer for as long as h2 queues it.
 const HAND_OVER_AT: usize = 8 * 1024;
 
 /// An established tunnel: what the peer sends is read, what is written reaches the peer.
@@ -74,12 +75,24 @@ impl Tunnel {
     /// Sends END_STREAM: the half-close of a socket.
     fn finish(&mut self) -> io::Result<()> {
         if !self.write_closed {
-            self.write_closed = true;
             self.send
                 .send_data(Bytes::new(), true)
                 .map_err(write_error)?;
+            self.write_closed = true;
         }
         Ok(())
+    }
+
+    /// Ready with an error once the peer resets the stream or the connection is lost: what a
+    /// relay waiting only on its socket would otherwise not notice.
+    fn poll_aborted(&mut self, cx: &mut Context<'_>) -> Poll<io::Error> {
+        match ready!(self.send.poll_reset(cx)) {
+            Ok(reason) => Poll::Ready(io::Error::new(
+                io::ErrorKind::ConnectionReset,
+                format!("tunnel reset by the peer ({reason:?})"),
+            )),
+            Err(e) => Poll::Ready(read_error(e)),
+        }
     }
 
     /// Waits until h2 may take more data on this stream. At most one write beyond the flow
@@ -174,6 +187,14 @@ where
     std::future::poll_fn(|cx| {
         let sent = outbound.poll(cx, &mut socket, &mut tunnel)?;
         let received = inbound.poll(cx, &mut tunnel, &mut socket)?;
+        if sent.is_pending()
+            && received.is_ready()
+            && let Poll::Ready(e) = tunnel.poll_aborted(cx)
+        {
+            // The peer finished sending, then reset or vanished: an idle socket would never
+            // tell.
+            return Poll::Ready(Err(e));
+        }
         match (sent, received) {
             (Poll::Ready(sent), Poll::Ready(received)) => Poll::Ready(Ok((sent, received))),
             _ => Poll::Pending,
@@ -246,7 +267,7 @@ impl SocketToTunnel {
                 // The read filled the buffer: more is waiting, read bigger chunks.
                 self.read_size = (self.read_size * 2).min(READ_BUF_MAX);
             }
-            self.pending = Some(if n < HAND_OVER_AT {
+            self.pending = Some(if n < HAND_OVER_AT || n * 2 < self.buf.capacity() {
                 let chunk = Bytes::copy_from_slice(&self.buf);
                 self.buf.clear();
                 chunk
@@ -497,6 +518,23 @@ mod tests {
             .await
             .expect("the relay ends");
         assert!(ended.is_ok());
+    }
+
+    #[tokio::test]
+    async fn a_reset_after_the_peer_finished_sending_ends_a_relay_on_an_idle_socket() {
+        let (mut client, server) = tunnel_pair(65_535).await;
+        let (mut app, socket) = tokio::io::duplex(1024);
+        let relayed = tokio::spawn(relay(socket, server));
+        client.write_all(b"last words").await.unwrap();
+        client.shutdown().await.unwrap();
+        let mut got = Vec::new();
+        within(app.read_to_end(&mut got)).await.unwrap();
+        assert_eq!(got, b"last words", "the half-close reaches the socket");
+        // The socket stays open and silent; the peer now aborts its half.
+        drop(client);
+        let ended = within(relayed).await.unwrap();
+        assert!(ended.is_err(), "the relay ends with the reset: {ended:?}");
+        drop(app);
     }
 
     #[tokio::test]

@@ -200,13 +200,17 @@ impl HboneClient {
             peer: to.peer,
             source,
         };
+        // The connection the first attempt failed on: only that one is replaced, so openers
+        // that failed on the same dead connection share one new handshake.
+        let mut failed: Option<Arc<AtomicBool>> = None;
         for attempt in 0..2 {
             let last = attempt > 0;
-            let connection = self.connection(&slot, to, last).await?;
-            let mut sender = match connection.sender.ready().await {
+            let Connection { sender, closed } = self.connection(&slot, to, failed.as_ref()).await?;
+            let mut sender = match sender.ready().await {
                 Ok(sender) => sender,
                 Err(e) if !last => {
                     tracing::debug!(peer = %to.peer, error = %e, "pooled HBONE connection unusable");
+                    failed = Some(closed);
                     continue;
                 }
                 Err(e) => return Err(http_error(e)),
@@ -216,13 +220,17 @@ impl HboneClient {
                 Ok(sent) => sent,
                 Err(e) if !last => {
                     tracing::debug!(peer = %to.peer, error = %e, "pooled HBONE connection unusable");
+                    failed = Some(closed);
                     continue;
                 }
                 Err(e) => return Err(http_error(e)),
             };
             let response = match tokio::time::timeout(RESPONSE_TIMEOUT, response).await {
                 Ok(Ok(response)) => response,
-                Ok(Err(e)) if !last && never_processed(&e) => continue,
+                Ok(Err(e)) if !last && never_processed(&e) => {
+                    failed = Some(closed);
+                    continue;
+                }
                 Ok(Err(e)) => return Err(http_error(e)),
                 Err(_) => {
                     return Err(HboneError::Connect {
@@ -246,17 +254,18 @@ impl HboneClient {
         })
     }
 
-    /// The slot's live connection, connecting when there is none (or `fresh` is asked).
+    /// The slot's live connection, connecting when there is none or when it is the one that
+    /// just `failed` (another opener may already have replaced it).
     async fn connection(
         &self,
         slot: &Slot,
         to: &TunnelTarget<'_>,
-        fresh: bool,
+        failed: Option<&Arc<AtomicBool>>,
     ) -> Result<Connection, HboneError> {
         let mut guard = slot.connection.lock().await;
         if let Some(connection) = guard.as_ref()
-            && !fresh
             && !connection.is_closed()
+            && !failed.is_some_and(|failed| Arc::ptr_eq(failed, &connection.closed))
         {
             return Ok(connection.clone());
         }
@@ -742,6 +751,70 @@ mod tests {
         let mut buf = [0u8; 10];
         io.read_exact(&mut buf).await.unwrap();
         assert_eq!(&buf, b"still here");
+    }
+
+    /// Plain TCP, counting the connections it opens.
+    struct CountingDialer(Arc<AtomicUsize>);
+
+    impl Dialer for CountingDialer {
+        fn dial(&self, addr: SocketAddr) -> BoxFuture<'static, io::Result<BoxIo>> {
+            self.0.fetch_add(1, Ordering::SeqCst);
+            TcpDialer.dial(addr)
+        }
+    }
+
+    #[tokio::test]
+    async fn openers_that_failed_on_one_connection_share_its_replacement() {
+        let certs = Certificates::from_ca(Arc::new(
+            CertificateAuthority::new_self_signed("cluster.local").unwrap(),
+        ));
+        let server_cert = certs.get(&id("shop", "cart")).await.unwrap();
+        let client_cert = certs.get(&id("web", "frontend")).await.unwrap();
+        let (addr, _handler, _stop) = start_server(server_cert).await;
+        let dials = Arc::new(AtomicUsize::new(0));
+        let client = HboneClient::new(Arc::new(CountingDialer(dials.clone())));
+        let target = TunnelTarget {
+            local: &client_cert,
+            peer: addr,
+            peer_id: None,
+            target: SocketAddr::from(([198, 19, 0, 10], 7)),
+            source: None,
+        };
+        drop(client.open(&target).await.unwrap());
+        let slot = client
+            .pool
+            .lock()
+            .unwrap()
+            .values()
+            .next()
+            .cloned()
+            .unwrap();
+        let first = slot
+            .connection
+            .lock()
+            .await
+            .as_ref()
+            .unwrap()
+            .closed
+            .clone();
+        assert_eq!(dials.load(Ordering::SeqCst), 1);
+
+        // Two openers report a failure on the first connection: one replaces it, the other
+        // takes the replacement instead of replacing it again.
+        let replaced = client
+            .connection(&slot, &target, Some(&first))
+            .await
+            .unwrap();
+        let shared = client
+            .connection(&slot, &target, Some(&first))
+            .await
+            .unwrap();
+        assert!(!Arc::ptr_eq(&replaced.closed, &first));
+        assert!(Arc::ptr_eq(&replaced.closed, &shared.closed));
+        assert_eq!(dials.load(Ordering::SeqCst), 2, "one handshake for both");
+        // An opener that failed on some other connection keeps the live one.
+        client.connection(&slot, &target, None).await.unwrap();
+        assert_eq!(dials.load(Ordering::SeqCst), 2);
     }
 
     #[tokio::test]

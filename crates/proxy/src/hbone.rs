@@ -196,62 +196,59 @@ impl HboneClient {
             peer: to.peer,
             target: to.target.to_string(),
         })?;
+        let pooled = self.connection(&slot, to, None).await?;
+        let failed = pooled.closed.clone();
+        match Self::try_open(pooled.sender, &request, to).await {
+            Err(Attempt::Retry(e)) => {
+                tracing::debug!(peer = %to.peer, error = %e, "pooled HBONE connection unusable");
+            }
+            result => return result.map_err(Attempt::into_error),
+        }
+        // Only the connection that failed is replaced, so openers that failed on the same dead
+        // connection share one new handshake.
+        let fresh = self.connection(&slot, to, Some(&failed)).await?;
+        Self::try_open(fresh.sender, &request, to)
+            .await
+            .map_err(Attempt::into_error)
+    }
+
+    /// Sends one `CONNECT` on `sender`'s connection and waits for the answer.
+    async fn try_open(
+        sender: h2::client::SendRequest<Bytes>,
+        request: &Request<()>,
+        to: &TunnelTarget<'_>,
+    ) -> Result<Tunnel, Attempt> {
         let http_error = |source| HboneError::Http {
             peer: to.peer,
             source,
         };
-        // The connection the first attempt failed on: only that one is replaced, so openers
-        // that failed on the same dead connection share one new handshake.
-        let mut failed: Option<Arc<AtomicBool>> = None;
-        for attempt in 0..2 {
-            let last = attempt > 0;
-            let Connection { sender, closed } = self.connection(&slot, to, failed.as_ref()).await?;
-            let mut sender = match sender.ready().await {
-                Ok(sender) => sender,
-                Err(e) if !last => {
-                    tracing::debug!(peer = %to.peer, error = %e, "pooled HBONE connection unusable");
-                    failed = Some(closed);
-                    continue;
-                }
-                Err(e) => return Err(http_error(e)),
-            };
-            // Nothing reached the peer yet: any failure here may be retried.
-            let (response, send) = match sender.send_request(request.clone(), false) {
-                Ok(sent) => sent,
-                Err(e) if !last => {
-                    tracing::debug!(peer = %to.peer, error = %e, "pooled HBONE connection unusable");
-                    failed = Some(closed);
-                    continue;
-                }
-                Err(e) => return Err(http_error(e)),
-            };
-            let response = match tokio::time::timeout(RESPONSE_TIMEOUT, response).await {
-                Ok(Ok(response)) => response,
-                Ok(Err(e)) if !last && never_processed(&e) => {
-                    failed = Some(closed);
-                    continue;
-                }
-                Ok(Err(e)) => return Err(http_error(e)),
-                Err(_) => {
-                    return Err(HboneError::Connect {
-                        peer: to.peer,
-                        source: io::Error::new(io::ErrorKind::TimedOut, "no answer to CONNECT"),
-                    });
-                }
-            };
-            if response.status() != StatusCode::OK {
-                return Err(HboneError::Refused {
+        // Nothing reaches the peer before `send_request` succeeds: any failure may be retried.
+        let mut sender = sender
+            .ready()
+            .await
+            .map_err(|e| Attempt::Retry(http_error(e)))?;
+        let (response, send) = sender
+            .send_request(request.clone(), false)
+            .map_err(|e| Attempt::Retry(http_error(e)))?;
+        let response = match tokio::time::timeout(RESPONSE_TIMEOUT, response).await {
+            Ok(Ok(response)) => response,
+            Ok(Err(e)) if never_processed(&e) => return Err(Attempt::Retry(http_error(e))),
+            Ok(Err(e)) => return Err(Attempt::Final(http_error(e))),
+            Err(_) => {
+                return Err(Attempt::Final(HboneError::Connect {
                     peer: to.peer,
-                    target: to.target,
-                    status: response.status(),
-                });
+                    source: io::Error::new(io::ErrorKind::TimedOut, "no answer to CONNECT"),
+                }));
             }
-            return Ok(Tunnel::new(send, response.into_body()));
+        };
+        if response.status() != StatusCode::OK {
+            return Err(Attempt::Final(HboneError::Refused {
+                peer: to.peer,
+                target: to.target,
+                status: response.status(),
+            }));
         }
-        Err(HboneError::Connect {
-            peer: to.peer,
-            source: io::Error::new(io::ErrorKind::ConnectionReset, "pooled connection closed"),
-        })
+        Ok(Tunnel::new(send, response.into_body()))
     }
 
     /// The slot's live connection, connecting when there is none or when it is the one that
@@ -281,17 +278,17 @@ impl HboneClient {
             .map_err(|source| HboneError::Connect { peer, source })?;
         let tcp = BufReader::with_capacity(SOCKET_READ_BUFFER, tcp);
         let connector = tokio_rustls::TlsConnector::from(to.local.client_config(to.peer_id));
-        let tls = tokio::time::timeout(
+        let timed_out = |what| HboneError::Tls {
+            peer,
+            source: io::Error::new(io::ErrorKind::TimedOut, what),
+        };
+        let mut tls = tokio::time::timeout(
             HANDSHAKE_TIMEOUT,
             connector.connect(ServerName::IpAddress(peer.ip().into()), tcp),
         )
         .await
-        .map_err(|_| HboneError::Tls {
-            peer,
-            source: io::Error::new(io::ErrorKind::TimedOut, "handshake timed out"),
-        })?
+        .map_err(|_| timed_out("handshake timed out"))?
         .map_err(|source| HboneError::Tls { peer, source })?;
-        let mut tls = tls;
         tls.get_mut().1.set_buffer_limit(Some(TLS_SEND_BUFFER));
         let mut builder = h2::client::Builder::new();
         builder
@@ -304,10 +301,7 @@ impl HboneClient {
         let (sender, mut connection) =
             tokio::time::timeout(HANDSHAKE_TIMEOUT, builder.handshake::<_, Bytes>(tls))
                 .await
-                .map_err(|_| HboneError::Tls {
-                    peer,
-                    source: io::Error::new(io::ErrorKind::TimedOut, "HTTP/2 handshake timed out"),
-                })?
+                .map_err(|_| timed_out("HTTP/2 handshake timed out"))?
                 .map_err(|source| HboneError::Http { peer, source })?;
         let closed = Arc::new(AtomicBool::new(false));
         let ping = connection.ping_pong();
@@ -324,6 +318,22 @@ impl HboneClient {
             mark_closed.store(true, Ordering::Release);
         });
         Ok(Connection { sender, closed })
+    }
+}
+
+/// How one `CONNECT` attempt failed.
+enum Attempt {
+    /// The peer certainly did not act on it: another connection may carry it.
+    Retry(HboneError),
+    /// The peer answered, or may have acted on it: no second try.
+    Final(HboneError),
+}
+
+impl Attempt {
+    fn into_error(self) -> HboneError {
+        match self {
+            Attempt::Retry(e) | Attempt::Final(e) => e,
+        }
     }
 }
 

@@ -26,6 +26,9 @@ const READ_BUF_MAX: usize = 256 * 1024;
 /// larger ones are handed to h2 as they are and the next read gets a fresh buffer. Handing over
 /// a small read would pin the whole buffer for as long as h2 queues it.
 const HAND_OVER_AT: usize = 8 * 1024;
+/// Largest write handed to h2 at once: h2 queues what exceeds the peer's window, and bounding
+/// each write bounds that queue.
+const MAX_WRITE: usize = READ_BUF_MAX;
 
 /// An established tunnel: what the peer sends is read, what is written reaches the peer.
 /// Shutting down the write side ends the stream in that direction (a half-close); dropping the
@@ -158,8 +161,7 @@ impl AsyncWrite for Tunnel {
             return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into()));
         }
         ready!(self.poll_send_capacity(cx))?;
-        // h2 buffers what exceeds the window; bounding each write bounds that.
-        let n = buf.len().min(READ_BUF_MAX);
+        let n = buf.len().min(MAX_WRITE);
         self.send_bytes(Bytes::copy_from_slice(&buf[..n]))?;
         Poll::Ready(Ok(n))
     }
@@ -287,7 +289,7 @@ struct TunnelToSocket {
     moved: u64,
 }
 
-#[derive(Default, PartialEq)]
+#[derive(Default)]
 enum Closing {
     #[default]
     Open,

@@ -662,13 +662,26 @@ mod tests {
         SpiffeId::new("cluster.local", ns, sa).unwrap()
     }
 
-    #[tokio::test]
-    async fn tunnels_are_mutual_tls_multiplexed_and_refusals_carry_status() {
-        let ca = Arc::new(CertificateAuthority::new_self_signed("cluster.local").unwrap());
-        let certs = Certificates::from_ca(ca);
+    /// A server (shop/cart) started on loopback and a client certificate (web/frontend), both
+    /// from one fresh mesh CA.
+    async fn server_and_client_cert() -> (
+        SocketAddr,
+        Arc<EchoSeven>,
+        watch::Sender<bool>,
+        Arc<WorkloadCertificate>,
+    ) {
+        let certs = Certificates::from_ca(Arc::new(
+            CertificateAuthority::new_self_signed("cluster.local").unwrap(),
+        ));
         let server_cert = certs.get(&id("shop", "cart")).await.unwrap();
         let client_cert = certs.get(&id("web", "frontend")).await.unwrap();
-        let (addr, handler, _stop) = start_server(server_cert).await;
+        let (addr, handler, stop) = start_server(server_cert).await;
+        (addr, handler, stop, client_cert)
+    }
+
+    #[tokio::test]
+    async fn tunnels_are_mutual_tls_multiplexed_and_refusals_carry_status() {
+        let (addr, handler, _stop, client_cert) = server_and_client_cert().await;
         let client = HboneClient::new(Arc::new(TcpDialer));
         let expected = id("shop", "cart");
         let target = |port| TunnelTarget {
@@ -724,12 +737,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_connect_the_client_gives_up_on_is_abandoned_by_the_server() {
-        let certs = Certificates::from_ca(Arc::new(
-            CertificateAuthority::new_self_signed("cluster.local").unwrap(),
-        ));
-        let server_cert = certs.get(&id("shop", "cart")).await.unwrap();
-        let client_cert = certs.get(&id("web", "frontend")).await.unwrap();
-        let (addr, handler, _stop) = start_server(server_cert).await;
+        let (addr, handler, _stop, client_cert) = server_and_client_cert().await;
         let client = HboneClient::new(Arc::new(TcpDialer));
         let target = TunnelTarget {
             local: &client_cert,
@@ -775,12 +783,7 @@ mod tests {
 
     #[tokio::test]
     async fn openers_that_failed_on_one_connection_share_its_replacement() {
-        let certs = Certificates::from_ca(Arc::new(
-            CertificateAuthority::new_self_signed("cluster.local").unwrap(),
-        ));
-        let server_cert = certs.get(&id("shop", "cart")).await.unwrap();
-        let client_cert = certs.get(&id("web", "frontend")).await.unwrap();
-        let (addr, _handler, _stop) = start_server(server_cert).await;
+        let (addr, _handler, _stop, client_cert) = server_and_client_cert().await;
         let dials = Arc::new(AtomicUsize::new(0));
         let client = HboneClient::new(Arc::new(CountingDialer(dials.clone())));
         let target = TunnelTarget {

@@ -11,7 +11,56 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use hyper::body::{Body as HttpBody, Frame, Incoming, SizeHint};
 
+use crate::h1::body::RecvBody;
 use crate::pool::Checkin;
+
+/// Errors of any body the proxy relays: hyper's, or the HTTP/1 server's.
+pub(crate) type BodyError = Box<dyn std::error::Error + Send + Sync>;
+
+/// A body arriving from a peer.
+#[derive(Debug)]
+pub(crate) enum Inbound {
+    /// No body (an HTTP/1 request without framing headers).
+    Empty,
+    /// HTTP/2 clients and every upstream response.
+    Hyper(Incoming),
+    /// HTTP/1 clients.
+    H1(RecvBody),
+}
+
+impl HttpBody for Inbound {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        match self.get_mut() {
+            Inbound::Empty => Poll::Ready(None),
+            Inbound::Hyper(incoming) => Pin::new(incoming)
+                .poll_frame(cx)
+                .map(|frame| frame.map(|r| r.map_err(BodyError::from))),
+            Inbound::H1(body) => Pin::new(body).poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Inbound::Empty => true,
+            Inbound::Hyper(incoming) => incoming.is_end_stream(),
+            Inbound::H1(body) => body.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            Inbound::Empty => SizeHint::with_exact(0),
+            Inbound::Hyper(incoming) => incoming.size_hint(),
+            Inbound::H1(body) => body.size_hint(),
+        }
+    }
+}
 
 /// See the module documentation.
 #[derive(Debug)]
@@ -19,9 +68,9 @@ pub(crate) enum Body {
     /// A complete body (`None` once sent).
     Full(Option<Bytes>),
     /// Straight from the peer.
-    Stream(Incoming),
+    Stream(Inbound),
     /// Already-read chunks, then the rest of the stream.
-    Prefixed(std::collections::VecDeque<Bytes>, Incoming),
+    Prefixed(std::collections::VecDeque<Bytes>, Inbound),
     /// A response from a pooled upstream connection; the connection goes back to its pool
     /// when the body ends (`None` afterwards).
     Pooled(Incoming, Option<Checkin>),
@@ -36,7 +85,7 @@ impl Body {
     pub(crate) fn pooled(body: Incoming, checkin: Checkin) -> Body {
         if body.is_end_stream() {
             checkin.finish();
-            Body::Stream(body)
+            Body::Stream(Inbound::Hyper(body))
         } else {
             Body::Pooled(body, Some(checkin))
         }
@@ -53,12 +102,12 @@ impl Body {
 
 impl HttpBody for Body {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BodyError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         // Every variant is Unpin.
         match self.get_mut() {
             Body::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
@@ -68,7 +117,9 @@ impl HttpBody for Body {
                 None => Pin::new(incoming).poll_frame(cx),
             },
             Body::Pooled(incoming, checkin) => {
-                let frame = Pin::new(&mut *incoming).poll_frame(cx);
+                let frame = Pin::new(&mut *incoming)
+                    .poll_frame(cx)
+                    .map(|frame| frame.map(|r| r.map_err(BodyError::from)));
                 match &frame {
                     // Senders stop polling once `is_end_stream` holds, so the end is noticed
                     // right after the last frame rather than on a final `None`.
@@ -94,15 +145,17 @@ impl HttpBody for Body {
     fn is_end_stream(&self) -> bool {
         match self {
             Body::Full(bytes) => bytes.is_none(),
-            Body::Stream(incoming) | Body::Pooled(incoming, _) => incoming.is_end_stream(),
-            Body::Prefixed(prefix, incoming) => prefix.is_empty() && incoming.is_end_stream(),
+            Body::Stream(inbound) => inbound.is_end_stream(),
+            Body::Pooled(incoming, _) => incoming.is_end_stream(),
+            Body::Prefixed(prefix, inbound) => prefix.is_empty() && inbound.is_end_stream(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match self {
             Body::Full(bytes) => SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64)),
-            Body::Stream(incoming) | Body::Pooled(incoming, _) => incoming.size_hint(),
+            Body::Stream(inbound) => inbound.size_hint(),
+            Body::Pooled(incoming, _) => incoming.size_hint(),
             Body::Prefixed(prefix, incoming) => {
                 let buffered: u64 = prefix.iter().map(|b| b.len() as u64).sum();
                 let rest = incoming.size_hint();

@@ -9,16 +9,16 @@ use bytes::Bytes;
 use http::uri::PathAndQuery;
 use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, Version, header};
 use http_body_util::BodyExt;
-use hyper::body::{Body as _, Incoming};
-use hyper::upgrade::OnUpgrade;
+use hyper::body::Body as _;
 use hyper_util::rt::TokioIo;
 use strait_config::{AppProtocol, BackendTarget, ObjectRef, Retry};
 use strait_route::filters::{self, CorsOutcome, Filter, RequestTarget};
 use strait_route::{Decision, RequestInfo, RouteMatch, RouteTable};
 
+use crate::h1::OnUpgrade;
 use crate::headers;
 use crate::tls::PortTls;
-use crate::upstream::{self, Body, ClusterState, Clusters, InFlight, Outgoing, SendError};
+use crate::upstream::{self, Body, ClusterState, Clusters, InFlight, Inbound, Outgoing, SendError};
 
 /// Bodies up to this size are buffered so retries and mirrors can replay them.
 const REPLAY_LIMIT: u64 = 64 * 1024;
@@ -77,7 +77,7 @@ pub(crate) fn status(code: StatusCode) -> Response<Body> {
 pub(crate) async fn handle(
     state: Arc<PortState>,
     conn: &ConnInfo,
-    mut req: Request<Incoming>,
+    mut req: Request<Inbound>,
 ) -> Response<Body> {
     let client_version = req.version();
     let host_value: Option<HeaderValue> = match req.uri().authority() {
@@ -286,7 +286,7 @@ where
 /// Applies request-side filters; returns a response when a filter answers directly.
 fn request_filters<'t>(
     list: &'t [Filter],
-    req: &mut Request<Incoming>,
+    req: &mut Request<Inbound>,
     matched: &RouteMatch<'_>,
     state: &PortState,
     conn: &ConnInfo,
@@ -363,7 +363,7 @@ impl ReqBody {
 
 /// Reads the body into memory when it fits in [`REPLAY_LIMIT`]; otherwise keeps what was read
 /// in front of the rest of the stream. Request trailers are not kept in a buffered body.
-async fn buffer_small(mut body: Incoming) -> Result<ReqBody, Response<Body>> {
+async fn buffer_small(mut body: Inbound) -> Result<ReqBody, Response<Body>> {
     if body.is_end_stream() {
         return Ok(ReqBody::Buffered(Bytes::new()));
     }
@@ -508,21 +508,24 @@ async fn forward_upgrade(
         let guard = InFlight::new(endpoint);
         tokio::spawn(async move {
             let _guard = guard;
-            let (client, upstream) = match tokio::try_join!(client, upstream) {
-                Ok(pair) => pair,
-                Err(e) => {
+            let (mut client, upstream) = match tokio::join!(client.wait(), upstream) {
+                (Ok(client), Ok(upstream)) => (client, upstream),
+                (Err(e), _) => {
                     tracing::debug!(error = %e, "upgrade did not complete");
                     return;
                 }
+                (_, Err(e)) => {
+                    tracing::debug!(error = %e, "upstream upgrade did not complete");
+                    return;
+                }
             };
-            let mut client = TokioIo::new(client);
             let mut upstream = TokioIo::new(upstream);
             if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
                 tracing::debug!(error = %e, "upgraded connection ended with error");
             }
         });
     }
-    Ok(response.map(Body::Stream))
+    Ok(response.map(|body| Body::Stream(Inbound::Hyper(body))))
 }
 
 /// Fire-and-forget copy of the request; never delays or fails the primary.

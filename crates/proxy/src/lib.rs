@@ -10,6 +10,7 @@ pub mod accept;
 mod backend_tls;
 mod body;
 pub mod dial;
+mod h1;
 mod handler;
 pub mod hbone;
 mod headers;

@@ -7,12 +7,16 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use futures_util::future::BoxFuture;
+use http::Request;
+use hyper::body::Incoming;
+use hyper::server::conn::http2;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::{mpsc, watch};
 
+use crate::body::Inbound;
+use crate::h1;
 use crate::handler::{self, ConnInfo, PortState};
 
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -66,7 +70,7 @@ async fn serve_connection(
     if state.tls.is_none() {
         drop(state);
         let conn = ConnInfo::new(peer, false, None);
-        serve_http(shared, TokioIo::new(stream), conn, stop).await;
+        serve_http(shared, stream, conn, stop).await;
         return;
     }
     // The TLS path's state (handshake, rustls connection) is several kilobytes: boxed, so the
@@ -113,34 +117,61 @@ async fn serve_tls(
         Err(_) => return,
     };
     let conn = ConnInfo::new(peer, true, sni);
-    serve_http(shared, TokioIo::new(stream), conn, stop).await;
+    serve_http(shared, stream, conn, stop).await;
 }
 
-pub(crate) async fn serve_http<I>(
+/// Serves HTTP/1.x with our own server, or HTTP/2 (prior knowledge, or ALPN `h2` on TLS)
+/// with hyper's when the client opens with the HTTP/2 preface.
+pub(crate) async fn serve_http<I: h1::Io>(
     shared: Arc<ListenerShared>,
     io: I,
     conn: ConnInfo,
+    stop: watch::Receiver<bool>,
+) {
+    let conn = Arc::new(conn);
+    let service: h1::Service = {
+        let shared = shared.clone();
+        let conn = conn.clone();
+        Box::new(move |req| {
+            let shared = shared.clone();
+            let conn = conn.clone();
+            Box::pin(async move {
+                let state = shared.state.load_full();
+                handler::handle(state, &conn, req).await
+            })
+        })
+    };
+    match h1::serve(io, service, stop.clone()).await {
+        h1::Ended::Closed => {}
+        h1::Ended::Http2(io) => serve_h2(shared, TokioIo::new(io), conn, stop).await,
+    }
+}
+
+async fn serve_h2<I>(
+    shared: Arc<ListenerShared>,
+    io: I,
+    conn: Arc<ConnInfo>,
     mut stop: watch::Receiver<bool>,
 ) where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder.http1().timer(TokioTimer::new()).keep_alive(true);
-    builder.http2().timer(TokioTimer::new());
+    let mut builder = http2::Builder::new(TokioExecutor::new());
+    builder.timer(TokioTimer::new());
     let peer = conn.peer;
-    let conn = Arc::new(conn);
     // The request's future is boxed: hyper keeps a slot of the service future's size for the
-    // connection's whole life, and an idle keep-alive connection should not pay kilobytes for a
-    // request it is not serving.
-    let service = service_fn(move |req| -> BoxFuture<'static, Result<_, Infallible>> {
-        let shared = shared.clone();
-        let conn = conn.clone();
-        Box::pin(async move {
-            let state = shared.state.load_full();
-            Ok(handler::handle(state, &conn, req).await)
-        })
-    });
-    let connection = builder.serve_connection_with_upgrades(io, service);
+    // connection's whole life.
+    let service = service_fn(
+        move |req: Request<Incoming>| -> BoxFuture<'static, Result<_, Infallible>> {
+            let shared = shared.clone();
+            let conn = conn.clone();
+            Box::pin(async move {
+                let state = shared.state.load_full();
+                let req = req.map(Inbound::Hyper);
+                Ok(handler::handle(state, &conn, req).await)
+            })
+        },
+    );
+    let connection = builder.serve_connection(io, service);
     tokio::pin!(connection);
     let stopping = async {
         while !*stop.borrow() {
@@ -157,6 +188,6 @@ pub(crate) async fn serve_http<I>(
         }
     };
     if let Err(e) = result {
-        tracing::debug!(%peer, error = %e, "client connection ended with error");
+        tracing::debug!(%peer, error = %e, "HTTP/2 client connection ended with error");
     }
 }

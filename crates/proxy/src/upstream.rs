@@ -27,7 +27,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use rand::Rng;
 use strait_config::{AppProtocol, CertificatePem, Cluster, ClusterKey, GatewayConfig, ProxyConfig};
 
-pub(crate) use crate::body::Body;
+pub(crate) use crate::body::{Body, Inbound};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -435,7 +435,7 @@ pub(crate) async fn send(
     } else {
         send_h2(protocol, endpoint, outgoing, body).await?
     };
-    Ok(response.map(Body::Stream))
+    Ok(response.map(|body| Body::Stream(Inbound::Hyper(body))))
 }
 
 /// Sends over a pooled plain HTTP/1.1 connection, or a new one when none is idle. The

@@ -15,7 +15,6 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use futures_util::future::BoxFuture;
 use http::StatusCode;
-use hyper_util::rt::TokioIo;
 use strait_config::mesh::{MeshConfig, WaypointPort};
 use strait_config::{
     BackendTarget, ClusterKey, HttpMatch, HttpRoute, HttpRule, ListenerConfig, ListenerProtocol,
@@ -402,9 +401,8 @@ impl TunnelHandler for Handler {
                 let stop = inner.stop.clone();
                 let conn = ConnInfo::new(client, false, None);
                 return Ok(Box::new(move |tunnel: hbone::Tunnel| {
-                    Box::pin(
-                        async move { serve_http(shared, TokioIo::new(tunnel), conn, stop).await },
-                    ) as BoxFuture<'static, ()>
+                    Box::pin(async move { serve_http(shared, tunnel, conn, stop).await })
+                        as BoxFuture<'static, ()>
                 }) as TunnelTask);
             }
             // Opaque TCP: one endpoint per connection.

@@ -1,0 +1,495 @@
+//! The HTTP/1 server against raw bytes on an in-memory connection.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderValue, Request, Response, StatusCode};
+use http_body_util::BodyExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use super::*;
+use crate::body::{Body, Inbound};
+
+const WAIT: Duration = Duration::from_secs(5);
+
+/// A response with a fixed `date`, so heads compare byte for byte.
+fn reply(status: StatusCode, body: Body) -> Response<Body> {
+    let mut response = Response::new(body);
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert("date", HeaderValue::from_static("d"));
+    response
+}
+
+/// Answers `METHOD PATH` and, for POST, the request body it read.
+fn echo() -> Service {
+    Box::new(|req: Request<Inbound>| {
+        Box::pin(async move {
+            let line = format!("{} {}", req.method(), req.uri());
+            let body = req.into_body().collect().await;
+            match body {
+                Ok(body) => {
+                    let mut text = line.into_bytes();
+                    let bytes = body.to_bytes();
+                    if !bytes.is_empty() {
+                        text.extend_from_slice(b" ");
+                        text.extend_from_slice(&bytes);
+                    }
+                    reply(StatusCode::OK, Body::full(Bytes::from(text)))
+                }
+                Err(_) => reply(StatusCode::BAD_REQUEST, Body::empty()),
+            }
+        })
+    })
+}
+
+struct Client {
+    io: DuplexStream,
+    buf: Vec<u8>,
+    server: JoinHandle<Ended<DuplexStream>>,
+    stop: watch::Sender<bool>,
+}
+
+fn start(service: Service) -> Client {
+    let (client, server) = tokio::io::duplex(64 * 1024);
+    let (stop, stop_rx) = watch::channel(false);
+    Client {
+        io: client,
+        buf: Vec::new(),
+        server: tokio::spawn(serve(server, service, stop_rx)),
+        stop,
+    }
+}
+
+/// One parsed response: status, lower-case header lines, and the body (de-chunked).
+#[derive(Debug)]
+struct Reply {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+}
+
+impl Reply {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+impl Client {
+    async fn send(&mut self, bytes: &[u8]) {
+        self.io.write_all(bytes).await.unwrap();
+    }
+
+    async fn fill(&mut self) -> bool {
+        let mut chunk = [0; 4096];
+        let n = tokio::time::timeout(WAIT, self.io.read(&mut chunk))
+            .await
+            .expect("server answered in time")
+            .unwrap();
+        self.buf.extend_from_slice(&chunk[..n]);
+        n > 0
+    }
+
+    /// Reads one response; `head_request` suppresses the body as HEAD does.
+    async fn response_to(&mut self, head_request: bool) -> Reply {
+        let (status, headers, len) = loop {
+            let mut raw = [httparse::EMPTY_HEADER; 32];
+            let mut parsed = httparse::Response::new(&mut raw);
+            if let httparse::Status::Complete(len) = parsed.parse(&self.buf).unwrap() {
+                let headers = parsed
+                    .headers
+                    .iter()
+                    .map(|h| {
+                        (
+                            h.name.to_ascii_lowercase(),
+                            String::from_utf8(h.value.to_vec()).unwrap(),
+                        )
+                    })
+                    .collect::<Vec<_>>();
+                break (parsed.code.unwrap(), headers, len);
+            }
+            assert!(
+                self.fill().await,
+                "connection closed before a response head"
+            );
+        };
+        self.buf.drain(..len);
+        let mut reply = Reply {
+            status,
+            headers,
+            body: Vec::new(),
+        };
+        if head_request || status == 204 || status == 304 || status < 200 {
+            return reply;
+        }
+        if let Some(length) = reply.header("content-length") {
+            let length: usize = length.parse().unwrap();
+            while self.buf.len() < length {
+                assert!(self.fill().await, "connection closed inside a body");
+            }
+            reply.body = self.buf.drain(..length).collect();
+        } else if reply.header("transfer-encoding") == Some("chunked") {
+            let mut decoder = Decoder::new(Framing::Chunked);
+            let mut buf = BytesMut::from(&self.buf[..]);
+            self.buf.clear();
+            loop {
+                match decoder.decode(&mut buf).unwrap() {
+                    Decoded::Data(data) => reply.body.extend_from_slice(&data),
+                    Decoded::Done => break,
+                    Decoded::NeedMore => {
+                        assert!(self.fill().await, "connection closed inside a chunked body");
+                        buf.extend_from_slice(&self.buf);
+                        self.buf.clear();
+                    }
+                }
+            }
+            self.buf = buf.to_vec();
+        } else {
+            while self.fill().await {}
+            reply.body = std::mem::take(&mut self.buf);
+        }
+        reply
+    }
+
+    async fn response(&mut self) -> Reply {
+        self.response_to(false).await
+    }
+
+    /// Whether the server closed the connection (nothing more to read).
+    async fn closed(&mut self) -> bool {
+        self.buf.is_empty() && !self.fill().await
+    }
+}
+
+#[tokio::test]
+async fn keep_alive_and_pipelined_requests_are_answered_in_order() {
+    let mut c = start(echo());
+    c.send(b"GET /a HTTP/1.1\r\nHost: x\r\n\r\nGET /b HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await;
+    let first = c.response().await;
+    assert_eq!((first.status, &first.body[..]), (200, &b"GET /a"[..]));
+    assert_eq!(first.header("content-length"), Some("6"));
+    assert_eq!(first.header("connection"), None);
+    let second = c.response().await;
+    assert_eq!(second.body, b"GET /b");
+    c.send(b"GET /c HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await;
+    let third = c.response().await;
+    assert_eq!(third.body, b"GET /c");
+    assert_eq!(third.header("connection"), Some("close"));
+    assert!(c.closed().await);
+}
+
+#[tokio::test]
+async fn request_bodies_by_length_and_chunked() {
+    let mut c = start(echo());
+    c.send(b"POST /l HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello")
+        .await;
+    assert_eq!(c.response().await.body, b"POST /l hello");
+    c.send(b"POST /c HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n")
+        .await;
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    c.send(b"2;ext=1\r\nde\r\n0\r\nx-trailer: 1\r\n\r\n").await;
+    assert_eq!(c.response().await.body, b"POST /c abcde");
+    // A body that breaks its chunking never reaches the backend whole.
+    c.send(b"POST /bad HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n")
+        .await;
+    let bad = c.response().await;
+    assert_eq!(bad.status, 400);
+    assert_eq!(bad.header("connection"), Some("close"));
+    assert!(c.closed().await);
+}
+
+#[tokio::test]
+async fn streamed_bodies_of_unknown_length_are_chunked_and_close_delimited_for_http10() {
+    let service: Service = Box::new(|req: Request<Inbound>| {
+        Box::pin(async move { reply(StatusCode::OK, Body::Stream(req.into_body())) })
+    });
+    let mut c = start(service);
+    c.send(b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nTE: trailers\r\n\r\n4\r\nwxyz\r\n0\r\n\r\n")
+        .await;
+    let r = c.response().await;
+    assert_eq!(r.header("transfer-encoding"), Some("chunked"));
+    assert_eq!(r.body, b"wxyz");
+    let mut c = start(echo());
+    c.send(b"GET /old HTTP/1.0\r\n\r\n").await;
+    let r = c.response().await;
+    assert_eq!(r.body, b"GET /old");
+    assert_eq!(r.header("connection"), Some("close"));
+    assert!(c.closed().await);
+    let mut c = start(echo());
+    c.send(b"GET /old HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
+        .await;
+    let r = c.response().await;
+    assert_eq!(r.header("connection"), Some("keep-alive"));
+    c.send(b"GET /again HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
+        .await;
+    assert_eq!(c.response().await.body, b"GET /again");
+}
+
+#[tokio::test]
+async fn expect_continue_is_answered_when_the_body_is_wanted() {
+    let (release, released) = tokio::sync::oneshot::channel::<()>();
+    let released = std::sync::Mutex::new(Some(released));
+    let service: Service = Box::new(move |req: Request<Inbound>| {
+        let gate = released.lock().unwrap().take();
+        Box::pin(async move {
+            if let Some(gate) = gate {
+                let _ = gate.await;
+            }
+            let body = req.into_body().collect().await.unwrap().to_bytes();
+            reply(StatusCode::OK, Body::full(body))
+        })
+    });
+    let mut c = start(service);
+    c.send(b"PUT / HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 2\r\n\r\n")
+        .await;
+    // The handler has not asked for the body yet: no 100.
+    let early = tokio::time::timeout(Duration::from_millis(100), c.io.read_u8()).await;
+    assert!(
+        early.is_err(),
+        "100 Continue sent before the body was wanted"
+    );
+    release.send(()).unwrap();
+    let interim = c.response().await;
+    assert_eq!(interim.status, 100);
+    c.send(b"ok").await;
+    let r = c.response().await;
+    assert_eq!((r.status, &r.body[..]), (200, &b"ok"[..]));
+}
+
+#[tokio::test]
+async fn bad_heads_get_their_status_and_a_close() {
+    for (raw, status) in [
+        (&b"GET / HTTP/1.1\r\n\r\n"[..], 400),
+        (
+            b"GET / HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
+            400,
+        ),
+        (
+            b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip\r\n\r\n",
+            501,
+        ),
+        (b"G\x01T / HTTP/1.1\r\n\r\n", 400),
+    ] {
+        let mut c = start(echo());
+        c.send(raw).await;
+        let r = c.response().await;
+        assert_eq!(r.status, status, "{:?}", String::from_utf8_lossy(raw));
+        assert_eq!(r.header("connection"), Some("close"));
+        assert!(c.closed().await);
+    }
+    let mut c = start(echo());
+    let huge = format!(
+        "GET / HTTP/1.1\r\nHost: x\r\nx-big: {}\r\n",
+        "a".repeat(head::MAX_HEAD)
+    );
+    c.send(huge.as_bytes()).await;
+    // The client keeps sending after the refusal; the answer still arrives.
+    c.send(&[b'a'; 4096]).await;
+    assert_eq!(c.response().await.status, 431);
+    assert!(c.closed().await);
+}
+
+#[tokio::test]
+async fn unread_bodies_are_drained_when_small_and_close_the_connection_when_large() {
+    let ignore: fn() -> Service = || {
+        Box::new(|_req: Request<Inbound>| {
+            Box::pin(async move { reply(StatusCode::NOT_FOUND, Body::empty()) })
+        })
+    };
+    let mut c = start(ignore());
+    c.send(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\n\r\nbody")
+        .await;
+    let r = c.response().await;
+    assert_eq!(r.status, 404);
+    assert_eq!(r.header("connection"), None);
+    c.send(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    assert_eq!(c.response().await.status, 404);
+
+    let mut c = start(ignore());
+    let big = DRAIN_LIMIT + 1;
+    c.send(format!("POST / HTTP/1.1\r\nHost: x\r\nContent-Length: {big}\r\n\r\n").as_bytes())
+        .await;
+    let r = c.response().await;
+    assert_eq!(r.header("connection"), Some("close"));
+    assert!(c.closed().await);
+
+    // Refused before the 100 Continue: the client may never send the body.
+    let mut c = start(ignore());
+    c.send(b"PUT / HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 4\r\n\r\n")
+        .await;
+    let r = c.response().await;
+    assert_eq!((r.status, r.header("connection")), (404, Some("close")));
+    assert!(c.closed().await);
+}
+
+#[tokio::test]
+async fn a_client_that_leaves_cancels_its_request() {
+    let cancelled = Arc::new(AtomicUsize::new(0));
+    let seen = cancelled.clone();
+    let service: Service = Box::new(move |_req: Request<Inbound>| {
+        struct Guard(Arc<AtomicUsize>);
+        impl Drop for Guard {
+            fn drop(&mut self) {
+                self.0.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+        let guard = Guard(seen.clone());
+        Box::pin(async move {
+            let _guard = guard;
+            std::future::pending::<()>().await;
+            reply(StatusCode::OK, Body::empty())
+        })
+    });
+    let mut c = start(service);
+    c.send(b"GET /slow HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    assert_eq!(cancelled.load(Ordering::SeqCst), 0);
+    drop(c.io);
+    let ended = tokio::time::timeout(WAIT, c.server).await.unwrap().unwrap();
+    assert!(matches!(ended, Ended::Closed));
+    assert_eq!(cancelled.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn head_and_bodiless_statuses_carry_no_body() {
+    let service: Service = Box::new(|req: Request<Inbound>| {
+        Box::pin(async move {
+            let status = if req.uri().path() == "/empty" {
+                StatusCode::NO_CONTENT
+            } else {
+                StatusCode::OK
+            };
+            reply(status, Body::full(Bytes::from_static(b"12345")))
+        })
+    });
+    let mut c = start(service);
+    c.send(b"HEAD / HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    let r = c.response_to(true).await;
+    assert_eq!(r.header("content-length"), Some("5"));
+    assert_eq!(r.header("transfer-encoding"), None);
+    c.send(b"GET /empty HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    let r = c.response().await;
+    assert_eq!(r.status, 204);
+    assert_eq!(r.header("content-length"), None);
+    // Nothing of either body was written: the next answer follows directly.
+    c.send(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    assert_eq!(c.response().await.body, b"12345");
+}
+
+#[tokio::test]
+async fn a_body_shorter_than_its_length_closes_the_connection() {
+    let service: Service = Box::new(|_req: Request<Inbound>| {
+        Box::pin(async move {
+            let mut r = reply(StatusCode::OK, Body::full(Bytes::from_static(b"abc")));
+            r.headers_mut()
+                .insert("content-length", HeaderValue::from_static("10"));
+            r
+        })
+    });
+    let mut c = start(service);
+    c.send(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    while c.fill().await {}
+    let text = String::from_utf8(c.buf.clone()).unwrap();
+    assert!(text.starts_with("HTTP/1.1 200 OK\r\n"), "{text}");
+    assert!(text.ends_with("\r\n\r\nabc"), "{text}");
+}
+
+#[tokio::test]
+async fn an_upgrade_hands_over_the_connection_with_early_bytes() {
+    let service: Service = Box::new(|mut req: Request<Inbound>| {
+        let upgrade = req.extensions_mut().remove::<OnUpgrade>();
+        Box::pin(async move {
+            let upgrade = upgrade.expect("upgrade requests carry OnUpgrade");
+            tokio::spawn(async move {
+                let mut io = upgrade.wait().await.unwrap();
+                let mut got = [0; 5];
+                io.read_exact(&mut got).await.unwrap();
+                io.write_all(&got).await.unwrap();
+            });
+            let mut r = reply(StatusCode::SWITCHING_PROTOCOLS, Body::empty());
+            r.headers_mut()
+                .insert("connection", HeaderValue::from_static("upgrade"));
+            r.headers_mut()
+                .insert("upgrade", HeaderValue::from_static("websocket"));
+            r
+        })
+    });
+    let mut c = start(service);
+    // Bytes sent right behind the request belong to the upgraded protocol.
+    c.send(b"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\nhel")
+        .await;
+    let r = c.response().await;
+    assert_eq!(r.status, 101);
+    assert_eq!(r.header("connection"), Some("upgrade"));
+    c.send(b"lo").await;
+    while c.buf.len() < 5 {
+        assert!(c.fill().await);
+    }
+    assert_eq!(&c.buf[..], b"hello");
+}
+
+#[tokio::test]
+async fn stopping_closes_idle_connections_and_finishes_busy_ones() {
+    let mut c = start(echo());
+    c.send(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    c.response().await;
+    c.stop.send(true).unwrap();
+    assert!(c.closed().await);
+
+    let (release, released) = tokio::sync::oneshot::channel::<()>();
+    let released = std::sync::Mutex::new(Some(released));
+    let service: Service = Box::new(move |_req: Request<Inbound>| {
+        let gate = released.lock().unwrap().take();
+        Box::pin(async move {
+            if let Some(gate) = gate {
+                let _ = gate.await;
+            }
+            reply(StatusCode::OK, Body::empty())
+        })
+    });
+    let mut c = start(service);
+    c.send(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    c.stop.send(true).unwrap();
+    release.send(()).unwrap();
+    let r = c.response().await;
+    assert_eq!((r.status, r.header("connection")), (200, Some("close")));
+    assert!(c.closed().await);
+}
+
+#[tokio::test]
+async fn the_http2_preface_is_handed_back_with_what_was_read() {
+    let mut c = start(echo());
+    c.send(H2_PREFACE).await;
+    c.send(b"frames").await;
+    let ended = tokio::time::timeout(WAIT, c.server).await.unwrap().unwrap();
+    let Ended::Http2(mut io) = ended else {
+        panic!("HTTP/2 preface not recognised");
+    };
+    let mut got = vec![0; H2_PREFACE.len()];
+    io.read_exact(&mut got).await.unwrap();
+    assert_eq!(got, H2_PREFACE);
+}
+
+#[tokio::test]
+async fn an_idle_connection_reads_without_a_buffer_of_its_own() {
+    let (mut client, mut server) = tokio::io::duplex(1024);
+    let mut buf = BytesMut::new();
+    let mut cx = Context::from_waker(std::task::Waker::noop());
+    assert!(poll_read_more(&mut server, &mut buf, &mut cx, HEAD_BUF).is_pending());
+    assert_eq!(buf.capacity(), 0);
+    client.write_all(b"GET").await.unwrap();
+    let read = poll_read_more(&mut server, &mut buf, &mut cx, HEAD_BUF);
+    assert!(matches!(read, Poll::Ready(Ok(3))));
+    assert_eq!(&buf[..], b"GET");
+    assert!(buf.capacity() >= HEAD_BUF);
+}

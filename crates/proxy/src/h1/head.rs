@@ -5,14 +5,26 @@
 //! refused, differing `Content-Length`s are refused, and a request with both framings is read
 //! as chunked and closes the connection after its response.
 
+use std::mem::MaybeUninit;
+
 use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderName, HeaderValue};
 use http::{HeaderMap, Method, Request, Response, StatusCode, Uri, Version};
+use smallvec::SmallVec;
 
 /// The largest request head accepted (request line and headers).
 pub(crate) const MAX_HEAD: usize = 64 * 1024;
 /// The most header lines a request may carry.
 const MAX_HEADERS: usize = 100;
+
+/// Where one header line's name and value lie in the head.
+#[derive(Clone, Copy)]
+struct HeaderRange {
+    name: u32,
+    name_len: u32,
+    value: u32,
+    value_len: u32,
+}
 
 /// How a request body is delimited.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -58,13 +70,18 @@ impl HeadError {
 }
 
 /// Parses one request head from the front of `buf`, removing it. `Ok(None)`: more bytes needed.
-pub(crate) fn parse_request(buf: &mut BytesMut) -> Result<Option<RequestHead>, HeadError> {
+/// `reuse` is an empty header map whose allocation the request's headers can take.
+pub(crate) fn parse_request(
+    buf: &mut BytesMut,
+    reuse: &mut Option<HeaderMap>,
+) -> Result<Option<RequestHead>, HeadError> {
     // Byte ranges into `buf`, so the head can be frozen once and every header value shares it.
-    let mut ranges = [(0usize, 0usize, 0usize, 0usize); MAX_HEADERS];
-    let (len, method, path, minor, count) = {
-        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-        let mut parsed = httparse::Request::new(&mut headers);
-        let status = match parsed.parse(buf) {
+    // Neither array is initialised up front: that alone cost more than parsing the head.
+    let mut ranges: SmallVec<[HeaderRange; MAX_HEADERS]> = SmallVec::new();
+    let (len, method, path, minor) = {
+        let mut headers = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+        let mut parsed = httparse::Request::new(&mut []);
+        let status = match parsed.parse_with_uninit_headers(buf, &mut headers) {
             Ok(status) => status,
             Err(httparse::Error::TooManyHeaders) => return Err(HeadError::TooLarge),
             Err(e) => return Err(HeadError::Malformed(parse_error_reason(e))),
@@ -78,23 +95,21 @@ pub(crate) fn parse_request(buf: &mut BytesMut) -> Result<Option<RequestHead>, H
             return Err(HeadError::TooLarge);
         }
         let base = buf.as_ptr() as usize;
-        let offset = |s: &[u8]| s.as_ptr() as usize - base;
+        // Offsets within a head of at most MAX_HEAD bytes fit in u32.
+        let offset = |s: &[u8]| (s.as_ptr() as usize - base) as u32;
         let method = parsed.method.ok_or(HeadError::Malformed("no method"))?;
         let path = parsed.path.ok_or(HeadError::Malformed("no target"))?;
-        let path = (offset(path.as_bytes()), path.len());
+        let path = (offset(path.as_bytes()) as usize, path.len());
         let method = Method::from_bytes(method.as_bytes())
             .map_err(|_| HeadError::Malformed("invalid method"))?;
         let minor = parsed.version.ok_or(HeadError::Malformed("no version"))?;
-        let count = parsed.headers.len();
-        for (range, h) in ranges.iter_mut().zip(parsed.headers.iter()) {
-            *range = (
-                offset(h.name.as_bytes()),
-                h.name.len(),
-                offset(h.value),
-                h.value.len(),
-            );
-        }
-        (len, method, path, minor, count)
+        ranges.extend(parsed.headers.iter().map(|h| HeaderRange {
+            name: offset(h.name.as_bytes()),
+            name_len: h.name.len() as u32,
+            value: offset(h.value),
+            value_len: h.value.len() as u32,
+        }));
+        (len, method, path, minor)
     };
     let head: Bytes = buf.split_to(len).freeze();
     let version = if minor == 1 {
@@ -115,12 +130,18 @@ pub(crate) fn parse_request(buf: &mut BytesMut) -> Result<Option<RequestHead>, H
     let mut chunked = false;
     let mut transfer_encoding = false;
     let mut hosts = 0;
-    let mut headers = HeaderMap::with_capacity(count);
-    for &(name_at, name_len, value_at, value_len) in &ranges[..count] {
-        let name = HeaderName::from_bytes(&head[name_at..name_at + name_len])
+    let mut headers = reuse.take().unwrap_or_default();
+    // Room for what the proxy adds (x-forwarded-for, x-forwarded-proto, filters) without
+    // growing the map.
+    headers.reserve(ranges.len() + 4);
+    for range in &ranges {
+        let (name_at, value_at) = (range.name as usize, range.value as usize);
+        let name = HeaderName::from_bytes(&head[name_at..name_at + range.name_len as usize])
             .map_err(|_| HeadError::Malformed("invalid header name"))?;
-        let value = HeaderValue::from_maybe_shared(head.slice(value_at..value_at + value_len))
-            .map_err(|_| HeadError::Malformed("invalid header value"))?;
+        let value = HeaderValue::from_maybe_shared(
+            head.slice(value_at..value_at + range.value_len as usize),
+        )
+        .map_err(|_| HeadError::Malformed("invalid header value"))?;
         match name {
             header::HOST => hosts += 1,
             header::CONTENT_LENGTH => {
@@ -368,7 +389,7 @@ mod tests {
     use super::*;
 
     fn parse(raw: &str) -> Result<Option<RequestHead>, HeadError> {
-        parse_request(&mut BytesMut::from(raw))
+        parse_request(&mut BytesMut::from(raw), &mut None)
     }
 
     fn head(raw: &str) -> RequestHead {
@@ -380,7 +401,9 @@ mod tests {
         let mut buf = BytesMut::from(
             "GET /a?b=1 HTTP/1.1\r\nHost: example.com\r\nX-A: 1\r\nx-a: 2\r\n\r\nNEXT",
         );
-        let head = parse_request(&mut buf).unwrap().unwrap();
+        let mut reuse = Some(HeaderMap::with_capacity(32));
+        let head = parse_request(&mut buf, &mut reuse).unwrap().unwrap();
+        assert!(reuse.is_none());
         assert_eq!(&buf[..], b"NEXT");
         let req = head.request;
         assert_eq!(req.method(), Method::GET);

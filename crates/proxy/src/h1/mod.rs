@@ -32,7 +32,7 @@ use std::time::Duration;
 use bytes::{Buf, Bytes, BytesMut};
 use futures_util::future::BoxFuture;
 use http::header::{self, Entry, HeaderValue};
-use http::{Method, Request, Response, StatusCode, Version};
+use http::{HeaderMap, Method, Request, Response, StatusCode, Version};
 use hyper::body::{Body as HttpBody, Frame};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::{oneshot, watch};
@@ -46,10 +46,22 @@ use crate::h1::rewind::Rewind;
 /// A request head must arrive within this long of the connection starting to wait for it
 /// (including the time an idle keep-alive connection waits for its next request).
 const HEAD_TIMEOUT: Duration = Duration::from_secs(30);
-/// Read buffer while a request head arrives; grows for larger heads up to `head::MAX_HEAD`.
-const HEAD_BUF: usize = 8 * 1024;
-/// Read buffer while a request body streams.
-const BODY_BUF: usize = 32 * 1024;
+/// A connection keeps its buffers this long after a request: under load the next request
+/// follows within milliseconds and reuses them instead of allocating anew; a connection idle
+/// for longer gives them back.
+const IDLE_GRACE: Duration = Duration::from_millis(250);
+/// Free space wanted in the read buffer while a request head arrives. Most heads fit in one
+/// allocation this small, which the allocator serves from its per-thread cache; larger heads
+/// grow the buffer, up to `head::MAX_HEAD`.
+const HEAD_SPARE: usize = 1024;
+/// Free space wanted while a request body streams.
+const BODY_SPARE: usize = 32 * 1024;
+/// Free space wanted while only watching for the client closing (or pipelining).
+const WATCH_SPARE: usize = 256;
+/// The per-thread buffer an idle connection reads into before it has one of its own.
+const SCRATCH_SIZE: usize = 16 * 1024;
+/// The write buffer a response head starts with (grown when the head is larger).
+const OUT_BUF: usize = 512;
 /// Response data up to this size is copied next to its head, so both leave in one write.
 const COPY_LIMIT: usize = 16 * 1024;
 /// Buffered output above this is written before more of the response body is taken.
@@ -113,6 +125,7 @@ pub(crate) async fn serve<I: Io>(io: I, service: Service, stop: watch::Receiver<
         stop,
         read_buf: BytesMut::new(),
         out: Output::default(),
+        cached_headers: None,
         read_closed: false,
         linger: false,
     };
@@ -158,6 +171,8 @@ struct Conn<I> {
     stop: watch::Receiver<bool>,
     read_buf: BytesMut,
     out: Output,
+    /// The last response's header map, emptied: the next request's headers go into it.
+    cached_headers: Option<HeaderMap>,
     /// The client has closed its side (read returned end of stream).
     read_closed: bool,
     /// The connection closes with client bytes possibly still on the way (a refused head, a
@@ -209,9 +224,10 @@ impl<I: Io> Conn<I> {
     }
 
     /// Waits for the next request head. An idle connection (nothing buffered) gives up its
-    /// buffers while it waits and closes at once when the proxy stops.
+    /// buffers once it has waited [`IDLE_GRACE`], and closes at once when the proxy stops.
     async fn next_head(&mut self, first: bool) -> Result<Next, HeadError> {
         let deadline = tokio::time::Instant::now() + HEAD_TIMEOUT;
+        let mut warm = true;
         loop {
             if !self.read_buf.is_empty() {
                 let n = self.read_buf.len().min(H2_PREFACE.len());
@@ -219,7 +235,9 @@ impl<I: Io> Conn<I> {
                     if n == H2_PREFACE.len() {
                         return Ok(Next::Http2);
                     }
-                } else if let Some(head) = head::parse_request(&mut self.read_buf)? {
+                } else if let Some(head) =
+                    head::parse_request(&mut self.read_buf, &mut self.cached_headers)?
+                {
                     return Ok(Next::Head(head));
                 }
             }
@@ -227,15 +245,16 @@ impl<I: Io> Conn<I> {
                 return Ok(Next::Closed);
             }
             let idle = self.read_buf.is_empty();
-            if idle {
-                self.read_buf = BytesMut::new();
-                self.out.release();
-                if *self.stop.borrow() {
-                    return Ok(Next::Closed);
-                }
+            if idle && *self.stop.borrow() {
+                return Ok(Next::Closed);
             }
+            let wake_at = if idle && warm {
+                tokio::time::Instant::now() + IDLE_GRACE
+            } else {
+                deadline
+            };
             let (io, read_buf, stop) = (&mut self.io, &mut self.read_buf, &mut self.stop);
-            let read = poll_fn(|cx| poll_read_more(io, read_buf, cx, HEAD_BUF));
+            let read = poll_fn(|cx| poll_read_more(io, read_buf, cx, HEAD_SPARE));
             let stopped = async {
                 if !idle {
                     return std::future::pending().await;
@@ -256,7 +275,12 @@ impl<I: Io> Conn<I> {
                     }
                 },
                 () = stopped => return Ok(Next::Closed),
-                () = tokio::time::sleep_until(deadline) => {
+                () = tokio::time::sleep_until(wake_at) => {
+                    if idle && warm {
+                        warm = false;
+                        self.release_buffers();
+                        continue;
+                    }
                     if !idle {
                         tracing::debug!("request head timed out");
                     }
@@ -264,6 +288,13 @@ impl<I: Io> Conn<I> {
                 }
             }
         }
+    }
+
+    /// An idle connection gives its buffers back (see the module documentation).
+    fn release_buffers(&mut self) {
+        self.read_buf = BytesMut::new();
+        self.out.release();
+        self.cached_headers = None;
     }
 
     /// Serves one request.
@@ -345,6 +376,7 @@ impl<I: Io> Conn<I> {
         {
             keep_alive = false;
         }
+        self.out.reserve_head();
         head::encode_response(
             &response,
             framing,
@@ -352,7 +384,9 @@ impl<I: Io> Conn<I> {
             context.http10,
             &mut self.out.buf,
         );
-        drop(response);
+        let mut headers = std::mem::take(response.headers_mut());
+        headers.clear();
+        self.cached_headers = Some(headers);
 
         let mut writer = BodyWriter {
             framing,
@@ -446,7 +480,7 @@ impl<I: Io> Conn<I> {
                         &mut self.io,
                         &mut self.read_buf,
                         cx,
-                        BODY_BUF
+                        BODY_SPARE
                     )) {
                         Ok(0) => self.read_closed = true,
                         Ok(_) => {}
@@ -482,7 +516,7 @@ impl<I: Io> Conn<I> {
                 &mut self.io,
                 &mut self.read_buf,
                 cx,
-                HEAD_BUF
+                WATCH_SPARE
             )) {
                 Ok(0) => {
                     self.read_closed = true;
@@ -558,7 +592,7 @@ impl<I: Io> Conn<I> {
                     Ok(Decoded::Done) => return Poll::Ready(Ok(true)),
                     Ok(Decoded::NeedMore) if self.read_closed => return Poll::Ready(Ok(false)),
                     Ok(Decoded::NeedMore) => {
-                        let read = poll_read_more(&mut self.io, &mut self.read_buf, cx, BODY_BUF);
+                        let read = poll_read_more(&mut self.io, &mut self.read_buf, cx, BODY_SPARE);
                         if ready!(read)? == 0 {
                             self.read_closed = true;
                         }
@@ -582,7 +616,7 @@ impl<I: Io> Conn<I> {
                     &mut self.io,
                     &mut self.read_buf,
                     cx,
-                    BODY_BUF
+                    BODY_SPARE
                 )) {
                     Ok(n) if n > 0 && dropped < LINGER_LIMIT => dropped += n,
                     _ => return Poll::Ready(()),
@@ -597,13 +631,14 @@ impl<I: Io> Conn<I> {
     }
 }
 
-/// Reads what the socket has into `buf`. With no buffer (an idle connection), reads into a
-/// per-thread scratch buffer first, so no buffer is allocated until data is there.
+/// Reads what the socket has into `buf`, first making room for about `spare` bytes. With no
+/// buffer (an idle connection), reads into a per-thread scratch buffer, so a buffer is
+/// allocated only once data is there, and sized to it.
 fn poll_read_more<I: Io>(
     io: &mut I,
     buf: &mut BytesMut,
     cx: &mut Context<'_>,
-    size: usize,
+    spare: usize,
 ) -> Poll<io::Result<usize>> {
     if buf.capacity() == 0 {
         return SCRATCH.with(|scratch| {
@@ -612,14 +647,15 @@ fn poll_read_more<I: Io>(
             ready!(Pin::new(&mut *io).poll_read(cx, &mut read))?;
             let n = read.filled().len();
             if n > 0 {
-                *buf = BytesMut::with_capacity(size.max(n));
+                // Room to watch the socket while the request is handled, without growing.
+                *buf = BytesMut::with_capacity((n + WATCH_SPARE).max(spare));
                 buf.extend_from_slice(read.filled());
             }
             Poll::Ready(Ok(n))
         });
     }
-    if buf.capacity() - buf.len() < size / 4 {
-        buf.reserve(size);
+    if buf.capacity() - buf.len() < spare / 4 {
+        buf.reserve(spare);
     }
     tokio_util::io::poll_read_buf(Pin::new(io), cx, buf)
 }
@@ -634,7 +670,7 @@ impl Pump {
 }
 
 thread_local! {
-    static SCRATCH: RefCell<Box<[u8]>> = RefCell::new(vec![0; HEAD_BUF].into_boxed_slice());
+    static SCRATCH: RefCell<Box<[u8]>> = RefCell::new(vec![0; SCRATCH_SIZE].into_boxed_slice());
 }
 
 /// Encodes response body frames for the chosen framing.
@@ -753,6 +789,13 @@ impl Output {
     /// Gives the buffers back while the connection is idle.
     fn release(&mut self) {
         *self = Output::default();
+    }
+
+    /// Room for a typical response head, so encoding it does not grow the buffer step by step.
+    fn reserve_head(&mut self) {
+        if self.buf.capacity() == 0 {
+            self.buf.reserve(OUT_BUF);
+        }
     }
 
     fn push_data(&mut self, data: Bytes) {

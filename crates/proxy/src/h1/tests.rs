@@ -485,11 +485,11 @@ async fn an_idle_connection_reads_without_a_buffer_of_its_own() {
     let (mut client, mut server) = tokio::io::duplex(1024);
     let mut buf = BytesMut::new();
     let mut cx = Context::from_waker(std::task::Waker::noop());
-    assert!(poll_read_more(&mut server, &mut buf, &mut cx, HEAD_BUF).is_pending());
+    assert!(poll_read_more(&mut server, &mut buf, &mut cx, HEAD_SPARE).is_pending());
     assert_eq!(buf.capacity(), 0);
     client.write_all(b"GET").await.unwrap();
-    let read = poll_read_more(&mut server, &mut buf, &mut cx, HEAD_BUF);
+    let read = poll_read_more(&mut server, &mut buf, &mut cx, HEAD_SPARE);
     assert!(matches!(read, Poll::Ready(Ok(3))));
     assert_eq!(&buf[..], b"GET");
-    assert!(buf.capacity() >= HEAD_BUF);
+    assert!(buf.capacity() >= HEAD_SPARE);
 }

@@ -493,3 +493,26 @@ async fn an_idle_connection_reads_without_a_buffer_of_its_own() {
     assert_eq!(&buf[..], b"GET");
     assert!(buf.capacity() >= HEAD_SPARE);
 }
+
+#[tokio::test]
+async fn requests_split_at_any_byte_are_read_the_same() {
+    let requests: &[u8] = b"POST /a HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabc\
+PUT /b HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nde\r\n1;x=y\r\nf\r\n0\r\n\r\n\
+HEAD /c HTTP/1.1\r\nHost: x\r\n\r\n\
+GET /d HTTP/1.1\r\nHost: x\r\n\r\n";
+    for step in [1, 2, 3, 5, 8, 13, 64] {
+        let mut c = start(echo());
+        // Each piece is read by the server before the next is written.
+        for piece in requests.chunks(step) {
+            c.send(piece).await;
+            for _ in 0..4 {
+                tokio::task::yield_now().await;
+            }
+        }
+        assert_eq!(c.response().await.body, b"POST /a abc", "step {step}");
+        assert_eq!(c.response().await.body, b"PUT /b def", "step {step}");
+        let head = c.response_to(true).await;
+        assert_eq!(head.header("content-length"), Some("7"), "step {step}");
+        assert_eq!(c.response().await.body, b"GET /d", "step {step}");
+    }
+}

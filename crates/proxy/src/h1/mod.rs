@@ -360,8 +360,9 @@ impl<I: Io> Conn<I> {
             head::response_framing(&response, context, exact_size)
         };
         if context.head_request && status.is_success() {
-            // A HEAD answer tells the length a GET would have had.
-            if let (Some(length), Entry::Vacant(entry)) = (
+            // A HEAD answer tells the length a GET would have had. (A backend's answer to
+            // HEAD has an empty body: zero says nothing.)
+            if let (Some(length @ 1..), Entry::Vacant(entry)) = (
                 exact_size,
                 response.headers_mut().entry(header::CONTENT_LENGTH),
             ) {
@@ -387,6 +388,10 @@ impl<I: Io> Conn<I> {
         let mut headers = std::mem::take(response.headers_mut());
         headers.clear();
         self.cached_headers = Some(headers);
+        if let Some(pump) = &mut pump {
+            // The final answer is on its way: a 100 Continue may no longer precede it.
+            pump.send_continue = false;
+        }
 
         let mut writer = BodyWriter {
             framing,

@@ -363,12 +363,14 @@ async fn a_client_that_leaves_cancels_its_request() {
 async fn head_and_bodiless_statuses_carry_no_body() {
     let service: Service = Box::new(|req: Request<Inbound>| {
         Box::pin(async move {
-            let status = if req.uri().path() == "/empty" {
-                StatusCode::NO_CONTENT
-            } else {
-                StatusCode::OK
-            };
-            reply(status, Body::full(Bytes::from_static(b"12345")))
+            match req.uri().path() {
+                "/empty" => reply(
+                    StatusCode::NO_CONTENT,
+                    Body::full(Bytes::from_static(b"12345")),
+                ),
+                "/nothing" => reply(StatusCode::OK, Body::empty()),
+                _ => reply(StatusCode::OK, Body::full(Bytes::from_static(b"12345"))),
+            }
         })
     });
     let mut c = start(service);
@@ -376,6 +378,10 @@ async fn head_and_bodiless_statuses_carry_no_body() {
     let r = c.response_to(true).await;
     assert_eq!(r.header("content-length"), Some("5"));
     assert_eq!(r.header("transfer-encoding"), None);
+    // An empty body (as a backend's answer to HEAD has) says nothing about the length.
+    c.send(b"HEAD /nothing HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    let r = c.response_to(true).await;
+    assert_eq!(r.header("content-length"), None);
     c.send(b"GET /empty HTTP/1.1\r\nHost: x\r\n\r\n").await;
     let r = c.response().await;
     assert_eq!(r.status, 204);
@@ -515,4 +521,22 @@ GET /d HTTP/1.1\r\nHost: x\r\n\r\n";
         assert_eq!(head.header("content-length"), Some("7"), "step {step}");
         assert_eq!(c.response().await.body, b"GET /d", "step {step}");
     }
+}
+
+#[tokio::test]
+async fn no_100_continue_follows_a_final_answer() {
+    // The answer streams the request body back, so the body is wanted only after the head.
+    let service: Service = Box::new(|req: Request<Inbound>| {
+        Box::pin(async move { reply(StatusCode::OK, Body::Stream(req.into_body())) })
+    });
+    let mut c = start(service);
+    c.send(b"PUT / HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 2\r\n\r\n")
+        .await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    c.send(b"ok").await;
+    let r = c.response().await;
+    assert_eq!((r.status, &r.body[..]), (200, &b"ok"[..]));
+    // The connection closes (the client was not told to continue), with nothing after.
+    assert_eq!(r.header("connection"), Some("close"));
+    assert!(c.closed().await, "unexpected bytes: {:?}", c.buf);
 }

@@ -1,10 +1,10 @@
 //! The HTTP/1.1 server side of client connections (gateway listeners and waypoint tunnels).
 //!
 //! Our own rather than hyper's for two reasons, both measured (docs/performance.md):
-//! - **Idle connections hold no buffers.** A keep-alive connection between requests owns only
-//!   its socket and its task; the read buffer is allocated when the next request arrives and
-//!   the write buffer when its response is written. hyper keeps about 24 KiB per connection
-//!   for the connection's life.
+//! - **Idle connections hold no buffers.** A keep-alive connection idle for more than
+//!   [`IDLE_GRACE`] owns only its socket and its task; the read buffer is allocated when the
+//!   next request arrives and the write buffer when its response is written. hyper keeps about
+//!   24 KiB per connection for the connection's life.
 //! - **Less work per request.** The head is parsed once into a `Request` whose header values
 //!   share one buffer, and a small response goes out in one write with its head.
 //!

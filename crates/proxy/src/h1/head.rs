@@ -279,6 +279,8 @@ pub(crate) enum ResponseFraming {
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct ResponseContext {
     pub(crate) head_request: bool,
+    /// A 2xx answer to CONNECT carries no body framing (RFC 9110 §9.3.6).
+    pub(crate) connect: bool,
     pub(crate) http10: bool,
 }
 
@@ -293,6 +295,7 @@ pub(crate) fn response_framing<B>(
         || status == StatusCode::NO_CONTENT
         || status == StatusCode::NOT_MODIFIED
         || context.head_request
+        || (context.connect && status.is_success())
     {
         return ResponseFraming::None;
     }
@@ -564,6 +567,7 @@ mod tests {
     fn response_framing_by_status_method_and_size() {
         let plain = ResponseContext {
             head_request: false,
+            connect: false,
             http10: false,
         };
         let mut response = Response::new(());
@@ -577,14 +581,25 @@ mod tests {
         );
         let http10 = ResponseContext {
             head_request: false,
+            connect: false,
             http10: true,
         };
+        let connect = ResponseContext {
+            head_request: false,
+            connect: true,
+            http10: false,
+        };
+        assert_eq!(
+            response_framing(&response, connect, None),
+            ResponseFraming::None
+        );
         assert_eq!(
             response_framing(&response, http10, None),
             ResponseFraming::UntilClose
         );
         let head = ResponseContext {
             head_request: true,
+            connect: false,
             http10: false,
         };
         assert_eq!(

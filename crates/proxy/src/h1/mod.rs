@@ -307,11 +307,12 @@ impl<I: Io> Conn<I> {
             wants_upgrade,
             accepts_trailers,
         } = head;
+        let connect = request.method() == Method::CONNECT;
         let context = ResponseContext {
             head_request: request.method() == Method::HEAD,
+            connect,
             http10: request.version() == Version::HTTP_10,
         };
-        let connect = request.method() == Method::CONNECT;
         let (mut pump, body) = match framing {
             Framing::Empty => (None, Inbound::Empty),
             Framing::Length(_) | Framing::Chunked => {
@@ -329,7 +330,9 @@ impl<I: Io> Conn<I> {
             }
         };
         let mut request = request.map(|()| body);
-        let upgrade = wants_upgrade.then(|| {
+        // An upgrade request with a body is not handed over: the body is not forwarded, and its
+        // bytes must not reach the backend as tunnel data (a known smuggling pattern).
+        let upgrade = (wants_upgrade && pump.is_none()).then(|| {
             let (tx, rx) = oneshot::channel();
             request
                 .extensions_mut()
@@ -351,8 +354,13 @@ impl<I: Io> Conn<I> {
 
         let (parts, mut body) = response.into_parts();
         let mut response = Response::from_parts(parts, ());
+        let upgrading = response.status() == StatusCode::SWITCHING_PROTOCOLS && upgrade.is_some();
+        if response.status().is_informational() && !upgrading {
+            // An interim status cannot end an exchange: the client would wait for the answer.
+            tracing::debug!(status = %response.status(), "interim status as the final answer: 502");
+            *response.status_mut() = StatusCode::BAD_GATEWAY;
+        }
         let status = response.status();
-        let upgrading = status == StatusCode::SWITCHING_PROTOCOLS && upgrade.is_some();
         let exact_size = body.size_hint().exact();
         let framing = if upgrading {
             ResponseFraming::None
@@ -371,7 +379,6 @@ impl<I: Io> Conn<I> {
         }
         if framing == ResponseFraming::UntilClose
             || (connect && status.is_success())
-            || (status == StatusCode::SWITCHING_PROTOCOLS && !upgrading)
             || *self.stop.borrow()
             || pump.as_ref().is_some_and(Pump::rules_out_reuse)
         {
@@ -401,6 +408,7 @@ impl<I: Io> Conn<I> {
             },
             trailers: accepts_trailers && framing == ResponseFraming::Chunked,
             done: framing == ResponseFraming::None,
+            failed: false,
         };
         let complete = poll_fn(|cx| {
             // A client that goes away mid-response stops it, so the backend exchange is
@@ -412,6 +420,8 @@ impl<I: Io> Conn<I> {
         })
         .await?;
         drop(body);
+        // Input the client may still be sending must not reset the connection on close.
+        self.linger = pump.is_some();
         if !complete {
             // The response could not be framed as declared: the client must see it end.
             return Ok(After::Close);
@@ -425,6 +435,8 @@ impl<I: Io> Conn<I> {
             self.linger = true;
             return Ok(After::Close);
         }
+        // Any body was read to its end.
+        self.linger = false;
         if keep_alive && !self.read_closed {
             Ok(After::NextRequest)
         } else {
@@ -466,7 +478,18 @@ impl<I: Io> Conn<I> {
                 active.send_continue = false;
             }
             match active.decoder.decode(&mut self.read_buf) {
-                Ok(Decoded::Data(data)) => sender.send(data),
+                Ok(Decoded::Data(data)) => {
+                    sender.send(data);
+                    if active.decoder.remaining() == Some(0) {
+                        // Complete: the handler may not poll again (its end is known from the
+                        // length), so the socket is watched for the client leaving from now on.
+                        if let Some(sender) = active.sender.take() {
+                            sender.finish();
+                        }
+                        *pump = None;
+                        return self.poll_watch_close(cx);
+                    }
+                }
                 Ok(Decoded::Done) => {
                     if let Some(sender) = active.sender.take() {
                         sender.finish();
@@ -544,6 +567,12 @@ impl<I: Io> Conn<I> {
         writer: &mut BodyWriter,
     ) -> Poll<io::Result<bool>> {
         loop {
+            if writer.failed {
+                // Sticky: the body is never polled again, so a later clean end cannot make
+                // a cut-off answer look complete. What was written before goes out first.
+                let _ = ready!(self.poll_flush(cx));
+                return Poll::Ready(Ok(false));
+            }
             if writer.done {
                 ready!(self.poll_flush(cx))?;
                 return Poll::Ready(Ok(true));
@@ -552,23 +581,12 @@ impl<I: Io> Conn<I> {
                 ready!(self.poll_flush(cx))?;
             }
             match Pin::new(&mut *body).poll_frame(cx) {
-                Poll::Ready(Some(Ok(frame))) => {
-                    if !writer.write(frame, &mut self.out) {
-                        let _ = ready!(self.poll_flush(cx));
-                        return Poll::Ready(Ok(false));
-                    }
-                }
+                Poll::Ready(Some(Ok(frame))) => writer.write(frame, &mut self.out),
                 Poll::Ready(Some(Err(e))) => {
                     tracing::debug!(error = %e, "response body failed: closing the connection");
-                    let _ = ready!(self.poll_flush(cx));
-                    return Poll::Ready(Ok(false));
+                    writer.failed = true;
                 }
-                Poll::Ready(None) => {
-                    if !writer.finish(&mut self.out) {
-                        let _ = ready!(self.poll_flush(cx));
-                        return Poll::Ready(Ok(false));
-                    }
-                }
+                Poll::Ready(None) => writer.finish(&mut self.out),
                 Poll::Pending => {
                     ready!(self.poll_flush(cx))?;
                     return Poll::Pending;
@@ -684,22 +702,25 @@ struct BodyWriter {
     remaining: u64,
     trailers: bool,
     done: bool,
+    /// The body failed or broke its framing: the connection must close without an end marker.
+    failed: bool,
 }
 
 impl BodyWriter {
-    /// `false`: the body broke its declared length.
-    fn write(&mut self, frame: Frame<Bytes>, out: &mut Output) -> bool {
+    /// Sets `failed` when the body breaks its declared length.
+    fn write(&mut self, frame: Frame<Bytes>, out: &mut Output) {
         let frame = match frame.into_data() {
             Ok(data) => {
                 if data.is_empty() {
-                    return true;
+                    return;
                 }
                 match self.framing {
                     ResponseFraming::None => {}
                     ResponseFraming::Length(_) => {
                         if data.len() as u64 > self.remaining {
                             tracing::debug!("response body longer than its Content-Length");
-                            return false;
+                            self.failed = true;
+                            return;
                         }
                         self.remaining -= data.len() as u64;
                         out.push_data(data);
@@ -713,7 +734,7 @@ impl BodyWriter {
                     }
                     ResponseFraming::UntilClose => out.push_data(data),
                 }
-                return true;
+                return;
             }
             Err(frame) => frame,
         };
@@ -725,30 +746,29 @@ impl BodyWriter {
             out.buf.extend_from_slice(b"\r\n");
             self.done = true;
         }
-        true
     }
 
-    /// `false`: the body ended short of its declared length.
-    fn finish(&mut self, out: &mut Output) -> bool {
+    /// Ends the body; sets `failed` when it ended short of its declared length or can only
+    /// end with the connection.
+    fn finish(&mut self, out: &mut Output) {
         if self.done {
-            return true;
+            return;
         }
-        self.done = true;
         match self.framing {
             ResponseFraming::Length(_) if self.remaining > 0 => {
                 tracing::debug!(
                     missing = self.remaining,
                     "response body shorter than its Content-Length"
                 );
-                false
+                self.failed = true;
             }
             ResponseFraming::Chunked => {
                 out.buf.extend_from_slice(b"0\r\n\r\n");
-                true
+                self.done = true;
             }
             // The end is the connection's close.
-            ResponseFraming::UntilClose => false,
-            _ => true,
+            ResponseFraming::UntilClose => self.failed = true,
+            _ => self.done = true,
         }
     }
 }

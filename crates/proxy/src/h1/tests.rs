@@ -47,6 +47,16 @@ fn echo() -> Service {
     })
 }
 
+/// Answers with `abc` streamed, of a length not known up front.
+fn unknown_length() -> Service {
+    Box::new(|_req: Request<Inbound>| {
+        let (mut tx, rx) = body::channel(None);
+        tx.send(Bytes::from_static(b"abc"));
+        tx.finish();
+        Box::pin(async move { reply(StatusCode::OK, Body::Stream(Inbound::H1(rx))) })
+    })
+}
+
 struct Client {
     io: DuplexStream,
     buf: Vec<u8>,
@@ -55,7 +65,12 @@ struct Client {
 }
 
 fn start(service: Service) -> Client {
-    let (client, server) = tokio::io::duplex(64 * 1024);
+    start_with_buffer(service, 64 * 1024)
+}
+
+/// `buffer`: how much each direction holds before writes wait for the reader.
+fn start_with_buffer(service: Service, buffer: usize) -> Client {
+    let (client, server) = tokio::io::duplex(buffer);
     let (stop, stop_rx) = watch::channel(false);
     Client {
         io: client,
@@ -218,12 +233,14 @@ async fn streamed_bodies_of_unknown_length_are_chunked_and_close_delimited_for_h
     let r = c.response().await;
     assert_eq!(r.header("transfer-encoding"), Some("chunked"));
     assert_eq!(r.body, b"wxyz");
-    let mut c = start(echo());
+    let mut c = start(unknown_length());
     c.send(b"GET /old HTTP/1.0\r\n\r\n").await;
     let r = c.response().await;
-    assert_eq!(r.body, b"GET /old");
+    assert_eq!(r.header("content-length"), None);
+    assert_eq!(r.header("transfer-encoding"), None);
     assert_eq!(r.header("connection"), Some("close"));
-    assert!(c.closed().await);
+    // Read to the close: the body is everything until then.
+    assert_eq!(r.body, b"abc");
     let mut c = start(echo());
     c.send(b"GET /old HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
         .await;
@@ -481,9 +498,10 @@ async fn the_http2_preface_is_handed_back_with_what_was_read() {
     let Ended::Http2(mut io) = ended else {
         panic!("HTTP/2 preface not recognised");
     };
-    let mut got = vec![0; H2_PREFACE.len()];
+    let mut got = vec![0; H2_PREFACE.len() + 6];
     io.read_exact(&mut got).await.unwrap();
-    assert_eq!(got, H2_PREFACE);
+    assert_eq!(&got[..H2_PREFACE.len()], H2_PREFACE);
+    assert_eq!(&got[H2_PREFACE.len()..], b"frames");
 }
 
 #[tokio::test]
@@ -539,4 +557,105 @@ async fn no_100_continue_follows_a_final_answer() {
     // The connection closes (the client was not told to continue), with nothing after.
     assert_eq!(r.header("connection"), Some("close"));
     assert!(c.closed().await, "unexpected bytes: {:?}", c.buf);
+}
+
+#[tokio::test]
+async fn a_body_that_fails_behind_a_slow_client_never_looks_complete() {
+    // The client reads slowly (a small pipe), so writes wait while the body fails.
+    let service: Service = Box::new(|_req: Request<Inbound>| {
+        let (mut tx, rx) = body::channel(None);
+        tx.send(Bytes::from(vec![b'x'; 4096]));
+        drop(tx);
+        Box::pin(async move { reply(StatusCode::OK, Body::Stream(Inbound::H1(rx))) })
+    });
+    let mut c = start_with_buffer(service, 64);
+    c.send(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    while c.fill().await {}
+    let text = String::from_utf8(c.buf.clone()).unwrap();
+    assert!(text.contains("transfer-encoding: chunked"), "{text}");
+    // The chunk that was sent, then the close: no last-chunk marker.
+    assert!(text.ends_with("xxxx\r\n"), "{text:?}");
+    assert!(!text.ends_with("0\r\n\r\n"), "cut off with an end marker");
+}
+
+#[tokio::test]
+async fn an_upgrade_request_with_a_body_is_not_handed_over() {
+    let service: Service = Box::new(|req: Request<Inbound>| {
+        let offered = req.extensions().get::<OnUpgrade>().is_some();
+        Box::pin(async move {
+            assert!(!offered, "upgrade offered for a request with a body");
+            let mut r = reply(StatusCode::SWITCHING_PROTOCOLS, Body::empty());
+            r.headers_mut()
+                .insert("upgrade", HeaderValue::from_static("websocket"));
+            r
+        })
+    });
+    let mut c = start(service);
+    c.send(b"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: upgrade\r\nUpgrade: websocket\r\nContent-Length: 18\r\n\r\nGET /x HTTP/1.1\r\n\r\n")
+        .await;
+    // An interim answer cannot end the exchange.
+    assert_eq!(c.response().await.status, 502);
+    // The body was skipped as a body: only the next real request gets an answer.
+    c.send(b"GET /y HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    assert_eq!(c.response().await.status, 502);
+    let more = tokio::time::timeout(Duration::from_millis(100), c.fill()).await;
+    assert!(
+        more.is_err() && c.buf.is_empty(),
+        "a third answer: {:?}",
+        c.buf
+    );
+}
+
+#[tokio::test]
+async fn a_client_that_leaves_after_its_body_cancels_the_request() {
+    let (cancelled_tx, cancelled) = tokio::sync::oneshot::channel::<()>();
+    let cancelled_tx = std::sync::Mutex::new(Some(cancelled_tx));
+    let service: Service = Box::new(move |req: Request<Inbound>| {
+        struct Guard(Option<tokio::sync::oneshot::Sender<()>>);
+        impl Drop for Guard {
+            fn drop(&mut self) {
+                if let Some(tx) = self.0.take() {
+                    let _ = tx.send(());
+                }
+            }
+        }
+        let guard = Guard(cancelled_tx.lock().unwrap().take());
+        Box::pin(async move {
+            let _guard = guard;
+            // Read exactly the body's length, as an HTTP client does, and no further.
+            let mut body = req.into_body();
+            let frame = body.frame().await.unwrap().unwrap();
+            assert_eq!(frame.into_data().unwrap(), "abc");
+            assert!(body.is_end_stream());
+            std::future::pending::<()>().await;
+            reply(StatusCode::OK, Body::empty())
+        })
+    });
+    let mut c = start(service);
+    c.send(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabc")
+        .await;
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    drop(c.io);
+    tokio::time::timeout(WAIT, cancelled)
+        .await
+        .expect("request cancelled when the client left")
+        .unwrap();
+}
+
+#[tokio::test]
+async fn a_connect_answer_carries_no_body_framing() {
+    let service: Service = Box::new(|_req: Request<Inbound>| {
+        Box::pin(async move { reply(StatusCode::OK, Body::full(Bytes::from_static(b"abc"))) })
+    });
+    let mut c = start(service);
+    c.send(b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n")
+        .await;
+    while c.fill().await {}
+    let text = String::from_utf8(c.buf.clone()).unwrap();
+    assert!(text.starts_with("HTTP/1.1 200 OK\r\n"), "{text}");
+    assert!(
+        !text.contains("content-length") && !text.contains("transfer-encoding"),
+        "{text}"
+    );
+    assert!(text.ends_with("\r\n\r\n"), "{text}");
 }

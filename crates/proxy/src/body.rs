@@ -2,8 +2,8 @@
 //!
 //! A request body is either buffered (small: replayable for retries and mirrors), streamed from
 //! the client, or — when buffering gave up at the size limit — the buffered prefix followed by
-//! the rest of the stream. A response body from a pooled HTTP/1.1 connection hands that
-//! connection back to its pool when it ends.
+//! the rest of the stream. A response body from a pooled HTTP/1.1 connection is read off that
+//! connection as it is polled, and hands the connection back to its pool when it ends.
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -12,7 +12,7 @@ use bytes::Bytes;
 use hyper::body::{Body as HttpBody, Frame, Incoming, SizeHint};
 
 use crate::h1::body::RecvBody;
-use crate::pool::Checkin;
+use crate::h1::client::ResponseBody;
 
 /// Errors of any body the proxy relays: hyper's, or the HTTP/1 server's.
 pub(crate) type BodyError = Box<dyn std::error::Error + Send + Sync>;
@@ -71,24 +71,13 @@ pub(crate) enum Body {
     Stream(Inbound),
     /// Already-read chunks, then the rest of the stream.
     Prefixed(std::collections::VecDeque<Bytes>, Inbound),
-    /// A response from a pooled upstream connection; the connection goes back to its pool
-    /// when the body ends (`None` afterwards).
-    Pooled(Incoming, Option<Checkin>),
+    /// A response from a pooled HTTP/1.1 upstream connection.
+    Upstream(ResponseBody),
 }
 
 impl Body {
     pub(crate) fn empty() -> Body {
         Body::Full(None)
-    }
-
-    /// A response body that returns `checkin`'s connection to its pool once read to the end.
-    pub(crate) fn pooled(body: Incoming, checkin: Checkin) -> Body {
-        if body.is_end_stream() {
-            checkin.finish();
-            Body::Stream(Inbound::Hyper(body))
-        } else {
-            Body::Pooled(body, Some(checkin))
-        }
     }
 
     pub(crate) fn full(bytes: Bytes) -> Body {
@@ -116,29 +105,7 @@ impl HttpBody for Body {
                 Some(chunk) => Poll::Ready(Some(Ok(Frame::data(chunk)))),
                 None => Pin::new(incoming).poll_frame(cx),
             },
-            Body::Pooled(incoming, checkin) => {
-                let frame = Pin::new(&mut *incoming)
-                    .poll_frame(cx)
-                    .map(|frame| frame.map(|r| r.map_err(BodyError::from)));
-                match &frame {
-                    // Senders stop polling once `is_end_stream` holds, so the end is noticed
-                    // right after the last frame rather than on a final `None`.
-                    Poll::Ready(Some(Ok(_))) if incoming.is_end_stream() => {
-                        if let Some(checkin) = checkin.take() {
-                            checkin.finish();
-                        }
-                    }
-                    Poll::Ready(None) => {
-                        if let Some(checkin) = checkin.take() {
-                            checkin.finish();
-                        }
-                    }
-                    // An error leaves the connection unusable: dropping the checkin closes it.
-                    Poll::Ready(Some(Err(_))) => drop(checkin.take()),
-                    _ => {}
-                }
-                frame
-            }
+            Body::Upstream(body) => Pin::new(body).poll_frame(cx),
         }
     }
 
@@ -146,7 +113,7 @@ impl HttpBody for Body {
         match self {
             Body::Full(bytes) => bytes.is_none(),
             Body::Stream(inbound) => inbound.is_end_stream(),
-            Body::Pooled(incoming, _) => incoming.is_end_stream(),
+            Body::Upstream(body) => body.is_end_stream(),
             Body::Prefixed(prefix, inbound) => prefix.is_empty() && inbound.is_end_stream(),
         }
     }
@@ -155,7 +122,7 @@ impl HttpBody for Body {
         match self {
             Body::Full(bytes) => SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64)),
             Body::Stream(inbound) => inbound.size_hint(),
-            Body::Pooled(incoming, _) => incoming.size_hint(),
+            Body::Upstream(body) => body.size_hint(),
             Body::Prefixed(prefix, incoming) => {
                 let buffered: u64 = prefix.iter().map(|b| b.len() as u64).sum();
                 let rest = incoming.size_hint();

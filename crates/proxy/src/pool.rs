@@ -10,9 +10,7 @@
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use hyper::client::conn::http1::SendRequest;
-
-use crate::body::Body;
+use crate::h1::client::ClientConn;
 use crate::upstream::Endpoint;
 
 /// How long a connection may sit idle before it is closed.
@@ -21,14 +19,14 @@ pub(crate) const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 const MAX_IDLE: usize = 512;
 
 struct Idle {
-    sender: SendRequest<Body>,
+    conn: Box<ClientConn>,
     since: Instant,
 }
 
 impl Idle {
-    /// Still open at the peer and within its idle timeout.
-    fn usable(&self, now: Instant) -> bool {
-        !self.sender.is_closed() && now.duration_since(self.since) < IDLE_TIMEOUT
+    /// Within its idle timeout and still open at the peer.
+    fn usable(&mut self, now: Instant) -> bool {
+        now.duration_since(self.since) < IDLE_TIMEOUT && self.conn.is_idle_usable()
     }
 }
 
@@ -54,28 +52,24 @@ impl IdlePool {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// The most recently returned live connection, if any. It may still be finishing its
-    /// previous exchange: callers wait for `ready()` before sending.
-    pub(crate) fn checkout(&self) -> Option<SendRequest<Body>> {
+    /// The most recently returned live connection, if any.
+    pub(crate) fn checkout(&self) -> Option<Box<ClientConn>> {
         let now = Instant::now();
         let mut idle = self.lock();
-        while let Some(entry) = idle.pop() {
+        while let Some(mut entry) = idle.pop() {
             if entry.usable(now) {
-                return Some(entry.sender);
+                return Some(entry.conn);
             }
         }
         None
     }
 
-    /// Returns a connection whose last response was read to the end.
-    pub(crate) fn checkin(&self, sender: SendRequest<Body>) {
-        if sender.is_closed() {
-            return;
-        }
+    /// Returns a connection whose last exchange ended cleanly.
+    pub(crate) fn checkin(&self, conn: Box<ClientConn>) {
         let mut idle = self.lock();
         if idle.len() < MAX_IDLE {
             idle.push(Idle {
-                sender,
+                conn,
                 since: Instant::now(),
             });
         }
@@ -84,16 +78,21 @@ impl IdlePool {
     /// Closes connections idle for longer than [`IDLE_TIMEOUT`] or closed by the peer.
     pub(crate) fn prune(&self) {
         let now = Instant::now();
-        self.lock().retain(|entry| entry.usable(now));
+        self.lock().retain_mut(|entry| entry.usable(now));
+    }
+
+    /// Idle connections held.
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
+        self.lock().len()
     }
 }
 
-/// Returns a connection to its pool when the response body it carries has ended. Dropped
-/// before that (the client went away mid-body), it closes the connection instead: a connection
+/// Where a connection goes back when the response body it carries has ended. A body dropped
+/// before that (the client went away mid-body) closes the connection instead: a connection
 /// with unread response bytes cannot serve another request.
 pub(crate) struct Checkin {
     endpoint: Arc<Endpoint>,
-    sender: SendRequest<Body>,
 }
 
 impl std::fmt::Debug for Checkin {
@@ -103,12 +102,12 @@ impl std::fmt::Debug for Checkin {
 }
 
 impl Checkin {
-    pub(crate) fn new(endpoint: Arc<Endpoint>, sender: SendRequest<Body>) -> Checkin {
-        Checkin { endpoint, sender }
+    pub(crate) fn new(endpoint: Arc<Endpoint>) -> Checkin {
+        Checkin { endpoint }
     }
 
-    /// The response ended cleanly: the connection may serve the next request.
-    pub(crate) fn finish(self) {
-        self.endpoint.h1.checkin(self.sender);
+    /// The exchange ended cleanly: the connection may serve the next request.
+    pub(crate) fn finish(self, conn: Box<ClientConn>) {
+        self.endpoint.h1.checkin(conn);
     }
 }

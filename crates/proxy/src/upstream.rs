@@ -17,6 +17,7 @@ use std::time::Duration;
 
 use crate::backend_tls::{self, Origination};
 use crate::dial::{BoxIo, Dialer, TcpDialer, dial_within};
+use crate::h1::client::{self, ClientConn, Failure};
 use crate::pool::{Checkin, IDLE_TIMEOUT, IdlePool};
 use arc_swap::ArcSwapOption;
 use http::uri::{Authority, PathAndQuery, Scheme};
@@ -126,20 +127,11 @@ impl Endpoint {
         Ok(sender)
     }
 
-    /// A new plain HTTP/1.1 connection; its driver runs as its own task until the connection
-    /// closes (the peer closes it, or the last sender is dropped while it is idle).
-    async fn h1_connect(&self) -> Result<http1::SendRequest<Body>, SendError> {
-        let stream = connect(self.dialer.as_ref(), self.addr).await?;
-        let (sender, conn) = http1::handshake(TokioIo::new(stream))
-            .await
-            .map_err(|e| SendError::Connect(e.into()))?;
-        let addr = self.addr;
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(%addr, error = %e, "upstream connection closed");
-            }
-        });
-        Ok(sender)
+    /// A new plain HTTP/1.1 connection.
+    async fn h1_connect(&self) -> Result<Box<ClientConn>, SendError> {
+        Ok(ClientConn::new(
+            connect(self.dialer.as_ref(), self.addr).await?,
+        ))
     }
 }
 
@@ -365,17 +357,6 @@ pub(crate) struct Outgoing {
 }
 
 impl Outgoing {
-    /// An HTTP/1.1 request in origin form for a connection of our own, with its Host.
-    fn into_h1_request(self, endpoint: &Endpoint, body: Body) -> Request<Body> {
-        let mut request = Request::new(body);
-        *request.method_mut() = self.method;
-        *request.uri_mut() = Uri::from(self.path_and_query);
-        *request.version_mut() = Version::HTTP_11;
-        *request.headers_mut() = self.headers;
-        set_host(&mut request, self.host, endpoint);
-        request
-    }
-
     fn into_request(self, protocol: AppProtocol, endpoint: &Endpoint, body: Body) -> Request<Body> {
         let h2 = protocol == AppProtocol::H2c;
         let authority = match (&self.host, h2) {
@@ -426,7 +407,7 @@ pub(crate) async fn send(
     body: Body,
 ) -> Result<Response<Body>, SendError> {
     if endpoint.tls.is_none() && protocol != AppProtocol::H2c {
-        return send_h1(endpoint, outgoing.into_h1_request(endpoint, body)).await;
+        return send_h1(endpoint, outgoing, body).await;
     }
     let response = if let Some(origination) = &endpoint.tls
         && !multiplexed(protocol, endpoint)
@@ -442,30 +423,32 @@ pub(crate) async fn send(
 /// connection returns to the pool when the response body ends.
 async fn send_h1(
     endpoint: &Arc<Endpoint>,
-    mut request: Request<Body>,
+    outgoing: Outgoing,
+    mut body: Body,
 ) -> Result<Response<Body>, SendError> {
+    let host = match &outgoing.host {
+        Some(host) => host.as_bytes(),
+        None => endpoint.authority.as_str().as_bytes(),
+    };
     // Each pass takes a pooled connection out for good, so this ends once the pool is empty.
     loop {
-        let (mut sender, pooled) = match endpoint.h1.checkout() {
-            Some(sender) => (sender, true),
-            // Boxed: the dial and handshake would otherwise make every request's future (which
-            // is moved several times per request) as large as theirs.
-            None => (Box::pin(endpoint.h1_connect()).await?, false),
+        let conn = match endpoint.h1.checkout() {
+            Some(conn) => conn,
+            // Boxed: the dial would otherwise make every request's future (which is moved
+            // several times per request) as large as its own.
+            None => Box::pin(endpoint.h1_connect()).await?,
         };
-        if pooled && sender.ready().await.is_err() {
-            continue; // closed while idle
-        }
-        match sender.try_send_request(request).await {
-            Ok(response) => {
-                let checkin = Checkin::new(endpoint.clone(), sender);
-                return Ok(response.map(|body| Body::pooled(body, checkin)));
-            }
-            Err(mut e) => match e.take_message() {
-                // The connection went away before taking the request (the backend closed an
-                // idle connection): nothing was sent, so another connection may carry it.
-                Some(unsent) if pooled => request = unsent,
-                _ => return Err(SendError::Other(e.into_error().into())),
-            },
+        let head = client::RequestHead {
+            method: &outgoing.method,
+            target: outgoing.path_and_query.as_str(),
+            host,
+            headers: &outgoing.headers,
+        };
+        match client::send(conn, head, body, Checkin::new(endpoint.clone())).await {
+            Ok(response) => return Ok(response.map(Body::Upstream)),
+            // Only a reused connection asks for a retry.
+            Err(Failure::Retry(unsent)) => body = unsent,
+            Err(Failure::Failed(e)) => return Err(SendError::Other(e)),
         }
     }
 }
@@ -677,16 +660,6 @@ mod tests {
                 .collect()
         };
 
-        let h1 = outgoing(Some("rewritten.example")).into_h1_request(&endpoint, empty());
-        assert_eq!(hosts(&h1), ["rewritten.example"]);
-        assert_eq!(h1.uri(), "/p?q");
-        assert_eq!(h1.headers()["x-a"], "1");
-        let h1 = outgoing(None).into_h1_request(&endpoint, empty());
-        assert_eq!(
-            hosts(&h1),
-            ["127.0.0.1:1001"],
-            "no Host: the endpoint's address"
-        );
         let h1 = outgoing(Some("a.example")).into_request(AppProtocol::Http1, &endpoint, empty());
         assert_eq!(hosts(&h1), ["a.example"]);
 

@@ -26,6 +26,30 @@ struct HeaderRange {
     value_len: u32,
 }
 
+impl HeaderRange {
+    fn of(header: &httparse::Header<'_>, base: usize) -> HeaderRange {
+        // Offsets within a head of at most MAX_HEAD bytes fit in u32.
+        HeaderRange {
+            name: (header.name.as_ptr() as usize - base) as u32,
+            name_len: header.name.len() as u32,
+            value: (header.value.as_ptr() as usize - base) as u32,
+            value_len: header.value.len() as u32,
+        }
+    }
+
+    /// The header line as a name and a value sharing `head`'s buffer.
+    fn header(&self, head: &Bytes) -> Result<(HeaderName, HeaderValue), HeadError> {
+        let (name_at, value_at) = (self.name as usize, self.value as usize);
+        let name = HeaderName::from_bytes(&head[name_at..name_at + self.name_len as usize])
+            .map_err(|_| HeadError::Malformed("invalid header name"))?;
+        let value = HeaderValue::from_maybe_shared(
+            head.slice(value_at..value_at + self.value_len as usize),
+        )
+        .map_err(|_| HeadError::Malformed("invalid header value"))?;
+        Ok((name, value))
+    }
+}
+
 /// How a request body is delimited.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Framing {
@@ -103,12 +127,7 @@ pub(crate) fn parse_request(
         let method = Method::from_bytes(method.as_bytes())
             .map_err(|_| HeadError::Malformed("invalid method"))?;
         let minor = parsed.version.ok_or(HeadError::Malformed("no version"))?;
-        ranges.extend(parsed.headers.iter().map(|h| HeaderRange {
-            name: offset(h.name.as_bytes()),
-            name_len: h.name.len() as u32,
-            value: offset(h.value),
-            value_len: h.value.len() as u32,
-        }));
+        ranges.extend(parsed.headers.iter().map(|h| HeaderRange::of(h, base)));
         (len, method, path, minor)
     };
     let head: Bytes = buf.split_to(len).freeze();
@@ -135,13 +154,7 @@ pub(crate) fn parse_request(
     // growing the map.
     headers.reserve(ranges.len() + 4);
     for range in &ranges {
-        let (name_at, value_at) = (range.name as usize, range.value as usize);
-        let name = HeaderName::from_bytes(&head[name_at..name_at + range.name_len as usize])
-            .map_err(|_| HeadError::Malformed("invalid header name"))?;
-        let value = HeaderValue::from_maybe_shared(
-            head.slice(value_at..value_at + range.value_len as usize),
-        )
-        .map_err(|_| HeadError::Malformed("invalid header value"))?;
+        let (name, value) = range.header(&head)?;
         match name {
             header::HOST => hosts += 1,
             header::CONTENT_LENGTH => {
@@ -385,6 +398,185 @@ pub(crate) fn encode_trailers(trailers: &HeaderMap, dst: &mut Vec<u8>) {
         dst.extend_from_slice(value.as_bytes());
         dst.extend_from_slice(b"\r\n");
     }
+}
+
+/// A parsed response head from a backend and what it means for the connection.
+#[derive(Debug)]
+pub(crate) struct ResponseHead {
+    pub(crate) response: Response<()>,
+    pub(crate) framing: ResponseFraming,
+    /// Whether the backend lets the connection carry another request after this one.
+    pub(crate) keep_alive: bool,
+}
+
+/// Parses one response head from the front of `buf`, removing it. `Ok(None)`: more bytes
+/// needed. Framing follows RFC 9112 §6.3; a body the proxy could not re-frame faithfully (a
+/// transfer coding other than `chunked`, differing lengths) is refused rather than guessed at.
+pub(crate) fn parse_response(
+    buf: &mut BytesMut,
+    head_request: bool,
+) -> Result<Option<ResponseHead>, HeadError> {
+    let mut ranges: SmallVec<[HeaderRange; MAX_HEADERS]> = SmallVec::new();
+    let (len, code, minor) = {
+        let mut headers = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+        let mut parsed = httparse::Response::new(&mut []);
+        let status = match httparse::ParserConfig::default().parse_response_with_uninit_headers(
+            &mut parsed,
+            buf,
+            &mut headers,
+        ) {
+            Ok(status) => status,
+            Err(httparse::Error::TooManyHeaders) => return Err(HeadError::TooLarge),
+            Err(e) => return Err(HeadError::Malformed(parse_error_reason(e))),
+        };
+        let len = match status {
+            httparse::Status::Complete(len) => len,
+            httparse::Status::Partial if buf.len() >= MAX_HEAD => return Err(HeadError::TooLarge),
+            httparse::Status::Partial => return Ok(None),
+        };
+        if len > MAX_HEAD {
+            return Err(HeadError::TooLarge);
+        }
+        let base = buf.as_ptr() as usize;
+        ranges.extend(parsed.headers.iter().map(|h| HeaderRange::of(h, base)));
+        let code = parsed.code.ok_or(HeadError::Malformed("no status"))?;
+        let minor = parsed.version.ok_or(HeadError::Malformed("no version"))?;
+        (len, code, minor)
+    };
+    let head: Bytes = buf.split_to(len).freeze();
+    let status = StatusCode::from_u16(code).map_err(|_| HeadError::Malformed("invalid status"))?;
+    let http11 = minor == 1;
+    let mut keep_alive = http11;
+    let mut saw_close = false;
+    let mut content_length: Option<u64> = None;
+    let mut invalid_length = false;
+    let mut transfer_encoding = false;
+    let mut only_chunked = false;
+    let mut headers = HeaderMap::with_capacity(ranges.len() + 2);
+    for range in &ranges {
+        let (name, value) = range.header(&head)?;
+        match name {
+            header::CONTENT_LENGTH => match parse_content_length(value.as_bytes()) {
+                Some(length) if content_length.is_none_or(|known| known == length) => {
+                    content_length = Some(length);
+                }
+                _ => invalid_length = true,
+            },
+            header::TRANSFER_ENCODING => {
+                let mut codings = value
+                    .as_bytes()
+                    .split(|&b| b == b',')
+                    .map(trim)
+                    .filter(|coding| !coding.is_empty());
+                only_chunked = !transfer_encoding
+                    && codings
+                        .next()
+                        .is_some_and(|coding| coding.eq_ignore_ascii_case(b"chunked"))
+                    && codings.next().is_none();
+                transfer_encoding = true;
+            }
+            header::CONNECTION => {
+                for token in value.as_bytes().split(|&b| b == b',').map(trim) {
+                    if token.eq_ignore_ascii_case(b"close") {
+                        saw_close = true;
+                    } else if token.eq_ignore_ascii_case(b"keep-alive") {
+                        keep_alive = true;
+                    }
+                }
+            }
+            _ => {}
+        }
+        headers.append(name, value);
+    }
+    let bodiless = head_request
+        || status.is_informational()
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED;
+    let framing = if bodiless {
+        ResponseFraming::None
+    } else if transfer_encoding {
+        if !only_chunked || !http11 {
+            return Err(HeadError::UnsupportedCoding);
+        }
+        if content_length.is_some() || invalid_length {
+            // Chunked wins (RFC 9112 §6.3), but the connection is not trusted with another
+            // exchange.
+            headers.remove(header::CONTENT_LENGTH);
+            keep_alive = false;
+        }
+        ResponseFraming::Chunked
+    } else if invalid_length {
+        return Err(HeadError::Malformed(
+            "invalid or conflicting Content-Length",
+        ));
+    } else if let Some(length) = content_length {
+        ResponseFraming::Length(length)
+    } else {
+        keep_alive = false;
+        ResponseFraming::UntilClose
+    };
+    let mut response = Response::new(());
+    *response.status_mut() = status;
+    *response.version_mut() = if http11 {
+        Version::HTTP_11
+    } else {
+        Version::HTTP_10
+    };
+    *response.headers_mut() = headers;
+    Ok(Some(ResponseHead {
+        response,
+        framing,
+        keep_alive: keep_alive && !saw_close,
+    }))
+}
+
+/// Writes an HTTP/1.1 request line and headers for a backend: `Host` first, then the headers
+/// (framing headers and any `Host` among them are this hop's and written from the arguments).
+pub(crate) fn encode_request(
+    method: &Method,
+    target: &str,
+    host: &[u8],
+    headers: &HeaderMap,
+    framing: ResponseFraming,
+    dst: &mut Vec<u8>,
+) {
+    dst.extend_from_slice(method.as_str().as_bytes());
+    dst.push(b' ');
+    dst.extend_from_slice(target.as_bytes());
+    dst.extend_from_slice(b" HTTP/1.1\r\nhost: ");
+    dst.extend_from_slice(host);
+    dst.extend_from_slice(b"\r\n");
+    let mut declared_length = false;
+    for (name, value) in headers {
+        match *name {
+            header::HOST | header::TRANSFER_ENCODING => continue,
+            header::CONTENT_LENGTH => {
+                declared_length = true;
+                continue;
+            }
+            _ => {}
+        }
+        dst.extend_from_slice(name.as_str().as_bytes());
+        dst.extend_from_slice(b": ");
+        dst.extend_from_slice(value.as_bytes());
+        dst.extend_from_slice(b"\r\n");
+    }
+    match framing {
+        ResponseFraming::Length(length) => {
+            dst.extend_from_slice(b"content-length: ");
+            dst.extend_from_slice(itoa::Buffer::new().format(length).as_bytes());
+            dst.extend_from_slice(b"\r\n");
+        }
+        ResponseFraming::Chunked => dst.extend_from_slice(b"transfer-encoding: chunked\r\n"),
+        // No body: a length of 0 is stated where the method defines a body (RFC 9110 §8.6) or
+        // the client stated one.
+        ResponseFraming::None | ResponseFraming::UntilClose => {
+            if declared_length || matches!(*method, Method::POST | Method::PUT | Method::PATCH) {
+                dst.extend_from_slice(b"content-length: 0\r\n");
+            }
+        }
+    }
+    dst.extend_from_slice(b"\r\n");
 }
 
 #[cfg(test)]

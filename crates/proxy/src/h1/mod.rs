@@ -15,6 +15,7 @@
 //! HTTP/2 with prior knowledge is recognised by its preface and handed back to the caller.
 
 pub(crate) mod body;
+pub(crate) mod client;
 mod date;
 mod decode;
 pub(crate) mod head;
@@ -707,6 +708,19 @@ struct BodyWriter {
 }
 
 impl BodyWriter {
+    fn new(framing: ResponseFraming, trailers: bool) -> BodyWriter {
+        BodyWriter {
+            framing,
+            remaining: match framing {
+                ResponseFraming::Length(length) => length,
+                _ => 0,
+            },
+            trailers,
+            done: framing == ResponseFraming::None,
+            failed: false,
+        }
+    }
+
     /// Sets `failed` when the body breaks its declared length.
     fn write(&mut self, frame: Frame<Bytes>, out: &mut Output) {
         let frame = match frame.into_data() {

@@ -1,0 +1,451 @@
+//! The client against scripted backends speaking raw HTTP/1.1 over loopback TCP.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::future::poll_fn;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, Method, StatusCode};
+use http_body_util::BodyExt;
+use strait_config::{AppProtocol, Cluster, ClusterKey, ProxyConfig};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+
+use crate::body::{Body, Inbound};
+use crate::h1::body::channel;
+use crate::upstream::{Endpoint, Outgoing, Runtime, SendError, send};
+
+/// What the backend does with the next request it reads.
+#[derive(Clone, Copy)]
+enum Step {
+    /// Reads the whole request, answers, keeps the connection.
+    Reply(&'static str),
+    /// Reads the whole request, answers, closes.
+    ReplyAndClose(&'static str),
+    /// Reads only the request head, answers, keeps the connection (without reading on).
+    ReplyToHead(&'static str),
+    /// Reads the whole request and closes without answering.
+    Drop,
+}
+
+/// A request as the backend saw it: which connection (in accept order) and the raw bytes.
+type Seen = (usize, String);
+
+async fn backend(steps: Vec<Step>) -> (SocketAddr, mpsc::UnboundedReceiver<Seen>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let steps = Arc::new(Mutex::new(VecDeque::from(steps)));
+    let (seen, requests) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        for index in 0.. {
+            let (stream, _) = listener.accept().await.unwrap();
+            tokio::spawn(serve(stream, index, steps.clone(), seen.clone()));
+        }
+    });
+    (addr, requests)
+}
+
+async fn serve(
+    mut stream: TcpStream,
+    index: usize,
+    steps: Arc<Mutex<VecDeque<Step>>>,
+    seen: mpsc::UnboundedSender<Seen>,
+) {
+    let mut buf = Vec::new();
+    loop {
+        let Some(head_end) = read_until(&mut stream, &mut buf, b"\r\n\r\n", 0).await else {
+            return;
+        };
+        let Some(step) = steps.lock().unwrap().pop_front() else {
+            return;
+        };
+        let head = String::from_utf8_lossy(&buf[..head_end]).to_lowercase();
+        let mut end = head_end;
+        if !matches!(step, Step::ReplyToHead(_)) {
+            if let Some(length) = head
+                .lines()
+                .find_map(|line| line.strip_prefix("content-length: "))
+            {
+                end += length.trim().parse::<usize>().unwrap();
+                while buf.len() < end {
+                    let mut chunk = [0u8; 4096];
+                    let n = stream.read(&mut chunk).await.unwrap();
+                    assert!(n > 0, "request body cut short");
+                    buf.extend_from_slice(&chunk[..n]);
+                }
+            } else if head.contains("transfer-encoding: chunked") {
+                end = read_until(&mut stream, &mut buf, b"0\r\n\r\n", head_end)
+                    .await
+                    .unwrap();
+            }
+        }
+        let _ = seen.send((index, String::from_utf8_lossy(&buf[..end]).into_owned()));
+        buf.drain(..end);
+        match step {
+            Step::Reply(answer) | Step::ReplyToHead(answer) => {
+                stream.write_all(answer.as_bytes()).await.unwrap();
+            }
+            Step::ReplyAndClose(answer) => {
+                stream.write_all(answer.as_bytes()).await.unwrap();
+                return;
+            }
+            Step::Drop => return,
+        }
+    }
+}
+
+/// Reads into `buf` until `marker` appears at or after `from`; the index just past it.
+async fn read_until(
+    stream: &mut TcpStream,
+    buf: &mut Vec<u8>,
+    marker: &[u8],
+    from: usize,
+) -> Option<usize> {
+    loop {
+        if let Some(at) = buf[from..]
+            .windows(marker.len())
+            .position(|window| window == marker)
+        {
+            return Some(from + at + marker.len());
+        }
+        let mut chunk = [0u8; 4096];
+        match stream.read(&mut chunk).await {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+}
+
+fn endpoint(runtime: &Runtime, addr: SocketAddr) -> Arc<Endpoint> {
+    let key = ClusterKey {
+        namespace: "ns".into(),
+        name: "backend".into(),
+        port: addr.port(),
+    };
+    let cluster = Cluster {
+        protocol: AppProtocol::Http1,
+        endpoints: vec![addr],
+        tls: None,
+    };
+    let config = ProxyConfig {
+        version: 1,
+        gateways: vec![],
+        clusters: BTreeMap::from([(key.clone(), cluster)]),
+    };
+    runtime.clusters(&config)[&key].endpoints[0].clone()
+}
+
+fn outgoing(method: Method, path: &'static str) -> Outgoing {
+    Outgoing {
+        method,
+        path_and_query: http::uri::PathAndQuery::from_static(path),
+        headers: HeaderMap::new(),
+        host: Some(HeaderValue::from_static("example.com")),
+    }
+}
+
+async fn get(endpoint: &Arc<Endpoint>) -> Result<(StatusCode, Bytes), SendError> {
+    exchange(endpoint, outgoing(Method::GET, "/"), Body::empty()).await
+}
+
+async fn exchange(
+    endpoint: &Arc<Endpoint>,
+    outgoing: Outgoing,
+    body: Body,
+) -> Result<(StatusCode, Bytes), SendError> {
+    let response = send(AppProtocol::Http1, endpoint, outgoing, body).await?;
+    let status = response.status();
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    Ok((status, body))
+}
+
+const OK: &str = "HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nhello";
+
+#[tokio::test]
+async fn answers_framed_by_length_leave_the_connection_for_the_next_request() {
+    let (addr, mut seen) = backend(vec![Step::Reply(OK), Step::Reply(OK)]).await;
+    let runtime = Runtime::new();
+    let endpoint = endpoint(&runtime, addr);
+    for _ in 0..2 {
+        let (status, body) = get(&endpoint).await.unwrap();
+        assert_eq!((status, &body[..]), (StatusCode::OK, &b"hello"[..]));
+        assert_eq!(endpoint.h1.len(), 1, "the connection is back in its pool");
+    }
+    let (first, raw) = seen.recv().await.unwrap();
+    assert_eq!(raw, "GET / HTTP/1.1\r\nhost: example.com\r\n\r\n");
+    let (second, _) = seen.recv().await.unwrap();
+    assert_eq!((first, second), (0, 0), "one connection carried both");
+}
+
+#[tokio::test]
+async fn chunked_answers_are_decoded_and_their_trailers_dropped() {
+    let chunked = "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n\
+                   5\r\nhello\r\n6;ext=1\r\n world\r\n0\r\nx-trailer: 1\r\n\r\n";
+    let (addr, _seen) = backend(vec![Step::Reply(chunked), Step::Reply(OK)]).await;
+    let runtime = Runtime::new();
+    let endpoint = endpoint(&runtime, addr);
+    let (_, body) = get(&endpoint).await.unwrap();
+    assert_eq!(&body[..], b"hello world");
+    assert_eq!(endpoint.h1.len(), 1);
+    assert_eq!(&get(&endpoint).await.unwrap().1[..], b"hello");
+}
+
+#[tokio::test]
+async fn an_answer_without_framing_ends_with_the_connection() {
+    let (addr, _seen) = backend(vec![Step::ReplyAndClose(
+        "HTTP/1.1 200 OK\r\n\r\nuntil close",
+    )])
+    .await;
+    let runtime = Runtime::new();
+    let endpoint = endpoint(&runtime, addr);
+    let (_, body) = get(&endpoint).await.unwrap();
+    assert_eq!(&body[..], b"until close");
+    assert_eq!(
+        endpoint.h1.len(),
+        0,
+        "a close-delimited answer uses the connection up"
+    );
+}
+
+#[tokio::test]
+async fn head_and_no_content_answers_carry_no_body_whatever_their_length_says() {
+    let (addr, _seen) = backend(vec![
+        Step::Reply("HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\n"),
+        Step::Reply("HTTP/1.1 204 No Content\r\n\r\n"),
+        Step::Reply(OK),
+    ])
+    .await;
+    let runtime = Runtime::new();
+    let endpoint = endpoint(&runtime, addr);
+    let (status, body) = exchange(&endpoint, outgoing(Method::HEAD, "/"), Body::empty())
+        .await
+        .unwrap();
+    assert_eq!((status, body.len()), (StatusCode::OK, 0));
+    let (status, body) = get(&endpoint).await.unwrap();
+    assert_eq!((status, body.len()), (StatusCode::NO_CONTENT, 0));
+    assert_eq!(&get(&endpoint).await.unwrap().1[..], b"hello");
+}
+
+#[tokio::test]
+async fn interim_answers_are_skipped_and_an_unasked_upgrade_fails() {
+    let (addr, _seen) = backend(vec![
+        Step::Reply("HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nlink: </a>\r\n\r\nHTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"),
+        Step::Reply("HTTP/1.1 101 Switching Protocols\r\nupgrade: x\r\n\r\n"),
+    ])
+    .await;
+    let runtime = Runtime::new();
+    let endpoint = endpoint(&runtime, addr);
+    let (status, body) = get(&endpoint).await.unwrap();
+    assert_eq!((status, &body[..]), (StatusCode::OK, &b"ok"[..]));
+    assert!(matches!(get(&endpoint).await, Err(SendError::Other(_))));
+    assert_eq!(endpoint.h1.len(), 0);
+}
+
+#[tokio::test]
+async fn answers_the_proxy_could_not_frame_faithfully_fail() {
+    for answer in [
+        "HTTP/1.1 200 OK\r\ncontent-length: 1\r\ncontent-length: 2\r\n\r\nab",
+        "HTTP/1.1 200 OK\r\ncontent-length: +2\r\n\r\nab",
+        "HTTP/1.1 200 OK\r\ntransfer-encoding: gzip\r\n\r\nab",
+        "HTTP/1.1 200 OK\r\ntransfer-encoding: gzip, chunked\r\n\r\n0\r\n\r\n",
+        "HTTP/1.1 2000 OK\r\n\r\n",
+        "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\nzz\r\n",
+    ] {
+        let (addr, _seen) = backend(vec![Step::Reply(answer)]).await;
+        let runtime = Runtime::new();
+        let endpoint = endpoint(&runtime, addr);
+        let failed = match send(
+            AppProtocol::Http1,
+            &endpoint,
+            outgoing(Method::GET, "/"),
+            Body::empty(),
+        )
+        .await
+        {
+            Err(_) => true,
+            Ok(response) => response.into_body().collect().await.is_err(),
+        };
+        assert!(failed, "{answer:?} must fail");
+        assert_eq!(endpoint.h1.len(), 0, "{answer:?}");
+    }
+}
+
+#[tokio::test]
+async fn request_bodies_go_out_by_length_or_chunked() {
+    let (addr, mut seen) = backend(vec![Step::Reply(OK), Step::Reply(OK), Step::Reply(OK)]).await;
+    let runtime = Runtime::new();
+    let endpoint = endpoint(&runtime, addr);
+
+    exchange(
+        &endpoint,
+        outgoing(Method::POST, "/a?b"),
+        Body::full(Bytes::from_static(b"abc")),
+    )
+    .await
+    .unwrap();
+    let (_, raw) = seen.recv().await.unwrap();
+    assert_eq!(
+        raw,
+        "POST /a?b HTTP/1.1\r\nhost: example.com\r\ncontent-length: 3\r\n\r\nabc"
+    );
+
+    exchange(&endpoint, outgoing(Method::POST, "/"), Body::empty())
+        .await
+        .unwrap();
+    let (_, raw) = seen.recv().await.unwrap();
+    assert!(raw.ends_with("content-length: 0\r\n\r\n"), "{raw:?}");
+
+    let (mut sender, receiver) = channel(None);
+    let feed = tokio::spawn(async move {
+        for piece in [&b"ab"[..], b"cde"] {
+            poll_fn(|cx| sender.poll_want(cx)).await.unwrap();
+            sender.send(Bytes::from_static(piece));
+        }
+        poll_fn(|cx| sender.poll_want(cx)).await.unwrap();
+        sender.finish();
+    });
+    let mut request = outgoing(Method::PUT, "/");
+    request
+        .headers
+        .insert("content-length", HeaderValue::from_static("99"));
+    let body = Body::Stream(Inbound::H1(receiver));
+    exchange(&endpoint, request, body).await.unwrap();
+    feed.await.unwrap();
+    let (_, raw) = seen.recv().await.unwrap();
+    assert_eq!(
+        raw,
+        "PUT / HTTP/1.1\r\nhost: example.com\r\ntransfer-encoding: chunked\r\n\r\n\
+         2\r\nab\r\n3\r\ncde\r\n0\r\n\r\n",
+        "the body's own framing, not a stale Content-Length"
+    );
+}
+
+#[tokio::test]
+async fn a_connection_the_backend_closed_while_idle_is_not_used() {
+    // No `connection: close`: only the socket says the connection is gone.
+    let (addr, mut seen) = backend(vec![Step::ReplyAndClose(OK), Step::Reply(OK)]).await;
+    let runtime = Runtime::new();
+    let endpoint = endpoint(&runtime, addr);
+    get(&endpoint).await.unwrap();
+    assert_eq!(endpoint.h1.len(), 1);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    // Not idempotent, so only the check at checkout can save it.
+    let post = exchange(
+        &endpoint,
+        outgoing(Method::POST, "/"),
+        Body::full(Bytes::from_static(b"x")),
+    );
+    assert_eq!(post.await.unwrap().0, StatusCode::OK);
+    assert_eq!(seen.recv().await.unwrap().0, 0);
+    assert_eq!(seen.recv().await.unwrap().0, 1, "sent on a new connection");
+}
+
+#[tokio::test]
+async fn a_reused_connection_that_ends_before_answering_retries_only_idempotent_requests() {
+    let (addr, mut seen) = backend(vec![
+        Step::Reply(OK),
+        Step::Drop,
+        Step::Reply(OK),
+        Step::Reply(OK),
+        Step::Drop,
+        // Would answer a retry.
+        Step::Reply(OK),
+    ])
+    .await;
+    let runtime = Runtime::new();
+    let endpoint = endpoint(&runtime, addr);
+    get(&endpoint).await.unwrap();
+    assert_eq!(get(&endpoint).await.unwrap().0, StatusCode::OK, "retried");
+    let connections: Vec<usize> = [
+        seen.recv().await.unwrap(),
+        seen.recv().await.unwrap(),
+        seen.recv().await.unwrap(),
+    ]
+    .iter()
+    .map(|(index, _)| *index)
+    .collect();
+    assert_eq!(connections, [0, 0, 1]);
+
+    get(&endpoint).await.unwrap();
+    let post = exchange(
+        &endpoint,
+        outgoing(Method::POST, "/"),
+        Body::full(Bytes::from_static(b"x")),
+    );
+    assert!(
+        matches!(post.await, Err(SendError::Other(_))),
+        "a POST is never sent twice"
+    );
+}
+
+#[tokio::test]
+async fn an_answer_before_the_whole_request_leaves_the_connection_unused() {
+    let (addr, _seen) = backend(vec![Step::ReplyToHead(
+        "HTTP/1.1 413 Payload Too Large\r\ncontent-length: 0\r\n\r\n",
+    )])
+    .await;
+    let runtime = Runtime::new();
+    let endpoint = endpoint(&runtime, addr);
+    let (sender, receiver) = channel(None);
+    let body = Body::Stream(Inbound::H1(receiver));
+    let (status, _) = exchange(&endpoint, outgoing(Method::POST, "/"), body)
+        .await
+        .unwrap();
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(endpoint.h1.len(), 0, "half a request is still on the wire");
+    drop(sender);
+}
+
+#[tokio::test]
+async fn a_body_dropped_midway_closes_its_connection() {
+    let (addr, _seen) = backend(vec![Step::Reply(
+        "HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nhello",
+    )])
+    .await;
+    let runtime = Runtime::new();
+    let endpoint = endpoint(&runtime, addr);
+    let response = send(
+        AppProtocol::Http1,
+        &endpoint,
+        outgoing(Method::GET, "/"),
+        Body::empty(),
+    )
+    .await
+    .unwrap();
+    let mut body = response.into_body();
+    let frame = body.frame().await.unwrap().unwrap();
+    assert_eq!(frame.into_data().unwrap(), "hello");
+    drop(body);
+    assert_eq!(endpoint.h1.len(), 0);
+}
+
+#[tokio::test]
+async fn host_is_the_given_one_or_the_endpoint_address_never_the_client_header() {
+    let (addr, mut seen) = backend(vec![Step::Reply(OK), Step::Reply(OK)]).await;
+    let runtime = Runtime::new();
+    let endpoint = endpoint(&runtime, addr);
+    let mut request = outgoing(Method::GET, "/p?q");
+    request
+        .headers
+        .insert("host", HeaderValue::from_static("client.example"));
+    request.headers.insert("x-a", HeaderValue::from_static("1"));
+    request.host = Some(HeaderValue::from_static("rewritten.example"));
+    exchange(&endpoint, request.clone(), Body::empty())
+        .await
+        .unwrap();
+    let (_, raw) = seen.recv().await.unwrap();
+    assert_eq!(
+        raw,
+        "GET /p?q HTTP/1.1\r\nhost: rewritten.example\r\nx-a: 1\r\n\r\n"
+    );
+    request.host = None;
+    exchange(&endpoint, request, Body::empty()).await.unwrap();
+    let (_, raw) = seen.recv().await.unwrap();
+    assert_eq!(
+        raw,
+        format!("GET /p?q HTTP/1.1\r\nhost: {addr}\r\nx-a: 1\r\n\r\n")
+    );
+}

@@ -86,6 +86,15 @@ impl IdlePool {
     pub(crate) fn len(&self) -> usize {
         self.lock().len()
     }
+
+    /// Read buffer capacity held by the idle connections.
+    #[cfg(test)]
+    pub(crate) fn read_capacity(&self) -> usize {
+        self.lock()
+            .iter()
+            .map(|entry| entry.conn.read_capacity())
+            .sum()
+    }
 }
 
 /// Where a connection goes back when the response body it carries has ended. A body dropped

@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use crate::backend_tls::{self, Origination};
 use crate::dial::{BoxIo, Dialer, TcpDialer, dial_within};
-use crate::h1::client::{self, ClientConn, Failure};
+use crate::h1::client::{self, ClientConn, ClientError, Failure};
 use crate::pool::{Checkin, IDLE_TIMEOUT, IdlePool};
 use arc_swap::ArcSwapOption;
 use http::uri::{Authority, PathAndQuery, Scheme};
@@ -430,9 +430,15 @@ async fn send_h1(
         Some(host) => host.as_bytes(),
         None => endpoint.authority.as_str().as_bytes(),
     };
-    // Each pass takes a pooled connection out for good, so this ends once the pool is empty.
+    // At most one retry, and on a new connection: a new connection never asks for a retry.
+    let mut retried = false;
     loop {
-        let conn = match endpoint.h1.checkout() {
+        let pooled = if retried {
+            None
+        } else {
+            endpoint.h1.checkout()
+        };
+        let conn = match pooled {
             Some(conn) => conn,
             // Boxed: the dial would otherwise make every request's future (which is moved
             // several times per request) as large as its own.
@@ -446,8 +452,13 @@ async fn send_h1(
         };
         match client::send(conn, head, body, Checkin::new(endpoint.clone())).await {
             Ok(response) => return Ok(response.map(Body::Upstream)),
-            // Only a reused connection asks for a retry.
-            Err(Failure::Retry(unsent)) => body = unsent,
+            Err(Failure::Retry(again)) if !retried => {
+                body = again;
+                retried = true;
+            }
+            Err(Failure::Retry(_)) => {
+                return Err(SendError::Other(ClientError::ClosedBeforeAnswer.into()));
+            }
             Err(Failure::Failed(e)) => return Err(SendError::Other(e)),
         }
     }

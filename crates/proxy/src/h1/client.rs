@@ -45,6 +45,9 @@ pub(crate) struct ClientConn {
     io: BoxIo,
     read_buf: BytesMut,
     out: Output,
+    /// The most the read buffer could hold since the connection was last parked: its
+    /// allocation may outlive what `capacity()` shows once pieces are split off.
+    read_peak: usize,
     /// Has carried an exchange before: an end before any answer may be a close race.
     reused: bool,
 }
@@ -65,6 +68,7 @@ impl ClientConn {
             io,
             read_buf: BytesMut::new(),
             out: Output::default(),
+            read_peak: 0,
             reused: false,
         })
     }
@@ -80,11 +84,24 @@ impl ClientConn {
             .is_pending()
     }
 
+    /// Reads what the socket has, making room for about `spare` bytes first.
+    fn poll_read(&mut self, cx: &mut Context<'_>, spare: usize) -> Poll<io::Result<usize>> {
+        let read = ready!(poll_read_more(&mut self.io, &mut self.read_buf, cx, spare));
+        self.read_peak = self.read_peak.max(self.read_buf.capacity());
+        Poll::Ready(read)
+    }
+
+    #[cfg(test)]
+    pub(crate) fn read_capacity(&self) -> usize {
+        self.read_buf.capacity()
+    }
+
     /// Readies the connection for its pool after a clean exchange.
     fn park(&mut self) {
         self.reused = true;
-        if self.read_buf.capacity() > IDLE_KEEP {
+        if self.read_peak > IDLE_KEEP {
             self.read_buf = BytesMut::new();
+            self.read_peak = 0;
         }
         self.out.clear();
         if self.out.buf.capacity() > IDLE_KEEP {
@@ -105,8 +122,9 @@ pub(crate) struct RequestHead<'a> {
 /// Why an exchange produced no response.
 #[derive(Debug)]
 pub(crate) enum Failure {
-    /// A reused connection ended before any byte of an answer, and the request can safely go
-    /// out again: here is its body.
+    /// A reused connection ended before any byte of an answer, most likely closed by the
+    /// backend while idle; the request is idempotent and its body buffered, so it may go out
+    /// once more (RFC 9112 §9.3.1), on a new connection: here is its body.
     Retry(Body),
     Failed(BodyError),
 }
@@ -148,6 +166,8 @@ struct Sending {
     ended: bool,
     /// The socket refused a write: nothing more goes out, and the connection is not reused.
     broken: bool,
+    /// Written but not yet flushed.
+    unflushed: bool,
 }
 
 impl Sending {
@@ -172,11 +192,12 @@ impl Sending {
                     return Err(ClientError::RequestBodyLength.into());
                 }
             }
-            if conn.out.is_empty() {
+            if conn.out.is_empty() && !self.unflushed {
                 break; // all sent, or the body is waiting
             }
+            self.unflushed = true;
             match conn.out.poll_write_to(&mut conn.io, cx) {
-                Poll::Ready(Ok(())) => {}
+                Poll::Ready(Ok(())) => self.unflushed = false,
                 Poll::Ready(Err(e)) => {
                     tracing::debug!(error = %e, "backend stopped taking the request");
                     self.broken = true;
@@ -185,6 +206,11 @@ impl Sending {
             }
         }
         Ok(())
+    }
+
+    /// All of the request went out.
+    fn sent(&self, conn: &ClientConn) -> bool {
+        self.ended && !self.broken && !self.unflushed && conn.out.is_empty()
     }
 }
 
@@ -234,6 +260,7 @@ pub(crate) async fn send(
         writer: BodyWriter::new(framing, framing == ResponseFraming::Chunked),
         ended: framing == ResponseFraming::None,
         broken: false,
+        unflushed: false,
     };
     let head_request = *request.method == Method::HEAD;
     let mut answered = false;
@@ -252,8 +279,7 @@ pub(crate) async fn send(
                 Ok(None) => {}
                 Err(e) => return Poll::Ready(Err(failed(ClientError::InvalidResponse(e)))),
             }
-            let ClientConn { io, read_buf, .. } = &mut *conn;
-            let error = match ready!(poll_read_more(io, read_buf, cx, HEAD_SPARE)) {
+            let error = match ready!(conn.poll_read(cx, HEAD_SPARE)) {
                 Ok(0) => ClientError::ClosedBeforeAnswer,
                 Ok(_) => {
                     answered = true;
@@ -273,7 +299,7 @@ pub(crate) async fn send(
     .await?;
     let outbound = if sending.broken {
         Outbound::Broken
-    } else if sending.ended && conn.out.is_empty() {
+    } else if sending.sent(&conn) {
         Outbound::Sent
     } else {
         Outbound::Sending(Box::new(sending))
@@ -336,7 +362,7 @@ impl ResponseBody {
         let request_sent = match &self.outbound {
             Outbound::Sent => true,
             Outbound::Broken => false,
-            Outbound::Sending(sending) => sending.ended && !sending.broken && conn.out.is_empty(),
+            Outbound::Sending(sending) => sending.sent(&conn),
         };
         self.outbound = Outbound::Broken;
         // Bytes past the answer were never asked for: the connection's framing is in doubt.
@@ -364,8 +390,7 @@ impl ResponseBody {
                 Decoded::Done => return Poll::Ready(Ok(None)),
                 Decoded::NeedMore => {}
             }
-            let ClientConn { io, read_buf, .. } = conn;
-            match ready!(poll_read_more(io, read_buf, cx, BODY_SPARE))? {
+            match ready!(conn.poll_read(cx, BODY_SPARE))? {
                 0 if matches!(reading, Reading::UntilClose) => return Poll::Ready(Ok(None)),
                 0 => return Poll::Ready(Err(ClientError::ClosedMidBody.into())),
                 _ => {}
@@ -389,6 +414,7 @@ impl HttpBody for ResponseBody {
         if let Outbound::Sending(sending) = &mut this.outbound
             && let Err(e) = sending.poll_send(conn, cx)
         {
+            this.reading = Reading::Ended;
             this.conn = None;
             return Poll::Ready(Some(Err(e)));
         }

@@ -156,10 +156,20 @@ async fn exchange(
     outgoing: Outgoing,
     body: Body,
 ) -> Result<(StatusCode, Bytes), SendError> {
-    let response = send(AppProtocol::Http1, endpoint, outgoing, body).await?;
-    let status = response.status();
-    let body = response.into_body().collect().await.unwrap().to_bytes();
-    Ok((status, body))
+    within(async {
+        let response = send(AppProtocol::Http1, endpoint, outgoing, body).await?;
+        let status = response.status();
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        Ok((status, body))
+    })
+    .await
+}
+
+/// A client waiting for bytes that never come fails the test instead of hanging it.
+async fn within<T>(work: impl Future<Output = T>) -> T {
+    tokio::time::timeout(Duration::from_secs(10), work)
+        .await
+        .expect("the exchange hung")
 }
 
 const OK: &str = "HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nhello";
@@ -187,8 +197,17 @@ async fn chunked_answers_are_decoded_and_their_trailers_dropped() {
     let (addr, _seen) = backend(vec![Step::Reply(chunked), Step::Reply(OK)]).await;
     let runtime = Runtime::new();
     let endpoint = endpoint(&runtime, addr);
-    let (_, body) = get(&endpoint).await.unwrap();
-    assert_eq!(&body[..], b"hello world");
+    let response = within(send(
+        AppProtocol::Http1,
+        &endpoint,
+        outgoing(Method::GET, "/"),
+        Body::empty(),
+    ))
+    .await
+    .unwrap();
+    let collected = within(response.into_body().collect()).await.unwrap();
+    assert!(collected.trailers().is_none(), "trailers are this hop's");
+    assert_eq!(&collected.to_bytes()[..], b"hello world");
     assert_eq!(endpoint.h1.len(), 1);
     assert_eq!(&get(&endpoint).await.unwrap().1[..], b"hello");
 }
@@ -215,6 +234,7 @@ async fn head_and_no_content_answers_carry_no_body_whatever_their_length_says() 
     let (addr, _seen) = backend(vec![
         Step::Reply("HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\n"),
         Step::Reply("HTTP/1.1 204 No Content\r\n\r\n"),
+        Step::Reply("HTTP/1.1 304 Not Modified\r\ncontent-length: 10\r\n\r\n"),
         Step::Reply(OK),
     ])
     .await;
@@ -226,6 +246,8 @@ async fn head_and_no_content_answers_carry_no_body_whatever_their_length_says() 
     assert_eq!((status, body.len()), (StatusCode::OK, 0));
     let (status, body) = get(&endpoint).await.unwrap();
     assert_eq!((status, body.len()), (StatusCode::NO_CONTENT, 0));
+    let (status, body) = get(&endpoint).await.unwrap();
+    assert_eq!((status, body.len()), (StatusCode::NOT_MODIFIED, 0));
     assert_eq!(&get(&endpoint).await.unwrap().1[..], b"hello");
 }
 
@@ -448,4 +470,130 @@ async fn host_is_the_given_one_or_the_endpoint_address_never_the_client_header()
         raw,
         format!("GET /p?q HTTP/1.1\r\nhost: {addr}\r\nx-a: 1\r\n\r\n")
     );
+}
+
+#[tokio::test]
+async fn answers_that_rule_out_another_exchange_close_the_connection() {
+    for answer in [
+        "HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 5\r\n\r\nhello",
+        "HTTP/1.0 200 OK\r\ncontent-length: 5\r\n\r\nhello",
+        // Both framings: read as chunked, never trusted again.
+        "HTTP/1.1 200 OK\r\ncontent-length: 3\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+        // Bytes nobody asked for after the answer.
+        "HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nhelloHTTP/1.1 200 OK\r\n",
+    ] {
+        let (addr, _seen) = backend(vec![Step::Reply(answer)]).await;
+        let runtime = Runtime::new();
+        let endpoint = endpoint(&runtime, addr);
+        let (status, body) = get(&endpoint).await.unwrap();
+        assert_eq!(
+            (status, &body[..]),
+            (StatusCode::OK, &b"hello"[..]),
+            "{answer:?}"
+        );
+        assert_eq!(endpoint.h1.len(), 0, "{answer:?}");
+    }
+    // HTTP/1.0 that asks to be kept alive is.
+    let (addr, _seen) = backend(vec![Step::Reply(
+        "HTTP/1.0 200 OK\r\nconnection: keep-alive\r\ncontent-length: 5\r\n\r\nhello",
+    )])
+    .await;
+    let runtime = Runtime::new();
+    let endpoint = endpoint(&runtime, addr);
+    get(&endpoint).await.unwrap();
+    assert_eq!(endpoint.h1.len(), 1);
+}
+
+#[tokio::test]
+async fn a_retry_goes_out_once_and_on_a_new_connection() {
+    let (addr, mut seen) = backend(vec![
+        Step::Reply(OK),
+        Step::Reply(OK),
+        Step::Drop,
+        Step::Reply(OK),
+        Step::Drop,
+    ])
+    .await;
+    let runtime = Runtime::new();
+    let endpoint = endpoint(&runtime, addr);
+    let (first, second) = tokio::join!(get(&endpoint), get(&endpoint));
+    first.unwrap();
+    second.unwrap();
+    assert_eq!(endpoint.h1.len(), 2, "two pooled connections");
+    get(&endpoint).await.unwrap();
+    let connections: Vec<usize> = [(); 4]
+        .iter()
+        .map(|()| seen.try_recv().unwrap().0)
+        .collect();
+    assert_eq!(
+        connections[3], 2,
+        "the retry dialled anew instead of taking the other pooled one"
+    );
+    assert_eq!(endpoint.h1.len(), 2);
+}
+
+#[tokio::test]
+async fn a_retry_that_fails_as_well_is_the_end() {
+    let (addr, mut seen) = backend(vec![
+        Step::Reply(OK),
+        Step::Drop,
+        Step::Drop,
+        Step::Reply(OK),
+    ])
+    .await;
+    let runtime = Runtime::new();
+    let endpoint = endpoint(&runtime, addr);
+    get(&endpoint).await.unwrap();
+    assert!(matches!(get(&endpoint).await, Err(SendError::Other(_))));
+    let attempts = [(); 3].iter().filter(|()| seen.try_recv().is_ok()).count();
+    assert_eq!(attempts, 3, "the first exchange, the request and one retry");
+    assert!(seen.try_recv().is_err());
+}
+
+#[tokio::test]
+async fn a_streamed_body_of_known_size_goes_out_with_its_length() {
+    let (addr, mut seen) = backend(vec![Step::Reply(OK)]).await;
+    let runtime = Runtime::new();
+    let endpoint = endpoint(&runtime, addr);
+    let (mut sender, receiver) = channel(Some(4));
+    let feed = tokio::spawn(async move {
+        poll_fn(|cx| sender.poll_want(cx)).await.unwrap();
+        sender.send(Bytes::from_static(b"abcd"));
+        sender.finish();
+    });
+    let body = Body::Stream(Inbound::H1(receiver));
+    exchange(&endpoint, outgoing(Method::POST, "/"), body)
+        .await
+        .unwrap();
+    feed.await.unwrap();
+    let (_, raw) = seen.recv().await.unwrap();
+    assert!(raw.ends_with("content-length: 4\r\n\r\nabcd"), "{raw:?}");
+    assert_eq!(endpoint.h1.len(), 1);
+}
+
+#[tokio::test]
+async fn an_idle_connection_does_not_keep_a_large_read_buffer() {
+    const SMALL: &str = concat!(
+        "HTTP/1.1 200 OK\r\ncontent-length: 20\r\n\r\n",
+        "0123456789abcdefghij"
+    );
+    let big_answer: &'static str = Box::leak(
+        format!(
+            "HTTP/1.1 200 OK\r\ncontent-length: 200000\r\n\r\n{}",
+            "x".repeat(200_000)
+        )
+        .into_boxed_str(),
+    );
+    let (addr, _seen) = backend(vec![Step::Reply(SMALL), Step::Reply(big_answer)]).await;
+    let runtime = Runtime::new();
+    let endpoint = endpoint(&runtime, addr);
+    get(&endpoint).await.unwrap();
+    assert!(
+        endpoint.h1.read_capacity() > 0,
+        "a small buffer is kept for the next answer"
+    );
+    let (_, body) = get(&endpoint).await.unwrap();
+    assert_eq!(body.len(), 200_000);
+    assert_eq!(endpoint.h1.len(), 1);
+    assert_eq!(endpoint.h1.read_capacity(), 0, "the large buffer went back");
 }

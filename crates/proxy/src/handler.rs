@@ -443,16 +443,9 @@ async fn forward(
             return Err(StatusCode::BAD_GATEWAY);
         };
         let guard = InFlight::new(endpoint);
-        // Boxed where it is made: this future would otherwise hold (and be copied with) room
-        // for the largest upstream exchange, HTTP/2 and TLS included.
-        let send = Box::pin(upstream::send(
-            cluster.protocol,
-            endpoint,
-            head,
-            body.take(),
-        ));
+        let send = upstream::send(cluster.protocol, endpoint, head, body.take());
         let outcome = match per_attempt {
-            Some(limit) => tokio::time::timeout(limit, send).await.ok(),
+            Some(limit) => Box::pin(tokio::time::timeout(limit, send)).await.ok(),
             None => Some(send.await),
         };
         drop(guard);

@@ -354,20 +354,9 @@ pub(crate) fn encode_response<B>(
             header::DATE => has_date = true,
             _ => {}
         }
-        dst.extend_from_slice(name.as_str().as_bytes());
-        dst.extend_from_slice(b": ");
-        dst.extend_from_slice(value.as_bytes());
-        dst.extend_from_slice(b"\r\n");
+        encode_field(name, value, dst);
     }
-    match framing {
-        ResponseFraming::Length(length) => {
-            dst.extend_from_slice(b"content-length: ");
-            dst.extend_from_slice(itoa::Buffer::new().format(length).as_bytes());
-            dst.extend_from_slice(b"\r\n");
-        }
-        ResponseFraming::Chunked => dst.extend_from_slice(b"transfer-encoding: chunked\r\n"),
-        ResponseFraming::None | ResponseFraming::UntilClose => {}
-    }
+    encode_framing(framing, dst);
     if !switching {
         if !keep_alive {
             dst.extend_from_slice(b"connection: close\r\n");
@@ -390,13 +379,31 @@ pub(crate) fn encode_error(status: StatusCode, dst: &mut Vec<u8>) {
     encode_response(&response, ResponseFraming::Length(0), false, false, dst);
 }
 
+/// One `name: value` line.
+fn encode_field(name: &HeaderName, value: &HeaderValue, dst: &mut Vec<u8>) {
+    dst.extend_from_slice(name.as_str().as_bytes());
+    dst.extend_from_slice(b": ");
+    dst.extend_from_slice(value.as_bytes());
+    dst.extend_from_slice(b"\r\n");
+}
+
+/// The framing header a body of known length or chunked coding needs; none otherwise.
+fn encode_framing(framing: ResponseFraming, dst: &mut Vec<u8>) {
+    match framing {
+        ResponseFraming::Length(length) => {
+            dst.extend_from_slice(b"content-length: ");
+            dst.extend_from_slice(itoa::Buffer::new().format(length).as_bytes());
+            dst.extend_from_slice(b"\r\n");
+        }
+        ResponseFraming::Chunked => dst.extend_from_slice(b"transfer-encoding: chunked\r\n"),
+        ResponseFraming::None | ResponseFraming::UntilClose => {}
+    }
+}
+
 /// Trailer fields after the last chunk.
 pub(crate) fn encode_trailers(trailers: &HeaderMap, dst: &mut Vec<u8>) {
     for (name, value) in trailers {
-        dst.extend_from_slice(name.as_str().as_bytes());
-        dst.extend_from_slice(b": ");
-        dst.extend_from_slice(value.as_bytes());
-        dst.extend_from_slice(b"\r\n");
+        encode_field(name, value, dst);
     }
 }
 
@@ -556,18 +563,10 @@ pub(crate) fn encode_request(
             }
             _ => {}
         }
-        dst.extend_from_slice(name.as_str().as_bytes());
-        dst.extend_from_slice(b": ");
-        dst.extend_from_slice(value.as_bytes());
-        dst.extend_from_slice(b"\r\n");
+        encode_field(name, value, dst);
     }
     match framing {
-        ResponseFraming::Length(length) => {
-            dst.extend_from_slice(b"content-length: ");
-            dst.extend_from_slice(itoa::Buffer::new().format(length).as_bytes());
-            dst.extend_from_slice(b"\r\n");
-        }
-        ResponseFraming::Chunked => dst.extend_from_slice(b"transfer-encoding: chunked\r\n"),
+        ResponseFraming::Length(_) | ResponseFraming::Chunked => encode_framing(framing, dst),
         // No body: a length of 0 is stated where the method defines a body (RFC 9110 §8.6) or
         // the client stated one.
         ResponseFraming::None | ResponseFraming::UntilClose => {

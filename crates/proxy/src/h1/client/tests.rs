@@ -119,6 +119,12 @@ async fn read_until(
     }
 }
 
+/// An endpoint whose backend follows `steps`, and what the backend saw.
+async fn scripted(steps: Vec<Step>) -> (Arc<Endpoint>, mpsc::UnboundedReceiver<Seen>) {
+    let (addr, seen) = backend(steps).await;
+    (endpoint(&Runtime::new(), addr), seen)
+}
+
 fn endpoint(runtime: &Runtime, addr: SocketAddr) -> Arc<Endpoint> {
     let key = ClusterKey {
         namespace: "ns".into(),
@@ -176,9 +182,7 @@ const OK: &str = "HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nhello";
 
 #[tokio::test]
 async fn answers_framed_by_length_leave_the_connection_for_the_next_request() {
-    let (addr, mut seen) = backend(vec![Step::Reply(OK), Step::Reply(OK)]).await;
-    let runtime = Runtime::new();
-    let endpoint = endpoint(&runtime, addr);
+    let (endpoint, mut seen) = scripted(vec![Step::Reply(OK), Step::Reply(OK)]).await;
     for _ in 0..2 {
         let (status, body) = get(&endpoint).await.unwrap();
         assert_eq!((status, &body[..]), (StatusCode::OK, &b"hello"[..]));
@@ -194,9 +198,7 @@ async fn answers_framed_by_length_leave_the_connection_for_the_next_request() {
 async fn chunked_answers_are_decoded_and_their_trailers_dropped() {
     let chunked = "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n\
                    5\r\nhello\r\n6;ext=1\r\n world\r\n0\r\nx-trailer: 1\r\n\r\n";
-    let (addr, _seen) = backend(vec![Step::Reply(chunked), Step::Reply(OK)]).await;
-    let runtime = Runtime::new();
-    let endpoint = endpoint(&runtime, addr);
+    let (endpoint, _seen) = scripted(vec![Step::Reply(chunked), Step::Reply(OK)]).await;
     let response = within(send(
         AppProtocol::Http1,
         &endpoint,
@@ -214,12 +216,10 @@ async fn chunked_answers_are_decoded_and_their_trailers_dropped() {
 
 #[tokio::test]
 async fn an_answer_without_framing_ends_with_the_connection() {
-    let (addr, _seen) = backend(vec![Step::ReplyAndClose(
+    let (endpoint, _seen) = scripted(vec![Step::ReplyAndClose(
         "HTTP/1.1 200 OK\r\n\r\nuntil close",
     )])
     .await;
-    let runtime = Runtime::new();
-    let endpoint = endpoint(&runtime, addr);
     let (_, body) = get(&endpoint).await.unwrap();
     assert_eq!(&body[..], b"until close");
     assert_eq!(
@@ -231,15 +231,13 @@ async fn an_answer_without_framing_ends_with_the_connection() {
 
 #[tokio::test]
 async fn head_and_no_content_answers_carry_no_body_whatever_their_length_says() {
-    let (addr, _seen) = backend(vec![
+    let (endpoint, _seen) = scripted(vec![
         Step::Reply("HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\n"),
         Step::Reply("HTTP/1.1 204 No Content\r\n\r\n"),
         Step::Reply("HTTP/1.1 304 Not Modified\r\ncontent-length: 10\r\n\r\n"),
         Step::Reply(OK),
     ])
     .await;
-    let runtime = Runtime::new();
-    let endpoint = endpoint(&runtime, addr);
     let (status, body) = exchange(&endpoint, outgoing(Method::HEAD, "/"), Body::empty())
         .await
         .unwrap();
@@ -253,13 +251,11 @@ async fn head_and_no_content_answers_carry_no_body_whatever_their_length_says() 
 
 #[tokio::test]
 async fn interim_answers_are_skipped_and_an_unasked_upgrade_fails() {
-    let (addr, _seen) = backend(vec![
+    let (endpoint, _seen) = scripted(vec![
         Step::Reply("HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nlink: </a>\r\n\r\nHTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"),
         Step::Reply("HTTP/1.1 101 Switching Protocols\r\nupgrade: x\r\n\r\n"),
     ])
     .await;
-    let runtime = Runtime::new();
-    let endpoint = endpoint(&runtime, addr);
     let (status, body) = get(&endpoint).await.unwrap();
     assert_eq!((status, &body[..]), (StatusCode::OK, &b"ok"[..]));
     assert!(matches!(get(&endpoint).await, Err(SendError::Other(_))));
@@ -276,9 +272,7 @@ async fn answers_the_proxy_could_not_frame_faithfully_fail() {
         "HTTP/1.1 2000 OK\r\n\r\n",
         "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\nzz\r\n",
     ] {
-        let (addr, _seen) = backend(vec![Step::Reply(answer)]).await;
-        let runtime = Runtime::new();
-        let endpoint = endpoint(&runtime, addr);
+        let (endpoint, _seen) = scripted(vec![Step::Reply(answer)]).await;
         let failed = match send(
             AppProtocol::Http1,
             &endpoint,
@@ -297,9 +291,8 @@ async fn answers_the_proxy_could_not_frame_faithfully_fail() {
 
 #[tokio::test]
 async fn request_bodies_go_out_by_length_or_chunked() {
-    let (addr, mut seen) = backend(vec![Step::Reply(OK), Step::Reply(OK), Step::Reply(OK)]).await;
-    let runtime = Runtime::new();
-    let endpoint = endpoint(&runtime, addr);
+    let (endpoint, mut seen) =
+        scripted(vec![Step::Reply(OK), Step::Reply(OK), Step::Reply(OK)]).await;
 
     exchange(
         &endpoint,
@@ -348,9 +341,7 @@ async fn request_bodies_go_out_by_length_or_chunked() {
 #[tokio::test]
 async fn a_connection_the_backend_closed_while_idle_is_not_used() {
     // No `connection: close`: only the socket says the connection is gone.
-    let (addr, mut seen) = backend(vec![Step::ReplyAndClose(OK), Step::Reply(OK)]).await;
-    let runtime = Runtime::new();
-    let endpoint = endpoint(&runtime, addr);
+    let (endpoint, mut seen) = scripted(vec![Step::ReplyAndClose(OK), Step::Reply(OK)]).await;
     get(&endpoint).await.unwrap();
     assert_eq!(endpoint.h1.len(), 1);
     tokio::time::sleep(Duration::from_millis(50)).await;
@@ -367,7 +358,7 @@ async fn a_connection_the_backend_closed_while_idle_is_not_used() {
 
 #[tokio::test]
 async fn a_reused_connection_that_ends_before_answering_retries_only_idempotent_requests() {
-    let (addr, mut seen) = backend(vec![
+    let (endpoint, mut seen) = scripted(vec![
         Step::Reply(OK),
         Step::Drop,
         Step::Reply(OK),
@@ -377,8 +368,6 @@ async fn a_reused_connection_that_ends_before_answering_retries_only_idempotent_
         Step::Reply(OK),
     ])
     .await;
-    let runtime = Runtime::new();
-    let endpoint = endpoint(&runtime, addr);
     get(&endpoint).await.unwrap();
     assert_eq!(get(&endpoint).await.unwrap().0, StatusCode::OK, "retried");
     let connections: Vec<usize> = [
@@ -405,12 +394,10 @@ async fn a_reused_connection_that_ends_before_answering_retries_only_idempotent_
 
 #[tokio::test]
 async fn an_answer_before_the_whole_request_leaves_the_connection_unused() {
-    let (addr, _seen) = backend(vec![Step::ReplyToHead(
+    let (endpoint, _seen) = scripted(vec![Step::ReplyToHead(
         "HTTP/1.1 413 Payload Too Large\r\ncontent-length: 0\r\n\r\n",
     )])
     .await;
-    let runtime = Runtime::new();
-    let endpoint = endpoint(&runtime, addr);
     let (sender, receiver) = channel(None);
     let body = Body::Stream(Inbound::H1(receiver));
     let (status, _) = exchange(&endpoint, outgoing(Method::POST, "/"), body)
@@ -423,12 +410,10 @@ async fn an_answer_before_the_whole_request_leaves_the_connection_unused() {
 
 #[tokio::test]
 async fn a_body_dropped_midway_closes_its_connection() {
-    let (addr, _seen) = backend(vec![Step::Reply(
+    let (endpoint, _seen) = scripted(vec![Step::Reply(
         "HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nhello",
     )])
     .await;
-    let runtime = Runtime::new();
-    let endpoint = endpoint(&runtime, addr);
     let response = send(
         AppProtocol::Http1,
         &endpoint,
@@ -446,9 +431,7 @@ async fn a_body_dropped_midway_closes_its_connection() {
 
 #[tokio::test]
 async fn host_is_the_given_one_or_the_endpoint_address_never_the_client_header() {
-    let (addr, mut seen) = backend(vec![Step::Reply(OK), Step::Reply(OK)]).await;
-    let runtime = Runtime::new();
-    let endpoint = endpoint(&runtime, addr);
+    let (endpoint, mut seen) = scripted(vec![Step::Reply(OK), Step::Reply(OK)]).await;
     let mut request = outgoing(Method::GET, "/p?q");
     request
         .headers
@@ -468,7 +451,10 @@ async fn host_is_the_given_one_or_the_endpoint_address_never_the_client_header()
     let (_, raw) = seen.recv().await.unwrap();
     assert_eq!(
         raw,
-        format!("GET /p?q HTTP/1.1\r\nhost: {addr}\r\nx-a: 1\r\n\r\n")
+        format!(
+            "GET /p?q HTTP/1.1\r\nhost: {}\r\nx-a: 1\r\n\r\n",
+            endpoint.addr
+        )
     );
 }
 
@@ -482,9 +468,7 @@ async fn answers_that_rule_out_another_exchange_close_the_connection() {
         // Bytes nobody asked for after the answer.
         "HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nhelloHTTP/1.1 200 OK\r\n",
     ] {
-        let (addr, _seen) = backend(vec![Step::Reply(answer)]).await;
-        let runtime = Runtime::new();
-        let endpoint = endpoint(&runtime, addr);
+        let (endpoint, _seen) = scripted(vec![Step::Reply(answer)]).await;
         let (status, body) = get(&endpoint).await.unwrap();
         assert_eq!(
             (status, &body[..]),
@@ -494,19 +478,17 @@ async fn answers_that_rule_out_another_exchange_close_the_connection() {
         assert_eq!(endpoint.h1.len(), 0, "{answer:?}");
     }
     // HTTP/1.0 that asks to be kept alive is.
-    let (addr, _seen) = backend(vec![Step::Reply(
+    let (endpoint, _seen) = scripted(vec![Step::Reply(
         "HTTP/1.0 200 OK\r\nconnection: keep-alive\r\ncontent-length: 5\r\n\r\nhello",
     )])
     .await;
-    let runtime = Runtime::new();
-    let endpoint = endpoint(&runtime, addr);
     get(&endpoint).await.unwrap();
     assert_eq!(endpoint.h1.len(), 1);
 }
 
 #[tokio::test]
 async fn a_retry_goes_out_once_and_on_a_new_connection() {
-    let (addr, mut seen) = backend(vec![
+    let (endpoint, mut seen) = scripted(vec![
         Step::Reply(OK),
         Step::Reply(OK),
         Step::Drop,
@@ -514,8 +496,6 @@ async fn a_retry_goes_out_once_and_on_a_new_connection() {
         Step::Drop,
     ])
     .await;
-    let runtime = Runtime::new();
-    let endpoint = endpoint(&runtime, addr);
     let (first, second) = tokio::join!(get(&endpoint), get(&endpoint));
     first.unwrap();
     second.unwrap();
@@ -534,15 +514,13 @@ async fn a_retry_goes_out_once_and_on_a_new_connection() {
 
 #[tokio::test]
 async fn a_retry_that_fails_as_well_is_the_end() {
-    let (addr, mut seen) = backend(vec![
+    let (endpoint, mut seen) = scripted(vec![
         Step::Reply(OK),
         Step::Drop,
         Step::Drop,
         Step::Reply(OK),
     ])
     .await;
-    let runtime = Runtime::new();
-    let endpoint = endpoint(&runtime, addr);
     get(&endpoint).await.unwrap();
     assert!(matches!(get(&endpoint).await, Err(SendError::Other(_))));
     let attempts = [(); 3].iter().filter(|()| seen.try_recv().is_ok()).count();
@@ -552,9 +530,7 @@ async fn a_retry_that_fails_as_well_is_the_end() {
 
 #[tokio::test]
 async fn a_streamed_body_of_known_size_goes_out_with_its_length() {
-    let (addr, mut seen) = backend(vec![Step::Reply(OK)]).await;
-    let runtime = Runtime::new();
-    let endpoint = endpoint(&runtime, addr);
+    let (endpoint, mut seen) = scripted(vec![Step::Reply(OK)]).await;
     let (mut sender, receiver) = channel(Some(4));
     let feed = tokio::spawn(async move {
         poll_fn(|cx| sender.poll_want(cx)).await.unwrap();
@@ -584,9 +560,7 @@ async fn an_idle_connection_does_not_keep_a_large_read_buffer() {
         )
         .into_boxed_str(),
     );
-    let (addr, _seen) = backend(vec![Step::Reply(SMALL), Step::Reply(big_answer)]).await;
-    let runtime = Runtime::new();
-    let endpoint = endpoint(&runtime, addr);
+    let (endpoint, _seen) = scripted(vec![Step::Reply(SMALL), Step::Reply(big_answer)]).await;
     get(&endpoint).await.unwrap();
     assert!(
         endpoint.h1.read_capacity() > 0,

@@ -153,6 +153,17 @@ fn outgoing(method: Method, path: &'static str) -> Outgoing {
     }
 }
 
+/// A GET's answer, its body still to be read.
+async fn get_response(endpoint: &Arc<Endpoint>) -> Result<http::Response<Body>, SendError> {
+    within(send(
+        AppProtocol::Http1,
+        endpoint,
+        outgoing(Method::GET, "/"),
+        Body::empty(),
+    ))
+    .await
+}
+
 async fn get(endpoint: &Arc<Endpoint>) -> Result<(StatusCode, Bytes), SendError> {
     exchange(endpoint, outgoing(Method::GET, "/"), Body::empty()).await
 }
@@ -199,14 +210,7 @@ async fn chunked_answers_are_decoded_and_their_trailers_dropped() {
     let chunked = "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n\
                    5\r\nhello\r\n6;ext=1\r\n world\r\n0\r\nx-trailer: 1\r\n\r\n";
     let (endpoint, _seen) = scripted(vec![Step::Reply(chunked), Step::Reply(OK)]).await;
-    let response = within(send(
-        AppProtocol::Http1,
-        &endpoint,
-        outgoing(Method::GET, "/"),
-        Body::empty(),
-    ))
-    .await
-    .unwrap();
+    let response = get_response(&endpoint).await.unwrap();
     let collected = within(response.into_body().collect()).await.unwrap();
     assert!(collected.trailers().is_none(), "trailers are this hop's");
     assert_eq!(&collected.to_bytes()[..], b"hello world");
@@ -273,16 +277,9 @@ async fn answers_the_proxy_could_not_frame_faithfully_fail() {
         "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\nzz\r\n",
     ] {
         let (endpoint, _seen) = scripted(vec![Step::Reply(answer)]).await;
-        let failed = match send(
-            AppProtocol::Http1,
-            &endpoint,
-            outgoing(Method::GET, "/"),
-            Body::empty(),
-        )
-        .await
-        {
+        let failed = match get_response(&endpoint).await {
             Err(_) => true,
-            Ok(response) => response.into_body().collect().await.is_err(),
+            Ok(response) => within(response.into_body().collect()).await.is_err(),
         };
         assert!(failed, "{answer:?} must fail");
         assert_eq!(endpoint.h1.len(), 0, "{answer:?}");
@@ -414,14 +411,7 @@ async fn a_body_dropped_midway_closes_its_connection() {
         "HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nhello",
     )])
     .await;
-    let response = send(
-        AppProtocol::Http1,
-        &endpoint,
-        outgoing(Method::GET, "/"),
-        Body::empty(),
-    )
-    .await
-    .unwrap();
+    let response = get_response(&endpoint).await.unwrap();
     let mut body = response.into_body();
     let frame = body.frame().await.unwrap().unwrap();
     assert_eq!(frame.into_data().unwrap(), "hello");

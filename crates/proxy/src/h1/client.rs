@@ -266,7 +266,7 @@ pub(crate) async fn send(
     let mut answered = false;
     let head = poll_fn(|cx| {
         if let Err(e) = sending.poll_send(&mut conn, cx) {
-            return Poll::Ready(Err(Failure::Failed(e)));
+            return Poll::Ready(Err(failed(e)));
         }
         loop {
             match head::parse_response(&mut conn.read_buf, head_request) {
@@ -359,12 +359,12 @@ impl ResponseBody {
         let (Some(mut conn), Some(home)) = (self.conn.take(), self.home.take()) else {
             return;
         };
-        let request_sent = match &self.outbound {
+        // Taken, so a request body that will never go out is dropped now.
+        let request_sent = match std::mem::replace(&mut self.outbound, Outbound::Broken) {
             Outbound::Sent => true,
             Outbound::Broken => false,
             Outbound::Sending(sending) => sending.sent(&conn),
         };
-        self.outbound = Outbound::Broken;
         // Bytes past the answer were never asked for: the connection's framing is in doubt.
         if self.keep_alive && request_sent && conn.read_buf.is_empty() {
             conn.park();

@@ -72,12 +72,13 @@ pub(crate) struct RequestHead {
     pub(crate) accepts_trailers: bool,
 }
 
-/// Why a request head was refused; each maps to the status sent before closing.
+/// Why a message head was refused. For a request, each maps to the status sent before
+/// closing; for a backend's response, the exchange fails.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub(crate) enum HeadError {
-    #[error("request head larger than {MAX_HEAD} bytes or more than {MAX_HEADERS} headers")]
+    #[error("message head larger than {MAX_HEAD} bytes or more than {MAX_HEADERS} headers")]
     TooLarge,
-    #[error("malformed request head: {0}")]
+    #[error("malformed message head: {0}")]
     Malformed(&'static str),
     #[error("unsupported transfer coding")]
     UnsupportedCoding,
@@ -105,19 +106,10 @@ pub(crate) fn parse_request(
     let (len, method, path, minor) = {
         let mut headers = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
         let mut parsed = httparse::Request::new(&mut []);
-        let status = match parsed.parse_with_uninit_headers(buf, &mut headers) {
-            Ok(status) => status,
-            Err(httparse::Error::TooManyHeaders) => return Err(HeadError::TooLarge),
-            Err(e) => return Err(HeadError::Malformed(parse_error_reason(e))),
+        let parsed_len = parsed.parse_with_uninit_headers(buf, &mut headers);
+        let Some(len) = head_length(parsed_len, buf.len())? else {
+            return Ok(None);
         };
-        let len = match status {
-            httparse::Status::Complete(len) => len,
-            httparse::Status::Partial if buf.len() >= MAX_HEAD => return Err(HeadError::TooLarge),
-            httparse::Status::Partial => return Ok(None),
-        };
-        if len > MAX_HEAD {
-            return Err(HeadError::TooLarge);
-        }
         let base = buf.as_ptr() as usize;
         // Offsets within a head of at most MAX_HEAD bytes fit in u32.
         let offset = |s: &[u8]| (s.as_ptr() as usize - base) as u32;
@@ -174,29 +166,16 @@ pub(crate) fn parse_request(
                 }
                 // Only `chunked`, once, may be applied: anything else would have to be decoded
                 // before the body could be forwarded without its hop-by-hop coding.
-                let mut codings = value
-                    .as_bytes()
-                    .split(|&b| b == b',')
-                    .map(trim)
-                    .filter(|coding| !coding.is_empty());
-                let only_chunked = codings
-                    .next()
-                    .is_some_and(|coding| coding.eq_ignore_ascii_case(b"chunked"))
-                    && codings.next().is_none();
-                if !only_chunked || chunked {
+                if !only_chunked(value.as_bytes()) || chunked {
                     return Err(HeadError::UnsupportedCoding);
                 }
                 transfer_encoding = true;
                 chunked = true;
             }
             header::CONNECTION => {
-                for token in value.as_bytes().split(|&b| b == b',').map(trim) {
-                    if token.eq_ignore_ascii_case(b"close") {
-                        saw_close = true;
-                    } else if token.eq_ignore_ascii_case(b"keep-alive") {
-                        keep_alive = true;
-                    }
-                }
+                let (close, keep) = persistence_options(value.as_bytes());
+                saw_close |= close;
+                keep_alive |= keep;
             }
             header::EXPECT => {
                 expect_continue = value.as_bytes().eq_ignore_ascii_case(b"100-continue");
@@ -249,6 +228,46 @@ pub(crate) fn parse_request(
         wants_upgrade,
         accepts_trailers,
     }))
+}
+
+/// The head's length once httparse has seen all of it (`None`: not yet), within the limits.
+fn head_length(
+    parsed: httparse::Result<usize>,
+    buffered: usize,
+) -> Result<Option<usize>, HeadError> {
+    match parsed {
+        Ok(httparse::Status::Complete(len)) if len <= MAX_HEAD => Ok(Some(len)),
+        Ok(httparse::Status::Complete(_)) => Err(HeadError::TooLarge),
+        Ok(httparse::Status::Partial) if buffered >= MAX_HEAD => Err(HeadError::TooLarge),
+        Ok(httparse::Status::Partial) => Ok(None),
+        Err(httparse::Error::TooManyHeaders) => Err(HeadError::TooLarge),
+        Err(e) => Err(HeadError::Malformed(parse_error_reason(e))),
+    }
+}
+
+/// Whether a `Transfer-Encoding` value applies `chunked` and nothing else.
+fn only_chunked(value: &[u8]) -> bool {
+    let mut codings = value
+        .split(|&b| b == b',')
+        .map(trim)
+        .filter(|coding| !coding.is_empty());
+    codings
+        .next()
+        .is_some_and(|coding| coding.eq_ignore_ascii_case(b"chunked"))
+        && codings.next().is_none()
+}
+
+/// The `Connection` options that decide persistence: (`close`, `keep-alive`).
+fn persistence_options(value: &[u8]) -> (bool, bool) {
+    value
+        .split(|&b| b == b',')
+        .map(trim)
+        .fold((false, false), |(close, keep_alive), token| {
+            (
+                close || token.eq_ignore_ascii_case(b"close"),
+                keep_alive || token.eq_ignore_ascii_case(b"keep-alive"),
+            )
+        })
 }
 
 fn parse_error_reason(e: httparse::Error) -> &'static str {
@@ -427,23 +446,14 @@ pub(crate) fn parse_response(
     let (len, code, minor) = {
         let mut headers = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
         let mut parsed = httparse::Response::new(&mut []);
-        let status = match httparse::ParserConfig::default().parse_response_with_uninit_headers(
+        let parsed_len = httparse::ParserConfig::default().parse_response_with_uninit_headers(
             &mut parsed,
             buf,
             &mut headers,
-        ) {
-            Ok(status) => status,
-            Err(httparse::Error::TooManyHeaders) => return Err(HeadError::TooLarge),
-            Err(e) => return Err(HeadError::Malformed(parse_error_reason(e))),
+        );
+        let Some(len) = head_length(parsed_len, buf.len())? else {
+            return Ok(None);
         };
-        let len = match status {
-            httparse::Status::Complete(len) => len,
-            httparse::Status::Partial if buf.len() >= MAX_HEAD => return Err(HeadError::TooLarge),
-            httparse::Status::Partial => return Ok(None),
-        };
-        if len > MAX_HEAD {
-            return Err(HeadError::TooLarge);
-        }
         let base = buf.as_ptr() as usize;
         ranges.extend(parsed.headers.iter().map(|h| HeaderRange::of(h, base)));
         let code = parsed.code.ok_or(HeadError::Malformed("no status"))?;
@@ -458,7 +468,7 @@ pub(crate) fn parse_response(
     let mut content_length: Option<u64> = None;
     let mut invalid_length = false;
     let mut transfer_encoding = false;
-    let mut only_chunked = false;
+    let mut chunked_only = false;
     let mut headers = HeaderMap::with_capacity(ranges.len() + 2);
     for range in &ranges {
         let (name, value) = range.header(&head)?;
@@ -470,26 +480,14 @@ pub(crate) fn parse_response(
                 _ => invalid_length = true,
             },
             header::TRANSFER_ENCODING => {
-                let mut codings = value
-                    .as_bytes()
-                    .split(|&b| b == b',')
-                    .map(trim)
-                    .filter(|coding| !coding.is_empty());
-                only_chunked = !transfer_encoding
-                    && codings
-                        .next()
-                        .is_some_and(|coding| coding.eq_ignore_ascii_case(b"chunked"))
-                    && codings.next().is_none();
+                // A second field means a second coding.
+                chunked_only = !transfer_encoding && only_chunked(value.as_bytes());
                 transfer_encoding = true;
             }
             header::CONNECTION => {
-                for token in value.as_bytes().split(|&b| b == b',').map(trim) {
-                    if token.eq_ignore_ascii_case(b"close") {
-                        saw_close = true;
-                    } else if token.eq_ignore_ascii_case(b"keep-alive") {
-                        keep_alive = true;
-                    }
-                }
+                let (close, keep) = persistence_options(value.as_bytes());
+                saw_close |= close;
+                keep_alive |= keep;
             }
             _ => {}
         }
@@ -502,7 +500,7 @@ pub(crate) fn parse_response(
     let framing = if bodiless {
         ResponseFraming::None
     } else if transfer_encoding {
-        if !only_chunked || !http11 {
+        if !chunked_only || !http11 {
             return Err(HeadError::UnsupportedCoding);
         }
         if content_length.is_some() || invalid_length {

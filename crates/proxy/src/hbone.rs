@@ -25,6 +25,7 @@ use tokio::io::BufReader;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
+use crate::coalesce::Coalesce;
 use crate::dial::{BoxIo, Dialer, dial_within};
 pub use crate::tunnel::{Tunnel, relay};
 
@@ -298,11 +299,13 @@ impl HboneClient {
             .max_frame_size(MAX_FRAME_SIZE)
             .max_header_list_size(MAX_HEADER_LIST_SIZE)
             .max_send_buffer_size(STREAM_SEND_BUFFER);
-        let (sender, mut connection) =
-            tokio::time::timeout(HANDSHAKE_TIMEOUT, builder.handshake::<_, Bytes>(tls))
-                .await
-                .map_err(|_| timed_out("HTTP/2 handshake timed out"))?
-                .map_err(|source| HboneError::Http { peer, source })?;
+        let (sender, mut connection) = tokio::time::timeout(
+            HANDSHAKE_TIMEOUT,
+            builder.handshake::<_, Bytes>(Coalesce::new(tls)),
+        )
+        .await
+        .map_err(|_| timed_out("HTTP/2 handshake timed out"))?
+        .map_err(|source| HboneError::Http { peer, source })?;
         let closed = Arc::new(AtomicBool::new(false));
         let ping = connection.ping_pong();
         let mark_closed = closed.clone();
@@ -455,15 +458,19 @@ async fn serve_connection(
         .max_frame_size(MAX_FRAME_SIZE)
         .max_header_list_size(MAX_HEADER_LIST_SIZE)
         .max_send_buffer_size(STREAM_SEND_BUFFER);
-    let mut connection =
-        match tokio::time::timeout(HANDSHAKE_TIMEOUT, builder.handshake::<_, Bytes>(tls)).await {
-            Ok(Ok(connection)) => connection,
-            Ok(Err(e)) => {
-                tracing::debug!(%peer, error = %e, "HBONE HTTP/2 handshake failed");
-                return;
-            }
-            Err(_) => return,
-        };
+    let mut connection = match tokio::time::timeout(
+        HANDSHAKE_TIMEOUT,
+        builder.handshake::<_, Bytes>(Coalesce::new(tls)),
+    )
+    .await
+    {
+        Ok(Ok(connection)) => connection,
+        Ok(Err(e)) => {
+            tracing::debug!(%peer, error = %e, "HBONE HTTP/2 handshake failed");
+            return;
+        }
+        Err(_) => return,
+    };
     let unresponsive = unresponsive(connection.ping_pong());
     tokio::pin!(unresponsive);
     let mut draining = false;

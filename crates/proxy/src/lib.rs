@@ -9,6 +9,7 @@
 pub mod accept;
 mod backend_tls;
 mod body;
+mod coalesce;
 pub mod dial;
 mod h1;
 mod handler;

@@ -1,14 +1,16 @@
-//! Write coalescing for connections that many tasks share (HBONE's HTTP/2 connections).
+//! Write coalescing for HTTP/2 connections, which many tasks share: HBONE connections (a task
+//! per tunnel), client HTTP/2 connections (hyper runs a task per stream) and h2c upstreams (a
+//! request task per stream).
 //!
-//! Every tunnel of an HBONE connection is its own task, and each of them wakes the connection's
-//! task when it queues data. tokio runs a task that was just woken next (its LIFO slot), so
-//! without help the connection flushes each tunnel's frames on their own: one TLS record and one
-//! `writev` (and, across a veth, the whole receive path of the peer's kernel) per request and
-//! hop. Under load most of those tunnels are already in the run queue. [`Coalesce`] lets them go
-//! first: the first write of a flush cycle reschedules the writer behind the tasks that are ready
-//! now and returns `Pending`; when it runs again, the frames they queued in the meantime leave
-//! with it. An idle connection pays one extra poll per flush, and no waiting, since a task that
-//! wakes itself is simply run again after what is already queued.
+//! Each of those tasks wakes the connection's task when it queues a frame. tokio runs a task
+//! that was just woken next (its LIFO slot), so without help the connection flushes each
+//! stream's frames on their own: one TLS record and one `writev` (and, across a veth, the whole
+//! receive path of the peer's kernel) per request and hop. Under load most of those streams'
+//! tasks are already in the run queue. [`Coalesce`] lets them go first: the first small write
+//! of a flush cycle reschedules the writer behind the tasks that are ready now and returns
+//! `Pending`; when it runs again, the frames they queued in the meantime leave with it. An idle
+//! connection pays one extra poll per flush, and no waiting, since a task that wakes itself is
+//! simply run again after what is already queued.
 
 use std::io::{self, IoSlice};
 use std::pin::Pin;

@@ -2,32 +2,46 @@
 //! per tunnel), client HTTP/2 connections (hyper runs a task per stream) and h2c upstreams (a
 //! request task per stream).
 //!
-//! Each of those tasks wakes the connection's task when it queues a frame. tokio runs a task
-//! that was just woken next (its LIFO slot), so without help the connection flushes each
-//! stream's frames on their own: one TLS record and one `writev` (and, across a veth, the whole
-//! receive path of the peer's kernel) per request and hop. Under load most of those streams'
-//! tasks are already in the run queue. [`Coalesce`] lets them go first: the first small write
-//! of a flush cycle reschedules the writer behind the tasks that are ready now and returns
-//! `Pending`; when it runs again, the frames they queued in the meantime leave with it. An idle
-//! connection pays one extra poll per flush, and no waiting, since a task that wakes itself is
-//! simply run again after what is already queued.
+//! Each of those tasks wakes the connection's task when it queues a frame, and tokio's
+//! multi-thread scheduler runs a task that was just woken next (its LIFO slot). Without help
+//! the connection therefore writes each stream's frames on their own: one TLS record and one
+//! `writev` (and, across a veth, the whole receive path of the peer's kernel) per request and
+//! hop. Under load most of those streams' tasks are already in the run queue. [`Coalesce`]
+//! holds small writes and lets those tasks go first: the first flush of each cycle wakes its
+//! own task and returns `Pending`, which puts the connection behind the tasks that are ready
+//! now; when it runs again, the frames they queued meanwhile join the held bytes and one write
+//! sends them all. A connection with nothing else to wait for pays one extra poll per flush.
+//!
+//! On a runtime with more than one worker, the yielded connection task may be stolen by an
+//! idle worker; where that worker's CPU is busy with other processes, this showed as a longer
+//! latency tail at moderate load (see `docs/mesh.md`).
 
 use std::io::{self, IoSlice};
 use std::pin::Pin;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, ready};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-/// A write at least this large fills a TLS record on its own: waiting for more gains nothing,
-/// and bulk transfers should not pay the extra poll.
+/// A write at least this large fills TLS records on its own: it goes straight through (after
+/// what is held back), so bulk transfers pay neither a copy nor a wait.
 const WORTH_WAITING_BELOW: usize = 16 * 1024;
+/// Most bytes held back at once; a write that would exceed it sends what is held first.
+const HOLD_LIMIT: usize = 64 * 1024;
 
-/// Passes reads through; holds back the first small write after each completed flush by one
-/// scheduler turn.
+/// Passes reads through. Small writes are copied and held until a flush; the first flush of
+/// each cycle yields one scheduler turn, the next one writes everything held with one write.
+///
+/// Holding the bytes (rather than making the write wait) is what lets h2 go on: h2 keeps a
+/// DATA payload of 256 bytes or more aside instead of copying it, accepts no further frame
+/// until that one is written, and flushes after it. Copied here, it no longer blocks the
+/// frames behind it.
 #[derive(Debug)]
 pub struct Coalesce<T> {
     inner: T,
-    /// This flush cycle has already yielded once: write through until it completes.
+    /// Bytes written by the caller and not yet to `inner`; `held[sent..]` is still due.
+    held: Vec<u8>,
+    sent: usize,
+    /// This flush cycle has already yielded once: the next flush writes.
     yielded: bool,
 }
 
@@ -35,21 +49,35 @@ impl<T> Coalesce<T> {
     pub fn new(inner: T) -> Coalesce<T> {
         Coalesce {
             inner,
+            held: Vec::new(),
+            sent: 0,
             yielded: false,
         }
     }
+}
 
-    /// `Ready` once this cycle has yielded; otherwise reschedules the task and returns
-    /// `Pending`.
-    fn poll_turn(&mut self, cx: &mut Context<'_>, len: usize) -> Poll<()> {
-        if self.yielded || len >= WORTH_WAITING_BELOW {
-            return Poll::Ready(());
+impl<T: AsyncWrite + Unpin> Coalesce<T> {
+    /// Writes everything held to `inner`.
+    fn poll_send_held(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        while self.sent < self.held.len() {
+            let n = ready!(Pin::new(&mut self.inner).poll_write(cx, &self.held[self.sent..]))?;
+            if n == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            self.sent += n;
         }
-        self.yielded = true;
-        // A task woken while it runs is put at the back of the run queue, behind the tasks
-        // that are ready now.
-        cx.waker().wake_by_ref();
-        Poll::Pending
+        self.held.clear();
+        self.sent = 0;
+        Poll::Ready(Ok(()))
+    }
+
+    /// Makes room for `len` more bytes; `Ready(false)` when they are too large to hold and
+    /// must go straight to `inner` (everything held before them is written by then).
+    fn poll_room(&mut self, cx: &mut Context<'_>, len: usize) -> Poll<io::Result<bool>> {
+        if len >= WORTH_WAITING_BELOW || self.held.len() + len > HOLD_LIMIT {
+            ready!(self.poll_send_held(cx))?;
+        }
+        Poll::Ready(Ok(len < WORTH_WAITING_BELOW))
     }
 }
 
@@ -69,8 +97,11 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Coalesce<T> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        std::task::ready!(self.poll_turn(cx, buf.len()));
-        Pin::new(&mut self.inner).poll_write(cx, buf)
+        if !ready!(self.poll_room(cx, buf.len()))? {
+            return Pin::new(&mut self.inner).poll_write(cx, buf);
+        }
+        self.held.extend_from_slice(buf);
+        Poll::Ready(Ok(buf.len()))
     }
 
     fn poll_write_vectored(
@@ -79,44 +110,59 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Coalesce<T> {
         bufs: &[IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let len = bufs.iter().map(|buf| buf.len()).sum();
-        std::task::ready!(self.poll_turn(cx, len));
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+        if !ready!(self.poll_room(cx, len))? {
+            return Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        }
+        for buf in bufs {
+            self.held.extend_from_slice(buf);
+        }
+        Poll::Ready(Ok(len))
     }
 
+    /// Small slices are copied, so h2 should hand them over together rather than copy them
+    /// into its own buffer first.
     fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
+        true
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let flushed = Pin::new(&mut self.inner).poll_flush(cx);
-        if flushed.is_ready() {
-            self.yielded = false;
+        if self.sent < self.held.len() {
+            if !self.yielded {
+                self.yielded = true;
+                // A task that wakes itself while it runs is put at the back of the run
+                // queue, behind the tasks that are ready now.
+                cx.waker().wake_by_ref();
+                return Poll::Pending;
+            }
+            ready!(self.poll_send_held(cx))?;
         }
-        flushed
+        ready!(Pin::new(&mut self.inner).poll_flush(cx))?;
+        self.yielded = false;
+        Poll::Ready(Ok(()))
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        ready!(self.poll_send_held(cx))?;
         Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
-    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::{Arc, Mutex};
     use std::time::Duration;
 
     use bytes::Bytes;
 
     use super::*;
 
-    /// Counts the writes that reach the transport.
-    struct CountWrites<T> {
+    /// Records every write that reaches the transport.
+    struct RecordWrites<T> {
         inner: T,
-        writes: Arc<AtomicUsize>,
+        writes: Arc<Mutex<Vec<Vec<u8>>>>,
     }
 
-    impl<T: AsyncRead + Unpin> AsyncRead for CountWrites<T> {
+    impl<T: AsyncRead + Unpin> AsyncRead for RecordWrites<T> {
         fn poll_read(
             mut self: Pin<&mut Self>,
             cx: &mut Context<'_>,
@@ -126,17 +172,16 @@ mod tests {
         }
     }
 
-    impl<T: AsyncWrite + Unpin> AsyncWrite for CountWrites<T> {
+    impl<T: AsyncWrite + Unpin> AsyncWrite for RecordWrites<T> {
         fn poll_write(
             mut self: Pin<&mut Self>,
             cx: &mut Context<'_>,
             buf: &[u8],
         ) -> Poll<io::Result<usize>> {
-            let written = Pin::new(&mut self.inner).poll_write(cx, buf);
-            if written.is_ready() {
-                self.writes.fetch_add(1, Ordering::SeqCst);
-            }
-            written
+            let written = ready!(Pin::new(&mut self.inner).poll_write(cx, buf))?;
+            let mut writes = self.writes.lock().expect("writes");
+            writes.push(buf[..written].to_vec());
+            Poll::Ready(Ok(written))
         }
 
         fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -148,29 +193,58 @@ mod tests {
         }
     }
 
+    /// How many of `writes` (an HTTP/2 client's output, preface first) start a DATA frame:
+    /// the writes the payloads took, whatever else (SETTINGS, WINDOW_UPDATE) went out.
+    fn writes_with_data(writes: &[Vec<u8>]) -> usize {
+        const PREFACE: usize = 24;
+        let mut starts = Vec::new();
+        let mut offset = 0;
+        for (index, write) in writes.iter().enumerate() {
+            starts.push((offset, index));
+            offset += write.len();
+        }
+        let stream: Vec<u8> = writes.concat();
+        let mut with_data = std::collections::BTreeSet::new();
+        let mut at = PREFACE;
+        while at + 9 <= stream.len() {
+            let len = usize::from(stream[at]) << 16
+                | usize::from(stream[at + 1]) << 8
+                | usize::from(stream[at + 2]);
+            let frame_type = stream[at + 3];
+            if frame_type == 0 && len > 0 {
+                let write = starts.partition_point(|&(start, _)| start <= at) - 1;
+                with_data.insert(starts[write].1);
+            }
+            at += 9 + len;
+        }
+        with_data.len()
+    }
+
     const TUNNELS: usize = 8;
 
-    /// The case it exists for: tunnels of one HTTP/2 connection that each send a frame in the
-    /// same scheduler turn (as when one epoll wake-up makes many sockets readable) share one
-    /// write, where the connection task would otherwise run, and write, after each of them.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
-    async fn frames_queued_in_one_turn_leave_in_one_write() {
+    /// Opens `TUNNELS` streams from a client whose transport is `Coalesce`d, then has each
+    /// stream's own task send `payload` in the same scheduler turn (as when one epoll wake-up
+    /// makes many sockets readable), and returns the writes the payloads took.
+    ///
+    /// A single worker makes the order deterministic: tokio's multi-thread scheduler runs the
+    /// task a running task wakes next (its LIFO slot), so without coalescing the connection
+    /// would write after each tunnel.
+    async fn writes_for(payload: &'static [u8]) -> usize {
         let (client_io, server_io) = tokio::io::duplex(1 << 20);
-        let writes = Arc::new(AtomicUsize::new(0));
-        let client_io = Coalesce::new(CountWrites {
+        let writes = Arc::new(Mutex::new(Vec::new()));
+        let client_io = Coalesce::new(RecordWrites {
             inner: client_io,
             writes: writes.clone(),
         });
         let (received_tx, mut received) = tokio::sync::mpsc::unbounded_channel();
-        let (accepted_tx, mut accepted) = tokio::sync::mpsc::unbounded_channel();
         tokio::spawn(async move {
             let mut connection = h2::server::handshake(server_io).await.expect("handshake");
             while let Some(Ok((request, _respond))) = connection.accept().await {
-                let _ = accepted_tx.send(());
                 let received_tx = received_tx.clone();
                 tokio::spawn(async move {
                     let mut body = request.into_body();
                     while let Some(Ok(data)) = body.data().await {
+                        let _ = body.flow_control().release_capacity(data.len());
                         let _ = received_tx.send(data);
                     }
                 });
@@ -186,34 +260,99 @@ mod tests {
             let (_response, stream) = sender.send_request(request, false).expect("stream");
             streams.push(stream);
         }
-        // The handshake and the streams' HEADERS are out; let the settings exchange settle.
-        for _ in 0..TUNNELS {
-            tokio::time::timeout(Duration::from_secs(5), accepted.recv())
-                .await
-                .expect("every stream is accepted");
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        let before = writes.load(Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_millis(50)).await;
 
         // Every tunnel task becomes ready in the same turn, on the connection task's worker.
         tokio::spawn(async move {
             for mut stream in streams {
                 tokio::spawn(async move {
                     stream
-                        .send_data(Bytes::from_static(b"request"), false)
+                        .send_data(Bytes::from_static(payload), false)
                         .expect("send");
                     // Keep the stream open until the test ends.
                     std::future::pending::<()>().await;
                 });
             }
         });
-        for _ in 0..TUNNELS {
+        let mut bytes = 0;
+        while bytes < TUNNELS * payload.len() {
             let data = tokio::time::timeout(Duration::from_secs(5), received.recv())
                 .await
-                .expect("every frame arrives")
+                .expect("every payload arrives")
                 .expect("server running");
-            assert_eq!(&data[..], b"request");
+            assert!(payload.starts_with(&data), "payloads arrive intact");
+            bytes += data.len();
         }
-        assert_eq!(writes.load(Ordering::SeqCst) - before, 1);
+        let writes = writes.lock().expect("writes");
+        writes_with_data(&writes)
+    }
+
+    /// The case it exists for: small frames of many tunnels leave in one write.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+    async fn small_frames_queued_in_one_turn_leave_in_one_write() {
+        assert_eq!(writes_for(b"request").await, 1);
+    }
+
+    /// h2 keeps payloads of 256 bytes or more aside and writes each before the next frame;
+    /// holding their bytes lets at least two share each write.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+    async fn larger_frames_share_writes_too() {
+        static KIB: [u8; 1024] = [b'x'; 1024];
+        let writes = writes_for(&KIB).await;
+        assert!(
+            writes <= TUNNELS / 2,
+            "{writes} writes for {TUNNELS} frames"
+        );
+    }
+
+    /// Writes of 16 KiB or more are not held: they reach the transport as they are, after
+    /// what was held before them.
+    #[tokio::test]
+    async fn large_writes_go_through_in_order() {
+        let writes = Arc::new(Mutex::new(Vec::new()));
+        let (io, mut peer) = tokio::io::duplex(1 << 20);
+        let mut io = Coalesce::new(RecordWrites {
+            inner: io,
+            writes: writes.clone(),
+        });
+        let large = vec![b'L'; WORTH_WAITING_BELOW];
+        let written = std::future::poll_fn(|cx| Pin::new(&mut io).poll_write(cx, b"small"))
+            .await
+            .expect("write");
+        assert_eq!(written, 5);
+        assert!(
+            writes.lock().expect("writes").is_empty(),
+            "small write held"
+        );
+        let written = std::future::poll_fn(|cx| Pin::new(&mut io).poll_write(cx, &large))
+            .await
+            .expect("write");
+        assert_eq!(written, large.len());
+        let recorded = writes.lock().expect("writes").clone();
+        assert_eq!(recorded, vec![b"small".to_vec(), large.clone()]);
+        drop(io);
+        let mut received = Vec::new();
+        tokio::io::AsyncReadExt::read_to_end(&mut peer, &mut received)
+            .await
+            .expect("read");
+        assert_eq!(received.len(), 5 + large.len());
+    }
+
+    /// Shutting down writes what is held first, without a flush.
+    #[tokio::test]
+    async fn shutdown_sends_what_is_held() {
+        let (io, mut peer) = tokio::io::duplex(1024);
+        let mut io = Coalesce::new(io);
+        tokio::io::AsyncWriteExt::write_all(&mut io, b"held")
+            .await
+            .expect("write");
+        tokio::io::AsyncWriteExt::shutdown(&mut io)
+            .await
+            .expect("shutdown");
+        let mut received = Vec::new();
+        tokio::io::AsyncReadExt::read_to_end(&mut peer, &mut received)
+            .await
+            .expect("read");
+        assert_eq!(received, b"held");
     }
 }

@@ -20,7 +20,9 @@ use std::io::{self, IoSlice};
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
+use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio_util::io::poll_write_buf;
 
 /// A write at least this large fills TLS records on its own: it goes straight through (after
 /// what is held back), so bulk transfers pay neither a copy nor a wait.
@@ -38,9 +40,8 @@ const HOLD_LIMIT: usize = 64 * 1024;
 #[derive(Debug)]
 pub struct Coalesce<T> {
     inner: T,
-    /// Bytes written by the caller and not yet to `inner`; `held[sent..]` is still due.
-    held: Vec<u8>,
-    sent: usize,
+    /// Bytes written by the caller and not yet to `inner`.
+    held: BytesMut,
     /// This flush cycle has already yielded once: the next flush writes.
     yielded: bool,
 }
@@ -49,8 +50,7 @@ impl<T> Coalesce<T> {
     pub fn new(inner: T) -> Coalesce<T> {
         Coalesce {
             inner,
-            held: Vec::new(),
-            sent: 0,
+            held: BytesMut::new(),
             yielded: false,
         }
     }
@@ -59,15 +59,16 @@ impl<T> Coalesce<T> {
 impl<T: AsyncWrite + Unpin> Coalesce<T> {
     /// Writes everything held to `inner`.
     fn poll_send_held(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        while self.sent < self.held.len() {
-            let n = ready!(Pin::new(&mut self.inner).poll_write(cx, &self.held[self.sent..]))?;
-            if n == 0 {
+        while !self.held.is_empty() {
+            if ready!(poll_write_buf(
+                Pin::new(&mut self.inner),
+                cx,
+                &mut self.held
+            ))? == 0
+            {
                 return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
             }
-            self.sent += n;
         }
-        self.held.clear();
-        self.sent = 0;
         Poll::Ready(Ok(()))
     }
 
@@ -126,7 +127,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Coalesce<T> {
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        if self.sent < self.held.len() {
+        if !self.held.is_empty() {
             if !self.yielded {
                 self.yielded = true;
                 // A task that wakes itself while it runs is put at the back of the run
@@ -156,20 +157,11 @@ mod tests {
 
     use super::*;
 
-    /// Records every write that reaches the transport.
+    /// Records every write that reaches the transport (pair it with a reader through
+    /// `tokio::io::join`).
     struct RecordWrites<T> {
         inner: T,
         writes: Arc<Mutex<Vec<Vec<u8>>>>,
-    }
-
-    impl<T: AsyncRead + Unpin> AsyncRead for RecordWrites<T> {
-        fn poll_read(
-            mut self: Pin<&mut Self>,
-            cx: &mut Context<'_>,
-            buf: &mut ReadBuf<'_>,
-        ) -> Poll<io::Result<()>> {
-            Pin::new(&mut self.inner).poll_read(cx, buf)
-        }
     }
 
     impl<T: AsyncWrite + Unpin> AsyncWrite for RecordWrites<T> {
@@ -232,10 +224,14 @@ mod tests {
     async fn writes_for(payload: &'static [u8]) -> usize {
         let (client_io, server_io) = tokio::io::duplex(1 << 20);
         let writes = Arc::new(Mutex::new(Vec::new()));
-        let client_io = Coalesce::new(RecordWrites {
-            inner: client_io,
-            writes: writes.clone(),
-        });
+        let (client_reader, client_writer) = tokio::io::split(client_io);
+        let client_io = Coalesce::new(tokio::io::join(
+            client_reader,
+            RecordWrites {
+                inner: client_writer,
+                writes: writes.clone(),
+            },
+        ));
         let (received_tx, mut received) = tokio::sync::mpsc::unbounded_channel();
         tokio::spawn(async move {
             let mut connection = h2::server::handshake(server_io).await.expect("handshake");

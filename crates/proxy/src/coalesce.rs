@@ -6,21 +6,23 @@
 //! multi-thread scheduler runs a task that was just woken next (its LIFO slot). Without help
 //! the connection therefore writes each stream's frames on their own: one TLS record and one
 //! `writev` (and, across a veth, the whole receive path of the peer's kernel) per request and
-//! hop. Under load most of those streams' tasks are already in the run queue. [`Coalesce`]
-//! holds small writes and lets those tasks go first: the first flush of each cycle wakes its
-//! own task and returns `Pending`, which puts the connection behind the tasks that are ready
-//! now; when it runs again, the frames they queued meanwhile join the held bytes and one write
-//! sends them all. A connection with nothing else to wait for pays one extra poll per flush.
+//! hop. [`Coalesce`] holds small writes, lets the other ready tasks run first, and then sends
+//! everything they queued with one write. How long a flush waits is the caller's choice
+//! ([`FlushAt`]): one pass through the run queue, or until the scheduler next polls its I/O
+//! driver, as an event loop proxy flushes once per loop.
 //!
-//! On a runtime with more than one worker, the yielded connection task may be stolen by an
+//! On a runtime with more than one worker, the waiting connection task may be stolen by an
 //! idle worker; where that worker's CPU is busy with other processes, this showed as a longer
 //! latency tail at moderate load (see `docs/mesh.md`).
 
 use std::io::{self, IoSlice};
-use std::pin::Pin;
-use std::task::{Context, Poll, ready};
+use std::pin::{Pin, pin};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll, Wake, Waker, ready};
 
 use bytes::BytesMut;
+use futures_util::task::AtomicWaker;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio_util::io::poll_write_buf;
 
@@ -30,8 +32,22 @@ const WORTH_WAITING_BELOW: usize = 16 * 1024;
 /// Most bytes held back at once; a write that would exceed it sends what is held first.
 const HOLD_LIMIT: usize = 64 * 1024;
 
-/// Passes reads through. Small writes are copied and held until a flush; the first flush of
-/// each cycle yields one scheduler turn, the next one writes everything held with one write.
+/// When a flush writes what is held.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FlushAt {
+    /// After one pass through the run queue: the first flush wakes its own task and returns
+    /// `Pending`, and tokio puts a task that wakes itself behind the tasks that are ready now.
+    /// Suits connections in a chain of proxies (HBONE), where each hop's wait adds up.
+    NextPass,
+    /// After the scheduler's next I/O driver poll, which it makes when it runs out of ready
+    /// tasks (or every `event_interval` polls): frames queued by tasks that other tasks wake
+    /// meanwhile join the same write. Suits a client's connection with many concurrent
+    /// streams. When the run queue empties, the wait costs one extra non-blocking driver poll.
+    DriverTurn,
+}
+
+/// Passes reads through. Small writes are copied and held until a flush, which writes them
+/// all with one write once the wait [`FlushAt`] names is over.
 ///
 /// Holding the bytes (rather than making the write wait) is what lets h2 go on: h2 keeps a
 /// DATA payload of 256 bytes or more aside instead of copying it, accepts no further frame
@@ -42,16 +58,80 @@ pub struct Coalesce<T> {
     inner: T,
     /// Bytes written by the caller and not yet to `inner`.
     held: BytesMut,
-    /// This flush cycle has already yielded once: the next flush writes.
-    yielded: bool,
+    /// A flush has begun to wait; the next flush checks whether the wait is over.
+    waiting: bool,
+    /// Set for [`FlushAt::DriverTurn`].
+    turn: Option<TurnWaiter>,
+}
+
+#[derive(Debug)]
+struct TurnWaiter {
+    signal: Arc<DriverTurn>,
+    /// `signal` as a waker, built once rather than per flush.
+    waker: Waker,
+}
+
+/// Tells a waiting flush that the scheduler has polled its I/O driver since the wait began.
+#[derive(Debug, Default)]
+struct DriverTurn {
+    passed: AtomicBool,
+    /// The connection's task, woken when the turn has passed.
+    task: AtomicWaker,
+}
+
+impl Wake for DriverTurn {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.passed.store(true, Ordering::Release);
+        self.task.wake();
+    }
 }
 
 impl<T> Coalesce<T> {
-    pub fn new(inner: T) -> Coalesce<T> {
+    pub fn new(inner: T, flush_at: FlushAt) -> Coalesce<T> {
+        let turn = (flush_at == FlushAt::DriverTurn).then(|| {
+            let signal = Arc::new(DriverTurn::default());
+            TurnWaiter {
+                waker: Waker::from(signal.clone()),
+                signal,
+            }
+        });
         Coalesce {
             inner,
             held: BytesMut::new(),
-            yielded: false,
+            waiting: false,
+            turn,
+        }
+    }
+
+    /// `Ready` once the wait [`FlushAt`] names is over; the first call of a cycle begins it.
+    fn poll_wait(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        let Some(turn) = &self.turn else {
+            if self.waiting {
+                return Poll::Ready(());
+            }
+            self.waiting = true;
+            cx.waker().wake_by_ref();
+            return Poll::Pending;
+        };
+        turn.signal.task.register(cx.waker());
+        if !self.waiting {
+            self.waiting = true;
+            turn.signal.passed.store(false, Ordering::Relaxed);
+            // `yield_now` hands the waker of the context it is polled in to the scheduler,
+            // which wakes it after its next driver poll (at once outside a runtime); the
+            // future itself is of no further use.
+            let _ = pin!(tokio::task::yield_now()).poll(&mut Context::from_waker(&turn.waker));
+            return Poll::Pending;
+        }
+        // Checked after registering, so a wake between the two is not lost.
+        if turn.signal.passed.load(Ordering::Acquire) {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
         }
     }
 }
@@ -128,17 +208,11 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Coalesce<T> {
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         if !self.held.is_empty() {
-            if !self.yielded {
-                self.yielded = true;
-                // A task that wakes itself while it runs is put at the back of the run
-                // queue, behind the tasks that are ready now.
-                cx.waker().wake_by_ref();
-                return Poll::Pending;
-            }
+            ready!(self.poll_wait(cx));
             ready!(self.poll_send_held(cx))?;
         }
         ready!(Pin::new(&mut self.inner).poll_flush(cx))?;
-        self.yielded = false;
+        self.waiting = false;
         Poll::Ready(Ok(()))
     }
 
@@ -214,24 +288,52 @@ mod tests {
 
     const TUNNELS: usize = 8;
 
-    /// Opens `TUNNELS` streams from a client whose transport is `Coalesce`d, then has each
-    /// stream's own task send `payload` in the same scheduler turn (as when one epoll wake-up
-    /// makes many sockets readable), and returns the writes the payloads took.
+    /// How the tunnels' tasks become ready.
+    #[derive(Clone, Copy)]
+    enum Wakeups {
+        /// All in the same scheduler turn, as when one epoll wake-up makes many sockets
+        /// readable.
+        Together,
+        /// Each tunnel's task sends, goes to the back of the run queue, and then wakes the next
+        /// one: tasks that become ready while the connection waits, behind it in the queue.
+        Chained,
+    }
+
+    /// Wakes its own task and yields once: tokio queues a task that wakes itself at the back.
+    async fn to_back_of_run_queue() {
+        let mut yielded = false;
+        std::future::poll_fn(|cx| {
+            if yielded {
+                return Poll::Ready(());
+            }
+            yielded = true;
+            cx.waker().wake_by_ref();
+            Poll::Pending
+        })
+        .await;
+    }
+
+    /// Opens `TUNNELS` streams from a client whose transport is `Coalesce`d, has each
+    /// stream's own task send `payload` as `wakeups` says, and returns the writes the payloads
+    /// took.
     ///
     /// A single worker makes the order deterministic: tokio's multi-thread scheduler runs the
     /// task a running task wakes next (its LIFO slot), so without coalescing the connection
     /// would write after each tunnel.
-    async fn writes_for(payload: &'static [u8]) -> usize {
+    async fn writes_for(payload: &'static [u8], flush_at: FlushAt, wakeups: Wakeups) -> usize {
         let (client_io, server_io) = tokio::io::duplex(1 << 20);
         let writes = Arc::new(Mutex::new(Vec::new()));
         let (client_reader, client_writer) = tokio::io::split(client_io);
-        let client_io = Coalesce::new(tokio::io::join(
-            client_reader,
-            RecordWrites {
-                inner: client_writer,
-                writes: writes.clone(),
-            },
-        ));
+        let client_io = Coalesce::new(
+            tokio::io::join(
+                client_reader,
+                RecordWrites {
+                    inner: client_writer,
+                    writes: writes.clone(),
+                },
+            ),
+            flush_at,
+        );
         let (received_tx, mut received) = tokio::sync::mpsc::unbounded_channel();
         tokio::spawn(async move {
             let mut connection = h2::server::handshake(server_io).await.expect("handshake");
@@ -258,13 +360,25 @@ mod tests {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
 
-        // Every tunnel task becomes ready in the same turn, on the connection task's worker.
         tokio::spawn(async move {
+            let mut previous: Option<tokio::sync::oneshot::Receiver<()>> = None;
             for mut stream in streams {
+                let (next_tx, next_rx) = tokio::sync::oneshot::channel();
+                let after = match wakeups {
+                    Wakeups::Together => None,
+                    Wakeups::Chained => previous.replace(next_rx),
+                };
                 tokio::spawn(async move {
+                    if let Some(after) = after {
+                        let _ = after.await;
+                    }
                     stream
                         .send_data(Bytes::from_static(payload), false)
                         .expect("send");
+                    if matches!(wakeups, Wakeups::Chained) {
+                        to_back_of_run_queue().await;
+                    }
+                    let _ = next_tx.send(());
                     // Keep the stream open until the test ends.
                     std::future::pending::<()>().await;
                 });
@@ -286,7 +400,21 @@ mod tests {
     /// The case it exists for: small frames of many tunnels leave in one write.
     #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
     async fn small_frames_queued_in_one_turn_leave_in_one_write() {
-        assert_eq!(writes_for(b"request").await, 1);
+        for flush_at in [FlushAt::NextPass, FlushAt::DriverTurn] {
+            let writes = writes_for(b"request", flush_at, Wakeups::Together).await;
+            assert_eq!(writes, 1, "{flush_at:?}");
+        }
+    }
+
+    /// Waiting for the driver also collects the frames of tasks that become ready only while
+    /// the connection waits, where one pass through the run queue does not. (The scheduler
+    /// polls its driver every 61 task polls; the chain takes about 24, so it may straddle one.)
+    #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+    async fn driver_turn_collects_frames_of_tasks_woken_meanwhile() {
+        let per_turn = writes_for(b"request", FlushAt::DriverTurn, Wakeups::Chained).await;
+        assert!(per_turn <= 2, "{per_turn} writes for {TUNNELS} frames");
+        let per_pass = writes_for(b"request", FlushAt::NextPass, Wakeups::Chained).await;
+        assert!(per_pass > 2, "{per_pass} writes for {TUNNELS} frames");
     }
 
     /// h2 keeps payloads of 256 bytes or more aside and writes each before the next frame;
@@ -294,11 +422,13 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
     async fn larger_frames_share_writes_too() {
         static KIB: [u8; 1024] = [b'x'; 1024];
-        let writes = writes_for(&KIB).await;
-        assert!(
-            writes <= TUNNELS / 2,
-            "{writes} writes for {TUNNELS} frames"
-        );
+        for flush_at in [FlushAt::NextPass, FlushAt::DriverTurn] {
+            let writes = writes_for(&KIB, flush_at, Wakeups::Together).await;
+            assert!(
+                writes <= TUNNELS / 2,
+                "{flush_at:?}: {writes} writes for {TUNNELS} frames"
+            );
+        }
     }
 
     /// Writes of 16 KiB or more are not held: they reach the transport as they are, after
@@ -307,10 +437,13 @@ mod tests {
     async fn large_writes_go_through_in_order() {
         let writes = Arc::new(Mutex::new(Vec::new()));
         let (io, mut peer) = tokio::io::duplex(1 << 20);
-        let mut io = Coalesce::new(RecordWrites {
-            inner: io,
-            writes: writes.clone(),
-        });
+        let mut io = Coalesce::new(
+            RecordWrites {
+                inner: io,
+                writes: writes.clone(),
+            },
+            FlushAt::NextPass,
+        );
         let large = vec![b'L'; WORTH_WAITING_BELOW];
         let written = std::future::poll_fn(|cx| Pin::new(&mut io).poll_write(cx, b"small"))
             .await
@@ -338,7 +471,7 @@ mod tests {
     #[tokio::test]
     async fn shutdown_sends_what_is_held() {
         let (io, mut peer) = tokio::io::duplex(1024);
-        let mut io = Coalesce::new(io);
+        let mut io = Coalesce::new(io, FlushAt::DriverTurn);
         tokio::io::AsyncWriteExt::write_all(&mut io, b"held")
             .await
             .expect("write");

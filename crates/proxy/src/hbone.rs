@@ -25,7 +25,7 @@ use tokio::io::BufReader;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
-use crate::coalesce::Coalesce;
+use crate::coalesce::{Coalesce, FlushAt};
 use crate::dial::{BoxIo, Dialer, dial_within};
 pub use crate::tunnel::{Tunnel, relay};
 
@@ -301,7 +301,7 @@ impl HboneClient {
             .max_send_buffer_size(STREAM_SEND_BUFFER);
         let (sender, mut connection) = tokio::time::timeout(
             HANDSHAKE_TIMEOUT,
-            builder.handshake::<_, Bytes>(Coalesce::new(tls)),
+            builder.handshake::<_, Bytes>(Coalesce::new(tls, FlushAt::NextPass)),
         )
         .await
         .map_err(|_| timed_out("HTTP/2 handshake timed out"))?
@@ -460,7 +460,7 @@ async fn serve_connection(
         .max_send_buffer_size(STREAM_SEND_BUFFER);
     let mut connection = match tokio::time::timeout(
         HANDSHAKE_TIMEOUT,
-        builder.handshake::<_, Bytes>(Coalesce::new(tls)),
+        builder.handshake::<_, Bytes>(Coalesce::new(tls, FlushAt::NextPass)),
     )
     .await
     {

@@ -16,7 +16,7 @@ use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::{mpsc, watch};
 
 use crate::body::Inbound;
-use crate::coalesce::Coalesce;
+use crate::coalesce::{Coalesce, FlushAt};
 use crate::h1;
 use crate::handler::{self, ConnInfo, PortState};
 
@@ -144,8 +144,16 @@ pub(crate) async fn serve_http<I: h1::Io>(
     };
     match h1::serve(io, service, stop.clone()).await {
         h1::Ended::Closed => {}
-        // Stream tasks finishing in the same turn share a flush.
-        h1::Ended::Http2(io) => serve_h2(shared, TokioIo::new(Coalesce::new(io)), conn, stop).await,
+        // Streams finishing before the scheduler next polls for I/O share a flush.
+        h1::Ended::Http2(io) => {
+            serve_h2(
+                shared,
+                TokioIo::new(Coalesce::new(io, FlushAt::DriverTurn)),
+                conn,
+                stop,
+            )
+            .await
+        }
     }
 }
 

@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
 use crate::backend_tls::{self, Origination};
-use crate::coalesce::Coalesce;
+use crate::coalesce::{Coalesce, FlushAt};
 use crate::dial::{BoxIo, Dialer, TcpDialer, dial_within};
 use crate::h1::client::{self, ClientConn, ClientError, Failure};
 use crate::pool::{Checkin, IDLE_TIMEOUT, IdlePool};
@@ -116,7 +116,7 @@ impl Endpoint {
         let (sender, conn) = http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
             // Requests of many client tasks share this connection: let them share flushes.
-            .handshake(TokioIo::new(Coalesce::new(stream)))
+            .handshake(TokioIo::new(Coalesce::new(stream, FlushAt::NextPass)))
             .await
             .map_err(|e| SendError::Connect(e.into()))?;
         let addr = self.addr;

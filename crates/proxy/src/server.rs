@@ -144,7 +144,7 @@ pub(crate) async fn serve_http<I: h1::Io>(
     };
     match h1::serve(io, service, stop.clone()).await {
         h1::Ended::Closed => {}
-        // Streams finishing before the scheduler next polls for I/O share a flush.
+        // Streams finishing in the same scheduler turn share a flush.
         h1::Ended::Http2(io) => {
             serve_h2(
                 shared,

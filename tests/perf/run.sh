@@ -70,6 +70,7 @@ PATH_URL="/api/hello"
 HOST_HEADER="example.com"
 WRK_THREADS=1
 WRK_CONNS=64
+LIGHT_CONNS=4         # the light-load mesh rows
 H2_CLIENTS=16
 H2_STREAMS=10
 IDLE_CONNS=10000
@@ -532,6 +533,18 @@ load_h2c() {
 # Mesh topology: namespaces by the helper, nginx + iperf3 in the server pods, the CA, the node
 # proxy and the waypoint as separate strait processes.
 MESH_OK=0
+# start_mesh_proxies LOG_SUFFIX [PIN...]: the node proxy and the waypoint (NODE_PID,
+# WAYPOINT_PID), logging to mesh-node$LOG_SUFFIX.log and mesh-waypoint$LOG_SUFFIX.log.
+start_mesh_proxies() {
+    local suffix="$1"; shift
+    start "mesh-node$suffix" env RUST_LOG=warn "$@" "$STRAIT" node "$MESH_DIR" --no-watch \
+        --ca "http://127.0.0.1:$CA_PORT" --node-name strait-node --health-listen 127.0.0.1:18521
+    NODE_PID=$LAST_PID
+    start "mesh-waypoint$suffix" env RUST_LOG=warn "$@" "$STRAIT" waypoint "$MESH_DIR" --no-watch \
+        --namespace bench --name waypoint --ca "http://127.0.0.1:$CA_PORT" \
+        --netns "$WAYPOINT_NETNS" --health-listen 127.0.0.1:18522
+    WAYPOINT_PID=$LAST_PID
+}
 start_mesh() {
     log "building the mesh topology"
     mkdir -p "$WORK/mesh" "$WORK/ca-empty"
@@ -577,13 +590,7 @@ EOF
     start mesh-ca env RUST_LOG=warn "$STRAIT" standalone "$WORK/ca-empty" --no-watch \
         --ca-listen "127.0.0.1:$CA_PORT" --node-name perf-no-such-node
     CA_PID=$LAST_PID
-    start mesh-node env RUST_LOG=warn "${PIN_PROXY[@]}" "$STRAIT" node "$MESH_DIR" --no-watch \
-        --ca "http://127.0.0.1:$CA_PORT" --node-name strait-node --health-listen 127.0.0.1:18521
-    NODE_PID=$LAST_PID
-    start mesh-waypoint env RUST_LOG=warn "${PIN_PROXY[@]}" "$STRAIT" waypoint "$MESH_DIR" --no-watch \
-        --namespace bench --name waypoint --ca "http://127.0.0.1:$CA_PORT" \
-        --netns "$WAYPOINT_NETNS" --health-listen 127.0.0.1:18522
-    WAYPOINT_PID=$LAST_PID
+    start_mesh_proxies "" "${PIN_PROXY[@]}"
     wait_http "plain server pod" "$PLAIN_CLIENT_NETNS" "$PLAIN_SERVER_IP" "$MESH_HTTP_PORT" || return 1
     # Idle RSS before the first mesh request (certificates are fetched lazily).
     sleep 1
@@ -688,6 +695,36 @@ for round in $(seq "$ROUNDS"); do
     fi
 done
 # ---------------------------------------------------------------------------------------------
+# The mesh as deployed: node proxy and waypoint free to use every CPU (a runtime worker per CPU,
+# sharing the CPUs with the load), at a light load. Its latency shows scheduling delays that a
+# proxy pinned to one worker cannot have, such as a task taken over by a worker whose CPU is busy
+# with another process.
+if [ "$MESH_OK" -eq 1 ] && wants mesh && [ "$NCPU" -ge 2 ]; then
+    log "restarting the node proxy and the waypoint on every CPU"
+    kill -TERM "$NODE_PID" "$WAYPOINT_PID" 2>/dev/null
+    wait "$NODE_PID" "$WAYPOINT_PID" 2>/dev/null
+    start_mesh_proxies -all-cpus
+    if wait_http "mesh (node, HBONE)" "$MESH_CLIENT_NETNS" "$MESH_SERVER_IP" "$MESH_HTTP_PORT" &&
+        wait_http "mesh (waypoint)" "$MESH_CLIENT_NETNS" "$ROUTED_VIP" 80; then
+        SAVED_CONNS=$WRK_CONNS SAVED_DURATION=$DURATION
+        WRK_CONNS=$LIGHT_CONNS DURATION=1
+        # Warm-up (not recorded): certificates are fetched on the first request.
+        RSS_PIDS="" load_h1 0 warmup mesh-hbone "http://$MESH_SERVER_IP:$MESH_HTTP_PORT$PATH_URL" "$MESH_CLIENT_NETNS" >/dev/null 2>&1 || true
+        RSS_PIDS="" load_h1 0 warmup mesh-waypoint "http://$ROUTED_VIP:80$PATH_URL" "$MESH_CLIENT_NETNS" >/dev/null 2>&1 || true
+        sed -i '/\twarmup\t/d' "$WORK/results.tsv"
+        DURATION=$SAVED_DURATION
+        for round in $(seq "$ROUNDS"); do
+            RSS_PIDS="" load_h1 "$round" mesh-light pod "http://$PLAIN_SERVER_IP:$MESH_HTTP_PORT$PATH_URL" "$PLAIN_CLIENT_NETNS"
+            RSS_PIDS="" load_h1 "$round" mesh-light hbone "http://$MESH_SERVER_IP:$MESH_HTTP_PORT$PATH_URL" "$MESH_CLIENT_NETNS" "$NODE_PID"
+            RSS_PIDS="" load_h1 "$round" mesh-light waypoint "http://$ROUTED_VIP:80$PATH_URL" "$MESH_CLIENT_NETNS" "$NODE_PID" "$WAYPOINT_PID"
+        done
+        WRK_CONNS=$SAVED_CONNS
+    else
+        note "the node proxy and the waypoint did not come back on every CPU: light-load mesh rows skipped"
+    fi
+fi
+
+# ---------------------------------------------------------------------------------------------
 # 10,000 idle keep-alive connections per proxy.
 for target in strait haproxy nginx; do
     wants idle || break
@@ -714,7 +751,7 @@ for target in strait haproxy nginx; do
 done
 
 # Errors logged by the proxies during the run.
-for name in strait mesh-node mesh-waypoint mesh-ca; do
+for name in strait mesh-node mesh-waypoint mesh-node-all-cpus mesh-waypoint-all-cpus mesh-ca; do
     f="$WORK/$name.log"
     [ -s "$f" ] || continue
     n="$(grep -c -iE 'error|warn' "$f" || true)"

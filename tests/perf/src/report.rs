@@ -178,6 +178,54 @@ fn rows() -> Vec<Row> {
         "hbone",
     ));
     rows.push(mesh("mesh: HBONE path errors + non-2xx", "bad", "hbone"));
+    // The proxies restarted on every CPU (one runtime worker each), at 4 connections.
+    for (label, metric, target) in [
+        ("mesh, every CPU, 4 conns: HBONE path req/s", "rps", "hbone"),
+        (
+            "mesh, every CPU, 4 conns: HBONE path p50 ms",
+            "p50_ms",
+            "hbone",
+        ),
+        (
+            "mesh, every CPU, 4 conns: HBONE path p99 ms",
+            "p99_ms",
+            "hbone",
+        ),
+        (
+            "mesh, every CPU, 4 conns: HBONE errors + non-2xx",
+            "bad",
+            "hbone",
+        ),
+        (
+            "mesh, every CPU, 4 conns: waypoint path req/s",
+            "rps",
+            "waypoint",
+        ),
+        (
+            "mesh, every CPU, 4 conns: waypoint path p50 ms",
+            "p50_ms",
+            "waypoint",
+        ),
+        (
+            "mesh, every CPU, 4 conns: waypoint path p99 ms",
+            "p99_ms",
+            "waypoint",
+        ),
+        (
+            "mesh, every CPU, 4 conns: waypoint errors + non-2xx",
+            "bad",
+            "waypoint",
+        ),
+    ] {
+        rows.push(row(
+            label,
+            metric,
+            Some(("mesh-light", "pod")),
+            Some(("mesh-light", target)),
+            None,
+            None,
+        ));
+    }
     for (label, strait, haproxy) in [
         (
             "bulk TCP Gbit/s: HBONE mTLS vs HAProxy TCP",
@@ -480,6 +528,8 @@ mod tests {
 2\th1\tstrait\tbad\t3
 1\th1\tstrait\tcpu_us\t12.5
 1\trss\tstrait\tidle_mb\t12
+1\tmesh-light\tpod\tp99_ms\t0.5
+1\tmesh-light\thbone\tp99_ms\t1.5
 # comment
 ";
 
@@ -506,6 +556,12 @@ mod tests {
         );
         assert!(
             t.contains("| HTTP/1.1 errors + non-2xx (all rounds) | — | 5 |"),
+            "{t}"
+        );
+        assert!(
+            t.contains(
+                "| mesh, every CPU, 4 conns: HBONE path p99 ms | 0.5 | 1.5 | — | — | — | — | 3.00 |"
+            ),
             "{t}"
         );
         let targets = targets(&r);

@@ -103,6 +103,7 @@ impl Wake for DriverTurn {
 }
 
 impl<T> Coalesce<T> {
+    /// Wraps a connection's transport; `flush_at` says how long its flushes wait.
     pub fn new(inner: T, flush_at: FlushAt) -> Coalesce<T> {
         let flush_at = match flush_at {
             FlushAt::NextPass if !on_single_worker() => FlushAt::DriverTurn,

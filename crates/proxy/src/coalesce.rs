@@ -442,51 +442,51 @@ mod tests {
         }
     }
 
-    /// A write too large to hold sends what is held while a flush waits; the next flush then
-    /// has nothing to wait for, and the one after begins a new wait.
-    #[test]
-    fn a_wait_ends_when_a_large_write_sends_what_is_held() {
-        let mut cx = Context::from_waker(Waker::noop());
-        let writes = Arc::new(Mutex::new(Vec::new()));
-        let (io, _peer) = tokio::io::duplex(1 << 20);
-        let mut io = Coalesce::new(
+    type Writes = Arc<Mutex<Vec<Vec<u8>>>>;
+    type Recorded = Coalesce<RecordWrites<tokio::io::DuplexStream>>;
+
+    /// A `Coalesce` over a pipe that records its writes; the pipe's other end is returned too.
+    fn recorded(flush_at: FlushAt) -> (Recorded, tokio::io::DuplexStream, Writes) {
+        let writes = Writes::default();
+        let (io, peer) = tokio::io::duplex(1 << 20);
+        let io = Coalesce::new(
             RecordWrites {
                 inner: io,
                 writes: writes.clone(),
             },
-            FlushAt::NextPass,
+            flush_at,
         );
-        let mut io = Pin::new(&mut io);
-        assert!(matches!(
-            io.as_mut().poll_write(&mut cx, b"small"),
-            Poll::Ready(Ok(5))
-        ));
-        assert!(
-            io.as_mut().poll_flush(&mut cx).is_pending(),
-            "the flush waits"
-        );
-        let large = vec![b'L'; WORTH_WAITING_BELOW];
-        assert!(
-            matches!(io.as_mut().poll_write(&mut cx, &large), Poll::Ready(Ok(n)) if n == large.len())
-        );
-        assert_eq!(
-            writes.lock().expect("writes").len(),
-            2,
-            "held bytes, then the large write"
-        );
-        assert!(
-            io.as_mut().poll_flush(&mut cx).is_ready(),
-            "nothing left to wait for"
-        );
-        assert!(matches!(
-            io.as_mut().poll_write(&mut cx, b"again"),
-            Poll::Ready(Ok(5))
-        ));
-        assert!(
-            io.as_mut().poll_flush(&mut cx).is_pending(),
-            "a new cycle waits again"
-        );
-        assert!(io.as_mut().poll_flush(&mut cx).is_ready());
+        (io, peer, writes)
+    }
+
+    /// Writes `bytes`, which must be taken at once (held, or accepted by the pipe).
+    fn write_now(io: &mut Recorded, bytes: &[u8]) {
+        let mut cx = Context::from_waker(Waker::noop());
+        match Pin::new(io).poll_write(&mut cx, bytes) {
+            Poll::Ready(Ok(written)) => assert_eq!(written, bytes.len()),
+            other => panic!("write of {} bytes: {other:?}", bytes.len()),
+        }
+    }
+
+    /// Polls one flush with a no-op waker.
+    fn flush_now(io: &mut Recorded) -> Poll<io::Result<()>> {
+        Pin::new(io).poll_flush(&mut Context::from_waker(Waker::noop()))
+    }
+
+    /// A write too large to hold sends what is held while a flush waits; the next flush then
+    /// has nothing to wait for, and the one after begins a new wait.
+    #[test]
+    fn a_wait_ends_when_a_large_write_sends_what_is_held() {
+        let (mut io, _peer, writes) = recorded(FlushAt::NextPass);
+        write_now(&mut io, b"small");
+        assert!(flush_now(&mut io).is_pending(), "the flush waits");
+        write_now(&mut io, &[b'L'; WORTH_WAITING_BELOW]);
+        let recorded = writes.lock().expect("writes").len();
+        assert_eq!(recorded, 2, "held bytes, then the large write");
+        assert!(flush_now(&mut io).is_ready(), "nothing left to wait for");
+        write_now(&mut io, b"again");
+        assert!(flush_now(&mut io).is_pending(), "a new cycle waits again");
+        assert!(flush_now(&mut io).is_ready());
         assert_eq!(writes.lock().expect("writes").len(), 3);
     }
 
@@ -533,28 +533,14 @@ mod tests {
     /// what was held before them.
     #[tokio::test]
     async fn large_writes_go_through_in_order() {
-        let writes = Arc::new(Mutex::new(Vec::new()));
-        let (io, mut peer) = tokio::io::duplex(1 << 20);
-        let mut io = Coalesce::new(
-            RecordWrites {
-                inner: io,
-                writes: writes.clone(),
-            },
-            FlushAt::NextPass,
-        );
+        let (mut io, mut peer, writes) = recorded(FlushAt::NextPass);
         let large = vec![b'L'; WORTH_WAITING_BELOW];
-        let written = std::future::poll_fn(|cx| Pin::new(&mut io).poll_write(cx, b"small"))
-            .await
-            .expect("write");
-        assert_eq!(written, 5);
+        write_now(&mut io, b"small");
         assert!(
             writes.lock().expect("writes").is_empty(),
             "small write held"
         );
-        let written = std::future::poll_fn(|cx| Pin::new(&mut io).poll_write(cx, &large))
-            .await
-            .expect("write");
-        assert_eq!(written, large.len());
+        write_now(&mut io, &large);
         let recorded = writes.lock().expect("writes").clone();
         assert_eq!(recorded, vec![b"small".to_vec(), large.clone()]);
         drop(io);

@@ -138,16 +138,18 @@ fn rows() -> Vec<Row> {
             ));
         }
     }
-    let mesh = |label, metric, target| {
+    // A mesh path against pod-to-pod traffic measured in the same section.
+    let mesh_in = |section, label, metric, target| {
         row(
             label,
             metric,
-            Some(("mesh", "pod")),
-            Some(("mesh", target)),
+            Some((section, "pod")),
+            Some((section, target)),
             None,
             None,
         )
     };
+    let mesh = |label, metric, target| mesh_in("mesh", label, metric, target);
     rows.push(mesh(
         "mesh: client→node→waypoint→node→server req/s",
         "rps",
@@ -217,14 +219,7 @@ fn rows() -> Vec<Row> {
             "waypoint",
         ),
     ] {
-        rows.push(row(
-            label,
-            metric,
-            Some(("mesh-light", "pod")),
-            Some(("mesh-light", target)),
-            None,
-            None,
-        ));
+        rows.push(mesh_in("mesh-light", label, metric, target));
     }
     for (label, strait, haproxy) in [
         (

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
+use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
 use http::Request;
 use hyper::body::Incoming;
@@ -123,12 +124,15 @@ async fn serve_tls(
 
 /// Serves HTTP/1.x with our own server, or HTTP/2 (prior knowledge, or ALPN `h2` on TLS)
 /// with hyper's when the client opens with the HTTP/2 preface.
-pub(crate) async fn serve_http<I: h1::Io>(
+///
+/// Not an `async fn`, for the reason given on [`h1::serve`]: this future is most of an idle
+/// connection's task.
+pub(crate) fn serve_http<I: h1::Io>(
     shared: Arc<ListenerShared>,
     io: I,
     conn: ConnInfo,
     stop: watch::Receiver<bool>,
-) {
+) -> impl Future<Output = ()> + Send {
     let conn = Arc::new(conn);
     let service: h1::Service = {
         let shared = shared.clone();
@@ -142,19 +146,16 @@ pub(crate) async fn serve_http<I: h1::Io>(
             })
         })
     };
-    match h1::serve(io, service, stop.clone()).await {
-        h1::Ended::Closed => {}
-        // Streams finishing in the same scheduler turn share a flush.
-        h1::Ended::Http2(io) => {
-            serve_h2(
-                shared,
-                TokioIo::new(Coalesce::new(io, FlushAt::DriverTurn)),
-                conn,
-                stop,
-            )
-            .await
+    // `then` rather than an async block, which would keep room for the HTTP/1.1 future twice
+    // (once as the block's capture, once as the future it awaits).
+    h1::serve(io, service, stop.clone()).then(move |ended| async move {
+        // Streams finishing in the same scheduler turn share a flush. Boxed: hyper's HTTP/2
+        // connection is larger than an idle HTTP/1.1 connection's whole task.
+        if let h1::Ended::Http2(io) = ended {
+            let io = TokioIo::new(Coalesce::new(io, FlushAt::DriverTurn));
+            Box::pin(serve_h2(shared, io, conn, stop)).await;
         }
-    }
+    })
 }
 
 async fn serve_h2<I>(

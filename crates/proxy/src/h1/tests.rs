@@ -489,6 +489,52 @@ async fn stopping_closes_idle_connections_and_finishes_busy_ones() {
     assert!(c.closed().await);
 }
 
+#[tokio::test(start_paused = true)]
+async fn a_parked_connection_serves_its_next_request() {
+    let mut c = start(echo());
+    c.send(b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    assert_eq!(c.response().await.body, b"GET /a");
+    // Idle past the grace: parked, without its request state.
+    tokio::time::sleep(IDLE_GRACE * 4).await;
+    // The next request arrives in pieces; the first wakes the parked connection.
+    c.send(b"GET /b HT").await;
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    c.send(b"TP/1.1\r\nHost: x\r\n\r\n").await;
+    assert_eq!(c.response().await.body, b"GET /b");
+    tokio::time::sleep(IDLE_GRACE * 4).await;
+    c.stop.send(true).unwrap();
+    assert!(c.closed().await);
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_idle_connection_closes_when_its_next_head_is_overdue() {
+    let mut c = start(echo());
+    c.send(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    c.response().await;
+    let idle_since = tokio::time::Instant::now();
+    let margin = Duration::from_millis(50);
+    let mut byte = [0; 1];
+    let early = tokio::time::timeout_at(idle_since + HEAD_TIMEOUT - margin, c.io.read(&mut byte));
+    assert!(early.await.is_err(), "closed before its head was due");
+    // Due HEAD_TIMEOUT after it went idle, not after it was parked (IDLE_GRACE later).
+    let read = tokio::time::timeout_at(idle_since + HEAD_TIMEOUT + margin, c.io.read(&mut byte));
+    assert_eq!(
+        read.await.expect("closed when its head was due").unwrap(),
+        0
+    );
+}
+
+#[test]
+fn an_idle_connection_task_is_small() {
+    let (_client, server) = tokio::io::duplex(1024);
+    let (_stop, stop_rx) = watch::channel(false);
+    let serving = serve(server, echo(), stop_rx);
+    // A request's state is boxed while the connection is busy (see the module documentation);
+    // held inline, it makes this future about 1.8 KiB.
+    let size = std::mem::size_of_val(&serving);
+    assert!(size <= 768, "the connection future is {size} bytes");
+}
+
 #[tokio::test]
 async fn the_http2_preface_is_handed_back_with_what_was_read() {
     let mut c = start(echo());

@@ -401,8 +401,7 @@ impl TunnelHandler for Handler {
                 let stop = inner.stop.clone();
                 let conn = ConnInfo::new(client, false, None);
                 return Ok(Box::new(move |tunnel: hbone::Tunnel| {
-                    Box::pin(async move { serve_http(shared, tunnel, conn, stop).await })
-                        as BoxFuture<'static, ()>
+                    Box::pin(serve_http(shared, tunnel, conn, stop)) as BoxFuture<'static, ()>
                 }) as TunnelTask);
             }
             // Opaque TCP: one endpoint per connection.

@@ -8,8 +8,8 @@
 //! - **Idle connections are small tasks.** The state of a request in flight (its head, the
 //!   handler's response, the body being relayed) is most of a connection's future: about
 //!   2 KiB. It lives in a box allocated when a connection becomes busy and freed when it has
-//!   been idle for [`IDLE_GRACE`], so a parked keep-alive connection's whole task is under
-//!   1 KiB. Under load a connection stays busy and allocates the box once.
+//!   been idle for [`IDLE_GRACE`], so a parked plaintext keep-alive connection's whole task
+//!   is under 1 KiB. Under load a connection stays busy and allocates the box once.
 //! - **Less work per request.** The head is parsed once into a `Request` whose header values
 //!   share one buffer, and a small response goes out in one write with its head.
 //!
@@ -140,18 +140,17 @@ pub(crate) fn serve<I: Io>(
         out: Output::default(),
         cached_headers: None,
         head_deadline: None,
+        served: false,
         read_closed: false,
         linger: false,
     };
     async move {
-        let mut first = true;
         let finish = loop {
             // Boxed while busy, dropped while parked: see the module documentation.
-            match Box::pin(conn.run(first)).await {
+            match Box::pin(conn.run()).await {
                 Ok(Finish::Idle) => {}
                 other => break other,
             }
-            first = false;
             if !conn.wait_while_idle().await {
                 break Ok(Finish::Close);
             }
@@ -207,6 +206,9 @@ struct Conn<I> {
     /// When the next request head is due, carried over while the connection is parked (the
     /// time a keep-alive connection waits idle counts against [`HEAD_TIMEOUT`]).
     head_deadline: Option<tokio::time::Instant>,
+    /// A request head has been read. The HTTP/2 preface is only looked for before the first,
+    /// however long the client waits (and is parked) before sending it.
+    served: bool,
     /// The client has closed its side (read returned end of stream).
     read_closed: bool,
     /// The connection closes with client bytes possibly still on the way (a refused head, a
@@ -234,9 +236,9 @@ enum Next {
 
 impl<I: Io> Conn<I> {
     /// Serves requests until the connection ends or has been idle for [`IDLE_GRACE`].
-    async fn run(&mut self, mut first: bool) -> io::Result<Finish> {
+    async fn run(&mut self) -> io::Result<Finish> {
         loop {
-            let head = match self.next_head(first).await {
+            let head = match self.next_head(!self.served).await {
                 Ok(Next::Head(head)) => head,
                 Ok(Next::Http2) => return Ok(Finish::Http2),
                 Ok(Next::Closed) => return Ok(Finish::Close),
@@ -250,7 +252,7 @@ impl<I: Io> Conn<I> {
                     return Ok(Finish::Close);
                 }
             };
-            first = false;
+            self.served = true;
             match self.exchange(head).await? {
                 After::NextRequest => {}
                 After::Close => return Ok(Finish::Close),

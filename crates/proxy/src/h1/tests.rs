@@ -507,6 +507,35 @@ async fn a_parked_connection_serves_its_next_request() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_first_request_after_a_park_is_still_checked_for_http2() {
+    // A client that waits past the grace before its first bytes: parked before any request.
+    let mut c = start(echo());
+    tokio::time::sleep(IDLE_GRACE * 4).await;
+    c.send(H2_PREFACE).await;
+    let ended = tokio::time::timeout(WAIT, c.server).await.unwrap().unwrap();
+    assert!(
+        matches!(ended, Ended::Http2(_)),
+        "HTTP/2 preface not recognised"
+    );
+
+    let mut c = start(echo());
+    tokio::time::sleep(IDLE_GRACE * 4).await;
+    c.send(b"GET /late HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    assert_eq!(c.response().await.body, b"GET /late");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_client_closing_while_parked_ends_the_connection() {
+    let mut c = start(echo());
+    c.send(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    c.response().await;
+    tokio::time::sleep(IDLE_GRACE * 4).await;
+    c.io.shutdown().await.unwrap();
+    let ended = tokio::time::timeout(WAIT, c.server).await.unwrap().unwrap();
+    assert!(matches!(ended, Ended::Closed));
+}
+
+#[tokio::test(start_paused = true)]
 async fn an_idle_connection_closes_when_its_next_head_is_overdue() {
     let mut c = start(echo());
     c.send(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await;

@@ -225,6 +225,16 @@ struct Pump {
     send_continue: bool,
 }
 
+/// How a wait for request bytes ended.
+enum Wait {
+    /// Bytes arrived (they are in the read buffer).
+    Bytes,
+    /// The client closed its side, the read failed, or the proxy stopped.
+    Closed,
+    /// The deadline passed first.
+    Elapsed,
+}
+
 // Returned once per request and never stored: boxing the head would cost an allocation.
 #[allow(clippy::large_enum_variant)]
 enum Next {
@@ -294,34 +304,16 @@ impl<I: Io> Conn<I> {
             } else {
                 deadline
             };
-            let (io, read_buf, stop) = (&mut self.io, &mut self.read_buf, &mut self.stop);
-            let read = poll_fn(|cx| poll_read_more(io, read_buf, cx, HEAD_SPARE));
-            let stopped = async {
-                if !idle {
-                    return std::future::pending().await;
+            // A head begun is not cut short by the proxy stopping.
+            match self.wait_for_bytes(wake_at, idle).await {
+                Wait::Bytes => {}
+                Wait::Closed => return Ok(Next::Closed),
+                Wait::Elapsed if idle => {
+                    self.release_buffers();
+                    self.head_deadline = Some(deadline);
+                    return Ok(Next::Idle);
                 }
-                while !*stop.borrow_and_update() {
-                    if stop.changed().await.is_err() {
-                        return std::future::pending().await;
-                    }
-                }
-            };
-            tokio::select! {
-                result = read => match result {
-                    Ok(0) => self.read_closed = true,
-                    Ok(_) => {}
-                    Err(e) => {
-                        tracing::debug!(error = %e, "client connection read failed");
-                        return Ok(Next::Closed);
-                    }
-                },
-                () = stopped => return Ok(Next::Closed),
-                () = tokio::time::sleep_until(wake_at) => {
-                    if idle {
-                        self.release_buffers();
-                        self.head_deadline = Some(deadline);
-                        return Ok(Next::Idle);
-                    }
+                Wait::Elapsed => {
                     tracing::debug!("request head timed out");
                     return Ok(Next::Closed);
                 }
@@ -336,9 +328,18 @@ impl<I: Io> Conn<I> {
         let deadline = self
             .head_deadline
             .unwrap_or_else(|| tokio::time::Instant::now() + HEAD_TIMEOUT);
+        matches!(self.wait_for_bytes(deadline, true).await, Wait::Bytes)
+    }
+
+    /// Reads what the client sends next into the read buffer, unless `until` passes first or
+    /// (with `watch_stop`) the proxy stops.
+    async fn wait_for_bytes(&mut self, until: tokio::time::Instant, watch_stop: bool) -> Wait {
         let (io, read_buf, stop) = (&mut self.io, &mut self.read_buf, &mut self.stop);
         let read = poll_fn(|cx| poll_read_more(io, read_buf, cx, HEAD_SPARE));
         let stopped = async {
+            if !watch_stop {
+                return std::future::pending().await;
+            }
             while !*stop.borrow_and_update() {
                 if stop.changed().await.is_err() {
                     return std::future::pending().await;
@@ -349,16 +350,16 @@ impl<I: Io> Conn<I> {
             result = read => match result {
                 Ok(0) => {
                     self.read_closed = true;
-                    false
+                    Wait::Closed
                 }
-                Ok(_) => true,
+                Ok(_) => Wait::Bytes,
                 Err(e) => {
                     tracing::debug!(error = %e, "client connection read failed");
-                    false
+                    Wait::Closed
                 }
             },
-            () = stopped => false,
-            () = tokio::time::sleep_until(deadline) => false,
+            () = stopped => Wait::Closed,
+            () = tokio::time::sleep_until(until) => Wait::Elapsed,
         }
     }
 

@@ -8,6 +8,7 @@
 #   sudo tests/perf/run.sh --quick    # smoke run: 1 round of 3 s tests
 #   sudo tests/perf/run.sh --only bulk,idle --out /tmp/p.md   # some sections, while tuning
 #   sudo tests/perf/run.sh --only mesh --hold   # set up, warm up, then keep running to profile
+#   sudo tests/perf/run.sh --binary BIN   # measure another build of strait (an image's, a branch's)
 #
 # Needs root (network namespaces, iptables in the pods). Installs wrk, nghttp2-client (h2load),
 # haproxy, nginx and iperf3 with apt-get when missing. Sends traffic only to loopback and to
@@ -22,10 +23,11 @@ OUT="$ROOT/docs/performance.md"
 KEEP_WORK=0
 HOLD=0
 ONLY="h1,h2c,mesh,bulk,idle"
+BINARY=""
 
 usage() {
-    sed -n '2,12p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
-    echo "options: --rounds N  --quick  --duration SECONDS  --out FILE  --keep-work  --only h1,h2c,mesh,bulk,idle  --hold"
+    sed -n '2,13p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+    echo "options: --rounds N  --quick  --duration SECONDS  --out FILE  --keep-work  --only h1,h2c,mesh,bulk,idle  --hold  --binary PATH"
 }
 
 while [ $# -gt 0 ]; do
@@ -37,6 +39,7 @@ while [ $# -gt 0 ]; do
         --keep-work) KEEP_WORK=1; shift ;;
         --only) ONLY="${2:?--only needs a list of sections}"; shift 2 ;;
         --hold) HOLD=1; shift ;;
+        --binary) BINARY="${2:?--binary needs a path}"; shift 2 ;;
         -h|--help) usage; exit 0 ;;
         *) echo "unknown option: $1" >&2; usage >&2; exit 2 ;;
     esac
@@ -152,11 +155,22 @@ if [ "${#need[@]}" -gt 0 ]; then
 fi
 # Packaged services may have been started by the install: we use our own instances only.
 
-log "building strait and strait-perf (release)"
-(cd "$ROOT" && cargo build --release -q -p strait -p strait-perf)
+# Strait as it ships: the `dist` profile (release + fat LTO, see Cargo.toml). The harness
+# itself (load generator, mesh helper, report) is an ordinary release build.
 TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
-STRAIT="$TARGET_DIR/release/strait"
 PERF="$TARGET_DIR/release/strait-perf"
+log "building strait-perf (release)"
+(cd "$ROOT" && cargo build --release -q -p strait-perf)
+if [ -n "$BINARY" ]; then
+    [ -x "$BINARY" ] || { echo "--binary: not an executable: $BINARY" >&2; exit 2; }
+    STRAIT="$(cd "$(dirname "$BINARY")" && pwd)/$(basename "$BINARY")"
+    BUILD="given with --binary: $STRAIT"
+else
+    STRAIT="$TARGET_DIR/dist/strait"
+    BUILD="dist profile: release, fat LTO, one codegen unit"
+    log "building strait (dist profile)"
+    (cd "$ROOT" && cargo build --profile dist -q -p strait)
+fi
 
 HARD_NOFILE="$(ulimit -Hn)"
 if [ "$HARD_NOFILE" = unlimited ] || [ "$HARD_NOFILE" -gt 65536 ]; then HARD_NOFILE=65536; fi
@@ -415,7 +429,7 @@ EOF
     echo "memory:   $(awk '/^MemTotal/{printf "%.1f GiB", $2/1048576}' /proc/meminfo)"
     echo "kernel:   $(uname -sr)"
     echo "load:     $(cut -d' ' -f1-3 /proc/loadavg) (1/5/15-min load average when the run started; other work on the machine skews every figure)"
-    echo "strait:   $("$STRAIT" --version 2>&1 | head -1) (release build)"
+    echo "strait:   $("$STRAIT" --version 2>&1 | head -1) ($BUILD)"
     echo "rustc:    $(rustc --version 2>/dev/null || echo unknown)"
     echo "haproxy:  $(haproxy -v 2>&1 | head -1)"
     echo "nginx:    $(nginx -v 2>&1 | head -1)"

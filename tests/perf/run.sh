@@ -50,6 +50,7 @@ case "$DURATION" in ''|*[!0-9]*) echo "--duration: not a number: $DURATION" >&2;
 for section in ${ONLY//,/ }; do
     case "$section" in h1|h2c|mesh|bulk|idle) ;; *) echo "--only: unknown section: $section" >&2; exit 2 ;; esac
 done
+[ -z "$BINARY" ] || { [ -f "$BINARY" ] && [ -x "$BINARY" ]; } || { echo "--binary: not an executable file: $BINARY" >&2; exit 2; }
 # wants SECTION: whether this run measures SECTION (see --only).
 wants() { case ",$ONLY," in *",$1,"*) return 0 ;; *) return 1 ;; esac; }
 [ "$(id -u)" -eq 0 ] || { echo "run as root (network namespaces, iptables)" >&2; exit 1; }
@@ -162,7 +163,6 @@ PERF="$TARGET_DIR/release/strait-perf"
 log "building strait-perf (release)"
 (cd "$ROOT" && cargo build --release -q -p strait-perf)
 if [ -n "$BINARY" ]; then
-    [ -x "$BINARY" ] || { echo "--binary: not an executable: $BINARY" >&2; exit 2; }
     STRAIT="$(cd "$(dirname "$BINARY")" && pwd)/$(basename "$BINARY")"
     BUILD="given with --binary: $STRAIT"
 else

@@ -26,7 +26,7 @@ ONLY="h1,h2c,mesh,bulk,idle"
 BINARY=""
 
 usage() {
-    sed -n '2,13p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+    sed -n '2,15p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
     echo "options: --rounds N  --quick  --duration SECONDS  --out FILE  --keep-work  --only h1,h2c,mesh,bulk,idle  --hold  --binary PATH"
 }
 
@@ -50,7 +50,10 @@ case "$DURATION" in ''|*[!0-9]*) echo "--duration: not a number: $DURATION" >&2;
 for section in ${ONLY//,/ }; do
     case "$section" in h1|h2c|mesh|bulk|idle) ;; *) echo "--only: unknown section: $section" >&2; exit 2 ;; esac
 done
-[ -z "$BINARY" ] || { [ -f "$BINARY" ] && [ -x "$BINARY" ]; } || { echo "--binary: not an executable file: $BINARY" >&2; exit 2; }
+if [ -n "$BINARY" ]; then
+    [ -f "$BINARY" ] && [ -x "$BINARY" ] || { echo "--binary: not an executable file: $BINARY" >&2; exit 2; }
+    BINARY="$(realpath -- "$BINARY")"
+fi
 # wants SECTION: whether this run measures SECTION (see --only).
 wants() { case ",$ONLY," in *",$1,"*) return 0 ;; *) return 1 ;; esac; }
 [ "$(id -u)" -eq 0 ] || { echo "run as root (network namespaces, iptables)" >&2; exit 1; }
@@ -158,12 +161,14 @@ fi
 
 # Strait as it ships: the `dist` profile (release + fat LTO, see Cargo.toml). The harness
 # itself (load generator, mesh helper, report) is an ordinary release build.
-TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
+# cargo runs in $ROOT, so a relative CARGO_TARGET_DIR is relative to it.
+TARGET_DIR="${CARGO_TARGET_DIR:-target}"
+case "$TARGET_DIR" in /*) ;; *) TARGET_DIR="$ROOT/$TARGET_DIR" ;; esac
 PERF="$TARGET_DIR/release/strait-perf"
 log "building strait-perf (release)"
 (cd "$ROOT" && cargo build --release -q -p strait-perf)
 if [ -n "$BINARY" ]; then
-    STRAIT="$(cd "$(dirname "$BINARY")" && pwd)/$(basename "$BINARY")"
+    STRAIT="$BINARY"
     BUILD="given with --binary: $STRAIT"
 else
     STRAIT="$TARGET_DIR/dist/strait"
@@ -430,7 +435,8 @@ EOF
     echo "kernel:   $(uname -sr)"
     echo "load:     $(cut -d' ' -f1-3 /proc/loadavg) (1/5/15-min load average when the run started; other work on the machine skews every figure)"
     echo "strait:   $("$STRAIT" --version 2>&1 | head -1) ($BUILD)"
-    echo "rustc:    $(rustc --version 2>/dev/null || echo unknown)"
+    # The compiler that built the binary measured (recorded in its .comment section).
+    echo "rustc:    $(readelf -p .comment "$STRAIT" 2>/dev/null | grep -o -m1 'rustc version .*' || echo unknown)"
     echo "haproxy:  $(haproxy -v 2>&1 | head -1)"
     echo "nginx:    $(nginx -v 2>&1 | head -1)"
     echo "wrk:      $(wrk -v 2>&1 | head -1)"

@@ -248,7 +248,7 @@ impl<I: Io> Conn<I> {
     /// Serves requests until the connection ends or has been idle for [`IDLE_GRACE`].
     async fn run(&mut self) -> io::Result<Finish> {
         loop {
-            let head = match self.next_head(!self.served).await {
+            let head = match self.next_head().await {
                 Ok(Next::Head(head)) => head,
                 Ok(Next::Http2) => return Ok(Finish::Http2),
                 Ok(Next::Closed) => return Ok(Finish::Close),
@@ -273,8 +273,8 @@ impl<I: Io> Conn<I> {
 
     /// Waits for the next request head. An idle connection (nothing buffered) gives up its
     /// buffers and returns [`Next::Idle`] once it has waited [`IDLE_GRACE`], and closes at once
-    /// when the proxy stops.
-    async fn next_head(&mut self, first: bool) -> Result<Next, HeadError> {
+    /// when the proxy stops. Until the first head, the HTTP/2 preface is looked for too.
+    async fn next_head(&mut self) -> Result<Next, HeadError> {
         let deadline = self
             .head_deadline
             .take()
@@ -282,7 +282,7 @@ impl<I: Io> Conn<I> {
         loop {
             if !self.read_buf.is_empty() {
                 let n = self.read_buf.len().min(H2_PREFACE.len());
-                if first && self.read_buf[..n] == H2_PREFACE[..n] {
+                if !self.served && self.read_buf[..n] == H2_PREFACE[..n] {
                     if n == H2_PREFACE.len() {
                         return Ok(Next::Http2);
                     }

@@ -8,7 +8,9 @@
 # runs as root with NET_ADMIN, SYS_ADMIN and NET_RAW (set by its DaemonSet), and execs
 # iptables-restore inside pod network namespaces, which is why iptables is in the image.
 
-ARG RUST_IMAGE=rust:1-bookworm
+# The compiler crates/strait/hot-text.ld was generated with (named in its header): the script
+# names some functions by their full symbol, which another compiler version renames.
+ARG RUST_IMAGE=rust:1.95-bookworm
 ARG RUNTIME_IMAGE=debian:bookworm-slim
 
 # --- recipe: what the dependency layer depends on --------------------------------------------

@@ -427,6 +427,23 @@ EOF
 
 # ---------------------------------------------------------------------------------------------
 # Machine.
+# How much of the code layout crates/strait/hot-text.ld describes the binary has (the code
+# between its two markers): the script names some functions by symbols that another compiler
+# or dependency version renames, and the idle RSS rows grow back when it no longer applies
+# (docs/architecture.md, "One binary").
+hot_marker() { nm "$STRAIT" 2>/dev/null | awk -v name="$1" '$3 == name { print $1; exit }' || true; }
+HOT_START="$(hot_marker __strait_hot_text_start)"
+HOT_END="$(hot_marker __strait_hot_text_end)"
+HOT_PLACED="$(grep -o -m1 '[0-9]* KiB placed' "$ROOT/crates/strait/hot-text.ld" 2>/dev/null | cut -d' ' -f1 || true)"
+if [ -z "$HOT_START" ] || [ -z "$HOT_END" ]; then
+    LAYOUT="linked without crates/strait/hot-text.ld (no __strait_hot_text_start/_end)"
+else
+    HOT_KIB=$(( (16#$HOT_END - 16#$HOT_START) / 1024 ))
+    LAYOUT="$HOT_KIB KiB placed first in .text; crates/strait/hot-text.ld places ${HOT_PLACED:-?} KiB"
+    if [ -n "$HOT_PLACED" ] && [ $(( HOT_KIB * 10 )) -lt $(( HOT_PLACED * 8 )) ]; then
+        note "only $HOT_KIB of the $HOT_PLACED KiB crates/strait/hot-text.ld places are placed in this binary: the script is stale for this build (another compiler or dependency versions), so the idle RSS rows are higher than they need be; regenerate it with tests/perf/hot-text.sh"
+    fi
+fi
 {
     echo "date:     $(date -u +%Y-%m-%dT%H:%M:%SZ)"
     echo "cpu:      $(awk -F': ' '/^model name/{print $2; exit}' /proc/cpuinfo)"
@@ -437,6 +454,7 @@ EOF
     echo "strait:   $("$STRAIT" --version 2>&1 | head -1) ($BUILD)"
     # The compiler that built the binary measured (recorded in its .comment section).
     echo "rustc:    $(readelf -p .comment "$STRAIT" 2>/dev/null | grep -o -m1 'rustc version .*' || echo unknown)"
+    echo "layout:   $LAYOUT"
     echo "haproxy:  $(haproxy -v 2>&1 | head -1)"
     echo "nginx:    $(nginx -v 2>&1 | head -1)"
     echo "wrk:      $(wrk -v 2>&1 | head -1)"

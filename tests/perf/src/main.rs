@@ -7,6 +7,7 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 
 mod hold;
+mod hot_text;
 mod mesh;
 mod parse;
 mod report;
@@ -41,6 +42,22 @@ enum Command {
     Parse {
         #[command(subcommand)]
         tool: Tool,
+    },
+    /// Write the linker script that places the functions callgrind PROFILES saw BINARY execute
+    /// together at the start of its .text (see tests/perf/hot-text.sh).
+    HotText {
+        /// The `strait` binary the profiles were recorded from.
+        #[arg(long)]
+        binary: PathBuf,
+        /// Where to write the script.
+        #[arg(long)]
+        out: PathBuf,
+        /// One line saying what the profiles were recorded from, kept in the script.
+        #[arg(long, default_value = "")]
+        trained_on: String,
+        /// callgrind output files (recorded with `--demangle=no`).
+        #[arg(required = true)]
+        profiles: Vec<PathBuf>,
     },
     /// Write docs/performance.md from the recorded rounds and print the table.
     Report {
@@ -123,6 +140,15 @@ fn main() -> anyhow::Result<()> {
                 }
             };
             print!("{out}");
+            Ok(())
+        }
+        Command::HotText {
+            binary,
+            out,
+            trained_on,
+            profiles,
+        } => {
+            println!("{}", hot_text::run(&binary, &out, &trained_on, &profiles)?);
             Ok(())
         }
         Command::Report {

@@ -1,0 +1,90 @@
+#!/usr/bin/env bash
+# Regenerates crates/strait/hot-text.ld, the linker script that places the code the proxies run
+# together ahead of the rest (docs/architecture.md, "One binary"). It runs a quick benchmark
+# (tests/perf/run.sh --quick) with every strait process under callgrind, then writes a script
+# naming the functions they executed: the gateway's, the node proxy's, the waypoint's and the
+# mesh CA's, at start and on the request paths the benchmark drives.
+#
+#   sudo tests/perf/hot-text.sh                # trains the dist build
+#   sudo tests/perf/hot-text.sh --binary BIN   # trains another build of strait
+#   sudo tests/perf/hot-text.sh --out FILE     # writes elsewhere (default: the checked-in file)
+#
+# Rebuild afterwards to use it. Regenerate after a compiler or dependency update, which renames
+# the instances of generic functions the script names in full, or after moving code the proxies
+# run into new functions: the idle RSS in docs/performance.md grows back when it is due.
+#
+# Needs root (as run.sh does) and valgrind, installed with apt-get when missing. The training
+# run takes about two minutes, after the build.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+OUT="$ROOT/crates/strait/hot-text.ld"
+BINARY=""
+
+usage() { sed -n '2,17p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
+
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --binary) BINARY="${2:?--binary needs a path}"; shift 2 ;;
+        --out) OUT="${2:?--out needs a file}"; shift 2 ;;
+        -h|--help) usage; exit 0 ;;
+        *) echo "unknown option: $1" >&2; usage >&2; exit 2 ;;
+    esac
+done
+[ "$(id -u)" -eq 0 ] || { echo "run as root (tests/perf/run.sh needs it)" >&2; exit 1; }
+if [ -n "$BINARY" ]; then
+    [ -f "$BINARY" ] && [ -x "$BINARY" ] || { echo "--binary: not an executable file: $BINARY" >&2; exit 2; }
+    BINARY="$(realpath -- "$BINARY")"
+fi
+
+log() { printf '[%s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+
+if ! command -v valgrind >/dev/null 2>&1; then
+    log "installing valgrind"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get install -y --no-install-recommends valgrind >/dev/null 2>&1 || {
+        apt-get update >/dev/null 2>&1
+        apt-get install -y --no-install-recommends valgrind >/dev/null
+    }
+fi
+
+TARGET_DIR="${CARGO_TARGET_DIR:-target}"
+case "$TARGET_DIR" in /*) ;; *) TARGET_DIR="$ROOT/$TARGET_DIR" ;; esac
+if [ -z "$BINARY" ]; then
+    log "building strait (dist profile)"
+    (cd "$ROOT" && cargo build --profile dist -q -p strait)
+    BINARY="$TARGET_DIR/dist/strait"
+fi
+log "building strait-perf (release)"
+(cd "$ROOT" && cargo build --release -q -p strait-perf)
+PERF="$TARGET_DIR/release/strait-perf"
+
+WORK="$(mktemp -d /tmp/strait-hot-text.XXXXXX)"
+trap 'rm -rf "$WORK"' EXIT
+mkdir "$WORK/profiles"
+# run.sh starts this in place of strait; callgrind names each profile after the process id.
+# (`strait --version`, which run.sh asks for its report, is not a proxy: it runs as is.)
+cat >"$WORK/strait" <<EOF
+#!/bin/sh
+[ "\$1" = --version ] && exec "$BINARY" "\$@"
+exec valgrind --tool=callgrind --demangle=no --dump-instr=no \\
+    --callgrind-out-file="$WORK/profiles/%p.callgrind" "$BINARY" "\$@"
+EOF
+chmod +x "$WORK/strait"
+
+SECTIONS="h1,h2c,mesh,bulk"
+log "training: tests/perf/run.sh --quick --only $SECTIONS, strait under callgrind"
+"$ROOT/tests/perf/run.sh" --quick --only "$SECTIONS" --binary "$WORK/strait" \
+    --out "$WORK/report.md" >"$WORK/run.log" 2>&1 || {
+    tail -20 "$WORK/run.log" >&2
+    echo "the training run failed" >&2
+    exit 1
+}
+profiles=("$WORK"/profiles/*.callgrind)
+[ -e "${profiles[0]}" ] || { echo "the training run left no profile" >&2; exit 1; }
+
+COMMIT="$(cd "$ROOT" && git describe --always --dirty 2>/dev/null || echo unknown)"
+"$PERF" hot-text --binary "$BINARY" --out "$OUT" \
+    --trained-on "$(basename "$0") on $COMMIT, ${#profiles[@]} processes of run.sh --quick --only $SECTIONS" \
+    "${profiles[@]}"
+log "written $OUT: rebuild strait to use it"

@@ -10,7 +10,7 @@
 
 # The compiler crates/strait/hot-text.ld was generated with (named in its header): the script
 # names some functions by their full symbol, which another compiler version renames.
-ARG RUST_IMAGE=rust:1.95-bookworm
+ARG RUST_IMAGE=rust:1.95.0-bookworm
 ARG RUNTIME_IMAGE=debian:bookworm-slim
 
 # --- recipe: what the dependency layer depends on --------------------------------------------

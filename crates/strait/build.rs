@@ -20,8 +20,9 @@
 //! of code spread over the whole `.text` kept 9 MB of it resident in an idle gateway. The
 //! script describes `.text` with those functions only and lld appends the rest to it; GNU ld
 //! would make a second `.text` instead, which valgrind cannot read symbols from. So the script
-//! is applied where lld is the default linker, x86-64 Linux (Rust 1.90 and later), and
-//! `STRAIT_HOT_TEXT=1` applies it elsewhere, `=0` nowhere (say, when linking with mold).
+//! is applied where the lld bundled with rustup's toolchains links (x86-64 Linux, Rust 1.90 and
+//! later, no other linker configured); `STRAIT_HOT_TEXT=1` applies it elsewhere, `=0` nowhere
+//! (say, when linking with mold, which reads no linker scripts).
 
 use std::env;
 use std::path::Path;
@@ -47,12 +48,11 @@ fn main() {
 fn place_hot_text() {
     println!("cargo:rerun-if-changed=hot-text.ld");
     println!("cargo:rerun-if-env-changed=STRAIT_HOT_TEXT");
+    println!("cargo:rerun-if-env-changed=CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_LINKER");
     let apply = match env::var("STRAIT_HOT_TEXT").as_deref() {
         Ok("0") => false,
         Ok("1") => true,
-        _ => {
-            env::var("TARGET").as_deref() == Ok("x86_64-unknown-linux-gnu") && !configured_linker()
-        }
+        _ => links_with_bundled_lld(),
     };
     if !apply {
         return;
@@ -62,22 +62,51 @@ fn place_hot_text() {
         println!("cargo:warning=no {}: linking without it", script.display());
         return;
     }
-    println!("cargo:rustc-link-arg-bins=-Wl,-T,{}", script.display());
+    // Two arguments rather than `-Wl,…`, which would split a path at its commas.
+    println!("cargo:rustc-link-arg-bins=-Xlinker");
+    println!("cargo:rustc-link-arg-bins=--script={}", script.display());
     warn_if_trained_with_another_compiler(&script);
 }
 
-/// Whether the build names its own linker (`-C linker=…`, `-fuse-ld=…`, a linker flavour), in
-/// which case lld is not a given.
-fn configured_linker() -> bool {
+/// Whether the binary is linked by the lld that rustup's toolchains bundle, the default on
+/// x86-64 Linux since Rust 1.90: the target is that one, the toolchain ships `gcc-ld/ld.lld`
+/// (a distribution's rustc that links with the system's linker does not), and the build names
+/// no linker of its own (`linker` in a Cargo config or environment variable, which Cargo passes
+/// on as `RUSTC_LINKER`, or a `-C linker…`, `-C link-self-contained` or `-fuse-ld` flag).
+fn links_with_bundled_lld() -> bool {
+    const TARGET: &str = "x86_64-unknown-linux-gnu";
+    if env::var("TARGET").as_deref() != Ok(TARGET) || env::var_os("RUSTC_LINKER").is_some() {
+        return false;
+    }
     let flags = env::var("CARGO_ENCODED_RUSTFLAGS").unwrap_or_default();
-    let linker_env =
-        env::vars().any(|(name, _)| name.starts_with("CARGO_TARGET_") && name.ends_with("_LINKER"));
-    linker_env
-        || flags.split('\x1f').any(|flag| {
-            ["linker", "-fuse-ld", "link-self-contained"]
-                .iter()
-                .any(|needle| flag.contains(needle))
-        })
+    let names_a_linker = flags.split('\x1f').any(|flag| {
+        let codegen = flag.strip_prefix("-C").unwrap_or(flag);
+        [
+            "linker=",
+            "linker-flavor",
+            "linker-features",
+            "link-self-contained",
+        ]
+        .iter()
+        .any(|option| codegen.starts_with(option))
+            || flag.contains("-fuse-ld")
+    });
+    if names_a_linker {
+        return false;
+    }
+    let rustc = env::var("RUSTC").unwrap_or_else(|_| "rustc".to_string());
+    let Ok(output) = std::process::Command::new(rustc)
+        .args(["--print", "sysroot"])
+        .output()
+    else {
+        return false;
+    };
+    let sysroot = String::from_utf8_lossy(&output.stdout).trim().to_string();
+    Path::new(&sysroot)
+        .join("lib/rustlib")
+        .join(TARGET)
+        .join("bin/gcc-ld/ld.lld")
+        .exists()
 }
 
 /// The script names instances of generic functions by their full symbol, which another

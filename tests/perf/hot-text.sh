@@ -64,12 +64,12 @@ trap 'rm -rf "$WORK"' EXIT
 mkdir "$WORK/profiles"
 # run.sh starts this in place of strait; callgrind names each profile after the process id.
 # (`strait --version`, which run.sh asks for its report, is not a proxy: it runs as is.)
-cat >"$WORK/strait" <<EOF
-#!/bin/sh
-[ "\$1" = --version ] && exec "$BINARY" "\$@"
-exec valgrind --tool=callgrind --demangle=no --dump-instr=no \\
-    --callgrind-out-file="$WORK/profiles/%p.callgrind" "$BINARY" "\$@"
-EOF
+{
+    echo '#!/bin/bash'
+    printf '[ "$1" = --version ] && exec %q "$@"\n' "$BINARY"
+    printf 'exec valgrind --tool=callgrind --demangle=no --dump-instr=no --callgrind-out-file=%q %q "$@"\n' \
+        "$WORK/profiles/%p.callgrind" "$BINARY"
+} >"$WORK/strait"
 chmod +x "$WORK/strait"
 
 SECTIONS="h1,h2c,mesh,bulk"
@@ -83,8 +83,10 @@ log "training: tests/perf/run.sh --quick --only $SECTIONS, strait under callgrin
 profiles=("$WORK"/profiles/*.callgrind)
 [ -e "${profiles[0]}" ] || { echo "the training run left no profile" >&2; exit 1; }
 
-COMMIT="$(cd "$ROOT" && git describe --always --dirty 2>/dev/null || echo unknown)"
-"$PERF" hot-text --binary "$BINARY" --out "$OUT" \
+COMMIT="$(git -C "$ROOT" -c safe.directory="$ROOT" describe --always --dirty 2>/dev/null || echo unknown)"
+# Every role the script lays out must have left a whole profile (a process killed before
+# callgrind finished writing would drop out of the layout unnoticed).
+"$PERF" hot-text --binary "$BINARY" --out "$OUT" --require-roles standalone,node,waypoint \
     --trained-on "$(basename "$0") on $COMMIT, ${#profiles[@]} processes of run.sh --quick --only $SECTIONS" \
     "${profiles[@]}"
 log "written $OUT: rebuild strait to use it"

@@ -36,12 +36,13 @@ use object::{Object as _, ObjectSection as _, ObjectSymbol as _, SymbolKind};
 /// fault-around window.
 const SHARED_NAME_SLACK: u64 = 4096;
 
-/// Writes to `out` the script placing what callgrind `profiles` saw `binary` execute; returns
-/// a one-line summary.
+/// Writes to `out` the script placing what callgrind `profiles` saw `binary` execute, once
+/// every role in `require_roles` has a profile; returns a one-line summary.
 pub fn run(
     binary: &Path,
     out: &Path,
     trained_on: &str,
+    require_roles: &[String],
     profiles: &[PathBuf],
 ) -> anyhow::Result<String> {
     let object_name = binary
@@ -56,6 +57,14 @@ pub fn run(
             executed_functions(&text, object_name).with_context(|| path.display().to_string())
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
+    for role in require_roles {
+        if !executed.iter().any(|profile| &profile.role == role) {
+            bail!(
+                "no profile of a `{role}` process among {} profiles",
+                profiles.len()
+            );
+        }
+    }
     let elf = std::fs::read(binary).with_context(|| format!("reading {}", binary.display()))?;
     let sizes = function_sizes(&elf).with_context(|| binary.display().to_string())?;
     let compiler = compiler(&elf).with_context(|| binary.display().to_string())?;
@@ -103,7 +112,12 @@ pub fn executed_functions(profile: &str, object_name: &str) -> anyhow::Result<Pr
     let mut in_object = false;
     let mut role = String::new();
     let mut executed = BTreeSet::new();
+    let mut complete = false;
     for (index, line) in profile.lines().enumerate() {
+        if line.starts_with("totals:") {
+            complete = true;
+            continue;
+        }
         if let Some(command) = line.strip_prefix("cmd:") {
             role = command
                 .split_whitespace()
@@ -124,10 +138,18 @@ pub fn executed_functions(profile: &str, object_name: &str) -> anyhow::Result<Pr
         match key {
             "ob" => in_object = file_name(&name) == object_name,
             "fn" if in_object => {
-                executed.insert(name);
+                // With `--separate-recs`, a recursion level is written `name'2`.
+                let symbol = name
+                    .split_once('\'')
+                    .map_or(name.as_str(), |(symbol, _)| symbol);
+                executed.insert(symbol.to_string());
             }
             _ => {}
         }
+    }
+    if !complete {
+        // callgrind writes `totals:` last: without it the process was killed mid-write.
+        bail!("incomplete profile (no totals: line): the process did not exit cleanly");
     }
     Ok(Profile {
         role,
@@ -166,8 +188,9 @@ pub fn function_sizes(elf: &[u8]) -> anyhow::Result<HashMap<String, u64>> {
         if symbol.kind() != SymbolKind::Text || symbol.size() == 0 {
             continue;
         }
+        // Local symbols of different files may share a name: the name matches them all.
         if let Ok(name) = symbol.name() {
-            sizes.insert(name.to_string(), symbol.size());
+            *sizes.entry(name.to_string()).or_default() += symbol.size();
         }
     }
     if sizes.is_empty() {
@@ -208,10 +231,25 @@ fn unhashed(symbol: &str) -> Option<&str> {
         .map(|(at, _)| &symbol[..at + 3])
 }
 
+/// A symbol without the suffixes LLVM appends when it promotes a local function (`.llvm.123`)
+/// or renames a duplicate (`.42`): they change with any code change, so patterns match any.
+fn without_llvm_suffix(symbol: &str) -> &str {
+    let mut base = symbol;
+    while let Some((head, tail)) = base.rsplit_once('.') {
+        let numeric = !tail.is_empty() && tail.bytes().all(|byte| byte.is_ascii_digit());
+        if !(numeric || tail == "llvm") {
+            break;
+        }
+        base = head;
+    }
+    base
+}
+
 /// What the script will place, and how much of it the run executed.
 #[derive(Debug, PartialEq)]
 pub struct Placement {
-    /// Section name patterns (without the `.text.` prefix), in layout order.
+    /// Function name patterns, in layout order: each places the sections `.text.<pattern>` and
+    /// `.text.unlikely.<pattern>`, with or without a suffix LLVM adds (`.llvm.123`, `.42`).
     pub patterns: Vec<String>,
     /// The groups of the layout, in order: the roles that ran them and the bytes they place.
     pub groups: Vec<(BTreeSet<String>, u64)>,
@@ -219,7 +257,9 @@ pub struct Placement {
     pub executed_bytes: u64,
     /// Bytes of code the patterns match in the binary.
     pub placed_bytes: u64,
-    /// Executed functions the binary has no symbol for (assembly inside `.text`, say).
+    /// Executed functions the binary has no symbol for (callgrind's names for code without
+    /// one). Functions written in assembly have symbols but no section of their own, so they
+    /// count as placed without moving: a few KiB of ring's.
     pub unplaced: usize,
 }
 
@@ -257,7 +297,7 @@ pub fn place(profiles: &[Profile], sizes: &HashMap<String, u64>) -> Placement {
         executed_bytes += size;
         match unhashed(name) {
             Some(stem) => by_stem.entry(stem).or_default().push(name),
-            None => entries.push((name.to_string(), size, roles.clone())),
+            None => entries.push((without_llvm_suffix(name).to_string(), size, roles.clone())),
         }
     }
     for (stem, names) in by_stem {
@@ -265,10 +305,13 @@ pub fn place(profiles: &[Profile], sizes: &HashMap<String, u64>) -> Placement {
         let shared = shared_size[stem];
         if shared <= used + used / 2 + SHARED_NAME_SLACK {
             let roles = names.iter().flat_map(|name| roles_of[name].iter().copied());
-            entries.push((format!("{stem}*"), shared, roles.collect()));
+            // The hash's 16 digits spelt out, so that a nested item (whose name would follow
+            // `17h` as a path component) is not matched.
+            entries.push((format!("{stem}????????????????E"), shared, roles.collect()));
         } else {
             for name in names {
-                entries.push((name.to_string(), sizes[name], roles_of[name].clone()));
+                let pattern = without_llvm_suffix(name).to_string();
+                entries.push((pattern, sizes[name], roles_of[name].clone()));
             }
         }
     }
@@ -397,7 +440,10 @@ pub fn script(placement: &Placement, compiler: &str, trained_on: &str) -> String
     out.push_str(" */\n");
     out.push_str("SECTIONS\n{\n  .text :\n  {\n    __strait_hot_text_start = .;\n");
     for pattern in &placement.patterns {
-        let _ = writeln!(out, "    *(.text.{pattern} .text.unlikely.{pattern})");
+        let _ = writeln!(
+            out,
+            "    *(.text.{pattern} .text.{pattern}.* .text.unlikely.{pattern} .text.unlikely.{pattern}.*)"
+        );
     }
     out.push_str("    __strait_hot_text_end = .;\n  }\n}\nINSERT BEFORE .init;\n");
     out
@@ -436,6 +482,7 @@ fn=(4) free
 ob=(2)
 fn=(5) _ZN4core3ptr13drop_in_place17h00000000000000aaE
 1 1
+totals: 48
 ";
 
     #[test]
@@ -478,6 +525,30 @@ fn=(5) _ZN4core3ptr13drop_in_place17h00000000000000aaE
             .expect_err("fn=(9) was never defined");
         assert_eq!(error.to_string(), "line 2");
         assert!(format!("{error:#}").contains("(9)"), "{error:#}");
+    }
+
+    #[test]
+    fn recursion_levels_are_one_function_and_an_unfinished_profile_is_an_error() {
+        let profile = "ob=(1) /opt/strait\nfn=(1) main'2\n1 1\nfn=(2) main\n1 1\ntotals: 2\n";
+        let executed = executed_functions(profile, "strait").expect("parses");
+        assert_eq!(executed.functions, BTreeSet::from(["main".to_string()]));
+        let unfinished = profile.trim_end_matches("totals: 2\n");
+        let error = executed_functions(unfinished, "strait").expect_err("no totals: line");
+        assert!(error.to_string().contains("incomplete profile"), "{error}");
+    }
+
+    #[test]
+    fn llvm_suffixes_are_left_to_the_pattern() {
+        assert_eq!(
+            without_llvm_suffix("_ZN4core3fmt5Write9write_str17h0123456789abcdefE.11302"),
+            "_ZN4core3fmt5Write9write_str17h0123456789abcdefE"
+        );
+        assert_eq!(
+            without_llvm_suffix("_RNvCs1_3foo3bar.llvm.4242"),
+            "_RNvCs1_3foo3bar"
+        );
+        assert_eq!(without_llvm_suffix("main"), "main");
+        assert_eq!(without_llvm_suffix("bn_mul.mont"), "bn_mul.mont");
     }
 
     #[test]
@@ -540,9 +611,9 @@ fn=(5) _ZN4core3ptr13drop_in_place17h00000000000000aaE
         assert_eq!(
             placement.patterns,
             [
-                "_ZN4core4drop17h*",
+                "_ZN4core4drop17h????????????????E",
                 "_ZN5serde11deserialize17h0000000000000001E",
-                "_ZN6strait3run17h*",
+                "_ZN6strait3run17h????????????????E",
                 "main",
             ]
         );
@@ -621,21 +692,26 @@ fn=(5) _ZN4core3ptr13drop_in_place17h00000000000000aaE
     #[test]
     fn script_puts_the_patterns_first_in_text_between_markers() {
         let placement = Placement {
-            patterns: vec!["_ZN6strait3run17h*".into(), "main".into()],
+            patterns: vec!["_ZN6strait3run17h????????????????E".into(), "main".into()],
             groups: vec![(BTreeSet::from(["standalone".to_string()]), 8192)],
             executed_bytes: 4096,
             placed_bytes: 8192,
             unplaced: 0,
         };
         let text = script(&placement, "rustc 1.95.0 (59807616e 2026-04-14)", "test");
-        assert!(
-            text.contains("    *(.text._ZN6strait3run17h* .text.unlikely._ZN6strait3run17h*)\n")
-        );
-        assert!(text.contains("    *(.text.main .text.unlikely.main)\n"));
+        assert!(text.contains(
+            "    *(.text._ZN6strait3run17h????????????????E \
+                 .text._ZN6strait3run17h????????????????E.* \
+                 .text.unlikely._ZN6strait3run17h????????????????E \
+                 .text.unlikely._ZN6strait3run17h????????????????E.*)\n"
+        ));
+        assert!(text.contains(
+            "    *(.text.main .text.main.* .text.unlikely.main .text.unlikely.main.*)\n"
+        ));
         assert!(
             text.contains("  .text :\n  {\n    __strait_hot_text_start = .;\n    *(.text._ZN6")
         );
-        assert!(text.contains("main)\n    __strait_hot_text_end = .;\n  }\n}\n"));
+        assert!(text.contains("main.*)\n    __strait_hot_text_end = .;\n  }\n}\n"));
         assert!(text.trim_end().ends_with("INSERT BEFORE .init;"));
         assert!(text.contains("\n * Compiler: rustc 1.95.0 (59807616e 2026-04-14)\n"));
         assert!(text.contains("2 patterns; 4 KiB executed, 8 KiB placed"));

@@ -55,6 +55,9 @@ enum Command {
         /// One line saying what the profiles were recorded from, kept in the script.
         #[arg(long, default_value = "")]
         trained_on: String,
+        /// Roles (subcommands) that must each have a profile, comma-separated.
+        #[arg(long, value_delimiter = ',')]
+        require_roles: Vec<String>,
         /// callgrind output files (recorded with `--demangle=no`).
         #[arg(required = true)]
         profiles: Vec<PathBuf>,
@@ -146,9 +149,11 @@ fn main() -> anyhow::Result<()> {
             binary,
             out,
             trained_on,
+            require_roles,
             profiles,
         } => {
-            println!("{}", hot_text::run(&binary, &out, &trained_on, &profiles)?);
+            let summary = hot_text::run(&binary, &out, &trained_on, &require_roles, &profiles)?;
+            println!("{summary}");
             Ok(())
         }
         Command::Report {

@@ -94,14 +94,9 @@ fn links_with_bundled_lld() -> bool {
     if names_a_linker {
         return false;
     }
-    let rustc = env::var("RUSTC").unwrap_or_else(|_| "rustc".to_string());
-    let Ok(output) = std::process::Command::new(rustc)
-        .args(["--print", "sysroot"])
-        .output()
-    else {
+    let Some(sysroot) = rustc(&["--print", "sysroot"]) else {
         return false;
     };
-    let sysroot = String::from_utf8_lossy(&output.stdout).trim().to_string();
     Path::new(&sysroot)
         .join("lib/rustlib")
         .join(TARGET)
@@ -122,18 +117,25 @@ fn warn_if_trained_with_another_compiler(script: &Path) {
     else {
         return;
     };
-    let rustc = env::var("RUSTC").unwrap_or_else(|_| "rustc".to_string());
-    let Ok(output) = std::process::Command::new(rustc).arg("-V").output() else {
+    let Some(building) = rustc(&["-V"]) else {
         return;
     };
-    let building = String::from_utf8_lossy(&output.stdout).trim().to_string();
-    if !building.is_empty() && building != trained.trim() {
+    if building != trained.trim() {
         println!(
             "cargo:warning=crates/strait/hot-text.ld was generated with {} and this build uses {building}: \
              part of the code layout it describes does not apply (regenerate it with tests/perf/hot-text.sh)",
             trained.trim()
         );
     }
+}
+
+/// What the compiler Cargo builds with prints for `args`, trimmed; `None` if it cannot be run
+/// or prints nothing.
+fn rustc(args: &[&str]) -> Option<String> {
+    let rustc = env::var("RUSTC").unwrap_or_else(|_| "rustc".to_string());
+    let output = std::process::Command::new(rustc).args(args).output().ok()?;
+    let text = String::from_utf8_lossy(&output.stdout).trim().to_string();
+    (!text.is_empty()).then_some(text)
 }
 
 /// A native Linux build on glibc 2.36 or newer.

@@ -55,8 +55,7 @@ if [ -z "$BINARY" ]; then
     (cd "$ROOT" && cargo build --profile dist -q -p strait)
     BINARY="$TARGET_DIR/dist/strait"
 fi
-log "building strait-perf (release)"
-(cd "$ROOT" && cargo build --release -q -p strait-perf)
+# Built by run.sh below, with the harness.
 PERF="$TARGET_DIR/release/strait-perf"
 
 WORK="$(mktemp -d /tmp/strait-hot-text.XXXXXX)"

@@ -13,6 +13,7 @@ use hyper::body::{Body as HttpBody, Frame, Incoming, SizeHint};
 
 use crate::h1::body::RecvBody;
 use crate::h1::client::ResponseBody;
+use crate::http2::RequestBody;
 
 /// Errors of any body the proxy relays: hyper's, or the HTTP/1 server's.
 pub(crate) type BodyError = Box<dyn std::error::Error + Send + Sync>;
@@ -22,10 +23,12 @@ pub(crate) type BodyError = Box<dyn std::error::Error + Send + Sync>;
 pub(crate) enum Inbound {
     /// No body (an HTTP/1 request without framing headers).
     Empty,
-    /// HTTP/2 clients and every upstream response.
+    /// Responses through hyper's clients: TLS and h2c upstreams, WebSocket upgrade attempts.
     Hyper(Incoming),
     /// HTTP/1 clients.
     H1(RecvBody),
+    /// HTTP/2 clients.
+    H2(RequestBody),
 }
 
 impl HttpBody for Inbound {
@@ -42,6 +45,7 @@ impl HttpBody for Inbound {
                 .poll_frame(cx)
                 .map(|frame| frame.map(|r| r.map_err(BodyError::from))),
             Inbound::H1(body) => Pin::new(body).poll_frame(cx),
+            Inbound::H2(body) => Pin::new(body).poll_frame(cx),
         }
     }
 
@@ -50,6 +54,7 @@ impl HttpBody for Inbound {
             Inbound::Empty => true,
             Inbound::Hyper(incoming) => incoming.is_end_stream(),
             Inbound::H1(body) => body.is_end_stream(),
+            Inbound::H2(body) => body.is_end_stream(),
         }
     }
 
@@ -58,6 +63,7 @@ impl HttpBody for Inbound {
             Inbound::Empty => SizeHint::with_exact(0),
             Inbound::Hyper(incoming) => incoming.size_hint(),
             Inbound::H1(body) => body.size_hint(),
+            Inbound::H2(body) => body.size_hint(),
         }
     }
 }

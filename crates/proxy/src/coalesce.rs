@@ -1,12 +1,12 @@
-//! Write coalescing for HTTP/2 connections, which many tasks share: HBONE connections (a task
-//! per tunnel), client HTTP/2 connections (hyper runs a task per stream) and h2c upstreams (a
-//! request task per stream).
+//! Write coalescing for HTTP/2 connections whose streams become ready one by one: HBONE
+//! connections (a task per tunnel), h2c upstreams (a request task per stream) and client
+//! HTTP/2 connections (whose streams the connection's task polls itself, woken by each
+//! upstream answer as it arrives).
 //!
-//! Each of those tasks wakes the connection's task when it queues a frame, and tokio's
-//! multi-thread scheduler runs a task that was just woken next (its LIFO slot). Without help
-//! the connection therefore writes each stream's frames on their own: one TLS record and one
-//! `writev` (and, across a veth, the whole receive path of the peer's kernel) per request and
-//! hop. [`Coalesce`] holds small writes, lets the other ready tasks run first, and then sends
+//! Each such wake makes the connection's task write, and tokio's multi-thread scheduler runs a
+//! task that was just woken next (its LIFO slot). Without help the connection therefore writes
+//! each stream's frames on their own: one TLS record and one `writev` (and, across a veth, the
+//! whole receive path of the peer's kernel) per request and hop. [`Coalesce`] holds small writes, lets the other ready tasks run first, and then sends
 //! everything they queued with one write. How long a flush waits is the caller's choice
 //! ([`FlushAt`]): one pass through the run queue, or the rest of the scheduler's turn (until
 //! the worker runs out of tasks or does its periodic maintenance), as an event loop proxy

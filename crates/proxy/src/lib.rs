@@ -15,6 +15,7 @@ mod h1;
 mod handler;
 pub mod hbone;
 mod headers;
+mod http2;
 pub mod mesh;
 mod pool;
 mod server;

@@ -1,25 +1,18 @@
 //! Listeners and client connections.
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use futures_util::FutureExt;
-use futures_util::future::BoxFuture;
-use http::Request;
-use hyper::body::Incoming;
-use hyper::server::conn::http2;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::{mpsc, watch};
 
-use crate::body::Inbound;
 use crate::coalesce::{Coalesce, FlushAt};
 use crate::h1;
 use crate::handler::{self, ConnInfo, PortState};
+use crate::http2;
 
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -123,7 +116,7 @@ async fn serve_tls(
 }
 
 /// Serves HTTP/1.x with our own server, or HTTP/2 (prior knowledge, or ALPN `h2` on TLS)
-/// with hyper's when the client opens with the HTTP/2 preface.
+/// when the client opens with the HTTP/2 preface.
 ///
 /// Not an `async fn`, for the reason given on [`h1::serve`]: this future is most of an idle
 /// connection's task.
@@ -134,71 +127,25 @@ pub(crate) fn serve_http<I: h1::Io>(
     stop: watch::Receiver<bool>,
 ) -> impl Future<Output = ()> + Send {
     let conn = Arc::new(conn);
-    let service: h1::Service = {
+    let peer = conn.peer;
+    let service: h1::Service = Box::new(move |req| {
         let shared = shared.clone();
         let conn = conn.clone();
-        Box::new(move |req| {
-            let shared = shared.clone();
-            let conn = conn.clone();
-            Box::pin(async move {
-                let state = shared.state.load_full();
-                handler::handle(state, &conn, req).await
-            })
+        Box::pin(async move {
+            let state = shared.state.load_full();
+            handler::handle(state, &conn, req).await
         })
-    };
+    });
     // `then` rather than an async block, which would keep room for the HTTP/1.1 future twice
     // (once as the block's capture, once as the future it awaits).
     h1::serve(io, service, stop.clone()).then(move |ended| async move {
-        // Streams finishing in the same scheduler turn share a flush. Boxed: hyper's HTTP/2
+        // Streams finishing in the same scheduler turn share a flush. Boxed: an HTTP/2
         // connection is larger than an idle HTTP/1.1 connection's whole task.
-        if let h1::Ended::Http2(io) = ended {
-            let io = TokioIo::new(Coalesce::new(io, FlushAt::DriverTurn));
-            Box::pin(serve_h2(shared, io, conn, stop)).await;
-        }
-    })
-}
-
-async fn serve_h2<I>(
-    shared: Arc<ListenerShared>,
-    io: I,
-    conn: Arc<ConnInfo>,
-    mut stop: watch::Receiver<bool>,
-) where
-    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
-{
-    let mut builder = http2::Builder::new(TokioExecutor::new());
-    builder.timer(TokioTimer::new());
-    let peer = conn.peer;
-    // The request's future is boxed: hyper keeps a slot of the service future's size for the
-    // connection's whole life.
-    let service = service_fn(
-        move |req: Request<Incoming>| -> BoxFuture<'static, Result<_, Infallible>> {
-            let shared = shared.clone();
-            let conn = conn.clone();
-            Box::pin(async move {
-                let state = shared.state.load_full();
-                let req = req.map(Inbound::Hyper);
-                Ok(handler::handle(state, &conn, req).await)
-            })
-        },
-    );
-    let connection = builder.serve_connection(io, service);
-    tokio::pin!(connection);
-    let stopping = async {
-        while !*stop.borrow() {
-            if stop.changed().await.is_err() {
-                break;
+        if let h1::Ended::Http2(io, service) = ended {
+            let io = Coalesce::new(io, FlushAt::DriverTurn);
+            if let Err(e) = Box::pin(http2::serve(io, service, stop)).await {
+                tracing::debug!(%peer, error = %e, "HTTP/2 client connection ended with error");
             }
         }
-    };
-    let result = tokio::select! {
-        result = connection.as_mut() => result,
-        () = stopping => {
-            connection.as_mut().graceful_shutdown();
-            connection.await
-        }
-    };
-    if let Err(e) = result {
-        tracing::debug!(%peer, error = %e, "HTTP/2 client connection ended with error");
-    }
+    })
 }

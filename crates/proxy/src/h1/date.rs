@@ -35,6 +35,13 @@ pub(crate) fn write(dst: &mut Vec<u8>) {
     });
 }
 
+/// The current date as a header value, for responses this module does not write.
+pub(crate) fn header_value() -> Option<http::HeaderValue> {
+    let mut text = Vec::with_capacity(LEN);
+    write(&mut text);
+    http::HeaderValue::from_maybe_shared(bytes::Bytes::from(text)).ok()
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -45,5 +52,14 @@ mod tests {
         let parsed = httpdate::parse_http_date(&text).unwrap();
         let age = std::time::SystemTime::now().duration_since(parsed).unwrap();
         assert!(age.as_secs() < 5, "{text}");
+        let value = super::header_value().unwrap();
+        let parsed = httpdate::parse_http_date(value.to_str().unwrap()).unwrap();
+        assert!(
+            std::time::SystemTime::now()
+                .duration_since(parsed)
+                .unwrap()
+                .as_secs()
+                < 5
+        );
     }
 }

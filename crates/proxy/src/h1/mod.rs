@@ -21,7 +21,7 @@
 
 pub(crate) mod body;
 pub(crate) mod client;
-mod date;
+pub(crate) mod date;
 mod decode;
 pub(crate) mod head;
 pub(crate) mod rewind;
@@ -119,8 +119,9 @@ pub(crate) type Service =
 /// How a connection ended.
 pub(crate) enum Ended<I> {
     Closed,
-    /// The client opened with the HTTP/2 preface: serve HTTP/2 on this (preface included).
-    Http2(Rewind<I>),
+    /// The client opened with the HTTP/2 preface: serve HTTP/2 on this (preface included),
+    /// with the same service.
+    Http2(Rewind<I>, Service),
 }
 
 /// Serves HTTP/1.x requests on `io` until the client or `stop` ends the connection.
@@ -157,8 +158,13 @@ pub(crate) fn serve<I: Io>(
         };
         match finish {
             Ok(Finish::Http2) => {
-                let Conn { io, read_buf, .. } = conn;
-                return Ended::Http2(Rewind::new(read_buf.freeze(), io));
+                let Conn {
+                    io,
+                    read_buf,
+                    service,
+                    ..
+                } = conn;
+                return Ended::Http2(Rewind::new(read_buf.freeze(), io), service);
             }
             Ok(Finish::Upgrade(handover)) => {
                 let Conn { io, read_buf, .. } = conn;

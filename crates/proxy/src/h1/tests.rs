@@ -514,7 +514,7 @@ async fn a_first_request_after_a_park_is_still_checked_for_http2() {
     c.send(H2_PREFACE).await;
     let ended = tokio::time::timeout(WAIT, c.server).await.unwrap().unwrap();
     assert!(
-        matches!(ended, Ended::Http2(_)),
+        matches!(ended, Ended::Http2(..)),
         "HTTP/2 preface not recognised"
     );
 
@@ -570,7 +570,7 @@ async fn the_http2_preface_is_handed_back_with_what_was_read() {
     c.send(H2_PREFACE).await;
     c.send(b"frames").await;
     let ended = tokio::time::timeout(WAIT, c.server).await.unwrap().unwrap();
-    let Ended::Http2(mut io) = ended else {
+    let Ended::Http2(mut io, _) = ended else {
         panic!("HTTP/2 preface not recognised");
     };
     let mut got = vec![0; H2_PREFACE.len() + 6];

@@ -1,0 +1,648 @@
+//! HTTP/2 for clients (h2c, ALPN `h2`, and HTTP/2 inside a waypoint's tunnels): the `h2` crate's
+//! server, with every request's future polled inside the connection's own task.
+//!
+//! hyper's HTTP/2 server spawns a task per stream. For a proxy whose request futures mostly wait
+//! on an upstream, that task costs more than the work: an aligned allocation, a trip through the
+//! scheduler per wake, and a wake of the connection task for each frame the stream queues.
+//! Polled here, the streams of a connection share its task (and so its core), as they share a
+//! worker thread in Envoy and HAProxy, and the frames they queue in one poll go out in one write.
+//!
+//! What hyper's server did around `h2` is kept: its settings, the `Date` and `Content-Length` it
+//! adds to responses, the connection-specific headers it strips, body flow control with
+//! backpressure, reset propagation both ways, and a graceful `GOAWAY` on stop.
+
+use std::error::Error as StdError;
+use std::future::{Future, poll_fn};
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use futures_util::future::BoxFuture;
+use futures_util::stream::FuturesUnordered;
+use h2::server::SendResponse;
+use h2::{Reason, RecvStream, SendStream};
+use http::header::{self, HeaderName};
+use http::{HeaderMap, HeaderValue, Method, Request, Response};
+use hyper::body::{Body as HttpBody, Frame, SizeHint};
+use tokio::sync::watch;
+
+use crate::body::{Body, BodyError, Inbound};
+use crate::h1::{self, Service};
+
+/// hyper's server defaults, which clients and the conformance suite have been served with.
+const STREAM_WINDOW: u32 = 1024 * 1024;
+const CONNECTION_WINDOW: u32 = 1024 * 1024;
+const MAX_FRAME_SIZE: u32 = 16 * 1024;
+const MAX_HEADER_LIST_SIZE: u32 = 16 * 1024;
+const MAX_CONCURRENT_STREAMS: u32 = 200;
+const MAX_SEND_BUFFER: usize = 400 * 1024;
+const MAX_LOCAL_ERROR_RESETS: usize = 1024;
+
+/// Serves HTTP/2 on `io` (its first bytes are the client preface) until the client closes or
+/// `stop` flips; on stop, streams already open are finished after a `GOAWAY`.
+pub(crate) async fn serve<I: h1::Io>(
+    io: I,
+    mut service: Service,
+    mut stop: watch::Receiver<bool>,
+) -> Result<(), h2::Error> {
+    let handshake = h2::server::Builder::new()
+        .initial_window_size(STREAM_WINDOW)
+        .initial_connection_window_size(CONNECTION_WINDOW)
+        .max_frame_size(MAX_FRAME_SIZE)
+        .max_header_list_size(MAX_HEADER_LIST_SIZE)
+        .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
+        .max_send_buffer_size(MAX_SEND_BUFFER)
+        .max_local_error_reset_streams(Some(MAX_LOCAL_ERROR_RESETS))
+        .handshake::<_, Bytes>(io);
+    let stopped = async move {
+        while !*stop.borrow_and_update() {
+            if stop.changed().await.is_err() {
+                break;
+            }
+        }
+    };
+    tokio::pin!(stopped);
+    let mut conn = tokio::select! {
+        conn = handshake => conn?,
+        () = stopped.as_mut() => return Ok(()),
+    };
+    let mut streams = FuturesUnordered::new();
+    let mut stopping = false;
+    poll_fn(|cx| {
+        if !stopping && stopped.as_mut().poll(cx).is_ready() {
+            stopping = true;
+            conn.graceful_shutdown();
+        }
+        loop {
+            // Streams first: the frames they queue are written by the connection's poll below.
+            while let Poll::Ready(Some(())) = streams.poll_next_unpin(cx) {}
+            match ready!(conn.poll_accept(cx)) {
+                Some(Ok((request, respond))) => {
+                    if let Some(stream) = Stream::start(request, respond, &mut service) {
+                        streams.push(stream);
+                    }
+                }
+                Some(Err(e)) => return Poll::Ready(Err(e)),
+                // Closed: every stream has ended, or the client is gone and so are they.
+                None => return Poll::Ready(Ok(())),
+            }
+        }
+    })
+    .await
+}
+
+/// One request, from the handler's future to the last frame of its response.
+struct Stream {
+    state: State,
+}
+
+enum State {
+    Handling {
+        respond: SendResponse<Bytes>,
+        response: BoxFuture<'static, Response<Body>>,
+    },
+    Sending(ResponseBody),
+    Done,
+}
+
+impl Stream {
+    fn start(
+        request: Request<RecvStream>,
+        mut respond: SendResponse<Bytes>,
+        service: &mut Service,
+    ) -> Option<Stream> {
+        let (parts, recv) = request.into_parts();
+        let length = content_length(&parts.headers);
+        let body = if recv.is_end_stream() {
+            Inbound::Empty
+        } else if parts.method == Method::CONNECT {
+            // Without the extended CONNECT protocol, a CONNECT stream would be a tunnel, which
+            // this server does not offer (as hyper's did not): only an empty one is handled.
+            if length.is_some_and(|n| n != 0) {
+                respond.send_reset(Reason::INTERNAL_ERROR);
+                return None;
+            }
+            Inbound::Empty
+        } else {
+            Inbound::H2(RequestBody::new(recv, length))
+        };
+        let response = service(Request::from_parts(parts, body));
+        Some(Stream {
+            state: State::Handling { respond, response },
+        })
+    }
+}
+
+impl Future for Stream {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let state = &mut self.state;
+        loop {
+            match state {
+                State::Handling { respond, response } => {
+                    let Poll::Ready(response) = response.as_mut().poll(cx) else {
+                        // A client that resets the stream cancels the request.
+                        if let Poll::Ready(reason) = respond.poll_reset(cx) {
+                            tracing::debug!(?reason, "client reset an HTTP/2 stream");
+                            *state = State::Done;
+                            return Poll::Ready(());
+                        }
+                        return Poll::Pending;
+                    };
+                    let (mut parts, body) = response.into_parts();
+                    let end_stream = body.is_end_stream();
+                    prepare_headers(&mut parts.headers, end_stream, &body);
+                    match respond.send_response(Response::from_parts(parts, ()), end_stream) {
+                        Ok(send) if !end_stream => {
+                            *state = State::Sending(ResponseBody::new(send, body));
+                        }
+                        Ok(_) => {
+                            *state = State::Done;
+                            return Poll::Ready(());
+                        }
+                        Err(e) => {
+                            tracing::debug!(error = %e, "sending an HTTP/2 response failed");
+                            respond.send_reset(Reason::INTERNAL_ERROR);
+                            *state = State::Done;
+                            return Poll::Ready(());
+                        }
+                    }
+                }
+                State::Sending(body) => {
+                    if let Err(e) = ready!(body.poll_send(cx)) {
+                        tracing::debug!(error = %e, "HTTP/2 response body ended early");
+                    }
+                    *state = State::Done;
+                    return Poll::Ready(());
+                }
+                State::Done => return Poll::Ready(()),
+            }
+        }
+    }
+}
+
+/// What hyper's server did to a response head before `h2` saw it, in one pass over the names
+/// for the common case (nothing to strip, `Date` and `Content-Length` present).
+fn prepare_headers(headers: &mut HeaderMap, end_stream: bool, body: &Body) {
+    let (mut connection_specific, mut has_date, mut has_length) = (false, false, false);
+    for name in headers.keys() {
+        connection_specific |= is_connection_specific(name);
+        has_date |= name == header::DATE;
+        has_length |= name == header::CONTENT_LENGTH;
+    }
+    if connection_specific {
+        strip_connection_headers(headers);
+    }
+    if !has_date && let Some(date) = h1::date::header_value() {
+        headers.insert(header::DATE, date);
+    }
+    if !end_stream
+        && !has_length
+        && let Some(length) = body.size_hint().exact()
+    {
+        headers.insert(header::CONTENT_LENGTH, HeaderValue::from(length));
+    }
+}
+
+/// Connection-specific headers have no meaning in HTTP/2, and `h2` would refuse the response.
+/// Responses relayed from HTTP/1 upstreams have had them removed already; this covers the rest.
+fn is_connection_specific(name: &HeaderName) -> bool {
+    name == header::CONNECTION
+        || name == header::TRANSFER_ENCODING
+        || name == header::UPGRADE
+        || name == header::TE
+        || name == "keep-alive"
+        || name == "proxy-connection"
+}
+
+fn strip_connection_headers(headers: &mut HeaderMap) {
+    if let Some(connection) = headers.remove(header::CONNECTION)
+        && let Ok(names) = connection.to_str()
+    {
+        for name in names.split(',') {
+            headers.remove(name.trim());
+        }
+    }
+    let names: Vec<HeaderName> = headers
+        .keys()
+        .filter(|name| is_connection_specific(name))
+        .cloned()
+        .collect();
+    for name in names {
+        headers.remove(name);
+    }
+}
+
+/// A response body on its way to the client, at the pace the client's window allows.
+struct ResponseBody {
+    send: SendStream<Bytes>,
+    body: Body,
+    /// A chunk read from `body` that waits for send capacity (and whether it ends the body).
+    waiting: Option<(Bytes, bool)>,
+}
+
+impl ResponseBody {
+    fn new(send: SendStream<Bytes>, body: Body) -> ResponseBody {
+        ResponseBody {
+            send,
+            body,
+            waiting: None,
+        }
+    }
+
+    fn poll_send(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BodyError>> {
+        let result = ready!(self.poll_send_inner(cx));
+        if let Err(e) = &result {
+            self.send.send_reset(reset_reason(e.as_ref()));
+        }
+        Poll::Ready(result)
+    }
+
+    fn poll_send_inner(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BodyError>> {
+        loop {
+            if let Poll::Ready(reason) = self.send.poll_reset(cx) {
+                return Poll::Ready(Err(format!("client reset the stream: {reason:?}").into()));
+            }
+            if let Some((chunk, end_stream)) = self.waiting.take() {
+                // Wait for the previous chunk to be given capacity before sending this one, so a
+                // slow reader holds back the upstream instead of filling memory.
+                while self.send.capacity() == 0 {
+                    match self.send.poll_capacity(cx) {
+                        Poll::Ready(Some(Ok(_))) => {}
+                        Poll::Ready(Some(Err(e))) => return Poll::Ready(Err(e.into())),
+                        Poll::Ready(None) => {
+                            return Poll::Ready(Err("stream closed while sending".into()));
+                        }
+                        Poll::Pending => {
+                            self.waiting = Some((chunk, end_stream));
+                            return Poll::Pending;
+                        }
+                    }
+                }
+                self.send.send_data(chunk, end_stream)?;
+                if end_stream {
+                    return Poll::Ready(Ok(()));
+                }
+                continue;
+            }
+            let Some(frame) = ready!(Pin::new(&mut self.body).poll_frame(cx)) else {
+                self.send.send_data(Bytes::new(), true)?;
+                return Poll::Ready(Ok(()));
+            };
+            match frame?.into_data() {
+                Ok(chunk) => {
+                    let end_stream = self.body.is_end_stream();
+                    if end_stream || chunk.is_empty() {
+                        // Nothing follows (or nothing to pace): `h2` queues it until the
+                        // window opens.
+                        self.send.send_data(chunk, end_stream)?;
+                        if end_stream {
+                            return Poll::Ready(Ok(()));
+                        }
+                        continue;
+                    }
+                    // A claim of one byte, not the chunk: `h2` grows it to what is buffered, and
+                    // a large claim would hold connection window from other streams.
+                    self.send.reserve_capacity(1);
+                    self.waiting = Some((chunk, false));
+                }
+                Err(frame) => {
+                    if let Ok(trailers) = frame.into_trailers() {
+                        self.send.reserve_capacity(0);
+                        self.send.send_trailers(trailers)?;
+                        return Poll::Ready(Ok(()));
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The reset a failed response body sends: the upstream's own HTTP/2 reason when there is one.
+fn reset_reason(error: &(dyn StdError + 'static)) -> Reason {
+    let mut source = Some(error);
+    while let Some(e) = source {
+        if let Some(reason) = e.downcast_ref::<h2::Error>().and_then(h2::Error::reason) {
+            return reason;
+        }
+        source = e.source();
+    }
+    Reason::INTERNAL_ERROR
+}
+
+/// The announced length, if every `Content-Length` value states the same one.
+fn content_length(headers: &HeaderMap) -> Option<u64> {
+    let mut length = None;
+    for value in headers.get_all(header::CONTENT_LENGTH) {
+        let n: u64 = value.to_str().ok()?.trim().parse().ok()?;
+        if length.is_some_and(|l| l != n) {
+            return None;
+        }
+        length = Some(n);
+    }
+    length
+}
+
+/// A request body from an HTTP/2 client. Window is given back as soon as a chunk is read:
+/// the proxy's own backpressure is that it reads only as fast as the upstream takes.
+#[derive(Debug)]
+pub(crate) struct RequestBody {
+    recv: RecvStream,
+    data_done: bool,
+    /// Bytes still announced by `Content-Length`.
+    remaining: Option<u64>,
+}
+
+impl RequestBody {
+    fn new(recv: RecvStream, remaining: Option<u64>) -> RequestBody {
+        RequestBody {
+            recv,
+            data_done: false,
+            remaining,
+        }
+    }
+}
+
+impl HttpBody for RequestBody {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        let this = &mut *self;
+        if !this.data_done {
+            match ready!(this.recv.poll_data(cx)) {
+                Some(Ok(chunk)) => {
+                    let _ = this.recv.flow_control().release_capacity(chunk.len());
+                    if let Some(remaining) = &mut this.remaining {
+                        *remaining = remaining.saturating_sub(chunk.len() as u64);
+                    }
+                    return Poll::Ready(Some(Ok(Frame::data(chunk))));
+                }
+                // A stream the client ends with NO_ERROR or CANCEL has ended, not failed.
+                Some(Err(e)) if matches!(e.reason(), Some(Reason::NO_ERROR | Reason::CANCEL)) => {
+                    this.data_done = true;
+                    return Poll::Ready(None);
+                }
+                Some(Err(e)) => return Poll::Ready(Some(Err(e.into()))),
+                None => this.data_done = true,
+            }
+        }
+        match ready!(this.recv.poll_trailers(cx)) {
+            Ok(trailers) => Poll::Ready(trailers.map(|t| Ok(Frame::trailers(t)))),
+            Err(e) => Poll::Ready(Some(Err(e.into()))),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.recv.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self.remaining {
+            Some(n) => SizeHint::with_exact(n),
+            None => SizeHint::default(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use tokio::sync::{Notify, oneshot};
+    use tokio::time::timeout;
+
+    use super::*;
+
+    const LIMIT: Duration = Duration::from_secs(10);
+
+    /// Starts `serve` on one end of an in-memory pipe and an HTTP/2 client on the other, whose
+    /// stream window is `window`. Returns the client and the server's stop switch and task.
+    async fn start(
+        service: Service,
+        window: u32,
+    ) -> (
+        h2::client::SendRequest<Bytes>,
+        watch::Sender<bool>,
+        tokio::task::JoinHandle<Result<(), h2::Error>>,
+    ) {
+        let (client_io, server_io) = tokio::io::duplex(64 * 1024);
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let server = tokio::spawn(serve(server_io, service, stop_rx));
+        let (client, connection) = h2::client::Builder::new()
+            .initial_window_size(window)
+            .handshake::<_, Bytes>(client_io)
+            .await
+            .unwrap();
+        tokio::spawn(async move {
+            let _ = connection.await;
+        });
+        (client, stop_tx, server)
+    }
+
+    fn echo() -> Service {
+        Box::new(|req: Request<Inbound>| {
+            Box::pin(async move {
+                let (parts, body) = req.into_parts();
+                let mut response = Response::new(Body::Stream(body));
+                if let Some(kind) = parts.headers.get("content-type") {
+                    response.headers_mut().insert("content-type", kind.clone());
+                }
+                response
+            })
+        })
+    }
+
+    fn get(path: &str) -> Request<()> {
+        Request::get(format!("http://example.com{path}"))
+            .body(())
+            .unwrap()
+    }
+
+    async fn read_all(body: &mut RecvStream) -> Vec<u8> {
+        let mut out = Vec::new();
+        while let Some(chunk) = body.data().await {
+            let chunk = chunk.unwrap();
+            body.flow_control().release_capacity(chunk.len()).unwrap();
+            out.extend_from_slice(&chunk);
+        }
+        out
+    }
+
+    #[tokio::test]
+    async fn request_bodies_and_trailers_reach_the_service_and_come_back() {
+        let (mut client, _stop, _server) = start(echo(), 1 << 20).await;
+        let request = Request::post("http://example.com/echo")
+            .header("content-type", "text/plain")
+            .body(())
+            .unwrap();
+        let (response, mut send) = client.send_request(request, false).unwrap();
+        send.send_data(Bytes::from_static(b"hello, "), false)
+            .unwrap();
+        send.send_data(Bytes::from_static(b"world"), false).unwrap();
+        let mut trailers = HeaderMap::new();
+        trailers.insert("grpc-status", HeaderValue::from_static("0"));
+        send.send_trailers(trailers).unwrap();
+
+        let response = timeout(LIMIT, response).await.unwrap().unwrap();
+        assert_eq!(response.status(), 200);
+        assert_eq!(response.headers()["content-type"], "text/plain");
+        let mut body = response.into_body();
+        assert_eq!(read_all(&mut body).await, b"hello, world");
+        let trailers = body.trailers().await.unwrap().unwrap();
+        assert_eq!(trailers["grpc-status"], "0");
+    }
+
+    #[tokio::test]
+    async fn response_heads_lose_connection_headers_and_gain_date_and_length() {
+        let service: Service = Box::new(|req: Request<Inbound>| {
+            Box::pin(async move {
+                // A bodiless request arrives with an empty body.
+                assert!(matches!(req.body(), Inbound::Empty));
+                let mut response = Response::new(Body::full(Bytes::from_static(b"hello")));
+                let headers = response.headers_mut();
+                headers.insert("connection", HeaderValue::from_static("close, x-hop"));
+                headers.insert("x-hop", HeaderValue::from_static("1"));
+                headers.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+                headers.insert("transfer-encoding", HeaderValue::from_static("chunked"));
+                headers.insert("te", HeaderValue::from_static("trailers"));
+                headers.insert("x-kept", HeaderValue::from_static("yes"));
+                response
+            })
+        });
+        let (mut client, _stop, _server) = start(service, 1 << 20).await;
+        let (response, _) = client.send_request(get("/"), true).unwrap();
+        let response = timeout(LIMIT, response).await.unwrap().unwrap();
+        let headers = response.headers();
+        for gone in [
+            "connection",
+            "x-hop",
+            "keep-alive",
+            "transfer-encoding",
+            "te",
+        ] {
+            assert!(!headers.contains_key(gone), "{gone} was relayed");
+        }
+        assert_eq!(headers["x-kept"], "yes");
+        assert_eq!(headers["content-length"], "5");
+        assert!(httpdate::parse_http_date(headers["date"].to_str().unwrap()).is_ok());
+        assert_eq!(read_all(&mut response.into_body()).await, b"hello");
+    }
+
+    #[tokio::test]
+    async fn a_client_reset_cancels_the_request() {
+        let (dropped_tx, dropped_rx) = oneshot::channel::<()>();
+        let mut dropped_tx = Some(dropped_tx);
+        let service: Service = Box::new(move |_req: Request<Inbound>| {
+            // Dropped with the request's future: the receiver then sees the sender gone.
+            let guard = dropped_tx.take();
+            Box::pin(async move {
+                let _guard = guard;
+                std::future::pending::<Response<Body>>().await
+            })
+        });
+        let (mut client, _stop, _server) = start(service, 1 << 20).await;
+        let (response, mut send) = client.send_request(get("/slow"), false).unwrap();
+        // Let the request reach the service before resetting it.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        send.send_reset(Reason::CANCEL);
+        drop(response);
+        assert!(timeout(LIMIT, dropped_rx).await.unwrap().is_err());
+        // The connection serves on.
+        let (response, _) = client.send_request(get("/slow"), true).unwrap();
+        assert!(timeout(Duration::from_millis(100), response).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn a_client_that_does_not_read_holds_back_the_body_it_is_sent() {
+        let (mut client, _stop, _server) = start(echo(), 64 * 1024).await;
+        let request = Request::post("http://example.com/echo").body(()).unwrap();
+        let (response, mut send) = client.send_request(request, false).unwrap();
+        let payload: Vec<u8> = (0..4 * 1024 * 1024u32).map(|i| (i % 251) as u8).collect();
+        let payload = Bytes::from(payload);
+
+        // Send as the server's window allows while not reading the echo: the echo stalls at
+        // the client's window, the server stops reading, and its window closes.
+        let mut sent = 0;
+        send.reserve_capacity(payload.len());
+        while sent < payload.len() {
+            let granted = match timeout(
+                Duration::from_millis(500),
+                poll_fn(|cx| send.poll_capacity(cx)),
+            )
+            .await
+            {
+                Ok(Some(Ok(n))) => n,
+                Ok(other) => panic!("capacity: {other:?}"),
+                Err(_) => break,
+            };
+            let n = granted.min(payload.len() - sent);
+            send.send_data(payload.slice(sent..sent + n), false)
+                .unwrap();
+            sent += n;
+        }
+        assert!(
+            sent < payload.len() / 2,
+            "the client sent {sent} of {} bytes without reading the echo",
+            payload.len()
+        );
+
+        // Reading the echo frees everything, and it comes back intact.
+        let reader = tokio::spawn(async move {
+            let response = response.await.unwrap();
+            read_all(&mut response.into_body()).await
+        });
+        while sent < payload.len() {
+            let granted = timeout(LIMIT, poll_fn(|cx| send.poll_capacity(cx)))
+                .await
+                .unwrap()
+                .unwrap()
+                .unwrap();
+            let n = granted.min(payload.len() - sent);
+            send.send_data(payload.slice(sent..sent + n), false)
+                .unwrap();
+            sent += n;
+        }
+        send.send_data(Bytes::new(), true).unwrap();
+        let echoed = timeout(LIMIT, reader).await.unwrap().unwrap();
+        assert_eq!(echoed.len(), payload.len());
+        assert!(echoed == payload, "the echo differs from what was sent");
+    }
+
+    #[tokio::test]
+    async fn stop_sends_goaway_and_finishes_the_streams_already_open() {
+        let release = Arc::new(Notify::new());
+        let service: Service = {
+            let release = release.clone();
+            Box::new(move |_req: Request<Inbound>| {
+                let release = release.clone();
+                Box::pin(async move {
+                    release.notified().await;
+                    Response::new(Body::full(Bytes::from_static(b"done")))
+                })
+            })
+        };
+        let (mut client, stop, server) = start(service, 1 << 20).await;
+        let (first, _) = client.send_request(get("/first"), true).unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        stop.send(true).unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+
+        // After the GOAWAY, a new stream is refused; the open one is still answered.
+        let refused = match client.send_request(get("/second"), true) {
+            Ok((second, _)) => timeout(LIMIT, second).await.unwrap().is_err(),
+            Err(_) => true,
+        };
+        assert!(refused, "a stream opened after GOAWAY was served");
+        release.notify_one();
+        let first = timeout(LIMIT, first).await.unwrap().unwrap();
+        assert_eq!(read_all(&mut first.into_body()).await, b"done");
+        timeout(LIMIT, server).await.unwrap().unwrap().unwrap();
+    }
+}

@@ -203,9 +203,9 @@ pub(crate) async fn handle(
     let request_timeout = rule.timeouts.request.filter(|d| !d.is_zero());
     let backend_timeout = rule.timeouts.backend_request.filter(|d| !d.is_zero());
 
-    // Futures are moved by copying their full size, and a request's future is moved several
-    // times (HTTP/2 spawns it as a task: about ten copies). Every upstream exchange is boxed, so
-    // this future stays a few hundred bytes; one allocation costs far less than the copies.
+    // Futures are moved by copying their full size, and a request's future is moved a few times
+    // before it first runs. Every upstream exchange is boxed, so this future stays a few hundred
+    // bytes; one allocation costs far less than the copies.
     let result = if upgrade {
         let attempt = Box::pin(forward_upgrade(cluster, outgoing, client_upgrade));
         with_timeout(request_timeout.or(backend_timeout), attempt).await

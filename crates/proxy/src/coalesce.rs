@@ -6,11 +6,11 @@
 //! Each such wake makes the connection's task write, and tokio's multi-thread scheduler runs a
 //! task that was just woken next (its LIFO slot). Without help the connection therefore writes
 //! each stream's frames on their own: one TLS record and one `writev` (and, across a veth, the
-//! whole receive path of the peer's kernel) per request and hop. [`Coalesce`] holds small writes, lets the other ready tasks run first, and then sends
-//! everything they queued with one write. How long a flush waits is the caller's choice
-//! ([`FlushAt`]): one pass through the run queue, or the rest of the scheduler's turn (until
-//! the worker runs out of tasks or does its periodic maintenance), as an event loop proxy
-//! flushes once per loop.
+//! whole receive path of the peer's kernel) per request and hop. [`Coalesce`] holds small
+//! writes, lets the other ready tasks run first, and then sends everything they queued with one
+//! write. How long a flush waits is the caller's choice ([`FlushAt`]): one pass through the run
+//! queue, or the rest of the scheduler's turn (until the worker runs out of tasks or does its
+//! periodic maintenance), as an event loop proxy flushes once per loop.
 //!
 //! A single pass is only asked for on a runtime with one worker: elsewhere the task that wakes
 //! itself lands in the run queue other workers steal from (see [`FlushAt::NextPass`]).

@@ -9,10 +9,12 @@
 //!
 //! What hyper's server did around `h2` is kept: its settings, the `Date` and `Content-Length` it
 //! adds to responses, the connection-specific headers it strips, body flow control with
-//! backpressure, reset propagation both ways, and a graceful `GOAWAY` on stop.
+//! backpressure, reset propagation both ways, a graceful `GOAWAY` on stop, and a panic in one
+//! request costing that stream only.
 
 use std::error::Error as StdError;
 use std::future::{Future, poll_fn};
+use std::panic::{self, AssertUnwindSafe};
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
@@ -63,7 +65,10 @@ pub(crate) async fn serve<I: h1::Io>(
         }
     };
     tokio::pin!(stopped);
+    // A handshake that can complete does (the client may have sent requests with it); a stop
+    // before that drops a connection that has not yet asked for anything.
     let mut conn = tokio::select! {
+        biased;
         conn = handshake => conn?,
         () = stopped.as_mut() => return Ok(()),
     };
@@ -117,8 +122,9 @@ impl Stream {
         let body = if recv.is_end_stream() {
             Inbound::Empty
         } else if parts.method == Method::CONNECT {
-            // Without the extended CONNECT protocol, a CONNECT stream would be a tunnel, which
-            // this server does not offer (as hyper's did not): only an empty one is handled.
+            // A CONNECT stream would be a tunnel, which the proxy does not offer over HTTP/2 (nor
+            // did it with hyper's server, whose upgrade it never took): one with a body is reset,
+            // an empty one is routed like any request.
             if length.is_some_and(|n| n != 0) {
                 respond.send_reset(Reason::INTERNAL_ERROR);
                 return None;
@@ -137,8 +143,27 @@ impl Stream {
 impl Future for Stream {
     type Output = ();
 
+    /// A panic resets its own stream only: the connection's other streams share this task.
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
         let state = &mut self.state;
+        match panic::catch_unwind(AssertUnwindSafe(|| Stream::poll_state(state, cx))) {
+            Ok(poll) => poll,
+            Err(_) => {
+                tracing::error!("an HTTP/2 request panicked; its stream is reset");
+                match state {
+                    State::Handling { respond, .. } => respond.send_reset(Reason::INTERNAL_ERROR),
+                    State::Sending(body) => body.send.send_reset(Reason::INTERNAL_ERROR),
+                    State::Done => {}
+                }
+                *state = State::Done;
+                Poll::Ready(())
+            }
+        }
+    }
+}
+
+impl Stream {
+    fn poll_state(state: &mut State, cx: &mut Context<'_>) -> Poll<()> {
         loop {
             match state {
                 State::Handling { respond, response } => {
@@ -194,6 +219,9 @@ fn prepare_headers(headers: &mut HeaderMap, end_stream: bool, body: &Body) {
     }
     if connection_specific {
         strip_connection_headers(headers);
+        // `Connection` may have named either.
+        has_date = headers.contains_key(header::DATE);
+        has_length = headers.contains_key(header::CONTENT_LENGTH);
     }
     if !has_date && let Some(date) = h1::date::header_value() {
         headers.insert(header::DATE, date);
@@ -383,8 +411,10 @@ impl HttpBody for RequestBody {
                     }
                     return Poll::Ready(Some(Ok(Frame::data(chunk))));
                 }
-                // A stream the client ends with NO_ERROR or CANCEL has ended, not failed.
-                Some(Err(e)) if matches!(e.reason(), Some(Reason::NO_ERROR | Reason::CANCEL)) => {
+                // A client may end its stream with NO_ERROR once the answer has come; one that
+                // cancels (CANCEL, or any other reason) cut the body short, and the upstream must
+                // see an error rather than a shorter body.
+                Some(Err(e)) if e.reason() == Some(Reason::NO_ERROR) => {
                     this.data_done = true;
                     return Poll::Ready(None);
                 }
@@ -415,6 +445,7 @@ mod tests {
     use std::sync::Arc;
     use std::time::Duration;
 
+    use http_body_util::BodyExt;
     use tokio::sync::{Notify, oneshot};
     use tokio::time::timeout;
 
@@ -507,7 +538,12 @@ mod tests {
                 assert!(matches!(req.body(), Inbound::Empty));
                 let mut response = Response::new(Body::full(Bytes::from_static(b"hello")));
                 let headers = response.headers_mut();
-                headers.insert("connection", HeaderValue::from_static("close, x-hop"));
+                // Naming `Content-Length` removes the backend's, and the body's own is added.
+                headers.insert(
+                    "connection",
+                    HeaderValue::from_static("close, x-hop, content-length"),
+                );
+                headers.insert("content-length", HeaderValue::from_static("5"));
                 headers.insert("x-hop", HeaderValue::from_static("1"));
                 headers.insert("keep-alive", HeaderValue::from_static("timeout=5"));
                 headers.insert("transfer-encoding", HeaderValue::from_static("chunked"));
@@ -557,6 +593,50 @@ mod tests {
         // The connection serves on.
         let (response, _) = client.send_request(get("/slow"), true).unwrap();
         assert!(timeout(Duration::from_millis(100), response).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn a_body_the_client_cancels_midway_fails_rather_than_ending_short() {
+        let (result_tx, result_rx) = oneshot::channel();
+        let mut result_tx = Some(result_tx);
+        let service: Service = Box::new(move |req: Request<Inbound>| {
+            let result_tx = result_tx.take();
+            Box::pin(async move {
+                let read = req.into_body().collect().await.map(|body| body.to_bytes());
+                if let Some(tx) = result_tx {
+                    let _ = tx.send(read);
+                }
+                Response::new(Body::empty())
+            })
+        });
+        let (mut client, _stop, _server) = start(service, 1 << 20).await;
+        let request = Request::post("http://example.com/upload").body(()).unwrap();
+        let (_response, mut send) = client.send_request(request, false).unwrap();
+        send.send_data(Bytes::from_static(b"the first half"), false)
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        send.send_reset(Reason::CANCEL);
+        let read = timeout(LIMIT, result_rx).await.unwrap().unwrap();
+        assert!(read.is_err(), "a cancelled body read as complete: {read:?}");
+    }
+
+    #[tokio::test]
+    async fn a_panicking_request_resets_its_stream_only() {
+        let service: Service = Box::new(|req: Request<Inbound>| {
+            Box::pin(async move {
+                if req.uri().path() == "/panic" {
+                    panic!("a handler bug");
+                }
+                Response::new(Body::full(Bytes::from_static(b"fine")))
+            })
+        });
+        let (mut client, _stop, _server) = start(service, 1 << 20).await;
+        let (panicking, _) = client.send_request(get("/panic"), true).unwrap();
+        let error = timeout(LIMIT, panicking).await.unwrap().unwrap_err();
+        assert_eq!(error.reason(), Some(Reason::INTERNAL_ERROR));
+        let (fine, _) = client.send_request(get("/fine"), true).unwrap();
+        let fine = timeout(LIMIT, fine).await.unwrap().unwrap();
+        assert_eq!(read_all(&mut fine.into_body()).await, b"fine");
     }
 
     #[tokio::test]

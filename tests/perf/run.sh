@@ -431,9 +431,10 @@ EOF
 # between its two markers): the script names some functions by symbols that another compiler
 # or dependency version renames, and the idle RSS rows grow back when it no longer applies
 # (docs/architecture.md, "One binary").
-hot_marker() { nm "$STRAIT" 2>/dev/null | awk -v name="$1" '$3 == name { print $1; exit }' || true; }
-HOT_START="$(hot_marker __strait_hot_text_start)"
-HOT_END="$(hot_marker __strait_hot_text_end)"
+read -r HOT_START HOT_END < <(nm "$STRAIT" 2>/dev/null | awk '
+    $3 == "__strait_hot_text_start" { start = $1 }
+    $3 == "__strait_hot_text_end" { end = $1 }
+    END { print start, end }') || true
 HOT_PLACED="$(grep -o -m1 '[0-9]* KiB placed' "$ROOT/crates/strait/hot-text.ld" 2>/dev/null | cut -d' ' -f1 || true)"
 if [ -z "$HOT_START" ] || [ -z "$HOT_END" ]; then
     LAYOUT="linked without crates/strait/hot-text.ld (no __strait_hot_text_start/_end)"

@@ -46,6 +46,11 @@ impl HopByHop {
         HopByHop(found)
     }
 
+    /// Whether the message has no hop-by-hop header at all.
+    pub(crate) fn is_empty(self) -> bool {
+        self.0 == 0
+    }
+
     /// Whether the message has an `Upgrade` header at all.
     pub(crate) fn has_upgrade(self) -> bool {
         self.0 & UPGRADE != 0

@@ -24,13 +24,14 @@ use futures_util::future::BoxFuture;
 use futures_util::stream::FuturesUnordered;
 use h2::server::SendResponse;
 use h2::{Reason, RecvStream, SendStream};
-use http::header::{self, HeaderName};
+use http::header;
 use http::{HeaderMap, HeaderValue, Method, Request, Response};
 use hyper::body::{Body as HttpBody, Frame, SizeHint};
 use tokio::sync::watch;
 
 use crate::body::{Body, BodyError, Inbound};
 use crate::h1::{self, Service};
+use crate::headers::{self, HopByHop};
 
 /// hyper's server defaults, which clients and the conformance suite have been served with.
 const STREAM_WINDOW: u32 = 1024 * 1024;
@@ -208,20 +209,21 @@ impl Stream {
     }
 }
 
-/// What hyper's server did to a response head before `h2` saw it, in one pass over the names
-/// for the common case (nothing to strip, `Date` and `Content-Length` present).
+/// What hyper's server did to a response head before `h2` saw it: hop-by-hop headers have no
+/// meaning in HTTP/2 and `h2` would refuse the response. Relayed HTTP/1 responses have lost them
+/// already, so the usual case is one pass over the names that finds none.
 fn prepare_headers(headers: &mut HeaderMap, end_stream: bool, body: &Body) {
-    let (mut connection_specific, mut has_date, mut has_length) = (false, false, false);
+    let hop_by_hop = HopByHop::scan(headers);
+    if !hop_by_hop.is_empty() {
+        headers::strip_scanned(headers, hop_by_hop, false);
+        // The shared strip keeps `TE: trailers`, which requests need; a response has no use
+        // for it.
+        headers.remove(header::TE);
+    }
+    let (mut has_date, mut has_length) = (false, false);
     for name in headers.keys() {
-        connection_specific |= is_connection_specific(name);
         has_date |= name == header::DATE;
         has_length |= name == header::CONTENT_LENGTH;
-    }
-    if connection_specific {
-        strip_connection_headers(headers);
-        // `Connection` may have named either.
-        has_date = headers.contains_key(header::DATE);
-        has_length = headers.contains_key(header::CONTENT_LENGTH);
     }
     if !has_date && let Some(date) = h1::date::header_value() {
         headers.insert(header::DATE, date);
@@ -231,35 +233,6 @@ fn prepare_headers(headers: &mut HeaderMap, end_stream: bool, body: &Body) {
         && let Some(length) = body.size_hint().exact()
     {
         headers.insert(header::CONTENT_LENGTH, HeaderValue::from(length));
-    }
-}
-
-/// Connection-specific headers have no meaning in HTTP/2, and `h2` would refuse the response.
-/// Responses relayed from HTTP/1 upstreams have had them removed already; this covers the rest.
-fn is_connection_specific(name: &HeaderName) -> bool {
-    name == header::CONNECTION
-        || name == header::TRANSFER_ENCODING
-        || name == header::UPGRADE
-        || name == header::TE
-        || name == "keep-alive"
-        || name == "proxy-connection"
-}
-
-fn strip_connection_headers(headers: &mut HeaderMap) {
-    if let Some(connection) = headers.remove(header::CONNECTION)
-        && let Ok(names) = connection.to_str()
-    {
-        for name in names.split(',') {
-            headers.remove(name.trim());
-        }
-    }
-    let names: Vec<HeaderName> = headers
-        .keys()
-        .filter(|name| is_connection_specific(name))
-        .cloned()
-        .collect();
-    for name in names {
-        headers.remove(name);
     }
 }
 
@@ -364,7 +337,7 @@ fn reset_reason(error: &(dyn StdError + 'static)) -> Reason {
 fn content_length(headers: &HeaderMap) -> Option<u64> {
     let mut length = None;
     for value in headers.get_all(header::CONTENT_LENGTH) {
-        let n: u64 = value.to_str().ok()?.trim().parse().ok()?;
+        let n = h1::head::parse_content_length(value.as_bytes().trim_ascii())?;
         if length.is_some_and(|l| l != n) {
             return None;
         }

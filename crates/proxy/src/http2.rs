@@ -11,6 +11,10 @@
 //! adds to responses, the connection-specific headers it strips, body flow control with
 //! backpressure, reset propagation both ways, a graceful `GOAWAY` on stop, and a panic in one
 //! request costing that stream only.
+//!
+//! Added to it, as the HTTP/1.1 server has them: a connection that has no stream open for
+//! [`IDLE_TIMEOUT`] is closed, and one whose client stops answering PINGs while streams are open
+//! is dropped with them (a vanished client would otherwise hold its upstream exchanges forever).
 
 use std::error::Error as StdError;
 use std::future::{Future, poll_fn};
@@ -23,11 +27,13 @@ use futures_util::StreamExt;
 use futures_util::future::BoxFuture;
 use futures_util::stream::FuturesUnordered;
 use h2::server::SendResponse;
+use h2::{Ping, PingPong};
 use h2::{Reason, RecvStream, SendStream};
 use http::header;
 use http::{HeaderMap, HeaderValue, Method, Request, Response};
 use hyper::body::{Body as HttpBody, Frame, SizeHint};
 use tokio::sync::watch;
+use tokio::time::{Duration, Instant, Sleep};
 
 use crate::body::{Body, BodyError, Inbound};
 use crate::h1::{self, Service};
@@ -41,6 +47,20 @@ const MAX_HEADER_LIST_SIZE: u32 = 16 * 1024;
 const MAX_CONCURRENT_STREAMS: u32 = 200;
 const MAX_SEND_BUFFER: usize = 400 * 1024;
 const MAX_LOCAL_ERROR_RESETS: usize = 1024;
+
+/// The client preface must be read (and the server's SETTINGS written) within this long.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// A connection with no stream open for this long is closed with `GOAWAY(NO_ERROR)`, which
+/// clients (gRPC's included) take as a cue to reconnect when next needed. Longer than the
+/// HTTP/1.1 server's 30 s: one HTTP/2 connection carries all of a client's requests, and costs
+/// a handshake to reopen.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// While streams are open, the client is PINGed this often and dropped if it has not answered
+/// within [`KEEP_ALIVE_TIMEOUT`] (as HBONE connections are).
+const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(30);
+const KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long the `GOAWAY` of an idle close may take to be written before the socket is dropped.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Serves HTTP/2 on `io` (its first bytes are the client preface) until the client closes or
 /// `stop` flips; on stop, streams already open are finished after a `GOAWAY`.
@@ -66,13 +86,21 @@ pub(crate) async fn serve<I: h1::Io>(
         }
     };
     tokio::pin!(stopped);
+    let timer = tokio::time::sleep(HANDSHAKE_TIMEOUT);
+    tokio::pin!(timer);
     // A handshake that can complete does (the client may have sent requests with it); a stop
     // before that drops a connection that has not yet asked for anything.
     let mut conn = tokio::select! {
         biased;
         conn = handshake => conn?,
         () = stopped.as_mut() => return Ok(()),
+        () = timer.as_mut() => {
+            tracing::debug!("HTTP/2 handshake timed out");
+            return Ok(());
+        }
     };
+    timer.as_mut().reset(Instant::now() + KEEP_ALIVE_INTERVAL);
+    let mut liveness = Liveness::new(conn.ping_pong());
     let mut streams = FuturesUnordered::new();
     let mut stopping = false;
     poll_fn(|cx| {
@@ -83,19 +111,135 @@ pub(crate) async fn serve<I: h1::Io>(
         loop {
             // Streams first: the frames they queue are written by the connection's poll below.
             while let Poll::Ready(Some(())) = streams.poll_next_unpin(cx) {}
-            match ready!(conn.poll_accept(cx)) {
-                Some(Ok((request, respond))) => {
+            match conn.poll_accept(cx) {
+                Poll::Ready(Some(Ok((request, respond)))) => {
                     if let Some(stream) = Stream::start(request, respond, &mut service) {
                         streams.push(stream);
+                        liveness.busy();
                     }
+                    continue;
                 }
-                Some(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Ready(Some(Err(e))) => return Poll::Ready(Err(e)),
                 // Closed: every stream has ended, or the client is gone and so are they.
-                None => return Poll::Ready(Ok(())),
+                Poll::Ready(None) => return Poll::Ready(Ok(())),
+                Poll::Pending => {}
+            }
+            let open = !streams.is_empty();
+            if !open {
+                liveness.idle();
+            }
+            match ready!(liveness.poll_expiry(timer.as_mut(), cx, open)) {
+                Expiry::Idle => {
+                    tracing::debug!("idle HTTP/2 connection closed");
+                    // No stream is open or waiting to be accepted, so the GOAWAY's last stream
+                    // is the last one served: the client may safely retry any newer one.
+                    conn.abrupt_shutdown(Reason::NO_ERROR);
+                }
+                Expiry::Unresponsive => {
+                    tracing::debug!("HTTP/2 client stopped answering pings: connection dropped");
+                    return Poll::Ready(Ok(()));
+                }
+                Expiry::CloseStalled => return Poll::Ready(Ok(())),
             }
         }
     })
     .await
+}
+
+/// Why the connection's timer ends it.
+#[derive(Debug, PartialEq, Eq)]
+enum Expiry {
+    /// No stream has been open for [`IDLE_TIMEOUT`]: close it with a `GOAWAY`.
+    Idle,
+    /// A PING went unanswered while streams were open: drop it.
+    Unresponsive,
+    /// The idle close's `GOAWAY` could not be written in time: drop it.
+    CloseStalled,
+}
+
+/// What the connection's single timer is waiting for. The timer is reset only when it fires
+/// (or a PING is answered), so requests cost no timer work: a connection becoming idle reads
+/// the clock, and the timer checks the time when it next fires.
+struct Liveness {
+    ping: Option<PingPong>,
+    phase: Phase,
+    /// When the last stream ended (or the connection started), while none is open.
+    idle_since: Option<Instant>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Watching,
+    AwaitingPong,
+    Closing,
+}
+
+impl Liveness {
+    fn new(ping: Option<PingPong>) -> Liveness {
+        Liveness {
+            ping,
+            phase: Phase::Watching,
+            idle_since: None,
+        }
+    }
+
+    fn busy(&mut self) {
+        self.idle_since = None;
+    }
+
+    fn idle(&mut self) {
+        if self.idle_since.is_none() {
+            self.idle_since = Some(Instant::now());
+        }
+    }
+
+    fn poll_expiry(
+        &mut self,
+        mut timer: Pin<&mut Sleep>,
+        cx: &mut Context<'_>,
+        open: bool,
+    ) -> Poll<Expiry> {
+        if self.phase == Phase::AwaitingPong
+            && let Some(ping) = &mut self.ping
+            && ping.poll_pong(cx).is_ready()
+        {
+            // An error here means the connection is ending, which its own poll reports.
+            self.phase = Phase::Watching;
+            timer.as_mut().reset(Instant::now() + KEEP_ALIVE_INTERVAL);
+        }
+        loop {
+            ready!(timer.as_mut().poll(cx));
+            let now = Instant::now();
+            match self.phase {
+                Phase::AwaitingPong => return Poll::Ready(Expiry::Unresponsive),
+                Phase::Closing => return Poll::Ready(Expiry::CloseStalled),
+                Phase::Watching if open => {
+                    let sent = self
+                        .ping
+                        .as_mut()
+                        .is_some_and(|ping| ping.send_ping(Ping::opaque()).is_ok());
+                    if sent {
+                        self.phase = Phase::AwaitingPong;
+                        timer.as_mut().reset(now + KEEP_ALIVE_TIMEOUT);
+                    } else {
+                        timer.as_mut().reset(now + KEEP_ALIVE_INTERVAL);
+                    }
+                }
+                Phase::Watching => {
+                    let closes_at = self.idle_since.unwrap_or(now) + IDLE_TIMEOUT;
+                    if closes_at <= now {
+                        self.phase = Phase::Closing;
+                        timer.as_mut().reset(now + CLOSE_TIMEOUT);
+                        return Poll::Ready(Expiry::Idle);
+                    }
+                    // Keep firing at the ping interval, so pings start soon after streams do.
+                    timer
+                        .as_mut()
+                        .reset(closes_at.min(now + KEEP_ALIVE_INTERVAL));
+                }
+            }
+        }
+    }
 }
 
 /// One request, from the handler's future to the last frame of its response.
@@ -436,18 +580,57 @@ mod tests {
         watch::Sender<bool>,
         tokio::task::JoinHandle<Result<(), h2::Error>>,
     ) {
+        let (client, freeze, stop, server) = start_freezable(service, window).await;
+        // Never frozen: the client's connection is driven until it ends.
+        std::mem::forget(freeze);
+        (client, stop, server)
+    }
+
+    /// As [`start`], with a switch that stops the client's connection from being driven (it
+    /// stays open, but reads nothing and answers nothing), as a client that vanished.
+    async fn start_freezable(
+        service: Service,
+        window: u32,
+    ) -> (
+        h2::client::SendRequest<Bytes>,
+        oneshot::Sender<()>,
+        watch::Sender<bool>,
+        tokio::task::JoinHandle<Result<(), h2::Error>>,
+    ) {
         let (client_io, server_io) = tokio::io::duplex(64 * 1024);
         let (stop_tx, stop_rx) = watch::channel(false);
         let server = tokio::spawn(serve(server_io, service, stop_rx));
-        let (client, connection) = h2::client::Builder::new()
+        let (client, mut connection) = h2::client::Builder::new()
             .initial_window_size(window)
             .handshake::<_, Bytes>(client_io)
             .await
             .unwrap();
+        let (freeze_tx, freeze_rx) = oneshot::channel::<()>();
         tokio::spawn(async move {
-            let _ = connection.await;
+            tokio::select! {
+                _ = &mut connection => return,
+                Ok(()) = freeze_rx => {}
+            }
+            std::future::pending::<()>().await;
+            drop(connection);
         });
-        (client, stop_tx, server)
+        (client, freeze_tx, stop_tx, server)
+    }
+
+    /// A service whose requests never finish; `dropped` resolves (with an error) once the
+    /// request's future is dropped.
+    fn never_answers() -> (Service, oneshot::Receiver<()>) {
+        let (dropped_tx, dropped) = oneshot::channel::<()>();
+        let mut dropped_tx = Some(dropped_tx);
+        let service: Service = Box::new(move |_req: Request<Inbound>| {
+            // Dropped with the request's future: the receiver then sees the sender gone.
+            let guard = dropped_tx.take();
+            Box::pin(async move {
+                let _guard = guard;
+                std::future::pending::<Response<Body>>().await
+            })
+        });
+        (service, dropped)
     }
 
     fn echo() -> Service {
@@ -546,16 +729,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_client_reset_cancels_the_request() {
-        let (dropped_tx, dropped_rx) = oneshot::channel::<()>();
-        let mut dropped_tx = Some(dropped_tx);
-        let service: Service = Box::new(move |_req: Request<Inbound>| {
-            // Dropped with the request's future: the receiver then sees the sender gone.
-            let guard = dropped_tx.take();
-            Box::pin(async move {
-                let _guard = guard;
-                std::future::pending::<Response<Body>>().await
-            })
-        });
+        let (service, dropped_rx) = never_answers();
         let (mut client, _stop, _server) = start(service, 1 << 20).await;
         let (response, mut send) = client.send_request(get("/slow"), false).unwrap();
         // Let the request reach the service before resetting it.
@@ -697,5 +871,81 @@ mod tests {
         let first = timeout(LIMIT, first).await.unwrap().unwrap();
         assert_eq!(read_all(&mut first.into_body()).await, b"done");
         timeout(LIMIT, server).await.unwrap().unwrap().unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_connection_idle_for_the_idle_timeout_is_closed_with_goaway() {
+        let service: Service = Box::new(|_req: Request<Inbound>| {
+            Box::pin(async { Response::new(Body::full(Bytes::from_static(b"hi"))) })
+        });
+        let (mut client, _stop, mut server) = start(service, 1 << 20).await;
+        let margin = Duration::from_secs(5);
+        for _ in 0..2 {
+            // Each request restarts the idle clock.
+            let (response, _) = client.send_request(get("/"), true).unwrap();
+            let response = timeout(LIMIT, response).await.unwrap().unwrap();
+            assert_eq!(read_all(&mut response.into_body()).await, b"hi");
+            tokio::time::sleep(IDLE_TIMEOUT - margin).await;
+            assert!(!server.is_finished(), "closed before the idle timeout");
+        }
+        let ended = timeout(margin * 2, &mut server).await;
+        assert!(ended.is_ok(), "still open past the idle timeout");
+        ended.unwrap().unwrap().unwrap();
+        // The client was told with a GOAWAY (not just cut off), so it opens no stream here.
+        let refused = match client.send_request(get("/"), true) {
+            Ok((response, _)) => response.await.unwrap_err(),
+            Err(e) => e,
+        };
+        assert!(
+            refused.is_go_away() && refused.reason() == Some(Reason::NO_ERROR),
+            "{refused:?}"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_client_that_answers_pings_keeps_its_long_requests() {
+        let (service, mut dropped) = never_answers();
+        let (mut client, _stop, server) = start(service, 1 << 20).await;
+        let (_response, _send) = client.send_request(get("/long-poll"), false).unwrap();
+        // Past several ping intervals, and past the idle timeout (a stream is open throughout).
+        tokio::time::sleep(IDLE_TIMEOUT * 3).await;
+        assert!(
+            dropped
+                .try_recv()
+                .is_err_and(|e| e == oneshot::error::TryRecvError::Empty)
+        );
+        assert!(!server.is_finished());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_client_that_stops_answering_pings_is_dropped_with_its_requests() {
+        let (service, mut dropped) = never_answers();
+        let (mut client, freeze, _stop, server) = start_freezable(service, 1 << 20).await;
+        let (_response, _send) = client.send_request(get("/long-poll"), false).unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        freeze.send(()).unwrap();
+        // The first PING goes out after an interval and is given its timeout to be answered.
+        let before = KEEP_ALIVE_INTERVAL + KEEP_ALIVE_TIMEOUT - Duration::from_secs(1);
+        assert!(
+            timeout(before, &mut dropped).await.is_err(),
+            "dropped too soon"
+        );
+        let result = timeout(Duration::from_secs(2), &mut dropped).await;
+        assert!(result.is_ok(), "the request outlived an unanswered PING");
+        timeout(LIMIT, server).await.unwrap().unwrap().unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_client_silent_after_connecting_is_dropped_after_the_handshake_timeout() {
+        let (service, _dropped) = never_answers();
+        let (_client_io, server_io) = tokio::io::duplex(64 * 1024);
+        let (_stop_tx, stop_rx) = watch::channel(false);
+        let server = tokio::spawn(serve(server_io, service, stop_rx));
+        let slack = Duration::from_secs(1);
+        let ended = timeout(HANDSHAKE_TIMEOUT + slack, server).await;
+        ended
+            .expect("still waiting for a preface")
+            .unwrap()
+            .unwrap();
     }
 }

@@ -14,7 +14,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use nix::sched::{CloneFlags, setns};
-use socket2::{Domain, Protocol, SockAddr, Socket, Type};
+use socket2::{Domain, Protocol, SockAddr, SockRef, Socket, Type};
+
+pub mod keepalive;
 
 /// Where `ip netns add NAME` puts its namespaces.
 pub const NAMED_NETNS_DIR: &str = "/run/netns";
@@ -130,8 +132,8 @@ impl NetNs {
     }
 
     /// A listening TCP socket bound to `addr` inside this namespace (SO_REUSEADDR, so a
-    /// restarted proxy rebinds while old connections linger). Must be called inside a Tokio
-    /// runtime.
+    /// restarted proxy rebinds while old connections linger), whose connections have
+    /// [`keepalive`] on. Must be called inside a Tokio runtime.
     pub fn tcp_listener(
         &self,
         addr: SocketAddr,
@@ -151,6 +153,9 @@ impl NetNs {
             socket
                 .bind(&SockAddr::from(addr))
                 .map_err(|source| socket_error(&path, &format!("bind {addr}"), source))?;
+            // Inherited by every accepted connection.
+            keepalive::enable(SockRef::from(&socket))
+                .map_err(|source| socket_error(&path, "TCP keep-alive", source))?;
             socket
                 .listen(backlog)
                 .map_err(|source| socket_error(&path, &format!("listen {addr}"), source))?;
@@ -160,7 +165,8 @@ impl NetNs {
             .map_err(|source| socket_error(&self.path, "register listener", source))
     }
 
-    /// Connects to `addr` from inside this namespace, with `SO_MARK` = `mark` when given.
+    /// Connects to `addr` from inside this namespace, with `SO_MARK` = `mark` when given, and
+    /// [`keepalive`] on.
     pub async fn connect(
         &self,
         addr: SocketAddr,
@@ -169,6 +175,7 @@ impl NetNs {
         let socket = self
             .tcp_socket(addr.is_ipv6(), mark)
             .map_err(std::io::Error::other)?;
+        keepalive::enable(SockRef::from(&socket))?;
         let socket = tokio::net::TcpSocket::from_std_stream(socket.into());
         let stream = socket.connect(addr).await?;
         stream.set_nodelay(true)?;
@@ -299,7 +306,11 @@ mod tests {
         let addr = listener.local_addr().unwrap();
         let (client, server) = tokio::join!(ns.connect(addr, Some(0x539)), listener.accept());
         let client = client.unwrap();
-        let (_, peer) = server.unwrap();
+        let (server, peer) = server.unwrap();
         assert_eq!(client.local_addr().unwrap(), peer);
+        for socket in [SockRef::from(&client), SockRef::from(&server)] {
+            assert!(socket.keepalive().unwrap());
+            assert_eq!(socket.tcp_keepalive_time().unwrap(), keepalive::IDLE);
+        }
     }
 }

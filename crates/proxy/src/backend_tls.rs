@@ -171,8 +171,7 @@ impl TlsConnector {
         timeout: Duration,
     ) -> Result<TlsStream<TcpStream>, BoxError> {
         let connect = async {
-            let tcp = TcpStream::connect(addr).await?;
-            let _ = tcp.set_nodelay(true);
+            let tcp = crate::dial::connect(addr).await?;
             tokio_rustls::TlsConnector::from(self.config.clone())
                 .connect(self.server_name.clone(), tcp)
                 .await

@@ -9,6 +9,8 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use futures_util::future::BoxFuture;
+use socket2::SockRef;
+use strait_netns::keepalive;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
@@ -25,18 +27,26 @@ pub trait Dialer: Send + Sync + 'static {
     fn dial(&self, addr: SocketAddr) -> BoxFuture<'static, io::Result<BoxIo>>;
 }
 
-/// Plain TCP from the process's own network namespace.
+/// Plain TCP from the process's own network namespace, with TCP keep-alive on.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct TcpDialer;
 
 impl Dialer for TcpDialer {
     fn dial(&self, addr: SocketAddr) -> BoxFuture<'static, io::Result<BoxIo>> {
         Box::pin(async move {
-            let stream = TcpStream::connect(addr).await?;
-            let _ = stream.set_nodelay(true);
+            let stream = connect(addr).await?;
             Ok(Box::new(stream) as BoxIo)
         })
     }
+}
+
+/// A TCP connection from the process's own network namespace, set up as every upstream
+/// connection is: `TCP_NODELAY` and keep-alive.
+pub(crate) async fn connect(addr: SocketAddr) -> io::Result<TcpStream> {
+    let stream = TcpStream::connect(addr).await?;
+    let _ = stream.set_nodelay(true);
+    keepalive::enable(SockRef::from(&stream))?;
+    Ok(stream)
 }
 
 /// Dials with a deadline.
@@ -51,5 +61,30 @@ pub(crate) async fn dial_within(
             io::ErrorKind::TimedOut,
             format!("connect to {addr} timed out"),
         )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn assert_keepalive(socket: SockRef<'_>) {
+        assert!(socket.keepalive().unwrap(), "SO_KEEPALIVE is off");
+        assert_eq!(socket.tcp_keepalive_time().unwrap(), keepalive::IDLE);
+        assert_eq!(
+            socket.tcp_keepalive_interval().unwrap(),
+            keepalive::INTERVAL
+        );
+        assert_eq!(socket.tcp_keepalive_retries().unwrap(), keepalive::PROBES);
+    }
+
+    #[tokio::test]
+    async fn upstream_and_listener_connections_have_keepalive() {
+        let listener = crate::server::bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (dialed, accepted) = tokio::join!(connect(addr), listener.accept());
+        let (accepted, _) = accepted.unwrap();
+        assert_keepalive(SockRef::from(&dialed.unwrap()));
+        assert_keepalive(SockRef::from(&accepted));
     }
 }

@@ -6,6 +6,8 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use futures_util::FutureExt;
+use socket2::SockRef;
+use strait_netns::keepalive;
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::{mpsc, watch};
 
@@ -21,7 +23,8 @@ pub(crate) struct ListenerShared {
     pub(crate) state: ArcSwap<PortState>,
 }
 
-/// Binds with SO_REUSEADDR so a restarted proxy can rebind while old connections linger.
+/// Binds with SO_REUSEADDR so a restarted proxy can rebind while old connections linger, and
+/// with TCP keep-alive, which every accepted connection inherits.
 pub(crate) fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     let socket = if addr.is_ipv4() {
         TcpSocket::new_v4()?
@@ -29,6 +32,7 @@ pub(crate) fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
         TcpSocket::new_v6()?
     };
     socket.set_reuseaddr(true)?;
+    keepalive::enable(SockRef::from(&socket))?;
     socket.bind(addr)?;
     socket.listen(1024)
 }

@@ -7,13 +7,14 @@
 //! connection idle for [`IDLE`] and resets it after [`PROBES`] unanswered probes, [`INTERVAL`]
 //! apart: a dead peer is noticed within two minutes of going quiet, at the cost of one small
 //! packet per idle connection per minute. The probes never reach the application, so unlike
-//! HTTP/2 PINGs they cannot trip a backend's ping-abuse limits (gRPC servers refuse PINGs more
-//! often than every five minutes by default).
+//! HTTP/2 PINGs they cannot trip a backend's ping-abuse limits (by default, a gRPC server
+//! closes the connection of a client that PINGs more often than every five minutes).
 //!
 //! Set on listening sockets, the options are inherited by every connection accepted from
 //! them, which costs no system call per connection.
 
 use std::io;
+use std::os::fd::AsFd;
 use std::time::Duration;
 
 use socket2::{SockRef, TcpKeepalive};
@@ -26,8 +27,8 @@ pub const INTERVAL: Duration = Duration::from_secs(10);
 pub const PROBES: u32 = 6;
 
 /// Enables keep-alive with the values above on a connected or listening TCP socket.
-pub fn enable(socket: SockRef<'_>) -> io::Result<()> {
-    socket.set_tcp_keepalive(
+pub fn enable(socket: &impl AsFd) -> io::Result<()> {
+    SockRef::from(socket).set_tcp_keepalive(
         &TcpKeepalive::new()
             .with_time(IDLE)
             .with_interval(INTERVAL)
@@ -49,7 +50,7 @@ mod tests {
     #[tokio::test]
     async fn a_listener_passes_keepalive_to_the_connections_it_accepts() {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        enable(SockRef::from(&listener)).unwrap();
+        enable(&listener).unwrap();
         let addr = listener.local_addr().unwrap();
         let (client, accepted) =
             tokio::join!(tokio::net::TcpStream::connect(addr), listener.accept());

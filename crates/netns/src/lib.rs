@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use nix::sched::{CloneFlags, setns};
-use socket2::{Domain, Protocol, SockAddr, SockRef, Socket, Type};
+use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 
 pub mod keepalive;
 
@@ -154,7 +154,7 @@ impl NetNs {
                 .bind(&SockAddr::from(addr))
                 .map_err(|source| socket_error(&path, &format!("bind {addr}"), source))?;
             // Inherited by every accepted connection.
-            keepalive::enable(SockRef::from(&socket))
+            keepalive::enable(&socket)
                 .map_err(|source| socket_error(&path, "TCP keep-alive", source))?;
             socket
                 .listen(backlog)
@@ -175,7 +175,7 @@ impl NetNs {
         let socket = self
             .tcp_socket(addr.is_ipv6(), mark)
             .map_err(std::io::Error::other)?;
-        keepalive::enable(SockRef::from(&socket))?;
+        keepalive::enable(&socket)?;
         let socket = tokio::net::TcpSocket::from_std_stream(socket.into());
         let stream = socket.connect(addr).await?;
         stream.set_nodelay(true)?;
@@ -308,7 +308,10 @@ mod tests {
         let client = client.unwrap();
         let (server, peer) = server.unwrap();
         assert_eq!(client.local_addr().unwrap(), peer);
-        for socket in [SockRef::from(&client), SockRef::from(&server)] {
+        for socket in [
+            socket2::SockRef::from(&client),
+            socket2::SockRef::from(&server),
+        ] {
             assert!(socket.keepalive().unwrap());
             assert_eq!(socket.tcp_keepalive_time().unwrap(), keepalive::IDLE);
         }

@@ -9,7 +9,6 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use futures_util::future::BoxFuture;
-use socket2::SockRef;
 use strait_netns::keepalive;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
@@ -45,7 +44,7 @@ impl Dialer for TcpDialer {
 pub(crate) async fn connect(addr: SocketAddr) -> io::Result<TcpStream> {
     let stream = TcpStream::connect(addr).await?;
     let _ = stream.set_nodelay(true);
-    keepalive::enable(SockRef::from(&stream))?;
+    keepalive::enable(&stream)?;
     Ok(stream)
 }
 
@@ -66,16 +65,25 @@ pub(crate) async fn dial_within(
 
 #[cfg(test)]
 mod tests {
+    use std::os::fd::AsFd;
+
+    use nix::sys::socket::{getsockopt, sockopt};
+
     use super::*;
 
-    fn assert_keepalive(socket: SockRef<'_>) {
-        assert!(socket.keepalive().unwrap(), "SO_KEEPALIVE is off");
-        assert_eq!(socket.tcp_keepalive_time().unwrap(), keepalive::IDLE);
-        assert_eq!(
-            socket.tcp_keepalive_interval().unwrap(),
-            keepalive::INTERVAL
+    fn assert_keepalive(socket: &impl AsFd) {
+        assert!(
+            getsockopt(socket, sockopt::KeepAlive).unwrap(),
+            "SO_KEEPALIVE is off"
         );
-        assert_eq!(socket.tcp_keepalive_retries().unwrap(), keepalive::PROBES);
+        let idle = getsockopt(socket, sockopt::TcpKeepIdle).unwrap();
+        assert_eq!(u64::from(idle), keepalive::IDLE.as_secs());
+        let interval = getsockopt(socket, sockopt::TcpKeepInterval).unwrap();
+        assert_eq!(u64::from(interval), keepalive::INTERVAL.as_secs());
+        assert_eq!(
+            getsockopt(socket, sockopt::TcpKeepCount).unwrap(),
+            keepalive::PROBES
+        );
     }
 
     #[tokio::test]
@@ -84,7 +92,7 @@ mod tests {
         let addr = listener.local_addr().unwrap();
         let (dialed, accepted) = tokio::join!(connect(addr), listener.accept());
         let (accepted, _) = accepted.unwrap();
-        assert_keepalive(SockRef::from(&dialed.unwrap()));
-        assert_keepalive(SockRef::from(&accepted));
+        assert_keepalive(&dialed.unwrap());
+        assert_keepalive(&accepted);
     }
 }

@@ -580,9 +580,8 @@ mod tests {
         watch::Sender<bool>,
         tokio::task::JoinHandle<Result<(), h2::Error>>,
     ) {
-        let (client, freeze, stop, server) = start_freezable(service, window).await;
-        // Never frozen: the client's connection is driven until it ends.
-        std::mem::forget(freeze);
+        // A dropped switch never freezes: the client's connection is driven until it ends.
+        let (client, _, stop, server) = start_freezable(service, window).await;
         (client, stop, server)
     }
 

@@ -6,7 +6,6 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use futures_util::FutureExt;
-use socket2::SockRef;
 use strait_netns::keepalive;
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::{mpsc, watch};
@@ -32,7 +31,7 @@ pub(crate) fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
         TcpSocket::new_v6()?
     };
     socket.set_reuseaddr(true)?;
-    keepalive::enable(SockRef::from(&socket))?;
+    keepalive::enable(&socket)?;
     socket.bind(addr)?;
     socket.listen(1024)
 }

@@ -74,197 +74,205 @@ pub(crate) fn status(code: StatusCode) -> Response<Body> {
 }
 
 /// Handles one request; never fails (errors become status codes).
-pub(crate) async fn handle(
+///
+/// A function returning an `async` block rather than an `async fn`: an `async fn` keeps its
+/// arguments twice in its future (as captured, and as the locals it moves them into when first
+/// polled), which for the request is 272 more bytes and a copy of them per request.
+#[allow(clippy::manual_async_fn)]
+pub(crate) fn handle(
     state: Arc<PortState>,
-    conn: &ConnInfo,
+    conn: Arc<ConnInfo>,
     mut req: Request<Inbound>,
-) -> Response<Body> {
-    let client_version = req.version();
-    let host_value: Option<HeaderValue> = match req.uri().authority() {
-        Some(authority) => HeaderValue::from_str(authority.as_str()).ok(),
-        None => req.headers().get(header::HOST).cloned(),
-    };
-    let raw_host = host_value
-        .as_ref()
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
-    let host = headers::normalize_host(raw_host);
-    let decision = state.table.route(&RequestInfo {
-        method: req.method(),
-        host: &host,
-        path: req.uri().path(),
-        query: req.uri().query(),
-        headers: req.headers(),
-        sni: conn.sni.as_deref(),
-    });
-    let matched = match decision {
-        Decision::NotFound => {
-            tracing::debug!(host = %host, path = req.uri().path(), "no route: 404");
-            return status(StatusCode::NOT_FOUND);
-        }
-        Decision::Misdirected => {
-            tracing::debug!(host = %host, sni = ?conn.sni, "misdirected: 421");
-            return status(StatusCode::MISDIRECTED_REQUEST);
-        }
-        Decision::Matched(m) => m,
-    };
-    tracing::debug!(
-        host = %host,
-        path = req.uri().path(),
-        route = %format_args!("{}/{}", matched.route.namespace, matched.route.name),
-        listener = matched.listener,
-        "matched"
-    );
-    let rule = matched.rule;
-    let mut effects = Effects::default();
-    if let Some(response) = request_filters(
-        &rule.filters,
-        &mut req,
-        &matched,
-        &state,
-        conn,
-        &host,
-        &mut effects,
-    ) {
-        return response;
-    }
-    let Some(backend) = rule.pick_backend(rand::random::<u64>()) else {
-        tracing::debug!("rule without usable backend: 500");
-        return status(StatusCode::INTERNAL_SERVER_ERROR);
-    };
-    if let Some(response) = request_filters(
-        &backend.filters,
-        &mut req,
-        &matched,
-        &state,
-        conn,
-        &host,
-        &mut effects,
-    ) {
-        return response;
-    }
-    let Some(cluster) = backend
-        .cluster
-        .as_ref()
-        .and_then(|key| state.clusters.get(key))
-    else {
-        tracing::debug!(cluster = ?backend.cluster, "invalid backend: 500");
-        return status(StatusCode::INTERNAL_SERVER_ERROR);
-    };
-    if cluster.endpoints.is_empty() {
-        tracing::debug!(cluster = %cluster.key, "no endpoints: 503");
-        return status(StatusCode::SERVICE_UNAVAILABLE);
-    }
-
-    let hop_by_hop = headers::HopByHop::scan(req.headers());
-    let upgrade = client_version == Version::HTTP_11
-        && cluster.protocol != AppProtocol::H2c
-        && hop_by_hop.has_upgrade()
-        && headers::is_websocket_upgrade(req.headers());
-    let client_upgrade = if upgrade {
-        req.extensions_mut().remove::<OnUpgrade>()
-    } else {
-        None
-    };
-    let (parts, body) = req.into_parts();
-    let path_and_query = match effects.path_rewrite.take() {
-        Some(path) => {
-            let pq = match parts.uri.query() {
-                Some(q) => format!("{path}?{q}"),
-                None => path,
-            };
-            match PathAndQuery::try_from(pq) {
-                Ok(pq) => pq,
-                Err(_) => return status(StatusCode::INTERNAL_SERVER_ERROR),
-            }
-        }
-        None => parts
-            .uri
-            .path_and_query()
-            .cloned()
-            .unwrap_or_else(|| PathAndQuery::from_static("/")),
-    };
-    let upstream_host = match effects.host_rewrite {
-        Some(hostname) => HeaderValue::from_str(hostname).ok(),
-        None => host_value,
-    };
-    let mut outgoing = Outgoing {
-        method: parts.method,
-        path_and_query,
-        headers: parts.headers,
-        host: upstream_host,
-    };
-    // The client's Host stays in the map: the upstream request replaces (HTTP/1.1) or removes
-    // (HTTP/2) it, one lookup instead of two.
-    headers::strip_scanned(&mut outgoing.headers, hop_by_hop, upgrade);
-    headers::add_forwarded(&mut outgoing.headers, &conn.peer_header, conn.https);
-
-    let filters = || rule.filters.iter().chain(backend.filters.iter());
-    let request_timeout = rule.timeouts.request.filter(|d| !d.is_zero());
-    let backend_timeout = rule.timeouts.backend_request.filter(|d| !d.is_zero());
-
-    // Futures are moved by copying their full size, and a request's future is moved a few times
-    // before it first runs. Every upstream exchange is boxed, so this future stays a few hundred
-    // bytes; one allocation costs far less than the copies.
-    let result = if upgrade {
-        let attempt = Box::pin(forward_upgrade(cluster, outgoing, client_upgrade));
-        with_timeout(request_timeout.or(backend_timeout), attempt).await
-    } else {
-        let has_mirror = filters().any(|f| matches!(f, Filter::RequestMirror(_)));
-        let retries = rule.retry.as_ref().filter(|r| r.attempts > 0);
-        let body = if has_mirror || retries.is_some() {
-            match Box::pin(buffer_small(body)).await {
-                Ok(body) => body,
-                Err(response) => return response,
-            }
-        } else if body.is_end_stream() {
-            // No body (GET...): replayable for free.
-            ReqBody::Buffered(Bytes::new())
-        } else {
-            ReqBody::Streaming(Some(Body::Stream(body)))
+) -> impl Future<Output = Response<Body>> + Send {
+    async move {
+        let conn = &*conn;
+        let client_version = req.version();
+        let host_value: Option<HeaderValue> = match req.uri().authority() {
+            Some(authority) => HeaderValue::from_str(authority.as_str()).ok(),
+            None => req.headers().get(header::HOST).cloned(),
         };
-        if has_mirror {
-            for filter in filters() {
-                if let Filter::RequestMirror(mirror) = filter {
-                    spawn_mirror(&state.clusters, mirror, &outgoing, &body);
+        let raw_host = host_value
+            .as_ref()
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        let host = headers::normalize_host(raw_host);
+        let decision = state.table.route(&RequestInfo {
+            method: req.method(),
+            host: &host,
+            path: req.uri().path(),
+            query: req.uri().query(),
+            headers: req.headers(),
+            sni: conn.sni.as_deref(),
+        });
+        let matched = match decision {
+            Decision::NotFound => {
+                tracing::debug!(host = %host, path = req.uri().path(), "no route: 404");
+                return status(StatusCode::NOT_FOUND);
+            }
+            Decision::Misdirected => {
+                tracing::debug!(host = %host, sni = ?conn.sni, "misdirected: 421");
+                return status(StatusCode::MISDIRECTED_REQUEST);
+            }
+            Decision::Matched(m) => m,
+        };
+        tracing::debug!(
+            host = %host,
+            path = req.uri().path(),
+            route = %format_args!("{}/{}", matched.route.namespace, matched.route.name),
+            listener = matched.listener,
+            "matched"
+        );
+        let rule = matched.rule;
+        let mut effects = Effects::default();
+        if let Some(response) = request_filters(
+            &rule.filters,
+            &mut req,
+            &matched,
+            &state,
+            conn,
+            &host,
+            &mut effects,
+        ) {
+            return response;
+        }
+        let Some(backend) = rule.pick_backend(rand::random::<u64>()) else {
+            tracing::debug!("rule without usable backend: 500");
+            return status(StatusCode::INTERNAL_SERVER_ERROR);
+        };
+        if let Some(response) = request_filters(
+            &backend.filters,
+            &mut req,
+            &matched,
+            &state,
+            conn,
+            &host,
+            &mut effects,
+        ) {
+            return response;
+        }
+        let Some(cluster) = backend
+            .cluster
+            .as_ref()
+            .and_then(|key| state.clusters.get(key))
+        else {
+            tracing::debug!(cluster = ?backend.cluster, "invalid backend: 500");
+            return status(StatusCode::INTERNAL_SERVER_ERROR);
+        };
+        if cluster.endpoints.is_empty() {
+            tracing::debug!(cluster = %cluster.key, "no endpoints: 503");
+            return status(StatusCode::SERVICE_UNAVAILABLE);
+        }
+
+        let hop_by_hop = headers::HopByHop::scan(req.headers());
+        let upgrade = client_version == Version::HTTP_11
+            && cluster.protocol != AppProtocol::H2c
+            && hop_by_hop.has_upgrade()
+            && headers::is_websocket_upgrade(req.headers());
+        let client_upgrade = if upgrade {
+            req.extensions_mut().remove::<OnUpgrade>()
+        } else {
+            None
+        };
+        let (parts, body) = req.into_parts();
+        let path_and_query = match effects.path_rewrite.take() {
+            Some(path) => {
+                let pq = match parts.uri.query() {
+                    Some(q) => format!("{path}?{q}"),
+                    None => path,
+                };
+                match PathAndQuery::try_from(pq) {
+                    Ok(pq) => pq,
+                    Err(_) => return status(StatusCode::INTERNAL_SERVER_ERROR),
                 }
             }
-        }
-        let attempt = Box::pin(forward(cluster, outgoing, body, retries, backend_timeout));
-        with_timeout(request_timeout, attempt).await
-    };
-    let response = match result {
-        Ok(response) => response,
-        Err(code) => return status(code),
-    };
-    let (mut parts, body) = response.into_parts();
-    if parts.status != StatusCode::SWITCHING_PROTOCOLS {
-        headers::strip_hop_by_hop(&mut parts.headers, false);
-    }
-    parts.version = client_version;
-    if let Some(cors) = effects.cors {
-        // `None` names continue the previous header: replace the backend's values, keep all ours.
-        let mut last = None;
-        for (name, value) in cors {
-            match name {
-                Some(name) => {
-                    parts.headers.insert(name.clone(), value);
-                    last = Some(name);
+            None => parts
+                .uri
+                .path_and_query()
+                .cloned()
+                .unwrap_or_else(|| PathAndQuery::from_static("/")),
+        };
+        let upstream_host = match effects.host_rewrite {
+            Some(hostname) => HeaderValue::from_str(hostname).ok(),
+            None => host_value,
+        };
+        let mut outgoing = Outgoing {
+            method: parts.method,
+            path_and_query,
+            headers: parts.headers,
+            host: upstream_host,
+        };
+        // The client's Host stays in the map: the upstream request replaces (HTTP/1.1) or removes
+        // (HTTP/2) it, one lookup instead of two.
+        headers::strip_scanned(&mut outgoing.headers, hop_by_hop, upgrade);
+        headers::add_forwarded(&mut outgoing.headers, &conn.peer_header, conn.https);
+
+        let filters = || rule.filters.iter().chain(backend.filters.iter());
+        let request_timeout = rule.timeouts.request.filter(|d| !d.is_zero());
+        let backend_timeout = rule.timeouts.backend_request.filter(|d| !d.is_zero());
+
+        // Futures are moved by copying their full size, and a request's future is moved a few times
+        // before it first runs. Every upstream exchange is boxed, so this future stays a few hundred
+        // bytes; one allocation costs far less than the copies.
+        let result = if upgrade {
+            let attempt = Box::pin(forward_upgrade(cluster, outgoing, client_upgrade));
+            with_timeout(request_timeout.or(backend_timeout), attempt).await
+        } else {
+            let has_mirror = filters().any(|f| matches!(f, Filter::RequestMirror(_)));
+            let retries = rule.retry.as_ref().filter(|r| r.attempts > 0);
+            let body = if has_mirror || retries.is_some() {
+                match Box::pin(buffer_small(body)).await {
+                    Ok(body) => body,
+                    Err(response) => return response,
                 }
-                None => {
-                    if let Some(name) = &last {
-                        parts.headers.append(name.clone(), value);
+            } else if body.is_end_stream() {
+                // No body (GET...): replayable for free.
+                ReqBody::Buffered(Bytes::new())
+            } else {
+                ReqBody::Streaming(Some(Body::Stream(body)))
+            };
+            if has_mirror {
+                for filter in filters() {
+                    if let Filter::RequestMirror(mirror) = filter {
+                        spawn_mirror(&state.clusters, mirror, &outgoing, &body);
+                    }
+                }
+            }
+            let attempt = Box::pin(forward(cluster, outgoing, body, retries, backend_timeout));
+            with_timeout(request_timeout, attempt).await
+        };
+        let response = match result {
+            Ok(response) => response,
+            Err(code) => return status(code),
+        };
+        let (mut parts, body) = response.into_parts();
+        if parts.status != StatusCode::SWITCHING_PROTOCOLS {
+            headers::strip_hop_by_hop(&mut parts.headers, false);
+        }
+        parts.version = client_version;
+        if let Some(cors) = effects.cors {
+            // `None` names continue the previous header: replace the backend's values, keep all ours.
+            let mut last = None;
+            for (name, value) in cors {
+                match name {
+                    Some(name) => {
+                        parts.headers.insert(name.clone(), value);
+                        last = Some(name);
+                    }
+                    None => {
+                        if let Some(name) = &last {
+                            parts.headers.append(name.clone(), value);
+                        }
                     }
                 }
             }
         }
-    }
-    for filter in filters() {
-        if let Filter::ResponseHeaderModifier(edits) = filter {
-            edits.apply(&mut parts.headers);
+        for filter in filters() {
+            if let Filter::ResponseHeaderModifier(edits) = filter {
+                edits.apply(&mut parts.headers);
+            }
         }
+        Response::from_parts(parts, body)
     }
-    Response::from_parts(parts, body)
 }
 
 async fn with_timeout<F>(limit: Option<Duration>, fut: F) -> Result<Response<Body>, StatusCode>

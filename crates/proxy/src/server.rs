@@ -131,14 +131,8 @@ pub(crate) fn serve_http<I: h1::Io>(
 ) -> impl Future<Output = ()> + Send {
     let conn = Arc::new(conn);
     let peer = conn.peer;
-    let service: h1::Service = Box::new(move |req| {
-        let shared = shared.clone();
-        let conn = conn.clone();
-        Box::pin(async move {
-            let state = shared.state.load_full();
-            handler::handle(state, &conn, req).await
-        })
-    });
+    let service: h1::Service =
+        Box::new(move |req| Box::pin(handler::handle(shared.state.load_full(), conn.clone(), req)));
     // `then` rather than an async block, which would keep room for the HTTP/1.1 future twice
     // (once as the block's capture, once as the future it awaits).
     h1::serve(io, service, stop.clone()).then(move |ended| async move {

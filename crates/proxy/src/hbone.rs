@@ -39,8 +39,9 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 const RESPONSE_TIMEOUT: Duration = Duration::from_secs(15);
 /// A connection whose peer does not answer a PING within [`KEEP_ALIVE_TIMEOUT`] is dropped, so
 /// a vanished node or waypoint does not keep tunnels (or a pooled connection) hanging.
-const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(30);
-const KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Client HTTP/2 connections keep the same schedule (`http2.rs`).
+pub(crate) const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(30);
+pub(crate) const KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Header carrying the original client address to the far end (as ztunnel does).
 const FORWARDED: &str = "forwarded";
 /// Largest HTTP/2 frame we accept (the peer sends DATA frames up to this). The 16 KiB default

@@ -37,6 +37,9 @@ use tokio::time::{Duration, Instant, Sleep};
 
 use crate::body::{Body, BodyError, Inbound};
 use crate::h1::{self, Service};
+// While streams are open, the client is PINGed and dropped if it does not answer, on the
+// schedule HBONE connections keep.
+use crate::hbone::{KEEP_ALIVE_INTERVAL, KEEP_ALIVE_TIMEOUT};
 use crate::headers::{self, HopByHop};
 
 /// hyper's server defaults, which clients and the conformance suite have been served with.
@@ -55,10 +58,6 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// HTTP/1.1 server's 30 s: one HTTP/2 connection carries all of a client's requests, and costs
 /// a handshake to reopen.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
-/// While streams are open, the client is PINGed this often and dropped if it has not answered
-/// within [`KEEP_ALIVE_TIMEOUT`] (as HBONE connections are).
-const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(30);
-const KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long the `GOAWAY` of an idle close may take to be written before the socket is dropped.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
 
@@ -147,7 +146,6 @@ pub(crate) async fn serve<I: h1::Io>(
 }
 
 /// Why the connection's timer ends it.
-#[derive(Debug, PartialEq, Eq)]
 enum Expiry {
     /// No stream has been open for [`IDLE_TIMEOUT`]: close it with a `GOAWAY`.
     Idle,

@@ -82,10 +82,13 @@ async fn main() {
     let _subscription = Subscription::spawn(
         endpoint,
         Hello::new(Scope::gateway("shop", "web"), "bench"),
-        move |_, bytes| {
-            let config: ProxyConfig = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
-            *sink.lock().unwrap() = Some(config);
-            Ok(())
+        move |_, bytes: &[u8]| {
+            let parsed = serde_json::from_slice::<ProxyConfig>(bytes)
+                .map(|config| {
+                    *sink.lock().unwrap() = Some(config);
+                })
+                .map_err(|e| e.to_string());
+            std::future::ready(parsed)
         },
     );
     let wait_for = |path: String| {

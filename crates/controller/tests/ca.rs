@@ -822,7 +822,7 @@ async fn first_payloads(subscription: strait_xds::Subscription) -> (Vec<Vec<u8>>
     let sink = received.clone();
     let handle = subscription.start(move |_, bytes| {
         sink.lock().unwrap().push(bytes.to_vec());
-        Ok(())
+        std::future::ready(Ok(()))
     });
     let mut status = handle.watch_status();
     let _ = tokio::time::timeout(

@@ -141,10 +141,13 @@ async fn status_is_written_and_a_subscribed_proxy_gets_each_change() {
     let subscription = Subscription::spawn(
         endpoint,
         Hello::new(Scope::gateway("shop", "web"), "test-proxy"),
-        move |_, bytes| {
-            let config: ProxyConfig = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
-            sink.lock().unwrap().push(config);
-            Ok(())
+        move |_, bytes: &[u8]| {
+            let parsed = serde_json::from_slice::<ProxyConfig>(bytes)
+                .map(|config| {
+                    sink.lock().unwrap().push(config);
+                })
+                .map_err(|e| e.to_string());
+            std::future::ready(parsed)
         },
     );
 

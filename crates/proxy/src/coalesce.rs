@@ -53,8 +53,8 @@ pub enum FlushAt {
     /// park.
     ///
     /// A `current_thread` runtime drops deferred wakers when its `block_on` returns, so a
-    /// connection spawned there must not outlive the `block_on` with bytes held (the proxies
-    /// run on the multi-thread runtime).
+    /// connection spawned there must not outlive the `block_on` with bytes held (a proxy on
+    /// one CPU runs on one whose `block_on` lasts as long as the process).
     DriverTurn,
 }
 
@@ -424,12 +424,31 @@ mod tests {
     /// The case it exists for: small frames of many tunnels leave in one write.
     /// (The worker's periodic maintenance may end a turn while the tunnels run, so waiting for
     /// the end of the turn may take two writes.)
-    #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
-    async fn small_frames_queued_in_one_turn_leave_in_one_write() {
-        let writes = writes_for(b"request", FlushAt::NextPass, Wakeups::Together).await;
-        assert_eq!(writes, 1);
-        let writes = writes_for(b"request", FlushAt::DriverTurn, Wakeups::Together).await;
-        assert!(writes <= 2, "{writes} writes for {TUNNELS} frames");
+    #[test]
+    fn small_frames_queued_in_one_turn_leave_in_one_write() {
+        for runtime in single_worker_runtimes() {
+            runtime.block_on(async {
+                let writes = writes_for(b"request", FlushAt::NextPass, Wakeups::Together).await;
+                assert_eq!(writes, 1);
+                let writes = writes_for(b"request", FlushAt::DriverTurn, Wakeups::Together).await;
+                assert!(writes <= 2, "{writes} writes for {TUNNELS} frames");
+            });
+        }
+    }
+
+    /// The runtimes a proxy on one CPU may run on: the current-thread one `strait` starts
+    /// there, and a multi-thread one with one worker (an embedder's choice).
+    fn single_worker_runtimes() -> [tokio::runtime::Runtime; 2] {
+        let current_thread = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let one_worker = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        [current_thread, one_worker]
     }
 
     /// The production runtime has several workers: every frame still arrives, in fewer writes
@@ -493,12 +512,16 @@ mod tests {
     /// Waiting for the end of the turn also collects the frames of tasks that become ready only
     /// while the connection waits, where one pass through the run queue does not. (The worker
     /// ends a turn at least every 61 ticks; the chain takes about 24, so it may straddle one.)
-    #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
-    async fn driver_turn_collects_frames_of_tasks_woken_meanwhile() {
-        let per_turn = writes_for(b"request", FlushAt::DriverTurn, Wakeups::Chained).await;
-        assert!(per_turn <= 2, "{per_turn} writes for {TUNNELS} frames");
-        let per_pass = writes_for(b"request", FlushAt::NextPass, Wakeups::Chained).await;
-        assert!(per_pass > 2, "{per_pass} writes for {TUNNELS} frames");
+    #[test]
+    fn driver_turn_collects_frames_of_tasks_woken_meanwhile() {
+        for runtime in single_worker_runtimes() {
+            runtime.block_on(async {
+                let per_turn = writes_for(b"request", FlushAt::DriverTurn, Wakeups::Chained).await;
+                assert!(per_turn <= 2, "{per_turn} writes for {TUNNELS} frames");
+                let per_pass = writes_for(b"request", FlushAt::NextPass, Wakeups::Chained).await;
+                assert!(per_pass > 2, "{per_pass} writes for {TUNNELS} frames");
+            });
+        }
     }
 
     /// Where other workers could steal the task that wakes itself, a single pass is not used.
@@ -513,19 +536,32 @@ mod tests {
             let coalesce = runtime.block_on(async { Coalesce::new(io, FlushAt::NextPass) });
             assert_eq!(coalesce.turn.is_some(), waits_for_turn, "{workers} workers");
         }
+        let current_thread = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("runtime");
+        let (io, _peer) = tokio::io::duplex(64);
+        let coalesce = current_thread.block_on(async { Coalesce::new(io, FlushAt::NextPass) });
+        assert!(
+            coalesce.turn.is_none(),
+            "a current-thread runtime has one worker"
+        );
     }
 
     /// h2 keeps payloads of 256 bytes or more aside and writes each before the next frame;
     /// holding their bytes lets at least two share each write.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
-    async fn larger_frames_share_writes_too() {
+    #[test]
+    fn larger_frames_share_writes_too() {
         static KIB: [u8; 1024] = [b'x'; 1024];
-        for flush_at in [FlushAt::NextPass, FlushAt::DriverTurn] {
-            let writes = writes_for(&KIB, flush_at, Wakeups::Together).await;
-            assert!(
-                writes <= TUNNELS / 2,
-                "{flush_at:?}: {writes} writes for {TUNNELS} frames"
-            );
+        for runtime in single_worker_runtimes() {
+            runtime.block_on(async {
+                for flush_at in [FlushAt::NextPass, FlushAt::DriverTurn] {
+                    let writes = writes_for(&KIB, flush_at, Wakeups::Together).await;
+                    assert!(
+                        writes <= TUNNELS / 2,
+                        "{flush_at:?}: {writes} writes for {TUNNELS} frames"
+                    );
+                }
+            });
         }
     }
 

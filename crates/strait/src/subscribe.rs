@@ -20,12 +20,6 @@ fn proxy_id() -> String {
     std::env::var("POD_NAME").unwrap_or_else(|_| format!("strait-{}", std::process::id()))
 }
 
-/// Runs `apply` (async) from the subscription's synchronous callback, so its outcome can be
-/// acked or rejected. Needs the multi-threaded runtime.
-fn block_on<T>(job: impl Future<Output = T>) -> T {
-    tokio::task::block_in_place(|| tokio::runtime::Handle::current().block_on(job))
-}
-
 /// How a proxy reaches the controller's config stream.
 #[derive(Clone, Debug)]
 pub struct ControlPlane {
@@ -58,20 +52,24 @@ pub fn gateway(control_plane: &ControlPlane, namespace: &str, name: &str) -> Sub
     control_plane
         .subscription(hello)
         .start(move |version, bytes| {
-            let mut config: ProxyConfig = serde_json::from_slice(bytes)
-                .map_err(|e| format!("config version {version}: {e}"))?;
-            config.version = version;
-            // The Gateway's addresses are its Service's; inside the pod, listen on all of them.
-            for gateway in &mut config.gateways {
-                gateway.addresses.clear();
-            }
-            let errors = block_on(proxy.apply(Arc::new(config)));
-            if errors.is_empty() {
-                tracing::info!(version, "config applied");
-                Ok(())
-            } else {
-                let text: Vec<String> = errors.iter().map(ToString::to_string).collect();
-                Err(text.join("; "))
+            let parsed = serde_json::from_slice::<ProxyConfig>(bytes)
+                .map_err(|e| format!("config version {version}: {e}"));
+            let proxy = proxy.clone();
+            async move {
+                let mut config = parsed?;
+                config.version = version;
+                // The Gateway's addresses are its Service's; inside the pod, listen on all of them.
+                for gateway in &mut config.gateways {
+                    gateway.addresses.clear();
+                }
+                let errors = proxy.apply(Arc::new(config)).await;
+                if errors.is_empty() {
+                    tracing::info!(version, "config applied");
+                    Ok(())
+                } else {
+                    let text: Vec<String> = errors.iter().map(ToString::to_string).collect();
+                    Err(text.join("; "))
+                }
             }
         })
 }
@@ -92,15 +90,19 @@ pub async fn mesh(
     let handle = control_plane
         .subscription(hello)
         .start(move |version, bytes| {
-            let mut mesh: MeshConfig = serde_json::from_slice(bytes)
-                .map_err(|e| format!("mesh config version {version}: {e}"))?;
-            mesh.version = version;
-            let errors = block_on(applier.apply(Arc::new(mesh)));
-            if errors.is_empty() {
-                tracing::info!(version, "mesh config applied");
-                Ok(())
-            } else {
-                Err(errors.join("; "))
+            let parsed = serde_json::from_slice::<MeshConfig>(bytes)
+                .map_err(|e| format!("mesh config version {version}: {e}"));
+            let applier = applier.clone();
+            async move {
+                let mut mesh = parsed?;
+                mesh.version = version;
+                let errors = applier.apply(Arc::new(mesh)).await;
+                if errors.is_empty() {
+                    tracing::info!(version, "mesh config applied");
+                    Ok(())
+                } else {
+                    Err(errors.join("; "))
+                }
             }
         });
     Ok((runtime, handle))

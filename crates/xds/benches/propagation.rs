@@ -37,11 +37,13 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
     let subscription = Subscription::spawn(
         format!("http://{addr}"),
         Hello::new(scope.clone(), "bench-proxy"),
-        move |version, payload| {
-            serde_json::from_slice::<serde::de::IgnoredAny>(payload)
-                .map_err(|err| format!("config version {version}: {err}"))?;
-            let _ = applied_tx.send((version, Instant::now()));
-            Ok(())
+        move |version, payload: &[u8]| {
+            let parsed = serde_json::from_slice::<serde::de::IgnoredAny>(payload)
+                .map(|_| {
+                    let _ = applied_tx.send((version, Instant::now()));
+                })
+                .map_err(|err| format!("config version {version}: {err}"));
+            std::future::ready(parsed)
         },
     );
 

@@ -102,24 +102,28 @@ impl Subscription {
     /// # Panics
     ///
     /// Outside a Tokio runtime.
-    pub fn spawn<F>(endpoint: String, hello: Hello, apply: F) -> SubscriptionHandle
+    pub fn spawn<F, A>(endpoint: String, hello: Hello, apply: F) -> SubscriptionHandle
     where
-        F: FnMut(u64, &[u8]) -> Result<(), String> + Send + 'static,
+        F: FnMut(u64, &[u8]) -> A + Send + 'static,
+        A: Future<Output = Result<(), String>> + Send + 'static,
     {
         Subscription::new(endpoint, hello).start(apply)
     }
 
     /// Subscribes in a background task until the handle is stopped or dropped. `apply` receives
-    /// each new version and its payload; `Err` rejects the version (the proxy keeps its previous
-    /// config, the reason goes to the controller). It runs on the subscription task, so it should
-    /// not block for long.
+    /// each new version and its payload and returns the future that applies it; `Err` rejects
+    /// the version (the proxy keeps its previous config, the reason goes to the controller).
+    /// The version is acked once that future is done, and the next one is not read before. It
+    /// runs on the subscription task, so it should not block for long: a proxy on one CPU runs
+    /// its data plane on the same thread.
     ///
     /// # Panics
     ///
     /// Outside a Tokio runtime.
-    pub fn start<F>(self, apply: F) -> SubscriptionHandle
+    pub fn start<F, A>(self, apply: F) -> SubscriptionHandle
     where
-        F: FnMut(u64, &[u8]) -> Result<(), String> + Send + 'static,
+        F: FnMut(u64, &[u8]) -> A + Send + 'static,
+        A: Future<Output = Result<(), String>> + Send + 'static,
     {
         let (status_tx, status_rx) = watch::channel(SubscriptionStatus {
             last_version: self.hello.last_version,
@@ -132,9 +136,10 @@ impl Subscription {
         }
     }
 
-    async fn run<F>(self, mut apply: F, status: watch::Sender<SubscriptionStatus>)
+    async fn run<F, A>(self, mut apply: F, status: watch::Sender<SubscriptionStatus>)
     where
-        F: FnMut(u64, &[u8]) -> Result<(), String> + Send + 'static,
+        F: FnMut(u64, &[u8]) -> A + Send + 'static,
+        A: Future<Output = Result<(), String>> + Send + 'static,
     {
         let endpoint = match Endpoint::from_shared(self.endpoint.clone()) {
             Ok(endpoint) => endpoint,
@@ -212,18 +217,20 @@ struct Session<'a> {
 
 impl Session<'_> {
     /// Runs one stream until it fails; returns why, and whether anything arrived.
-    async fn run<F>(&mut self, apply: &mut F) -> (String, bool)
+    async fn run<F, A>(&mut self, apply: &mut F) -> (String, bool)
     where
-        F: FnMut(u64, &[u8]) -> Result<(), String>,
+        F: FnMut(u64, &[u8]) -> A,
+        A: Future<Output = Result<(), String>>,
     {
         let mut received = false;
         let error = self.stream(apply, &mut received).await;
         (error, received)
     }
 
-    async fn stream<F>(&mut self, apply: &mut F, received: &mut bool) -> String
+    async fn stream<F, A>(&mut self, apply: &mut F, received: &mut bool) -> String
     where
-        F: FnMut(u64, &[u8]) -> Result<(), String>,
+        F: FnMut(u64, &[u8]) -> A,
+        A: Future<Output = Result<(), String>>,
     {
         let scope = &self.hello.scope;
         let (tx, mut rx) = mpsc::channel::<pb::ClientMessage>(8);
@@ -294,7 +301,7 @@ impl Session<'_> {
             let result = if self.hello.last_version == Some(version) {
                 Ok(())
             } else {
-                apply(version, &update.payload_json)
+                apply(version, &update.payload_json).await
             };
             let ack = match result {
                 Ok(()) => {

@@ -85,14 +85,15 @@ fn subscribe(endpoint: String, hello: Hello) -> (SubscriptionHandle, Applied) {
     let handle = Subscription::new(endpoint, hello)
         .backoff(Duration::from_millis(10), Duration::from_millis(200))
         .start(move |version, payload: &[u8]| {
-            if payload.starts_with(b"bad") {
-                return Err(format!(
+            std::future::ready(if payload.starts_with(b"bad") {
+                Err(format!(
                     "invalid config: {}",
                     String::from_utf8_lossy(payload)
-                ));
-            }
-            let _ = tx.send((version, payload.to_vec()));
-            Ok(())
+                ))
+            } else {
+                let _ = tx.send((version, payload.to_vec()));
+                Ok(())
+            })
         });
     (handle, rx)
 }
@@ -336,12 +337,15 @@ async fn slow_subscriber_gets_the_latest_not_a_backlog() {
     let handle = Subscription::spawn(
         server.endpoint(),
         Hello::new(scope.clone(), "slow"),
-        move |version, payload| {
-            // A proxy that takes a while to build its routing tables.
-            std::thread::sleep(Duration::from_millis(40));
-            count.fetch_add(1, Ordering::SeqCst);
-            let _ = tx.send((version, payload.len()));
-            Ok(())
+        move |version, payload: &[u8]| {
+            let (count, tx, len) = (count.clone(), tx.clone(), payload.len());
+            async move {
+                // A proxy that takes a while to build its routing tables.
+                tokio::time::sleep(Duration::from_millis(40)).await;
+                count.fetch_add(1, Ordering::SeqCst);
+                let _ = tx.send((version, len));
+                Ok(())
+            }
         },
     );
     let mut status = handle.watch_status();
@@ -439,7 +443,7 @@ async fn unauthorized_subscriber_is_refused_and_gets_nothing() {
         .bearer_token_file(&token.0)
         .start(move |version, payload: &[u8]| {
             let _ = tx.send((version, payload.to_vec()));
-            Ok(())
+            std::future::ready(Ok(()))
         });
     assert_eq!(next_applied(&mut applied).await.1, b"secret".to_vec());
     server.stop().await;
@@ -526,7 +530,7 @@ async fn invalid_endpoint_is_reported_in_status() {
 async fn unreadable_token_file_is_reported_in_status() {
     let handle = Subscription::new("http://127.0.0.1:9", Hello::new(Scope::node("n"), "p"))
         .bearer_token_file("/nonexistent/strait-token")
-        .start(|_, _| Ok(()));
+        .start(|_, _| std::future::ready(Ok(())));
     let mut status = handle.watch_status();
     let status = tokio::time::timeout(WAIT, status.wait_for(|s| s.last_error.is_some()))
         .await

@@ -1,0 +1,198 @@
+//! The binary sizes its runtime to the CPUs it may use: limited to one CPU, it serves HTTP/1.1
+//! and h2c on a current-thread runtime; given more, on a multi-thread one.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use strait_echo::{EchoServer, Identity};
+
+const BACKEND: &str = "127.0.0.1:39202";
+const LISTENER: &str = "127.0.0.1:39291";
+
+/// A temp dir removed on drop, also when the test fails.
+struct TempDir(PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A child process killed on drop, also when the test fails.
+struct Running(Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn config_dir() -> TempDir {
+    let dir =
+        TempDir(std::env::temp_dir().join(format!("strait-test-runtime-{}", std::process::id())));
+    let _ = std::fs::remove_dir_all(&dir.0);
+    std::fs::create_dir_all(&dir.0).unwrap();
+    let backend: SocketAddr = BACKEND.parse().unwrap();
+    let listener: SocketAddr = LISTENER.parse().unwrap();
+    let yaml = format!(
+        "
+apiVersion: gateway.networking.k8s.io/v1
+kind: GatewayClass
+metadata: {{name: strait}}
+spec: {{controllerName: strait.dev/gateway-controller}}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {{name: gw, namespace: t}}
+spec:
+  gatewayClassName: strait
+  listeners: [{{name: http, port: {listen_port}, protocol: HTTP}}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {{name: r, namespace: t}}
+spec:
+  parentRefs: [{{name: gw}}]
+  rules: [{{backendRefs: [{{name: app, port: 80}}]}}]
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: app, namespace: t}}
+spec: {{ports: [{{name: http, port: 80, targetPort: {port}}}]}}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {{name: app-1, namespace: t, labels: {{kubernetes.io/service-name: app}}}}
+addressType: IPv4
+ports: [{{name: http, port: {port}}}]
+endpoints: [{{addresses: [\"{ip}\"]}}]
+",
+        listen_port = listener.port(),
+        port = backend.port(),
+        ip = backend.ip()
+    );
+    std::fs::write(dir.0.join("gateway.yaml"), yaml).unwrap();
+    dir
+}
+
+/// `strait standalone` on `dir` (run under `taskset -c 0` if `one_cpu`), and the runtime it
+/// reported starting.
+fn start(dir: &TempDir, one_cpu: bool) -> (Running, String) {
+    let strait = env!("CARGO_BIN_EXE_strait");
+    let mut command = if one_cpu {
+        let mut command = Command::new("taskset");
+        command.args(["-c", "0", strait]);
+        command
+    } else {
+        Command::new(strait)
+    };
+    let dir = dir.0.to_str().unwrap();
+    let child = command
+        .args([
+            "standalone",
+            dir,
+            "--no-mesh",
+            "--no-watch",
+            "--address",
+            "127.0.0.1",
+        ])
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("strait (and taskset) run");
+    let mut running = Running(child);
+    let stderr = running.0.stderr.take().unwrap();
+    let mut lines = BufReader::new(stderr).lines();
+    let runtime = lines
+        .by_ref()
+        .map_while(Result::ok)
+        .find(|line| line.contains("starting the runtime"))
+        .expect("strait logs the runtime it starts");
+    // Keep draining stderr so the process never blocks on a full pipe.
+    std::thread::spawn(move || lines.for_each(drop));
+    (running, runtime)
+}
+
+/// GET / with `Host: example.com` over HTTP/1.1, or over h2c with prior knowledge.
+async fn get(h2c: bool) -> Option<u16> {
+    let stream = tokio::net::TcpStream::connect(LISTENER).await.ok()?;
+    let request = http::Request::get(format!("http://{LISTENER}/"))
+        .header("host", "example.com")
+        .body(Empty::<Bytes>::new())
+        .unwrap();
+    let response = if h2c {
+        let (mut sender, connection) =
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+                .await
+                .ok()?;
+        tokio::spawn(connection);
+        sender.send_request(request).await.ok()?
+    } else {
+        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .ok()?;
+        tokio::spawn(connection);
+        sender.send_request(request).await.ok()?
+    };
+    let status = response.status().as_u16();
+    response.into_body().collect().await.ok()?;
+    Some(status)
+}
+
+/// The first answer within 10 s (the listener opens shortly after the process starts).
+async fn first_answer(h2c: bool) -> Option<u16> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(status) = get(h2c).await {
+            return Some(status);
+        }
+        if Instant::now() > deadline {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_runtime_follows_the_cpus_the_process_may_use() {
+    let _backend = EchoServer::start_http(
+        BACKEND.parse().unwrap(),
+        Identity {
+            namespace: "t".into(),
+            service: "app".into(),
+            pod: "app-pod".into(),
+            ingress: String::new(),
+        },
+    )
+    .await
+    .unwrap();
+    let dir = config_dir();
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    for one_cpu in [true, false] {
+        let (_strait, runtime) = start(&dir, one_cpu);
+        let expected = if one_cpu || cpus == 1 {
+            "current-thread"
+        } else {
+            "multi-thread"
+        };
+        assert!(runtime.contains(expected), "one CPU: {one_cpu}: {runtime}");
+        assert_eq!(
+            first_answer(false).await,
+            Some(200),
+            "HTTP/1.1, one CPU: {one_cpu}"
+        );
+        assert_eq!(
+            first_answer(true).await,
+            Some(200),
+            "h2c, one CPU: {one_cpu}"
+        );
+    }
+}

@@ -1,0 +1,182 @@
+//! A gateway fed by the controller's config stream, on a current-thread runtime (the one a
+//! proxy limited to one CPU runs on): versions are applied, served and acked, and a version
+//! that cannot be read is rejected while the previous one keeps serving.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty};
+use hyper_util::rt::TokioIo;
+use strait::standalone::{Standalone, StandaloneOptions};
+use strait::subscribe::{self, ControlPlane};
+use strait_echo::{EchoServer, Identity};
+use strait_xds::client::SubscriptionStatus;
+use strait_xds::{ConfigHub, Scope};
+use tokio::sync::watch;
+
+const WAIT: Duration = Duration::from_secs(10);
+const BACKEND: &str = "127.0.0.1:39201";
+const LISTENER_PORT: u16 = 39280;
+
+/// A temp dir removed on drop, also when the test fails.
+struct TempDir(PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// The config a controller would send for one Gateway routing everything to [`BACKEND`],
+/// compiled from YAML by a standalone that is stopped again (freeing its port).
+async fn compiled_gateway_config() -> Vec<u8> {
+    let dir =
+        TempDir(std::env::temp_dir().join(format!("strait-test-subscribe-{}", std::process::id())));
+    let _ = std::fs::remove_dir_all(&dir.0);
+    std::fs::create_dir_all(&dir.0).unwrap();
+    let backend: SocketAddr = BACKEND.parse().unwrap();
+    let yaml = format!(
+        "
+apiVersion: gateway.networking.k8s.io/v1
+kind: GatewayClass
+metadata: {{name: strait}}
+spec: {{controllerName: strait.dev/gateway-controller}}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {{name: gw, namespace: t}}
+spec:
+  gatewayClassName: strait
+  listeners: [{{name: http, port: {LISTENER_PORT}, protocol: HTTP}}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {{name: r, namespace: t}}
+spec:
+  parentRefs: [{{name: gw}}]
+  rules: [{{backendRefs: [{{name: app, port: 80}}]}}]
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: app, namespace: t}}
+spec: {{ports: [{{name: http, port: 80, targetPort: {port}}}]}}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {{name: app-1, namespace: t, labels: {{kubernetes.io/service-name: app}}}}
+addressType: IPv4
+ports: [{{name: http, port: {port}}}]
+endpoints: [{{addresses: [\"{ip}\"]}}]
+",
+        port = backend.port(),
+        ip = backend.ip()
+    );
+    std::fs::write(dir.0.join("gateway.yaml"), yaml).unwrap();
+    // A port offset keeps the standalone's own listener off the port the subscriber binds.
+    let standalone = Standalone::start(StandaloneOptions::gateways_only(dir.0.clone(), 1, false))
+        .await
+        .unwrap();
+    let config = standalone.config();
+    standalone.shutdown().await;
+    assert_eq!(config.gateways.len(), 1, "compiled config: {config:?}");
+    serde_json::to_vec(&*config).unwrap()
+}
+
+/// GET / with `Host: example.com` on a new connection; the answer's status.
+async fn get(addr: SocketAddr) -> u16 {
+    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    let request = http::Request::get("/")
+        .header("host", "example.com")
+        .body(Empty::<Bytes>::new())
+        .unwrap();
+    let response = sender.send_request(request).await.expect("response");
+    let status = response.status().as_u16();
+    response.into_body().collect().await.unwrap();
+    status
+}
+
+/// The status once `done` holds for it, or `None` after [`WAIT`].
+async fn wait_for(
+    status: &mut watch::Receiver<SubscriptionStatus>,
+    done: impl FnMut(&SubscriptionStatus) -> bool,
+) -> Option<SubscriptionStatus> {
+    let seen = tokio::time::timeout(WAIT, status.wait_for(done))
+        .await
+        .ok()?;
+    seen.ok().map(|status| status.clone())
+}
+
+/// `tokio::test` runs on a current-thread runtime: the subscription must apply configs without
+/// a second thread to block on (it once used `block_in_place`, which panics there).
+#[tokio::test]
+async fn a_gateway_applies_acks_and_rejects_versions_on_a_current_thread_runtime() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let _backend = EchoServer::start_http(
+        BACKEND.parse().unwrap(),
+        Identity {
+            namespace: "t".into(),
+            service: "app".into(),
+            pod: "app-pod".into(),
+            ingress: String::new(),
+        },
+    )
+    .await
+    .unwrap();
+    let payload = compiled_gateway_config().await;
+
+    let hub = ConfigHub::new();
+    let scope = Scope::gateway("t", "gw");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let endpoint = format!("http://{}", listener.local_addr().unwrap());
+    let server = tokio::spawn(strait_xds::server::serve(
+        hub.clone(),
+        listener,
+        std::future::pending(),
+    ));
+    let control_plane = ControlPlane {
+        endpoint,
+        token_file: None,
+        tls_root: None,
+    };
+
+    let good = hub.publish(&scope, payload);
+    let subscription = subscribe::gateway(&control_plane, "t", "gw");
+    let mut status = subscription.watch_status();
+    let applied = wait_for(&mut status, |s| s.last_version == Some(good)).await;
+    assert!(
+        applied.is_some(),
+        "not applied: {:?}",
+        subscription.status()
+    );
+    let gateway = SocketAddr::from(([127, 0, 0, 1], LISTENER_PORT));
+    assert_eq!(get(gateway).await, 200);
+
+    let bad = hub.publish(&scope, &b"{\"gateways\": 7}"[..]);
+    let rejected = wait_for(&mut status, |s| {
+        s.last_error
+            .as_deref()
+            .is_some_and(|e| e.contains("rejected"))
+    })
+    .await
+    .expect("the unreadable version is rejected");
+    let error = rejected.last_error.unwrap();
+    assert!(
+        error.contains(&format!("config version {bad}")),
+        "the rejection names the version: {error}"
+    );
+    assert_eq!(rejected.last_version, Some(good));
+    assert_eq!(
+        get(gateway).await,
+        200,
+        "the previous version keeps serving"
+    );
+
+    subscription.stop().await;
+    server.abort();
+}

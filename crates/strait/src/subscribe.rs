@@ -45,6 +45,40 @@ impl ControlPlane {
     }
 }
 
+/// Parses and applies a version (of the `what` config) on a blocking-pool thread, and returns
+/// its outcome. Reading a large config and building its routing tables takes tens of
+/// milliseconds, which on a current-thread runtime (a proxy on one CPU) would stall every
+/// connection the proxy serves; on a thread of its own, the kernel shares the CPU between it
+/// and the data plane. What `apply` awaits (binding listeners, fetching certificates) is still
+/// driven by the runtime. The payload is copied, so that the work may outlive the callback.
+fn apply_aside<T, F, A>(
+    what: &'static str,
+    version: u64,
+    bytes: &[u8],
+    apply: F,
+) -> impl Future<Output = Result<(), String>> + Send + use<T, F, A>
+where
+    T: serde::de::DeserializeOwned,
+    F: FnOnce(T) -> A + Send + 'static,
+    A: Future<Output = Result<(), String>>,
+{
+    let bytes = bytes.to_vec();
+    let runtime = tokio::runtime::Handle::current();
+    let work = move || {
+        let parsed = serde_json::from_slice::<T>(&bytes)
+            .map_err(|e| format!("{what} version {version}: {e}"))?;
+        runtime.block_on(apply(parsed))
+    };
+    async move {
+        match tokio::task::spawn_blocking(work).await {
+            Ok(outcome) => outcome,
+            Err(error) => Err(format!(
+                "{what} version {version}: applying it failed: {error}"
+            )),
+        }
+    }
+}
+
 /// An ingress gateway: serves one Gateway's listeners on every address of this pod.
 pub fn gateway(control_plane: &ControlPlane, namespace: &str, name: &str) -> SubscriptionHandle {
     let proxy = Arc::new(Proxy::new(ProxyOptions::default()));
@@ -52,11 +86,8 @@ pub fn gateway(control_plane: &ControlPlane, namespace: &str, name: &str) -> Sub
     control_plane
         .subscription(hello)
         .start(move |version, bytes| {
-            let parsed = serde_json::from_slice::<ProxyConfig>(bytes)
-                .map_err(|e| format!("config version {version}: {e}"));
             let proxy = proxy.clone();
-            async move {
-                let mut config = parsed?;
+            let apply = move |mut config: ProxyConfig| async move {
                 config.version = version;
                 // The Gateway's addresses are its Service's; inside the pod, listen on all of them.
                 for gateway in &mut config.gateways {
@@ -70,7 +101,8 @@ pub fn gateway(control_plane: &ControlPlane, namespace: &str, name: &str) -> Sub
                     let text: Vec<String> = errors.iter().map(ToString::to_string).collect();
                     Err(text.join("; "))
                 }
-            }
+            };
+            apply_aside("config", version, bytes, apply)
         })
 }
 
@@ -90,11 +122,8 @@ pub async fn mesh(
     let handle = control_plane
         .subscription(hello)
         .start(move |version, bytes| {
-            let parsed = serde_json::from_slice::<MeshConfig>(bytes)
-                .map_err(|e| format!("mesh config version {version}: {e}"));
             let applier = applier.clone();
-            async move {
-                let mut mesh = parsed?;
+            let apply = move |mut mesh: MeshConfig| async move {
                 mesh.version = version;
                 let errors = applier.apply(Arc::new(mesh)).await;
                 if errors.is_empty() {
@@ -103,7 +132,63 @@ pub async fn mesh(
                 } else {
                     Err(errors.join("; "))
                 }
-            }
+            };
+            apply_aside("mesh config", version, bytes, apply)
         });
     Ok((runtime, handle))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::Duration;
+
+    use super::*;
+
+    /// On a current-thread runtime, a slow version is applied while the runtime's tasks go on,
+    /// and what the apply awaits (timers, sockets) still works.
+    #[tokio::test]
+    async fn a_slow_apply_does_not_stall_the_runtime() {
+        let ticks = Arc::new(AtomicUsize::new(0));
+        let ticker = tokio::spawn({
+            let ticks = ticks.clone();
+            async move {
+                loop {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                    ticks.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        });
+        let runtime_thread = std::thread::current().id();
+        let seen = ticks.clone();
+        let apply = move |value: u32| async move {
+            assert_ne!(std::thread::current().id(), runtime_thread);
+            let before = seen.load(Ordering::Relaxed);
+            // Building large routing tables: the thread is busy, not awaiting.
+            std::thread::sleep(Duration::from_millis(200));
+            let during = seen.load(Ordering::Relaxed) - before;
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await;
+            tokio::time::sleep(Duration::from_millis(1)).await;
+            match (value, listener) {
+                (7, Ok(_)) if during >= 10 => Ok(()),
+                (value, listener) => Err(format!("{value}, {during} ticks, {listener:?}")),
+            }
+        };
+        assert_eq!(apply_aside("config", 3, b"7", apply).await, Ok(()));
+        ticker.abort();
+    }
+
+    /// A payload that cannot be read, or an apply that panics, rejects the version by name.
+    #[tokio::test]
+    async fn unreadable_or_panicking_versions_are_rejected() {
+        let unread = apply_aside("mesh config", 4, b"{", |_: u32| async { Ok(()) }).await;
+        let error = unread.unwrap_err();
+        assert!(error.starts_with("mesh config version 4: "), "{error}");
+        let panicked = apply_aside("config", 5, b"1", |_: u32| async { panic!("bug") }).await;
+        let error = panicked.unwrap_err();
+        assert!(
+            error.starts_with("config version 5: applying it failed"),
+            "{error}"
+        );
+    }
 }

@@ -353,10 +353,9 @@ impl ProxyAccess {
 /// affinity and its cgroup's CPU quota): one worker per CPU, or, on one CPU, a current-thread
 /// runtime. With a single worker there is nobody to share tasks with, and the current-thread
 /// scheduler does less per wake-up: through the gateway, h2c served 4% more requests per
-/// second at 4% less CPU per request than on a multi-thread runtime with one worker
-/// (`docs/performance.md`). The price is that the command's own future (config watching,
-/// signal handling) shares that thread with the data plane, as it would share the one CPU
-/// anyway.
+/// second at 4% less CPU per request than on a multi-thread runtime with one worker. The
+/// price is that the command's own future (config watching, signal handling) shares that
+/// thread with the data plane, as it would share the one CPU anyway.
 fn block_on(job: impl Future<Output = anyhow::Result<()>>) -> anyhow::Result<ExitCode> {
     let cpus = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
     let (mut builder, runtime) = if cpus == 1 {

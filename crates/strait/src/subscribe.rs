@@ -149,6 +149,16 @@ mod tests {
     /// and what the apply awaits (timers, sockets) still works.
     #[tokio::test]
     async fn a_slow_apply_does_not_stall_the_runtime() {
+        slow_apply_goes_aside().await;
+    }
+
+    /// The same on the multi-thread runtime, where the apply must not block a worker either.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+    async fn a_slow_apply_does_not_stall_a_multi_thread_runtime() {
+        slow_apply_goes_aside().await;
+    }
+
+    async fn slow_apply_goes_aside() {
         let ticks = Arc::new(AtomicUsize::new(0));
         let ticker = tokio::spawn({
             let ticks = ticks.clone();

@@ -3,7 +3,6 @@
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -12,17 +11,11 @@ use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use strait_echo::{EchoServer, Identity};
 
+mod common;
+use common::{TempDir, backend_yaml, gateway_yaml, route_yaml};
+
 const BACKEND: &str = "127.0.0.1:39202";
 const LISTENER: &str = "127.0.0.1:39291";
-
-/// A temp dir removed on drop, also when the test fails.
-struct TempDir(PathBuf);
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 /// A child process killed on drop, also when the test fails.
 struct Running(Child);
@@ -35,50 +28,14 @@ impl Drop for Running {
 }
 
 fn config_dir() -> TempDir {
-    let dir =
-        TempDir(std::env::temp_dir().join(format!("strait-test-runtime-{}", std::process::id())));
-    let _ = std::fs::remove_dir_all(&dir.0);
-    std::fs::create_dir_all(&dir.0).unwrap();
-    let backend: SocketAddr = BACKEND.parse().unwrap();
+    let dir = TempDir::new("runtime");
     let listener: SocketAddr = LISTENER.parse().unwrap();
-    let yaml = format!(
-        "
-apiVersion: gateway.networking.k8s.io/v1
-kind: GatewayClass
-metadata: {{name: strait}}
-spec: {{controllerName: strait.dev/gateway-controller}}
----
-apiVersion: gateway.networking.k8s.io/v1
-kind: Gateway
-metadata: {{name: gw, namespace: t}}
-spec:
-  gatewayClassName: strait
-  listeners: [{{name: http, port: {listen_port}, protocol: HTTP}}]
----
-apiVersion: gateway.networking.k8s.io/v1
-kind: HTTPRoute
-metadata: {{name: r, namespace: t}}
-spec:
-  parentRefs: [{{name: gw}}]
-  rules: [{{backendRefs: [{{name: app, port: 80}}]}}]
----
-apiVersion: v1
-kind: Service
-metadata: {{name: app, namespace: t}}
-spec: {{ports: [{{name: http, port: 80, targetPort: {port}}}]}}
----
-apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata: {{name: app-1, namespace: t, labels: {{kubernetes.io/service-name: app}}}}
-addressType: IPv4
-ports: [{{name: http, port: {port}}}]
-endpoints: [{{addresses: [\"{ip}\"]}}]
-",
-        listen_port = listener.port(),
-        port = backend.port(),
-        ip = backend.ip()
+    dir.write("gateway.yaml", &gateway_yaml(listener.port()));
+    dir.write(
+        "backend.yaml",
+        &backend_yaml("app", BACKEND.parse().unwrap()),
     );
-    std::fs::write(dir.0.join("gateway.yaml"), yaml).unwrap();
+    dir.write("route.yaml", &route_yaml("r", "/", "app"));
     dir
 }
 

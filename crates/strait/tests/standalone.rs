@@ -2,7 +2,7 @@
 //! input that leaves the rest of the config serving, and `check`.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -13,79 +13,8 @@ use serde_json::Value;
 use strait::standalone::{Standalone, StandaloneOptions};
 use strait_echo::{EchoServer, Identity};
 
-/// A temp dir removed on drop, also when the test fails.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(name: &str) -> TempDir {
-        let dir = std::env::temp_dir().join(format!("strait-test-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        TempDir(dir)
-    }
-    fn write(&self, file: &str, text: &str) {
-        std::fs::write(self.0.join(file), text).unwrap();
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-fn gateway_yaml(port: u16) -> String {
-    format!(
-        "
-apiVersion: gateway.networking.k8s.io/v1
-kind: GatewayClass
-metadata: {{name: strait}}
-spec: {{controllerName: strait.dev/gateway-controller}}
----
-apiVersion: gateway.networking.k8s.io/v1
-kind: Gateway
-metadata: {{name: gw, namespace: t}}
-spec:
-  gatewayClassName: strait
-  listeners: [{{name: http, port: {port}, protocol: HTTP}}]
-"
-    )
-}
-
-fn backend_yaml(name: &str, addr: SocketAddr) -> String {
-    format!(
-        "
-apiVersion: v1
-kind: Service
-metadata: {{name: {name}, namespace: t}}
-spec: {{ports: [{{name: http, port: 80, targetPort: {port}}}]}}
----
-apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata: {{name: {name}-1, namespace: t, labels: {{kubernetes.io/service-name: {name}}}}}
-addressType: IPv4
-ports: [{{name: http, port: {port}}}]
-endpoints: [{{addresses: [\"{ip}\"]}}]
-",
-        port = addr.port(),
-        ip = addr.ip()
-    )
-}
-
-fn route_yaml(name: &str, path: &str, backend: &str) -> String {
-    format!(
-        "
-apiVersion: gateway.networking.k8s.io/v1
-kind: HTTPRoute
-metadata: {{name: {name}, namespace: t}}
-spec:
-  parentRefs: [{{name: gw}}]
-  rules:
-  - matches: [{{path: {{type: PathPrefix, value: {path}}}}}]
-    backendRefs: [{{name: {backend}, port: 80}}]
-"
-    )
-}
+mod common;
+use common::{TempDir, backend_yaml, gateway_yaml, route_yaml};
 
 async fn echo(addr: &str, service: &str) -> EchoServer {
     EchoServer::start_http(

@@ -3,7 +3,6 @@
 //! that cannot be read is rejected while the previous one keeps serving.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -16,64 +15,23 @@ use strait_xds::client::SubscriptionStatus;
 use strait_xds::{ConfigHub, Scope};
 use tokio::sync::watch;
 
+mod common;
+use common::{TempDir, backend_yaml, gateway_yaml, route_yaml};
+
 const WAIT: Duration = Duration::from_secs(10);
 const BACKEND: &str = "127.0.0.1:39201";
 const LISTENER_PORT: u16 = 39280;
 
-/// A temp dir removed on drop, also when the test fails.
-struct TempDir(PathBuf);
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 /// The config a controller would send for one Gateway routing everything to [`BACKEND`],
 /// compiled from YAML by a standalone that is stopped again (freeing its port).
 async fn compiled_gateway_config() -> Vec<u8> {
-    let dir =
-        TempDir(std::env::temp_dir().join(format!("strait-test-subscribe-{}", std::process::id())));
-    let _ = std::fs::remove_dir_all(&dir.0);
-    std::fs::create_dir_all(&dir.0).unwrap();
-    let backend: SocketAddr = BACKEND.parse().unwrap();
-    let yaml = format!(
-        "
-apiVersion: gateway.networking.k8s.io/v1
-kind: GatewayClass
-metadata: {{name: strait}}
-spec: {{controllerName: strait.dev/gateway-controller}}
----
-apiVersion: gateway.networking.k8s.io/v1
-kind: Gateway
-metadata: {{name: gw, namespace: t}}
-spec:
-  gatewayClassName: strait
-  listeners: [{{name: http, port: {LISTENER_PORT}, protocol: HTTP}}]
----
-apiVersion: gateway.networking.k8s.io/v1
-kind: HTTPRoute
-metadata: {{name: r, namespace: t}}
-spec:
-  parentRefs: [{{name: gw}}]
-  rules: [{{backendRefs: [{{name: app, port: 80}}]}}]
----
-apiVersion: v1
-kind: Service
-metadata: {{name: app, namespace: t}}
-spec: {{ports: [{{name: http, port: 80, targetPort: {port}}}]}}
----
-apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata: {{name: app-1, namespace: t, labels: {{kubernetes.io/service-name: app}}}}
-addressType: IPv4
-ports: [{{name: http, port: {port}}}]
-endpoints: [{{addresses: [\"{ip}\"]}}]
-",
-        port = backend.port(),
-        ip = backend.ip()
+    let dir = TempDir::new("subscribe");
+    dir.write("gateway.yaml", &gateway_yaml(LISTENER_PORT));
+    dir.write(
+        "backend.yaml",
+        &backend_yaml("app", BACKEND.parse().unwrap()),
     );
-    std::fs::write(dir.0.join("gateway.yaml"), yaml).unwrap();
+    dir.write("route.yaml", &route_yaml("r", "/", "app"));
     // A port offset keeps the standalone's own listener off the port the subscriber binds.
     let standalone = Standalone::start(StandaloneOptions::gateways_only(dir.0.clone(), 1, false))
         .await

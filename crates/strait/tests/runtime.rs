@@ -9,10 +9,9 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use strait_echo::{EchoServer, Identity};
 
 mod common;
-use common::{TempDir, backend_yaml, gateway_yaml, route_yaml};
+use common::{TempDir, backend_yaml, echo, gateway_yaml, route_yaml};
 
 const BACKEND: &str = "127.0.0.1:39202";
 const LISTENER: &str = "127.0.0.1:39291";
@@ -120,17 +119,7 @@ async fn first_answer(h2c: bool) -> Option<u16> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_runtime_follows_the_cpus_the_process_may_use() {
-    let _backend = EchoServer::start_http(
-        BACKEND.parse().unwrap(),
-        Identity {
-            namespace: "t".into(),
-            service: "app".into(),
-            pod: "app-pod".into(),
-            ingress: String::new(),
-        },
-    )
-    .await
-    .unwrap();
+    let _backend = echo(BACKEND, "app").await;
     let dir = config_dir();
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     for one_cpu in [true, false] {

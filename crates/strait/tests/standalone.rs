@@ -11,24 +11,9 @@ use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
 use serde_json::Value;
 use strait::standalone::{Standalone, StandaloneOptions};
-use strait_echo::{EchoServer, Identity};
 
 mod common;
-use common::{TempDir, backend_yaml, gateway_yaml, route_yaml};
-
-async fn echo(addr: &str, service: &str) -> EchoServer {
-    EchoServer::start_http(
-        addr.parse().unwrap(),
-        Identity {
-            namespace: "t".into(),
-            service: service.into(),
-            pod: format!("{service}-pod"),
-            ingress: String::new(),
-        },
-    )
-    .await
-    .unwrap()
-}
+use common::{TempDir, backend_yaml, echo, gateway_yaml, route_yaml};
 
 fn gateway_address(standalone: &Standalone) -> std::net::IpAddr {
     let gateway = standalone.object("Gateway", "t", "gw").expect("gateway");

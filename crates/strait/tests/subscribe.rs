@@ -10,13 +10,12 @@ use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::TokioIo;
 use strait::standalone::{Standalone, StandaloneOptions};
 use strait::subscribe::{self, ControlPlane};
-use strait_echo::{EchoServer, Identity};
 use strait_xds::client::SubscriptionStatus;
 use strait_xds::{ConfigHub, Scope};
 use tokio::sync::watch;
 
 mod common;
-use common::{TempDir, backend_yaml, gateway_yaml, route_yaml};
+use common::{TempDir, backend_yaml, echo, gateway_yaml, route_yaml};
 
 const WAIT: Duration = Duration::from_secs(10);
 const BACKEND: &str = "127.0.0.1:39201";
@@ -75,17 +74,7 @@ async fn wait_for(
 #[tokio::test]
 async fn a_gateway_applies_acks_and_rejects_versions_on_a_current_thread_runtime() {
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let _backend = EchoServer::start_http(
-        BACKEND.parse().unwrap(),
-        Identity {
-            namespace: "t".into(),
-            service: "app".into(),
-            pod: "app-pod".into(),
-            ingress: String::new(),
-        },
-    )
-    .await
-    .unwrap();
+    let _backend = echo(BACKEND, "app").await;
     let payload = compiled_gateway_config().await;
 
     let hub = ConfigHub::new();

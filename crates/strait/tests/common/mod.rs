@@ -5,6 +5,8 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
+use strait_echo::{EchoServer, Identity};
+
 /// A temp dir removed on drop, also when the test fails.
 pub struct TempDir(pub PathBuf);
 
@@ -80,4 +82,19 @@ spec:
     backendRefs: [{{name: {backend}, port: 80}}]
 "
     )
+}
+
+/// An HTTP echo backend at `addr` answering as pod `{service}-pod` of Service `t/{service}`.
+pub async fn echo(addr: &str, service: &str) -> EchoServer {
+    EchoServer::start_http(
+        addr.parse().unwrap(),
+        Identity {
+            namespace: "t".into(),
+            service: service.into(),
+            pod: format!("{service}-pod"),
+            ingress: String::new(),
+        },
+    )
+    .await
+    .unwrap()
 }

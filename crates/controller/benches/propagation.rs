@@ -82,8 +82,8 @@ async fn main() {
     let _subscription = Subscription::spawn(
         endpoint,
         Hello::new(Scope::gateway("shop", "web"), "bench"),
-        move |_, bytes: &[u8]| {
-            let parsed = serde_json::from_slice::<ProxyConfig>(bytes)
+        move |_, bytes| {
+            let parsed = serde_json::from_slice::<ProxyConfig>(&bytes)
                 .map(|config| {
                     *sink.lock().unwrap() = Some(config);
                 })

@@ -141,8 +141,8 @@ async fn status_is_written_and_a_subscribed_proxy_gets_each_change() {
     let subscription = Subscription::spawn(
         endpoint,
         Hello::new(Scope::gateway("shop", "web"), "test-proxy"),
-        move |_, bytes: &[u8]| {
-            let parsed = serde_json::from_slice::<ProxyConfig>(bytes)
+        move |_, bytes| {
+            let parsed = serde_json::from_slice::<ProxyConfig>(&bytes)
                 .map(|config| {
                     sink.lock().unwrap().push(config);
                 })

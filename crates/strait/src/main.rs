@@ -358,21 +358,18 @@ impl ProxyAccess {
 /// thread with the data plane, as it would share the one CPU anyway.
 fn block_on(job: impl Future<Output = anyhow::Result<()>>) -> anyhow::Result<ExitCode> {
     let cpus = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
-    let (mut builder, runtime) = if cpus == 1 {
-        (
-            tokio::runtime::Builder::new_current_thread(),
-            "current-thread",
-        )
+    let mut builder = if cpus == 1 {
+        tokio::runtime::Builder::new_current_thread()
     } else {
-        (tokio::runtime::Builder::new_multi_thread(), "multi-thread")
+        tokio::runtime::Builder::new_multi_thread()
     };
-    tracing::info!(cpus, runtime, "starting the runtime");
-    builder
+    let runtime = builder
         .enable_all()
         .build()
-        .context("starting the runtime")?
-        .block_on(job)
-        .map(|()| ExitCode::SUCCESS)
+        .context("starting the runtime")?;
+    let flavor = runtime.handle().runtime_flavor();
+    tracing::info!(cpus, ?flavor, "runtime started");
+    runtime.block_on(job).map(|()| ExitCode::SUCCESS)
 }
 
 /// `strait node` / `strait waypoint`: from DIR (compiled here) or from the controller.

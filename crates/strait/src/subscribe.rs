@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::Context as _;
+use bytes::Bytes;
 use strait_config::ProxyConfig;
 use strait_config::mesh::MeshConfig;
 use strait_proxy::{Proxy, ProxyOptions};
@@ -50,11 +51,11 @@ impl ControlPlane {
 /// milliseconds, which on a current-thread runtime (a proxy on one CPU) would stall every
 /// connection the proxy serves; on a thread of its own, the kernel shares the CPU between it
 /// and the data plane. What `apply` awaits (binding listeners, fetching certificates) is still
-/// driven by the runtime. The payload is copied, so that the work may outlive the callback.
+/// driven by the runtime.
 fn apply_aside<T, F, A>(
     what: &'static str,
     version: u64,
-    bytes: &[u8],
+    bytes: Bytes,
     apply: F,
 ) -> impl Future<Output = Result<(), String>> + Send + use<T, F, A>
 where
@@ -62,7 +63,6 @@ where
     F: FnOnce(T) -> A + Send + 'static,
     A: Future<Output = Result<(), String>>,
 {
-    let bytes = bytes.to_vec();
     let runtime = tokio::runtime::Handle::current();
     let work = move || {
         let parsed = serde_json::from_slice::<T>(&bytes)
@@ -184,17 +184,26 @@ mod tests {
                 (value, listener) => Err(format!("{value}, {during} ticks, {listener:?}")),
             }
         };
-        assert_eq!(apply_aside("config", 3, b"7", apply).await, Ok(()));
+        assert_eq!(
+            apply_aside("config", 3, Bytes::from_static(b"7"), apply).await,
+            Ok(())
+        );
         ticker.abort();
     }
 
     /// A payload that cannot be read, or an apply that panics, rejects the version by name.
     #[tokio::test]
     async fn unreadable_or_panicking_versions_are_rejected() {
-        let unread = apply_aside("mesh config", 4, b"{", |_: u32| async { Ok(()) }).await;
+        let unread = apply_aside("mesh config", 4, Bytes::from_static(b"{"), |_: u32| async {
+            Ok(())
+        })
+        .await;
         let error = unread.unwrap_err();
         assert!(error.starts_with("mesh config version 4: "), "{error}");
-        let panicked = apply_aside("config", 5, b"1", |_: u32| async { panic!("bug") }).await;
+        let panicked = apply_aside("config", 5, Bytes::from_static(b"1"), |_: u32| async {
+            panic!("bug")
+        })
+        .await;
         let error = panicked.unwrap_err();
         assert!(
             error.starts_with("config version 5: applying it failed"),

@@ -70,7 +70,7 @@ fn start(dir: &TempDir, one_cpu: bool) -> (Running, String) {
     let runtime = lines
         .by_ref()
         .map_while(Result::ok)
-        .find(|line| line.contains("starting the runtime"))
+        .find(|line| line.contains("runtime started"))
         .expect("strait logs the runtime it starts");
     // Keep draining stderr so the process never blocks on a full pipe.
     std::thread::spawn(move || lines.for_each(drop));
@@ -125,9 +125,9 @@ async fn the_runtime_follows_the_cpus_the_process_may_use() {
     for one_cpu in [true, false] {
         let (_strait, runtime) = start(&dir, one_cpu);
         let expected = if one_cpu || cpus == 1 {
-            "current-thread"
+            "CurrentThread"
         } else {
-            "multi-thread"
+            "MultiThread"
         };
         assert!(runtime.contains(expected), "one CPU: {one_cpu}: {runtime}");
         assert_eq!(

@@ -37,8 +37,8 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
     let subscription = Subscription::spawn(
         format!("http://{addr}"),
         Hello::new(scope.clone(), "bench-proxy"),
-        move |version, payload: &[u8]| {
-            let parsed = serde_json::from_slice::<serde::de::IgnoredAny>(payload)
+        move |version, payload| {
+            let parsed = serde_json::from_slice::<serde::de::IgnoredAny>(&payload)
                 .map(|_| {
                     let _ = applied_tx.send((version, Instant::now()));
                 })

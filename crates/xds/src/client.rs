@@ -9,6 +9,7 @@ use std::error::Error as _;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use bytes::Bytes;
 use rand::Rng;
 use strait_proto::config::v1 as pb;
 use strait_proto::config::v1::client_message::Message;
@@ -104,14 +105,15 @@ impl Subscription {
     /// Outside a Tokio runtime.
     pub fn spawn<F, A>(endpoint: String, hello: Hello, apply: F) -> SubscriptionHandle
     where
-        F: FnMut(u64, &[u8]) -> A + Send + 'static,
+        F: FnMut(u64, Bytes) -> A + Send + 'static,
         A: Future<Output = Result<(), String>> + Send + 'static,
     {
         Subscription::new(endpoint, hello).start(apply)
     }
 
     /// Subscribes in a background task until the handle is stopped or dropped. `apply` receives
-    /// each new version and its payload and returns the future that applies it; `Err` rejects
+    /// each new version and its payload (shared, not copied) and returns the future that
+    /// applies it; `Err` rejects
     /// the version (the proxy keeps its previous config, the reason goes to the controller).
     /// The version is acked once that future is done, and the next one is not read before. It
     /// runs on the subscription task, so it should not block for long: a proxy on one CPU runs
@@ -122,7 +124,7 @@ impl Subscription {
     /// Outside a Tokio runtime.
     pub fn start<F, A>(self, apply: F) -> SubscriptionHandle
     where
-        F: FnMut(u64, &[u8]) -> A + Send + 'static,
+        F: FnMut(u64, Bytes) -> A + Send + 'static,
         A: Future<Output = Result<(), String>> + Send + 'static,
     {
         let (status_tx, status_rx) = watch::channel(SubscriptionStatus {
@@ -138,7 +140,7 @@ impl Subscription {
 
     async fn run<F, A>(self, mut apply: F, status: watch::Sender<SubscriptionStatus>)
     where
-        F: FnMut(u64, &[u8]) -> A + Send + 'static,
+        F: FnMut(u64, Bytes) -> A + Send + 'static,
         A: Future<Output = Result<(), String>> + Send + 'static,
     {
         let endpoint = match Endpoint::from_shared(self.endpoint.clone()) {
@@ -219,7 +221,7 @@ impl Session<'_> {
     /// Runs one stream until it fails; returns why, and whether anything arrived.
     async fn run<F, A>(&mut self, apply: &mut F) -> (String, bool)
     where
-        F: FnMut(u64, &[u8]) -> A,
+        F: FnMut(u64, Bytes) -> A,
         A: Future<Output = Result<(), String>>,
     {
         let mut received = false;
@@ -229,7 +231,7 @@ impl Session<'_> {
 
     async fn stream<F, A>(&mut self, apply: &mut F, received: &mut bool) -> String
     where
-        F: FnMut(u64, &[u8]) -> A,
+        F: FnMut(u64, Bytes) -> A,
         A: Future<Output = Result<(), String>>,
     {
         let scope = &self.hello.scope;
@@ -301,7 +303,7 @@ impl Session<'_> {
             let result = if self.hello.last_version == Some(version) {
                 Ok(())
             } else {
-                apply(version, &update.payload_json).await
+                apply(version, update.payload_json.clone()).await
             };
             let ack = match result {
                 Ok(()) => {

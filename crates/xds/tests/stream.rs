@@ -84,11 +84,11 @@ fn subscribe(endpoint: String, hello: Hello) -> (SubscriptionHandle, Applied) {
     let (tx, rx) = mpsc::unbounded_channel();
     let handle = Subscription::new(endpoint, hello)
         .backoff(Duration::from_millis(10), Duration::from_millis(200))
-        .start(move |version, payload: &[u8]| {
+        .start(move |version, payload| {
             std::future::ready(if payload.starts_with(b"bad") {
                 Err(format!(
                     "invalid config: {}",
-                    String::from_utf8_lossy(payload)
+                    String::from_utf8_lossy(&payload)
                 ))
             } else {
                 let _ = tx.send((version, payload.to_vec()));
@@ -337,7 +337,7 @@ async fn slow_subscriber_gets_the_latest_not_a_backlog() {
     let handle = Subscription::spawn(
         server.endpoint(),
         Hello::new(scope.clone(), "slow"),
-        move |version, payload: &[u8]| {
+        move |version, payload| {
             let (count, tx, len) = (count.clone(), tx.clone(), payload.len());
             async move {
                 // A proxy that takes a while to build its routing tables.
@@ -441,7 +441,7 @@ async fn unauthorized_subscriber_is_refused_and_gets_nothing() {
     let (tx, mut applied) = mpsc::unbounded_channel();
     let _handle = Subscription::new(server.endpoint(), Hello::new(node.clone(), "node-a"))
         .bearer_token_file(&token.0)
-        .start(move |version, payload: &[u8]| {
+        .start(move |version, payload| {
             let _ = tx.send((version, payload.to_vec()));
             std::future::ready(Ok(()))
         });

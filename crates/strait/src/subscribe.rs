@@ -14,6 +14,7 @@ use strait_proxy::{Proxy, ProxyOptions};
 use strait_xds::client::{Subscription, SubscriptionHandle};
 use strait_xds::{Hello, Scope};
 
+use crate::aside::run_aside;
 use crate::mesh::{MeshOptions, MeshRuntime};
 
 /// This process's id in acks (the pod name when the downward API provides it).
@@ -46,12 +47,9 @@ impl ControlPlane {
     }
 }
 
-/// Parses and applies a version (of the `what` config) on a blocking-pool thread, and returns
-/// its outcome. Reading a large config and building its routing tables takes tens of
-/// milliseconds, which on a current-thread runtime (a proxy on one CPU) would stall every
-/// connection the proxy serves; on a thread of its own, the kernel shares the CPU between it
-/// and the data plane. What `apply` awaits (binding listeners, fetching certificates) is still
-/// driven by the runtime.
+/// Parses and applies a version (of the `what` config) beside the data plane (see
+/// [`crate::aside`]), and returns its outcome: an unreadable payload, a failed apply and a
+/// panicking one each reject the version by name.
 fn apply_aside<T, F, A>(
     what: &'static str,
     version: u64,
@@ -63,20 +61,13 @@ where
     F: FnOnce(T) -> A + Send + 'static,
     A: Future<Output = Result<(), String>>,
 {
-    let runtime = tokio::runtime::Handle::current();
-    let work = move || {
+    let failed = format!("{what} version {version}: applying it failed");
+    let work = move || async move {
         let parsed = serde_json::from_slice::<T>(&bytes)
             .map_err(|e| format!("{what} version {version}: {e}"))?;
-        runtime.block_on(apply(parsed))
+        apply(parsed).await
     };
-    async move {
-        match tokio::task::spawn_blocking(work).await {
-            Ok(outcome) => outcome,
-            Err(error) => Err(format!(
-                "{what} version {version}: applying it failed: {error}"
-            )),
-        }
-    }
+    async move { run_aside(&failed, work).await.unwrap_or_else(Err) }
 }
 
 /// An ingress gateway: serves one Gateway's listeners on every address of this pod.
@@ -140,56 +131,7 @@ pub async fn mesh(
 
 #[cfg(test)]
 mod tests {
-    use std::sync::atomic::{AtomicUsize, Ordering};
-    use std::time::Duration;
-
     use super::*;
-
-    /// On a current-thread runtime, a slow version is applied while the runtime's tasks go on,
-    /// and what the apply awaits (timers, sockets) still works.
-    #[tokio::test]
-    async fn a_slow_apply_does_not_stall_the_runtime() {
-        slow_apply_goes_aside().await;
-    }
-
-    /// The same on the multi-thread runtime, where the apply must not block a worker either.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
-    async fn a_slow_apply_does_not_stall_a_multi_thread_runtime() {
-        slow_apply_goes_aside().await;
-    }
-
-    async fn slow_apply_goes_aside() {
-        let ticks = Arc::new(AtomicUsize::new(0));
-        let ticker = tokio::spawn({
-            let ticks = ticks.clone();
-            async move {
-                loop {
-                    tokio::time::sleep(Duration::from_millis(5)).await;
-                    ticks.fetch_add(1, Ordering::Relaxed);
-                }
-            }
-        });
-        let runtime_thread = std::thread::current().id();
-        let seen = ticks.clone();
-        let apply = move |value: u32| async move {
-            assert_ne!(std::thread::current().id(), runtime_thread);
-            let before = seen.load(Ordering::Relaxed);
-            // Building large routing tables: the thread is busy, not awaiting.
-            std::thread::sleep(Duration::from_millis(200));
-            let during = seen.load(Ordering::Relaxed) - before;
-            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await;
-            tokio::time::sleep(Duration::from_millis(1)).await;
-            match (value, listener) {
-                (7, Ok(_)) if during >= 10 => Ok(()),
-                (value, listener) => Err(format!("{value}, {during} ticks, {listener:?}")),
-            }
-        };
-        assert_eq!(
-            apply_aside("config", 3, Bytes::from_static(b"7"), apply).await,
-            Ok(())
-        );
-        ticker.abort();
-    }
 
     /// A payload that cannot be read, or an apply that panics, rejects the version by name.
     #[tokio::test]

@@ -174,6 +174,70 @@ async fn watch_mode_picks_up_file_changes() {
     standalone.shutdown().await;
 }
 
+/// A reload of a large directory is compiled beside the data plane: on a current-thread runtime
+/// (a proxy on one CPU), requests on open connections keep being answered while it runs.
+#[tokio::test(flavor = "current_thread")]
+async fn a_large_reload_does_not_stall_requests() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let dir = TempDir::new("large-reload");
+    let _backend = echo("127.0.0.1:39121", "l1").await;
+    dir.write("gateway.yaml", &gateway_yaml(39182));
+    dir.write(
+        "backends.yaml",
+        &format!(
+            "{}---{}",
+            backend_yaml("l1", "127.0.0.1:39121".parse().unwrap()),
+            route_yaml("r", "/", "l1")
+        ),
+    );
+    let standalone = Standalone::start(StandaloneOptions::gateways_only(dir.0.clone(), 0, false))
+        .await
+        .unwrap();
+    let addr = SocketAddr::new(gateway_address(&standalone), 39182);
+    let mut connection = connect(addr).await;
+    assert_eq!(get(&mut connection, "/").await, (200, "l1-pod".into()));
+
+    let routes: Vec<String> = (0..ROUTES)
+        .map(|i| route_yaml(&format!("r{i}"), &format!("/p{i}"), "l1"))
+        .collect();
+    dir.write("many.yaml", &routes.join("---"));
+    let (done_tx, mut done) = tokio::sync::oneshot::channel::<()>();
+    let client = tokio::spawn(async move {
+        let mut slowest = Duration::ZERO;
+        let mut answered = 0;
+        while done.try_recv().is_err() {
+            let start = std::time::Instant::now();
+            assert_eq!(get(&mut connection, "/").await.0, 200);
+            slowest = slowest.max(start.elapsed());
+            answered += 1;
+        }
+        (slowest, answered)
+    });
+    let start = std::time::Instant::now();
+    standalone.reload().await.unwrap();
+    let reload = start.elapsed();
+    done_tx.send(()).unwrap();
+    let (slowest, answered) = client.await.unwrap();
+    let config = standalone.config();
+    assert_eq!(
+        config.gateways[0].ports[0].listeners[0].http_routes.len(),
+        ROUTES + 1
+    );
+    // Compiled on the runtime's thread, the request in flight would wait the whole reload.
+    assert!(
+        reload >= Duration::from_millis(50),
+        "the reload took {reload:?}: too short to show a stall; grow ROUTES"
+    );
+    assert!(
+        slowest < reload / 3 && answered >= 5,
+        "{answered} requests answered during a {reload:?} reload, the slowest in {slowest:?}"
+    );
+    standalone.shutdown().await;
+}
+
+/// Routes in the large reload: enough that its compile takes well over 50 ms in a test build.
+const ROUTES: usize = 2_000;
+
 #[test]
 fn check_reports_problems_with_object_names() {
     let dir = TempDir::new("check");

@@ -2,6 +2,7 @@
 //! the CLI and the conformance harness (which drives standalone in-process).
 
 mod addresses;
+pub mod allocator;
 mod aside;
 pub mod check;
 pub mod controller;

@@ -183,6 +183,8 @@ fn main() -> ExitCode {
         // Colour codes only for a terminal: a pod's log (`kubectl logs`) would show them raw.
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
+    // Before the proxies allocate their first buffers.
+    strait::allocator::tune();
     // Exactly one crypto provider is compiled in; make it the process default.
     let _ = rustls::crypto::ring::default_provider().install_default();
     let cli = Cli::parse();

@@ -251,6 +251,17 @@ http_ok() {
     fi
 }
 
+# wait_listening WHAT PORT: up to 30 s for something to listen on loopback PORT.
+wait_listening() {
+    local what="$1" port="$2"
+    for _ in $(seq 150); do
+        [ -n "$(ss -Hltn "( sport = :$port )")" ] && return 0
+        sleep 0.2
+    done
+    echo "$what did not listen on port $port within 30 s (logs: $WORK)" >&2
+    return 1
+}
+
 # wait_http WHAT [NETNS] HOST PORT: up to 30 s for a 200.
 wait_http() {
     local what="$1"; shift
@@ -524,6 +535,9 @@ load_h1() {
         # shellcheck disable=SC2086
         watch_rss "$out.rss" "$wrk_pid" $RSS_PIDS &
         watch_pid=$!
+        # The watcher's reads (a fork every 0.5 s) stay off the proxy's core: one landing there
+        # would preempt the proxy under test mid-request.
+        if [ ${#PIN_LOAD[@]} -gt 0 ]; then taskset -p -c "$LOAD_CPU" "$watch_pid" >/dev/null; fi
     fi
     if ! wait "$wrk_pid"; then
         note "round $round $section/$target: wrk failed: $(tail -1 "$out")"
@@ -629,6 +643,9 @@ EOF
     start mesh-ca env RUST_LOG=warn "$STRAIT" standalone "$WORK/ca-empty" --no-watch \
         --ca-listen "127.0.0.1:$CA_PORT" --node-name perf-no-such-node
     CA_PID=$LAST_PID
+    # A node started before the CA listens logs a retry, and that error path's code (cold, so
+    # scattered over the binary) would count in its idle RSS.
+    wait_listening "the mesh CA" "$CA_PORT" || return 1
     start_mesh_proxies "" "${PIN_PROXY[@]}"
     wait_http "plain server pod" "$PLAIN_CLIENT_NETNS" "$PLAIN_SERVER_IP" "$MESH_HTTP_PORT" || return 1
     # Idle RSS before the first mesh request (certificates are fetched lazily).

@@ -19,7 +19,8 @@ pub const TRIM_THRESHOLD: usize = 2 * 1024 * 1024;
 pub const MMAP_THRESHOLD: usize = 1024 * 1024;
 
 /// Applies the settings above, unless `GLIBC_TUNABLES` already sets malloc's thresholds (an
-/// operator's choice wins). Call it before the process starts threads.
+/// operator's choice wins). They apply to every thread; call it early, as blocks allocated
+/// before it were placed under glibc's defaults.
 pub fn tune() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     {

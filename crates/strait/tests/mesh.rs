@@ -4,7 +4,7 @@
 //! mTLS) with the `cart` Service and its waypoint, namespace `web` (enrolled) with a client pod,
 //! and namespace `outside` (not enrolled). Everything is removed afterwards, also on failure.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
@@ -12,6 +12,9 @@ use strait::mesh::{CaSource, MeshOptions, WaypointSelection};
 use strait::standalone::{Standalone, StandaloneOptions};
 use strait_echo::advanced::{EchoResponse, parse_client_output};
 use strait_testbed::{Pod, PodSpec, Testbed, TestbedOptions, contains};
+
+mod common;
+use common::TempDir;
 
 const TOPOLOGY: &str = r#"
 apiVersion: v1
@@ -106,14 +109,6 @@ struct Scene {
     waypoint: Pod,
 }
 
-struct TempDir(PathBuf);
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 /// `None` (with the reason printed) when this machine cannot build topologies.
 async fn scene(name: &str) -> Option<Scene> {
     if let Err(reason) = strait_testbed::check_host() {
@@ -149,18 +144,15 @@ async fn scene(name: &str) -> Option<Scene> {
         })
         .await
         .expect("waypoint pod");
-    let dir =
-        TempDir(std::env::temp_dir().join(format!("strait-mesh-{name}-{}", std::process::id())));
-    let _ = std::fs::remove_dir_all(&dir.0);
-    std::fs::create_dir_all(&dir.0).unwrap();
+    let dir = TempDir::new(&format!("mesh-{name}"));
     let mut text = String::new();
     for object in testbed.objects() {
         text.push_str("---\n");
         text.push_str(&serde_json::to_string(&object).unwrap());
         text.push('\n');
     }
-    std::fs::write(dir.0.join("topology.yaml"), text).unwrap();
-    std::fs::write(dir.0.join("route.yaml"), ROUTE).unwrap();
+    dir.write("topology.yaml", &text);
+    dir.write("route.yaml", ROUTE);
     let one = |ns: &str, app: &str| {
         testbed
             .pods_matching(ns, &[("app", app)])

@@ -113,11 +113,10 @@ impl Subscription {
 
     /// Subscribes in a background task until the handle is stopped or dropped. `apply` receives
     /// each new version and its payload (shared, not copied) and returns the future that
-    /// applies it; `Err` rejects
-    /// the version (the proxy keeps its previous config, the reason goes to the controller).
-    /// The version is acked once that future is done, and the next one is not read before. It
-    /// runs on the subscription task, so it should not block for long: a proxy on one CPU runs
-    /// its data plane on the same thread.
+    /// applies it; `Err` rejects the version (the proxy keeps its previous config, the reason
+    /// goes to the controller). The version is acked once that future is done, and the next one
+    /// is not read before. It runs on the subscription task, so it should not block for long: a
+    /// proxy on one CPU runs its data plane on the same thread.
     ///
     /// # Panics
     ///

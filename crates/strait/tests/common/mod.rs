@@ -1,4 +1,4 @@
-//! Fixtures shared by the standalone, runtime and subscription tests: a temp dir, and the
+//! Fixtures shared by the standalone, runtime, subscription and mesh tests: a temp dir, and the
 //! YAML of a Gateway, a Service with its endpoints, and an HTTPRoute.
 #![allow(dead_code)] // each test binary uses its own share of these
 

@@ -67,7 +67,7 @@ impl Default for ControllerOptions {
 pub async fn run(
     client: Client,
     options: ControllerOptions,
-    publish: impl FnMut(&CompileOutput) + Send,
+    publish: impl FnMut(&CompileOutput) + Send + 'static,
 ) {
     let sources = Sources::start(&client);
     run_with_sources(client, sources, options, publish).await
@@ -77,12 +77,13 @@ pub async fn run(
 /// pod cache to decide which identities a node proxy may hold).
 ///
 /// Status writes run in a task of their own ([`write_statuses`]): a change that arrives while
-/// they are under way is compiled and published without waiting for them.
+/// they are under way is compiled and published without waiting for them. Compiling and
+/// publishing run on a blocking-pool thread ([`compile_aside`]), as `publish` is called.
 pub async fn run_with_sources(
     client: Client,
     sources: Sources,
     options: ControllerOptions,
-    mut publish: impl FnMut(&CompileOutput) + Send,
+    publish: impl FnMut(&CompileOutput) + Send + 'static,
 ) {
     sources.wait_ready().await;
     tracing::info!("controller caches ready");
@@ -110,6 +111,8 @@ pub async fn run_with_sources(
     let mut resync = tokio::time::interval(options.resync);
     resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     resync.reset();
+    let controller_name: Arc<str> = options.controller_name.as_str().into();
+    let mut publish = publish;
     let mut snapshot = Snapshot::default();
     loop {
         let started = Instant::now();
@@ -117,12 +120,16 @@ pub async fn run_with_sources(
         if sources.sync_secrets(&snapshot).await {
             snapshot = sources.refresh(std::mem::take(&mut snapshot));
         }
-        let mut output = compile_snapshot(&snapshot, &options.controller_name);
-        let compiled = started.elapsed();
-        publish(&output);
+        let Some(compiled) = compile_aside(snapshot, controller_name.clone(), publish).await else {
+            tracing::info!("runtime shutting down: controller stopped");
+            return;
+        };
+        snapshot = compiled.snapshot;
+        publish = compiled.publish;
+        let mut output = compiled.output;
         tracing::debug!(
-            compile = ?compiled,
-            publish = ?started.elapsed().saturating_sub(compiled),
+            compile = ?compiled.compile_time,
+            publish = ?started.elapsed().saturating_sub(compiled.compile_time),
             "config published"
         );
         let mut failed = false;
@@ -200,6 +207,53 @@ async fn write_statuses(
             () = status_changed.notified() => {}
             () = tokio::time::sleep(RETRY_AFTER_FAILURE), if failed => {}
         }
+    }
+}
+
+/// What [`compile_aside`] hands back: the snapshot and the publisher, to be used again, and
+/// the output, for the provisioner and the status writer.
+struct Compiled<P> {
+    snapshot: Snapshot,
+    output: CompileOutput,
+    publish: P,
+    compile_time: Duration,
+}
+
+/// Compiles `snapshot` and publishes the output on a blocking-pool thread.
+///
+/// At 10,000 routes the compile alone takes over 100 ms, and serializing each proxy's config
+/// tens more. On the runtime's thread that would stall what shares it: the CA's certificate
+/// signing, the config stream's sends to proxies, the watches. A controller with one CPU runs
+/// a current-thread runtime, where it would stall all of them.
+///
+/// A panic while compiling or publishing is raised again here, as it was when both ran in
+/// place; `None` means the runtime is shutting down.
+async fn compile_aside<P>(
+    snapshot: Snapshot,
+    controller_name: Arc<str>,
+    mut publish: P,
+) -> Option<Compiled<P>>
+where
+    P: FnMut(&CompileOutput) + Send + 'static,
+{
+    let work = tokio::task::spawn_blocking(move || {
+        let started = Instant::now();
+        let output = compile_snapshot(&snapshot, &controller_name);
+        let compile_time = started.elapsed();
+        publish(&output);
+        Compiled {
+            snapshot,
+            output,
+            publish,
+            compile_time,
+        }
+    });
+    match work.await {
+        Ok(compiled) => Some(compiled),
+        Err(e) => match e.try_into_panic() {
+            Ok(panic) => std::panic::resume_unwind(panic),
+            Err(_cancelled) => None,
+        },
     }
 }
 

@@ -69,6 +69,8 @@ HAPROXY_H2C=18181
 NGINX_H1=18280
 NGINX_H2C=18281
 CA_PORT=18512         # the mesh CA (loopback only)
+CONFIG_STREAM_PORT=18510  # a standalone serving the config stream to the fed gateway
+FED_PORT=18580        # the gateway fed over the config stream (its config server: +1000)
 HAPROXY_TCP=15202     # inside the plain client pod: HAProxy TCP mode
 HAPROXY_TCP_SPLICE=15203
 IPERF_PORT=5201
@@ -507,6 +509,37 @@ for target in strait haproxy nginx; do
     printf '0\trss\t%s\tidle_mb\t%s\n' "$target" "$(kib_to_mb "$(rss_kib "$(proxy_pid "$target")")")" >>"$WORK/results.tsv"
     printf '0\trss\t%s\tidle_anon_mb\t%s\n' "$target" "$(kib_to_mb "$(RSS_FIELD=RssAnon rss_kib "$(proxy_pid "$target")")")" >>"$WORK/results.tsv"
 done
+
+# The gateway as a cluster runs it: `strait gateway`, fed over the controller's config stream
+# instead of reading files. A standalone compiling the same route (as a Gateway of its own, on
+# FED_PORT) serves that stream with --config-listen. The fed gateway runs code the standalone
+# one does not (the gRPC subscription, applying each version on a blocking-pool thread), so its
+# idle RSS is read on its own, after the same single request; both are stopped before any load.
+measure_fed_gateway() {
+    mkdir -p "$WORK/gateway-fed"
+    sed -e 's/name: gateway, namespace: perf/name: gateway-fed, namespace: perf/' \
+        -e 's/parentRefs: \[{name: gateway}\]/parentRefs: [{name: gateway-fed}]/' \
+        -e "s/port: 80, protocol: HTTP/port: $FED_PORT, protocol: HTTP/" \
+        "$WORK/gateway/gateway.yaml" >"$WORK/gateway-fed/gateway.yaml"
+    start config-stream env RUST_LOG=warn "${PIN_LOAD[@]}" "$STRAIT" standalone "$WORK/gateway-fed" \
+        --address 127.0.0.1 --port-offset 1000 --no-mesh --no-watch \
+        --config-listen "127.0.0.1:$CONFIG_STREAM_PORT"
+    local server_pid=$LAST_PID
+    wait_listening "the config stream" "$CONFIG_STREAM_PORT" || return 1
+    start strait-fed env RUST_LOG=warn "${PIN_PROXY[@]}" "$STRAIT" gateway \
+        --control-plane "http://127.0.0.1:$CONFIG_STREAM_PORT" --gateway perf/gateway-fed \
+        --token-file "$WORK/no-token" --health-listen 127.0.0.1:18523
+    local fed_pid=$LAST_PID
+    wait_http "strait gateway (config stream)" 127.0.0.1 "$FED_PORT" || return 1
+    printf '0\trss\tstrait-fed\tidle_mb\t%s\n' "$(kib_to_mb "$(rss_kib "$fed_pid")")" >>"$WORK/results.tsv"
+    printf '0\trss\tstrait-fed\tidle_anon_mb\t%s\n' "$(kib_to_mb "$(RSS_FIELD=RssAnon rss_kib "$fed_pid")")" >>"$WORK/results.tsv"
+    kill -TERM "$fed_pid" "$server_pid" 2>/dev/null
+    wait "$fed_pid" "$server_pid" 2>/dev/null
+    return 0
+}
+if [ "$HOLD" -eq 0 ]; then
+    measure_fed_gateway || note "the gateway fed over the config stream did not start; its idle RSS is not measured (logs: $WORK/strait-fed.log, $WORK/config-stream.log)"
+fi
 
 # watch_rss OUTFILE PID WATCHED...: highest RSS (KiB) of WATCHED while PID runs.
 watch_rss() {

@@ -169,6 +169,7 @@ async fn main() {
         watch: false,
         gateways: false,
         mesh: Some(MeshOptions::all_in_one()),
+        config_listen: None,
     })
     .await
     .expect("standalone");

@@ -50,6 +50,11 @@ enum Command {
         /// Serve the workload CA over gRPC here (loopback only: it signs any identity asked).
         #[arg(long)]
         ca_listen: Option<SocketAddr>,
+        /// Also serve the compiled configs over the controller's gRPC config stream here, for
+        /// `strait gateway`, `waypoint` and `node` with `--control-plane http://ADDR` (loopback
+        /// only: the stream is unauthenticated and carries Gateways' private keys).
+        #[arg(long)]
+        config_listen: Option<SocketAddr>,
         /// Node proxy: serve only pods with this spec.nodeName.
         #[arg(long)]
         node_name: Option<String>,
@@ -206,6 +211,7 @@ fn main() -> ExitCode {
             echo_backends,
             no_mesh,
             ca_listen,
+            config_listen,
             node_name,
         } => {
             let mesh = (!no_mesh).then(|| MeshOptions {
@@ -220,6 +226,7 @@ fn main() -> ExitCode {
                 !no_watch,
                 echo_backends,
                 mesh,
+                config_listen,
             ))
         }
         Command::Node {
@@ -474,6 +481,7 @@ async fn run_component(dir: PathBuf, watch: bool, mesh: MeshOptions) -> anyhow::
         watch,
         gateways: false,
         mesh: Some(mesh),
+        config_listen: None,
     })
     .await?;
     for error in standalone.load_errors() {
@@ -534,6 +542,7 @@ async fn run_standalone(
     watch: bool,
     echo_backends: bool,
     mesh: Option<MeshOptions>,
+    config_listen: Option<SocketAddr>,
 ) -> anyhow::Result<()> {
     let (dir, address, echo_backends) = match dir {
         Some(dir) => (dir, address, echo_backends),
@@ -560,6 +569,7 @@ async fn run_standalone(
             watch,
             gateways: true,
             mesh,
+            config_listen,
         },
         mode,
     )

@@ -6,6 +6,7 @@
 //! started with; open connections are kept.
 
 use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,6 +18,7 @@ use serde_json::Value;
 use strait_compile::{CONTROLLER_NAME, CompileInput, ObjectStatus, compile};
 use strait_config::ProxyConfig;
 use strait_config::mesh::MeshConfig;
+use strait_controller::publish::Publisher;
 use strait_model::{Snapshot, load_paths, yaml_files};
 use strait_proxy::{Proxy, ProxyOptions};
 use tokio::sync::Mutex;
@@ -40,6 +42,11 @@ pub struct StandaloneOptions {
     pub gateways: bool,
     /// Mesh components to run; `None` runs none.
     pub mesh: Option<MeshOptions>,
+    /// Also serve every compiled config over the gRPC config stream here, scoped as the
+    /// controller scopes it, so that `strait gateway`, `waypoint` and `node` with
+    /// `--control-plane` run as deployed, fed from YAML files instead of a cluster. Loopback
+    /// addresses only: the stream is unauthenticated and carries Gateways' private keys.
+    pub config_listen: Option<SocketAddr>,
 }
 
 impl StandaloneOptions {
@@ -51,6 +58,7 @@ impl StandaloneOptions {
             watch,
             gateways: true,
             mesh: None,
+            config_listen: None,
         }
     }
 }
@@ -66,6 +74,7 @@ struct Inner {
     proxy: Proxy,
     gateways: bool,
     mesh: Option<MeshRuntime>,
+    config_stream: Option<ConfigStream>,
     /// Reloads run one at a time; this also owns the state that carries across reloads.
     reloader: Mutex<Reloader>,
     published: ArcSwap<Published>,
@@ -148,6 +157,10 @@ impl Standalone {
             Some(mesh_options) => Some(MeshRuntime::start(mesh_options).await?),
             None => None,
         };
+        let config_stream = match options.config_listen {
+            Some(listen) => Some(ConfigStream::start(listen).await?),
+            None => None,
+        };
         let inner = Arc::new(Inner {
             dir: options.dir.clone(),
             proxy: Proxy::new(ProxyOptions {
@@ -155,6 +168,7 @@ impl Standalone {
             }),
             gateways: options.gateways,
             mesh,
+            config_stream,
             reloader: Mutex::new(Reloader {
                 store: ObjectStore::default(),
                 addresses: AddressAllocator::new(address_mode),
@@ -211,6 +225,11 @@ impl Standalone {
         self.inner.published.load().mesh.clone()
     }
 
+    /// The address the config stream is served on, when it is.
+    pub fn config_stream_addr(&self) -> Option<SocketAddr> {
+        self.inner.config_stream.as_ref().map(|stream| stream.addr)
+    }
+
     /// The address the workload CA serves gRPC on, when it does.
     pub fn ca_addr(&self) -> Option<std::net::SocketAddr> {
         self.inner.mesh.as_ref().and_then(MeshRuntime::ca_addr)
@@ -226,6 +245,9 @@ impl Standalone {
         if let Some(watcher) = self.watcher {
             watcher.abort();
         }
+        if let Some(stream) = &self.inner.config_stream {
+            stream.stop().await;
+        }
         self.inner.proxy.shutdown(Duration::from_secs(5)).await;
         if let Some(mesh) = &self.inner.mesh {
             mesh.shutdown(true).await;
@@ -237,6 +259,9 @@ impl Standalone {
     pub async fn stop_keeping_rules(self) {
         if let Some(watcher) = self.watcher {
             watcher.abort();
+        }
+        if let Some(stream) = &self.inner.config_stream {
+            stream.stop().await;
         }
         self.inner.proxy.shutdown(Duration::from_secs(1)).await;
         if let Some(mesh) = &self.inner.mesh {
@@ -273,6 +298,9 @@ impl Inner {
             gateway_addresses: &gateway_addresses,
             now: &now_text,
         });
+        if let Some(stream) = &self.config_stream {
+            stream.publish(&output);
+        }
 
         let previous = self.published.load_full();
         let mut statuses = BTreeMap::new();
@@ -356,6 +384,65 @@ impl Inner {
             );
         }
         mesh
+    }
+}
+
+/// The controller's config stream, served from this process's compiles.
+struct ConfigStream {
+    addr: SocketAddr,
+    /// Publishing is synchronous and reloads run one at a time: the lock is never contended.
+    publisher: std::sync::Mutex<Publisher>,
+    stop: tokio::sync::watch::Sender<bool>,
+    server: Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+impl ConfigStream {
+    async fn start(listen: SocketAddr) -> anyhow::Result<ConfigStream> {
+        anyhow::ensure!(
+            listen.ip().is_loopback(),
+            "config stream: {listen} is not a loopback address (the stream is unauthenticated \
+             and carries Gateways' private keys)"
+        );
+        let listener = tokio::net::TcpListener::bind(listen)
+            .await
+            .with_context(|| format!("config stream: cannot listen on {listen}"))?;
+        let addr = listener.local_addr()?;
+        let hub = strait_xds::server::ConfigHub::new();
+        let (stop, mut stopped) = tokio::sync::watch::channel(false);
+        let serving = hub.clone();
+        let server = tokio::spawn(async move {
+            let shutdown = async move {
+                let _ = stopped.wait_for(|stop| *stop).await;
+            };
+            if let Err(e) = strait_xds::server::serve(serving, listener, shutdown).await {
+                tracing::error!(error = %e, "config stream server failed");
+            }
+        });
+        tracing::info!(%addr, "serving the config stream");
+        Ok(ConfigStream {
+            addr,
+            publisher: std::sync::Mutex::new(Publisher::new(hub)),
+            stop,
+            server: Mutex::new(Some(server)),
+        })
+    }
+
+    fn publish(&self, output: &strait_compile::CompileOutput) {
+        // A panic while publishing poisons the lock; the publisher's state (which scopes it
+        // published) is still sound, so later reloads go on publishing.
+        let mut publisher = self
+            .publisher
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        publisher.publish(output);
+    }
+
+    /// Ends the subscriptions (proxies keep their configs and reconnect) and the server.
+    async fn stop(&self) {
+        self.stop.send_replace(true);
+        if let Some(server) = self.server.lock().await.take() {
+            let _ = server.await;
+        }
     }
 }
 

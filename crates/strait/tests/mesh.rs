@@ -183,6 +183,7 @@ impl Scene {
             watch: false,
             gateways: false,
             mesh: Some(mesh),
+            config_listen: None,
         })
         .await
         .expect("standalone starts");

@@ -1,6 +1,7 @@
 //! A gateway fed by the controller's config stream, on a current-thread runtime (the one a
 //! proxy limited to one CPU runs on): versions are applied, served and acked, and a version
-//! that cannot be read is rejected while the previous one keeps serving.
+//! that cannot be read is rejected while the previous one keeps serving. And the same stream
+//! served by `strait standalone --config-listen` from YAML files.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -20,6 +21,8 @@ use common::{TempDir, backend_yaml, echo, gateway_yaml, route_yaml};
 const WAIT: Duration = Duration::from_secs(10);
 const BACKEND: &str = "127.0.0.1:39201";
 const LISTENER_PORT: u16 = 39280;
+const FED_BACKEND: &str = "127.0.0.1:39203";
+const FED_LISTENER_PORT: u16 = 39283;
 
 /// The config a controller would send for one Gateway routing everything to [`BACKEND`],
 /// compiled from YAML by a standalone that is stopped again (freeing its port).
@@ -126,4 +129,81 @@ async fn a_gateway_applies_acks_and_rejects_versions_on_a_current_thread_runtime
 
     subscription.stop().await;
     server.abort();
+}
+
+/// A standalone with a config stream compiles for others: it serves no Gateway itself (here),
+/// and a gateway subscribed to its stream serves the routes and follows its reloads.
+#[tokio::test]
+async fn a_gateway_fed_by_a_standalones_config_stream_follows_its_reloads() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let _backend = echo(FED_BACKEND, "app").await;
+    let dir = TempDir::new("config-stream");
+    dir.write("gateway.yaml", &gateway_yaml(FED_LISTENER_PORT));
+    dir.write(
+        "backend.yaml",
+        &backend_yaml("app", FED_BACKEND.parse().unwrap()),
+    );
+    dir.write("route.yaml", &route_yaml("r", "/", "app"));
+    let standalone = Standalone::start(StandaloneOptions {
+        gateways: false,
+        config_listen: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
+        ..StandaloneOptions::gateways_only(dir.0.clone(), 0, false)
+    })
+    .await
+    .unwrap();
+    let stream = standalone
+        .config_stream_addr()
+        .expect("serving a config stream");
+    let gateway = SocketAddr::from(([127, 0, 0, 1], FED_LISTENER_PORT));
+    assert!(
+        tokio::net::TcpStream::connect(gateway).await.is_err(),
+        "the standalone serves the Gateway itself"
+    );
+
+    let control_plane = ControlPlane {
+        endpoint: format!("http://{stream}"),
+        token_file: None,
+        tls_root: None,
+    };
+    let subscription = subscribe::gateway(&control_plane, "t", "gw");
+    let mut status = subscription.watch_status();
+    let first = wait_for(&mut status, |s| s.last_version.is_some())
+        .await
+        .unwrap_or_else(|| panic!("no config applied: {:?}", subscription.status()))
+        .last_version;
+    assert_eq!(get(gateway).await, 200);
+
+    // The route moves off `/`: after the reload, the subscribed gateway answers 404 there.
+    dir.write("route.yaml", &route_yaml("r", "/elsewhere", "app"));
+    standalone.reload().await.unwrap();
+    let applied = wait_for(&mut status, |s| s.last_version != first).await;
+    assert!(
+        applied.is_some(),
+        "the reload never reached the gateway: {:?}",
+        subscription.status()
+    );
+    assert_eq!(get(gateway).await, 404);
+
+    subscription.stop().await;
+    standalone.shutdown().await;
+}
+
+/// The stream is unauthenticated and carries private keys: it is not offered beyond loopback.
+#[tokio::test]
+async fn a_config_stream_is_refused_on_a_non_loopback_address() {
+    let dir = TempDir::new("config-stream-public");
+    dir.write("gateway.yaml", &gateway_yaml(FED_LISTENER_PORT));
+    let started = Standalone::start(StandaloneOptions {
+        gateways: false,
+        config_listen: Some(SocketAddr::from(([0, 0, 0, 0], 0))),
+        ..StandaloneOptions::gateways_only(dir.0.clone(), 0, false)
+    })
+    .await;
+    let Err(error) = started else {
+        panic!("a config stream on 0.0.0.0 was started");
+    };
+    assert!(
+        format!("{error:#}").contains("not a loopback address"),
+        "{error:#}"
+    );
 }

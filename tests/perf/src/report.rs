@@ -279,6 +279,16 @@ fn rows() -> Vec<Row> {
         "strait",
     ));
     for (label, metric, target) in [
+        (
+            "RSS MB idle: gateway fed over the config stream",
+            "idle_mb",
+            "strait-fed",
+        ),
+        (
+            "of which anonymous: gateway fed over the config stream",
+            "idle_anon_mb",
+            "strait-fed",
+        ),
         ("RSS MB idle: node proxy", "idle_mb", "node"),
         ("of which anonymous: node proxy", "idle_anon_mb", "node"),
         ("RSS MB under mesh load: node proxy", "load_mb", "node"),
@@ -461,6 +471,12 @@ pub fn targets(results: &Results) -> Vec<Target> {
     at_most(
         "idle RSS gateway ≤ 10 MB",
         f.get("rss", "strait", "idle_mb"),
+        Some(10.0),
+        "MB",
+    );
+    at_most(
+        "idle RSS gateway fed over the config stream ≤ 10 MB",
+        f.get("rss", "strait-fed", "idle_mb"),
         Some(10.0),
         "MB",
     );

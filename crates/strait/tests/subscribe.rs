@@ -24,16 +24,22 @@ const LISTENER_PORT: u16 = 39280;
 const FED_BACKEND: &str = "127.0.0.1:39203";
 const FED_LISTENER_PORT: u16 = 39283;
 
+/// Gateway `t/gw` listening on `port`, with one route sending everything to `backend`.
+fn one_route(name: &str, port: u16, backend: &str) -> TempDir {
+    let dir = TempDir::new(name);
+    dir.write("gateway.yaml", &gateway_yaml(port));
+    dir.write(
+        "backend.yaml",
+        &backend_yaml("app", backend.parse().unwrap()),
+    );
+    dir.write("route.yaml", &route_yaml("r", "/", "app"));
+    dir
+}
+
 /// The config a controller would send for one Gateway routing everything to [`BACKEND`],
 /// compiled from YAML by a standalone that is stopped again (freeing its port).
 async fn compiled_gateway_config() -> Vec<u8> {
-    let dir = TempDir::new("subscribe");
-    dir.write("gateway.yaml", &gateway_yaml(LISTENER_PORT));
-    dir.write(
-        "backend.yaml",
-        &backend_yaml("app", BACKEND.parse().unwrap()),
-    );
-    dir.write("route.yaml", &route_yaml("r", "/", "app"));
+    let dir = one_route("subscribe", LISTENER_PORT, BACKEND);
     // A port offset keeps the standalone's own listener off the port the subscriber binds.
     let standalone = Standalone::start(StandaloneOptions::gateways_only(dir.0.clone(), 1, false))
         .await
@@ -137,13 +143,7 @@ async fn a_gateway_applies_acks_and_rejects_versions_on_a_current_thread_runtime
 async fn a_gateway_fed_by_a_standalones_config_stream_follows_its_reloads() {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let _backend = echo(FED_BACKEND, "app").await;
-    let dir = TempDir::new("config-stream");
-    dir.write("gateway.yaml", &gateway_yaml(FED_LISTENER_PORT));
-    dir.write(
-        "backend.yaml",
-        &backend_yaml("app", FED_BACKEND.parse().unwrap()),
-    );
-    dir.write("route.yaml", &route_yaml("r", "/", "app"));
+    let dir = one_route("config-stream", FED_LISTENER_PORT, FED_BACKEND);
     let standalone = Standalone::start(StandaloneOptions {
         gateways: false,
         config_listen: Some(SocketAddr::from(([127, 0, 0, 1], 0))),

@@ -83,7 +83,7 @@ pub async fn run_with_sources(
     client: Client,
     sources: Sources,
     options: ControllerOptions,
-    publish: impl FnMut(&CompileOutput) + Send + 'static,
+    mut publish: impl FnMut(&CompileOutput) + Send + 'static,
 ) {
     sources.wait_ready().await;
     tracing::info!("controller caches ready");
@@ -112,7 +112,6 @@ pub async fn run_with_sources(
     resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     resync.reset();
     let controller_name: Arc<str> = options.controller_name.as_str().into();
-    let mut publish = publish;
     let mut snapshot = Snapshot::default();
     loop {
         let started = Instant::now();

@@ -153,12 +153,13 @@ impl Standalone {
             "{}: not a directory",
             options.dir.display()
         );
-        let mesh = match options.mesh.clone() {
-            Some(mesh_options) => Some(MeshRuntime::start(mesh_options).await?),
-            None => None,
-        };
+        // First: a refused address then leaves nothing started to undo.
         let config_stream = match options.config_listen {
             Some(listen) => Some(ConfigStream::start(listen).await?),
+            None => None,
+        };
+        let mesh = match options.mesh.clone() {
+            Some(mesh_options) => Some(MeshRuntime::start(mesh_options).await?),
             None => None,
         };
         let inner = Arc::new(Inner {
@@ -387,7 +388,8 @@ impl Inner {
     }
 }
 
-/// The controller's config stream, served from this process's compiles.
+/// The controller's config stream, served from this process's compiles. Dropped, it stops
+/// serving (the server's shutdown signal is the dropped sender).
 struct ConfigStream {
     addr: SocketAddr,
     /// Publishing is synchronous and reloads run one at a time: the lock is never contended.

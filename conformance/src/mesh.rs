@@ -72,6 +72,7 @@ impl MeshWorld {
             watch: false,
             gateways: false,
             mesh: Some(MeshOptions::all_in_one()),
+            config_listen: None,
         })
         .await
         .context("starting strait standalone on the mesh topology")?;

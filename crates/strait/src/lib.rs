@@ -10,6 +10,7 @@ pub mod demo;
 pub mod health;
 pub mod mesh;
 pub mod standalone;
+mod stoppable;
 mod store;
 pub mod subscribe;
 

@@ -21,6 +21,8 @@ use strait_proxy::hbone::HBONE_PORT;
 use strait_proxy::waypoint::{Waypoint, WaypointOptions};
 use tokio::sync::{Mutex, watch};
 
+use crate::stoppable::spawn_until_stopped;
+
 /// Where workload certificates come from.
 #[derive(Clone, Debug)]
 pub enum CaSource {
@@ -106,19 +108,10 @@ impl MeshRuntime {
                         .await
                         .with_context(|| format!("CA: cannot listen on {listen}"))?;
                     ca_addr = Some(listener.local_addr()?);
-                    let (stop, mut stopped) = watch::channel(false);
-                    ca_stop = Some(stop);
                     let server_ca = ca.clone();
-                    tokio::spawn(async move {
-                        let shutdown = async move {
-                            let _ = stopped.wait_for(|s| *s).await;
-                        };
-                        if let Err(e) =
-                            strait_identity::serve(server_ca, AllowAll, listener, shutdown).await
-                        {
-                            tracing::error!(error = %e, "CA server failed");
-                        }
-                    });
+                    ca_stop = Some(spawn_until_stopped("CA server", |shutdown| {
+                        strait_identity::serve(server_ca, AllowAll, listener, shutdown)
+                    }));
                     tracing::info!(addr = ?ca_addr, "workload CA serving");
                 }
                 Arc::new(Certificates::from_ca(ca))

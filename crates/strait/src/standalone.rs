@@ -26,6 +26,7 @@ use tokio::sync::Mutex;
 use crate::addresses::{AddressAllocator, AddressMode};
 use crate::aside::run_aside;
 use crate::mesh::{MeshOptions, MeshRuntime};
+use crate::stoppable::spawn_until_stopped;
 use crate::store::ObjectStore;
 use strait_compile::status_merge::keep_transition_times;
 
@@ -247,7 +248,7 @@ impl Standalone {
             watcher.abort();
         }
         if let Some(stream) = &self.inner.config_stream {
-            stream.stop().await;
+            stream.stop();
         }
         self.inner.proxy.shutdown(Duration::from_secs(5)).await;
         if let Some(mesh) = &self.inner.mesh {
@@ -262,7 +263,7 @@ impl Standalone {
             watcher.abort();
         }
         if let Some(stream) = &self.inner.config_stream {
-            stream.stop().await;
+            stream.stop();
         }
         self.inner.proxy.shutdown(Duration::from_secs(1)).await;
         if let Some(mesh) = &self.inner.mesh {
@@ -389,13 +390,12 @@ impl Inner {
 }
 
 /// The controller's config stream, served from this process's compiles. Dropped, it stops
-/// serving (the server's shutdown signal is the dropped sender).
+/// serving (see [`spawn_until_stopped`]).
 struct ConfigStream {
     addr: SocketAddr,
     /// Publishing is synchronous and reloads run one at a time: the lock is never contended.
     publisher: std::sync::Mutex<Publisher>,
     stop: tokio::sync::watch::Sender<bool>,
-    server: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 impl ConfigStream {
@@ -410,22 +410,15 @@ impl ConfigStream {
             .with_context(|| format!("config stream: cannot listen on {listen}"))?;
         let addr = listener.local_addr()?;
         let hub = strait_xds::server::ConfigHub::new();
-        let (stop, mut stopped) = tokio::sync::watch::channel(false);
         let serving = hub.clone();
-        let server = tokio::spawn(async move {
-            let shutdown = async move {
-                let _ = stopped.wait_for(|stop| *stop).await;
-            };
-            if let Err(e) = strait_xds::server::serve(serving, listener, shutdown).await {
-                tracing::error!(error = %e, "config stream server failed");
-            }
+        let stop = spawn_until_stopped("config stream server", |shutdown| {
+            strait_xds::server::serve(serving, listener, shutdown)
         });
         tracing::info!(%addr, "serving the config stream");
         Ok(ConfigStream {
             addr,
             publisher: std::sync::Mutex::new(Publisher::new(hub)),
             stop,
-            server: Mutex::new(Some(server)),
         })
     }
 
@@ -440,11 +433,8 @@ impl ConfigStream {
     }
 
     /// Ends the subscriptions (proxies keep their configs and reconnect) and the server.
-    async fn stop(&self) {
+    fn stop(&self) {
         self.stop.send_replace(true);
-        if let Some(server) = self.server.lock().await.take() {
-            let _ = server.await;
-        }
     }
 }
 

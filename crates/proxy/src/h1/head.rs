@@ -173,9 +173,12 @@ pub(crate) fn parse_request(
                 chunked = true;
             }
             header::CONNECTION => {
-                let (close, keep) = persistence_options(value.as_bytes());
-                saw_close |= close;
-                keep_alive |= keep;
+                let options = ConnectionOptions::parse(value.as_bytes());
+                saw_close |= options.close;
+                keep_alive |= options.keep_alive;
+                if options.persistence_only() {
+                    continue;
+                }
             }
             header::EXPECT => {
                 expect_continue = value.as_bytes().eq_ignore_ascii_case(b"100-continue");
@@ -257,17 +260,36 @@ fn only_chunked(value: &[u8]) -> bool {
         && codings.next().is_none()
 }
 
-/// The `Connection` options that decide persistence: (`close`, `keep-alive`).
-fn persistence_options(value: &[u8]) -> (bool, bool) {
-    value
-        .split(|&b| b == b',')
-        .map(trim)
-        .fold((false, false), |(close, keep_alive), token| {
-            (
-                close || token.eq_ignore_ascii_case(b"close"),
-                keep_alive || token.eq_ignore_ascii_case(b"keep-alive"),
-            )
-        })
+/// What a `Connection` field says.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct ConnectionOptions {
+    close: bool,
+    keep_alive: bool,
+    /// Options other than `close` and `keep-alive` (`upgrade`, or names of hop-by-hop fields).
+    others: bool,
+}
+
+impl ConnectionOptions {
+    fn parse(value: &[u8]) -> ConnectionOptions {
+        let mut options = ConnectionOptions::default();
+        for token in value.split(|&b| b == b',').map(trim) {
+            if token.eq_ignore_ascii_case(b"close") {
+                options.close = true;
+            } else if token.eq_ignore_ascii_case(b"keep-alive") {
+                options.keep_alive = true;
+            } else if !token.is_empty() {
+                options.others = true;
+            }
+        }
+        options
+    }
+
+    /// Whether the field only decides persistence, which the parsed head carries: it names no
+    /// other field, so it can be left out of the map instead of being stripped from it at every
+    /// hop (nginx, for one, sends `Connection: keep-alive` with every response).
+    fn persistence_only(self) -> bool {
+        !self.others
+    }
 }
 
 fn parse_error_reason(e: httparse::Error) -> &'static str {
@@ -488,9 +510,12 @@ pub(crate) fn parse_response(
                 transfer_encoding = true;
             }
             header::CONNECTION => {
-                let (close, keep) = persistence_options(value.as_bytes());
-                saw_close |= close;
-                keep_alive |= keep;
+                let options = ConnectionOptions::parse(value.as_bytes());
+                saw_close |= options.close;
+                keep_alive |= options.keep_alive;
+                if options.persistence_only() {
+                    continue;
+                }
             }
             _ => {}
         }
@@ -599,14 +624,52 @@ mod tests {
                       Content-Type: text/plain\r\nContent-Length: 13\r\nConnection: keep-alive\r\n";
         let mut buf = BytesMut::from(format!("HTTP/1.1 200 OK\r\n{fields}\r\n").as_str());
         let head = parse_response(&mut buf, false).unwrap().unwrap();
-        assert_eq!(head.response.headers().len(), 5);
+        // `Connection: keep-alive` decided persistence and is not kept.
+        assert_eq!(head.response.headers().len(), 4);
         assert!(head.response.headers().capacity() <= 6);
 
         let many: String = (0..20).map(|i| format!("X-{i}: {i}\r\n")).collect();
         let mut buf = BytesMut::from(format!("HTTP/1.1 200 OK\r\n{fields}{many}\r\n").as_str());
         let head = parse_response(&mut buf, false).unwrap().unwrap();
-        assert_eq!(head.response.headers().len(), 25);
+        assert_eq!(head.response.headers().len(), 24);
         assert_eq!(head.response.headers()["x-19"], "19");
+    }
+
+    /// A `Connection` field that only decides persistence is read and left out of the map;
+    /// one naming anything else stays, for the hop-by-hop strip to act on.
+    #[test]
+    fn connection_fields_that_only_decide_persistence_are_not_kept() {
+        let response = |connection: &str| {
+            let raw = format!("HTTP/1.1 200 OK\r\nContent-Length: 0\r\n{connection}\r\n");
+            parse_response(&mut BytesMut::from(raw.as_str()), false)
+                .unwrap()
+                .unwrap()
+        };
+        let closing = response("Connection: Close\r\n");
+        assert!(!closing.keep_alive);
+        assert!(closing.response.headers().get(header::CONNECTION).is_none());
+        let naming = response("Connection: keep-alive\r\nConnection: close, X-Hop\r\n");
+        assert!(!naming.keep_alive);
+        let kept: Vec<_> = naming
+            .response
+            .headers()
+            .get_all(header::CONNECTION)
+            .iter()
+            .collect();
+        assert_eq!(kept, ["close, X-Hop"]);
+
+        let request = |connection: &str| {
+            let raw = format!("GET / HTTP/1.1\r\nHost: a\r\n{connection}\r\n");
+            parse_request(&mut BytesMut::from(raw.as_str()), &mut None)
+                .unwrap()
+                .unwrap()
+        };
+        let keeping = request("Connection: keep-alive\r\n");
+        assert!(keeping.keep_alive);
+        assert!(keeping.request.headers().get(header::CONNECTION).is_none());
+        let upgrading = request("Connection: Upgrade\r\nUpgrade: websocket\r\n");
+        assert!(upgrading.wants_upgrade);
+        assert_eq!(upgrading.request.headers()[header::CONNECTION], "Upgrade");
     }
 
     #[test]

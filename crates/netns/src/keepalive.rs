@@ -10,6 +10,13 @@
 //! HTTP/2 PINGs they cannot trip a backend's ping-abuse limits (by default, a gRPC server
 //! closes the connection of a client that PINGs more often than every five minutes).
 //!
+//! Keep-alive probes only go out on a connection with nothing in flight. A peer that vanishes
+//! while data to it is unacknowledged (a write to a dead node) would instead be retransmitted
+//! to for the kernel's `tcp_retries2` (about 15 minutes). [`USER_TIMEOUT`] bounds that to the
+//! same two minutes: a connection whose sent data goes unacknowledged for that long, with
+//! nothing heard from the peer, is reset. A live peer that is only slow (a zero window) keeps
+//! answering, and keeps its connection.
+//!
 //! Set on listening sockets, the options are inherited by every connection accepted from
 //! them, which costs no system call per connection.
 
@@ -26,14 +33,22 @@ pub const INTERVAL: Duration = Duration::from_secs(10);
 /// Unanswered probes after which the kernel resets the connection.
 pub const PROBES: u32 = 6;
 
-/// Enables keep-alive with the values above on a connected or listening TCP socket.
+/// How long sent data may go unacknowledged, the peer silent, before the kernel resets the
+/// connection (`TCP_USER_TIMEOUT`): as long as an idle connection's probes take to fail, so a
+/// dead peer is noticed in the same time either way.
+pub const USER_TIMEOUT: Duration = IDLE.saturating_add(INTERVAL.saturating_mul(PROBES));
+
+/// Enables keep-alive and the user timeout with the values above on a connected or listening
+/// TCP socket.
 pub fn enable(socket: &impl AsFd) -> io::Result<()> {
-    SockRef::from(socket).set_tcp_keepalive(
+    let socket = SockRef::from(socket);
+    socket.set_tcp_keepalive(
         &TcpKeepalive::new()
             .with_time(IDLE)
             .with_interval(INTERVAL)
             .with_retries(PROBES),
-    )
+    )?;
+    socket.set_tcp_user_timeout(Some(USER_TIMEOUT))
 }
 
 #[cfg(test)]
@@ -45,6 +60,7 @@ mod tests {
         assert_eq!(socket.tcp_keepalive_time().unwrap(), IDLE);
         assert_eq!(socket.tcp_keepalive_interval().unwrap(), INTERVAL);
         assert_eq!(socket.tcp_keepalive_retries().unwrap(), PROBES);
+        assert_eq!(socket.tcp_user_timeout().unwrap(), Some(USER_TIMEOUT));
     }
 
     #[tokio::test]
@@ -57,6 +73,8 @@ mod tests {
         let (accepted, _) = accepted.unwrap();
         assert_enabled(SockRef::from(&accepted));
         // The other end was not touched.
-        assert!(!SockRef::from(&client.unwrap()).keepalive().unwrap());
+        let client = client.unwrap();
+        assert!(!SockRef::from(&client).keepalive().unwrap());
+        assert_eq!(SockRef::from(&client).tcp_user_timeout().unwrap(), None);
     }
 }

@@ -84,6 +84,11 @@ mod tests {
             getsockopt(socket, sockopt::TcpKeepCount).unwrap(),
             keepalive::PROBES
         );
+        let user_timeout = getsockopt(socket, sockopt::TcpUserTimeout).unwrap();
+        assert_eq!(
+            u128::from(user_timeout),
+            keepalive::USER_TIMEOUT.as_millis()
+        );
     }
 
     #[tokio::test]

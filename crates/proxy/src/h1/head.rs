@@ -272,6 +272,11 @@ struct ConnectionOptions {
 impl ConnectionOptions {
     fn parse(value: &[u8]) -> ConnectionOptions {
         let mut options = ConnectionOptions::default();
+        // The usual value, alone: no splitting.
+        if value.eq_ignore_ascii_case(b"keep-alive") {
+            options.keep_alive = true;
+            return options;
+        }
         for token in value.split(|&b| b == b',').map(trim) {
             if token.eq_ignore_ascii_case(b"close") {
                 options.close = true;

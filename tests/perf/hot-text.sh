@@ -2,8 +2,11 @@
 # Regenerates crates/strait/hot-text.ld, the linker script that places the code the proxies run
 # together ahead of the rest (docs/architecture.md, "One binary"). It runs a quick benchmark
 # (tests/perf/run.sh --quick) with every strait process under callgrind, then writes a script
-# naming the functions they executed: the gateway's, the node proxy's, the waypoint's and the
-# mesh CA's, at start and on the request paths the benchmark drives.
+# naming the functions the proxies executed, at start and on the request paths the benchmark
+# drives: the gateway's (standalone, and fed over the config stream) and the node proxy's and
+# the waypoint's (fed over the config stream, as a cluster runs them). The standalones that
+# stand in for the controller (serving the CA or the config stream) run unprofiled: in a
+# cluster that code runs in the controller, whose layout this script does not make.
 #
 #   sudo tests/perf/hot-text.sh                # trains the dist build
 #   sudo tests/perf/hot-text.sh --binary BIN   # trains another build of strait
@@ -62,10 +65,12 @@ WORK="$(mktemp -d /tmp/strait-hot-text.XXXXXX)"
 trap 'rm -rf "$WORK"' EXIT
 mkdir "$WORK/profiles"
 # run.sh starts this in place of strait; callgrind names each profile after the process id.
-# (`strait --version`, which run.sh asks for its report, is not a proxy: it runs as is.)
+# (`strait --version`, which run.sh asks for its report, is not a proxy: it runs as is, as do
+# the standalones standing in for the controller.)
 {
     echo '#!/bin/bash'
     printf '[ "$1" = --version ] && exec %q "$@"\n' "$BINARY"
+    printf 'case " $* " in *" --ca-listen "* | *" --config-listen "*) exec %q "$@" ;; esac\n' "$BINARY"
     printf 'exec valgrind --tool=callgrind --demangle=no --dump-instr=no --callgrind-out-file=%q %q "$@"\n' \
         "$WORK/profiles/%p.callgrind" "$BINARY"
 } >"$WORK/strait"

@@ -70,6 +70,7 @@ NGINX_H1=18280
 NGINX_H2C=18281
 CA_PORT=18512         # the mesh CA (loopback only)
 CONFIG_STREAM_PORT=18510  # a standalone serving the config stream to the fed gateway
+MESH_CONFIG_PORT=18511    # a standalone serving the config stream to the node proxy and waypoint
 FED_PORT=18580        # the gateway fed over the config stream (its config server: +1000)
 HAPROXY_TCP=15202     # inside the plain client pod: HAProxy TCP mode
 HAPROXY_TCP_SPLICE=15203
@@ -616,17 +617,21 @@ load_h2c() {
 }
 
 # ---------------------------------------------------------------------------------------------
-# Mesh topology: namespaces by the helper, nginx + iperf3 in the server pods, the CA, the node
-# proxy and the waypoint as separate strait processes.
+# Mesh topology: namespaces by the helper, nginx + iperf3 in the server pods, and as separate
+# strait processes the control plane (the CA, and a standalone compiling the topology that serves
+# the config stream) and the node proxy and waypoint it feeds, as a cluster runs them.
 MESH_OK=0
 # start_mesh_proxies LOG_SUFFIX [PIN...]: the node proxy and the waypoint (NODE_PID,
-# WAYPOINT_PID), logging to mesh-node$LOG_SUFFIX.log and mesh-waypoint$LOG_SUFFIX.log.
+# WAYPOINT_PID), fed over the config stream, logging to mesh-node$LOG_SUFFIX.log and
+# mesh-waypoint$LOG_SUFFIX.log.
 start_mesh_proxies() {
     local suffix="$1"; shift
-    start "mesh-node$suffix" env RUST_LOG=warn "$@" "$STRAIT" node "$MESH_DIR" --no-watch \
+    start "mesh-node$suffix" env RUST_LOG=warn "$@" "$STRAIT" node \
+        --control-plane "http://127.0.0.1:$MESH_CONFIG_PORT" --token-file "$WORK/no-token" \
         --ca "http://127.0.0.1:$CA_PORT" --node-name strait-node --health-listen 127.0.0.1:18521
     NODE_PID=$LAST_PID
-    start "mesh-waypoint$suffix" env RUST_LOG=warn "$@" "$STRAIT" waypoint "$MESH_DIR" --no-watch \
+    start "mesh-waypoint$suffix" env RUST_LOG=warn "$@" "$STRAIT" waypoint \
+        --control-plane "http://127.0.0.1:$MESH_CONFIG_PORT" --token-file "$WORK/no-token" \
         --namespace bench --name waypoint --ca "http://127.0.0.1:$CA_PORT" \
         --netns "$WAYPOINT_NETNS" --health-listen 127.0.0.1:18522
     WAYPOINT_PID=$LAST_PID
@@ -679,9 +684,16 @@ EOF
     # A node started before the CA listens logs a retry, and that error path's code (cold, so
     # scattered over the binary) would count in its idle RSS.
     wait_listening "the mesh CA" "$CA_PORT" || return 1
+    # The topology has no Gateway of class strait: this standalone only compiles and publishes.
+    start mesh-config env RUST_LOG=warn "${PIN_LOAD[@]}" "$STRAIT" standalone "$MESH_DIR" \
+        --address 127.0.0.1 --no-mesh --no-watch --config-listen "127.0.0.1:$MESH_CONFIG_PORT"
+    wait_listening "the mesh's config stream" "$MESH_CONFIG_PORT" || return 1
     start_mesh_proxies "" "${PIN_PROXY[@]}"
     wait_http "plain server pod" "$PLAIN_CLIENT_NETNS" "$PLAIN_SERVER_IP" "$MESH_HTTP_PORT" || return 1
-    # Idle RSS before the first mesh request (certificates are fetched lazily).
+    # Idle RSS before the first mesh request, once both proxies have applied a config from the
+    # stream (their health endpoints say so).
+    PATH_URL=/healthz/ready wait_http "the node proxy's health" 127.0.0.1 18521 || return 1
+    PATH_URL=/healthz/ready wait_http "the waypoint's health" 127.0.0.1 18522 || return 1
     sleep 1
     printf '0\trss\tnode\tidle_mb\t%s\n' "$(kib_to_mb "$(rss_kib "$NODE_PID")")" >>"$WORK/results.tsv"
     printf '0\trss\twaypoint\tidle_mb\t%s\n' "$(kib_to_mb "$(rss_kib "$WAYPOINT_PID")")" >>"$WORK/results.tsv"
@@ -840,7 +852,7 @@ for target in strait haproxy nginx; do
 done
 
 # Errors logged by the proxies during the run.
-for name in strait mesh-node mesh-waypoint mesh-node-all-cpus mesh-waypoint-all-cpus mesh-ca; do
+for name in strait mesh-node mesh-waypoint mesh-node-all-cpus mesh-waypoint-all-cpus mesh-ca mesh-config config-stream strait-fed; do
     f="$WORK/$name.log"
     [ -s "$f" ] || continue
     n="$(grep -c -iE 'error|warn' "$f" || true)"

@@ -179,6 +179,15 @@ else
     log "building strait (dist profile)"
     (cd "$ROOT" && cargo build --profile dist -q -p strait)
 fi
+# ...and with the environment its image sets (the Dockerfile's `ENV GLIBC_TUNABLES=`, glibc's
+# allocator tuning), through a wrapper that passes it to every strait process and nothing else.
+IMAGE_ENV="$(sed -n 's/^ENV \(GLIBC_TUNABLES=[^[:space:]]*\)$/\1/p' "$ROOT/Dockerfile")"
+[ -n "$IMAGE_ENV" ] || { echo "Dockerfile: no ENV GLIBC_TUNABLES= line" >&2; exit 1; }
+printf '#!/bin/sh\nexec env %q %q "$@"\n' "$IMAGE_ENV" "$STRAIT" >"$WORK/strait-as-shipped"
+chmod +x "$WORK/strait-as-shipped"
+BUILD="$BUILD; run with the image's $IMAGE_ENV"
+STRAIT_BINARY="$STRAIT"
+STRAIT="$WORK/strait-as-shipped"
 
 HARD_NOFILE="$(ulimit -Hn)"
 if [ "$HARD_NOFILE" = unlimited ] || [ "$HARD_NOFILE" -gt 65536 ]; then HARD_NOFILE=65536; fi
@@ -445,7 +454,7 @@ EOF
 # between its two markers): the script names some functions by symbols that another compiler
 # or dependency version renames, and the idle RSS rows grow back when it no longer applies
 # (docs/architecture.md, "One binary").
-read -r HOT_START HOT_END < <(nm "$STRAIT" 2>/dev/null | awk '
+read -r HOT_START HOT_END < <(nm "$STRAIT_BINARY" 2>/dev/null | awk '
     $3 == "__strait_hot_text_start" { start = $1 }
     $3 == "__strait_hot_text_end" { end = $1 }
     END { print start, end }') || true
@@ -468,7 +477,7 @@ fi
     echo "load:     $(cut -d' ' -f1-3 /proc/loadavg) (1/5/15-min load average when the run started; other work on the machine skews every figure)"
     echo "strait:   $("$STRAIT" --version 2>&1 | head -1) ($BUILD)"
     # The compiler that built the binary measured (recorded in its .comment section).
-    echo "rustc:    $(readelf -p .comment "$STRAIT" 2>/dev/null | grep -o -m1 'rustc version .*' || echo unknown)"
+    echo "rustc:    $(readelf -p .comment "$STRAIT_BINARY" 2>/dev/null | grep -o -m1 'rustc version .*' || echo unknown)"
     echo "layout:   $LAYOUT"
     echo "haproxy:  $(haproxy -v 2>&1 | head -1)"
     echo "nginx:    $(nginx -v 2>&1 | head -1)"

@@ -12,6 +12,10 @@
 //! Setting the trim threshold switches off glibc's adaptive `mmap` threshold, so that one is set
 //! too, above the proxies' largest regular buffers: below it, blocks come from the heap and are
 //! reused rather than mapped and unmapped one by one.
+//!
+//! The size of glibc's per-thread cache has no `mallopt` parameter: glibc reads it from
+//! `GLIBC_TUNABLES` at start only, so the image sets it (see the `Dockerfile` and
+//! docs/architecture.md).
 
 /// Free bytes the top of a heap may keep before glibc returns them to the kernel.
 pub const TRIM_THRESHOLD: usize = 2 * 1024 * 1024;

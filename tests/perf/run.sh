@@ -520,6 +520,17 @@ for target in strait haproxy nginx; do
     printf '0\trss\t%s\tidle_anon_mb\t%s\n' "$target" "$(kib_to_mb "$(RSS_FIELD=RssAnon rss_kib "$(proxy_pid "$target")")")" >>"$WORK/results.tsv"
 done
 
+# start_config_server NAME DIR PORT: a standalone compiling DIR and serving its configs over the
+# controller's config stream on 127.0.0.1:PORT (as the controller would), logging to NAME.log;
+# returns once it listens. Its own Gateways, if any, are served on their ports + 1000.
+start_config_server() {
+    local name="$1" dir="$2" port="$3"
+    start "$name" env RUST_LOG=warn "${PIN_LOAD[@]}" "$STRAIT" standalone "$dir" \
+        --address 127.0.0.1 --port-offset 1000 --no-mesh --no-watch \
+        --config-listen "127.0.0.1:$port"
+    wait_listening "the config stream ($name)" "$port"
+}
+
 # The gateway as a cluster runs it: `strait gateway`, fed over the controller's config stream
 # instead of reading files. A standalone compiling the same route (as a Gateway of its own, on
 # FED_PORT) serves that stream with --config-listen. The fed gateway runs code the standalone
@@ -531,11 +542,8 @@ measure_fed_gateway() {
         -e 's/parentRefs: \[{name: gateway}\]/parentRefs: [{name: gateway-fed}]/' \
         -e "s/port: 80, protocol: HTTP/port: $FED_PORT, protocol: HTTP/" \
         "$WORK/gateway/gateway.yaml" >"$WORK/gateway-fed/gateway.yaml"
-    start config-stream env RUST_LOG=warn "${PIN_LOAD[@]}" "$STRAIT" standalone "$WORK/gateway-fed" \
-        --address 127.0.0.1 --port-offset 1000 --no-mesh --no-watch \
-        --config-listen "127.0.0.1:$CONFIG_STREAM_PORT"
+    start_config_server config-stream "$WORK/gateway-fed" "$CONFIG_STREAM_PORT" || return 1
     local server_pid=$LAST_PID
-    wait_listening "the config stream" "$CONFIG_STREAM_PORT" || return 1
     start strait-fed env RUST_LOG=warn "${PIN_PROXY[@]}" "$STRAIT" gateway \
         --control-plane "http://127.0.0.1:$CONFIG_STREAM_PORT" --gateway perf/gateway-fed \
         --token-file "$WORK/no-token" --health-listen 127.0.0.1:18523
@@ -694,9 +702,7 @@ EOF
     # scattered over the binary) would count in its idle RSS.
     wait_listening "the mesh CA" "$CA_PORT" || return 1
     # The topology has no Gateway of class strait: this standalone only compiles and publishes.
-    start mesh-config env RUST_LOG=warn "${PIN_LOAD[@]}" "$STRAIT" standalone "$MESH_DIR" \
-        --address 127.0.0.1 --no-mesh --no-watch --config-listen "127.0.0.1:$MESH_CONFIG_PORT"
-    wait_listening "the mesh's config stream" "$MESH_CONFIG_PORT" || return 1
+    start_config_server mesh-config "$MESH_DIR" "$MESH_CONFIG_PORT" || return 1
     start_mesh_proxies "" "${PIN_PROXY[@]}"
     wait_http "plain server pod" "$PLAIN_CLIENT_NETNS" "$PLAIN_SERVER_IP" "$MESH_HTTP_PORT" || return 1
     # Idle RSS before the first mesh request, once both proxies have applied a config from the

@@ -244,30 +244,27 @@ impl Standalone {
 
     /// Stops watching and serving; open connections get a short grace period.
     pub async fn shutdown(self) {
-        if let Some(watcher) = self.watcher {
-            watcher.abort();
-        }
-        if let Some(stream) = &self.inner.config_stream {
-            stream.stop();
-        }
-        self.inner.proxy.shutdown(Duration::from_secs(5)).await;
-        if let Some(mesh) = &self.inner.mesh {
-            mesh.shutdown(true).await;
-        }
+        self.stop(Duration::from_secs(5), true).await;
     }
 
     /// Stops as a crashed or restarted process would look to the pods: listeners close, the
     /// capture rules stay (so pods fail closed until a new process takes over).
     pub async fn stop_keeping_rules(self) {
+        self.stop(Duration::from_secs(1), false).await;
+    }
+
+    /// Stops watching, the config stream and the proxies (open connections get `grace`); the
+    /// mesh's capture rules are removed when `remove_rules` is set.
+    async fn stop(self, grace: Duration, remove_rules: bool) {
         if let Some(watcher) = self.watcher {
             watcher.abort();
         }
         if let Some(stream) = &self.inner.config_stream {
             stream.stop();
         }
-        self.inner.proxy.shutdown(Duration::from_secs(1)).await;
+        self.inner.proxy.shutdown(grace).await;
         if let Some(mesh) = &self.inner.mesh {
-            mesh.shutdown(false).await;
+            mesh.shutdown(remove_rules).await;
         }
     }
 }

@@ -261,7 +261,7 @@ fn only_chunked(value: &[u8]) -> bool {
 }
 
 /// What a `Connection` field says.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default)]
 struct ConnectionOptions {
     close: bool,
     keep_alive: bool,

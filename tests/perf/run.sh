@@ -75,6 +75,7 @@ FED_PORT=18580        # the gateway fed over the config stream (its config serve
 HAPROXY_TCP=15202     # inside the plain client pod: HAProxy TCP mode
 HAPROXY_TCP_SPLICE=15203
 IPERF_PORT=5201
+CAPTURED_PORT=5202    # the captured client pod dials this; its capture rule takes it to HAProxy
 MESH_HTTP_PORT=8080   # nginx inside the server pods
 PATH_URL="/api/hello"
 HOST_HEADER="example.com"
@@ -638,6 +639,28 @@ load_h2c() {
 # strait processes the control plane (the CA, and a standalone compiling the topology that serves
 # the config stream) and the node proxy and waypoint it feeds, as a cluster runs them.
 MESH_OK=0
+# haproxy_tcp_head: global and defaults of the HAProxy TCP-mode configurations.
+haproxy_tcp_head() {
+    cat <<EOF
+global
+    nbthread 1
+defaults
+    mode tcp
+    timeout connect 5s
+    timeout client 600s
+    timeout server 600s
+EOF
+}
+# haproxy_spliced_listener: HAProxy TCP mode with splice, from 127.0.0.1 to the plain server pod.
+haproxy_spliced_listener() {
+    cat <<EOF
+listen spliced
+    bind 127.0.0.1:$HAPROXY_TCP_SPLICE
+    option splice-request
+    option splice-response
+    server s $PLAIN_SERVER_IP:$IPERF_PORT
+EOF
+}
 # start_mesh_proxies LOG_SUFFIX [PIN...]: the node proxy and the waypoint (NODE_PID,
 # WAYPOINT_PID), fed over the config stream, logging to mesh-node$LOG_SUFFIX.log and
 # mesh-waypoint$LOG_SUFFIX.log.
@@ -676,25 +699,25 @@ start_mesh() {
     done
     # HAProxy TCP mode inside the plain client pod: client -> 127.0.0.1 -> HAProxy -> veth ->
     # server pod, the same wires as the node proxy's in-pod listener.
-    cat >"$WORK/haproxy-tcp.cfg" <<EOF
-global
-    nbthread 1
-defaults
-    mode tcp
-    timeout connect 5s
-    timeout client 600s
-    timeout server 600s
-listen plain
-    bind 127.0.0.1:$HAPROXY_TCP
-    server s $PLAIN_SERVER_IP:$IPERF_PORT
-listen spliced
-    bind 127.0.0.1:$HAPROXY_TCP_SPLICE
-    option splice-request
-    option splice-response
-    server s $PLAIN_SERVER_IP:$IPERF_PORT
-EOF
+    {
+        haproxy_tcp_head
+        printf 'listen plain\n    bind 127.0.0.1:%s\n    server s %s:%s\n' "$HAPROXY_TCP" "$PLAIN_SERVER_IP" "$IPERF_PORT"
+        haproxy_spliced_listener
+    } >"$WORK/haproxy-tcp.cfg"
     start haproxy-tcp ip netns exec "$PLAIN_CLIENT_NETNS" "${PIN_PROXY[@]}" haproxy -db -f "$WORK/haproxy-tcp.cfg"
     HAPROXY_TCP_PID=$LAST_PID
+    # The same spliced HAProxy in the captured client pod, reached the way the node's in-pod
+    # listener is: the client dials the server pod and a nat REDIRECT rule, as the node installs
+    # in an enrolled pod, takes the connection to 127.0.0.1. Connection tracking, the address
+    # rewrite and the client's segment size (from the pod interface's MTU, not loopback's) then
+    # cost HAProxy what they cost the passthrough. The rule matches its own port only, so
+    # HAProxy's connection to the server is not taken back.
+    { haproxy_tcp_head; haproxy_spliced_listener; } >"$WORK/haproxy-captured.cfg"
+    ip netns exec "$CAPTURED_CLIENT_NETNS" iptables -t nat -A OUTPUT -p tcp -d "$PLAIN_SERVER_IP" \
+        --dport "$CAPTURED_PORT" -j REDIRECT --to-ports "$HAPROXY_TCP_SPLICE" ||
+        { note "cannot add the capture rule in the captured client pod"; return 1; }
+    start haproxy-captured ip netns exec "$CAPTURED_CLIENT_NETNS" "${PIN_PROXY[@]}" haproxy -db -f "$WORK/haproxy-captured.cfg"
+    HAPROXY_CAPTURED_PID=$LAST_PID
     start mesh-ca env RUST_LOG=warn "$STRAIT" standalone "$WORK/ca-empty" --no-watch \
         --ca-listen "127.0.0.1:$CA_PORT" --node-name perf-no-such-node
     CA_PID=$LAST_PID
@@ -721,6 +744,8 @@ EOF
         timeout 10 ip netns exec "$check" iperf3 -c "$PLAIN_SERVER_IP" -p "$IPERF_PORT" -t 1 -J >/dev/null 2>&1 ||
             note "iperf3 from $check to the plain server pod failed"
     done
+    timeout 10 ip netns exec "$CAPTURED_CLIENT_NETNS" iperf3 -c "$PLAIN_SERVER_IP" -p "$CAPTURED_PORT" -t 1 -J >/dev/null 2>&1 ||
+        note "iperf3 from the captured client pod through HAProxy failed"
     MESH_OK=1
 }
 if ! start_mesh; then
@@ -808,6 +833,7 @@ for round in $(seq "$ROUNDS"); do
         load_bulk "$round" passthrough "$MESH_CLIENT_NETNS" "$PLAIN_SERVER_IP" "$IPERF_PORT" "$NODE_PID"
         load_bulk "$round" haproxy "$PLAIN_CLIENT_NETNS" 127.0.0.1 "$HAPROXY_TCP" "$HAPROXY_TCP_PID"
         load_bulk "$round" haproxy-splice "$PLAIN_CLIENT_NETNS" 127.0.0.1 "$HAPROXY_TCP_SPLICE" "$HAPROXY_TCP_PID"
+        load_bulk "$round" haproxy-splice-captured "$CAPTURED_CLIENT_NETNS" "$PLAIN_SERVER_IP" "$CAPTURED_PORT" "$HAPROXY_CAPTURED_PID"
     fi
 done
 # ---------------------------------------------------------------------------------------------

@@ -13,7 +13,9 @@ use strait_testbed::{Pod, PodSpec, Testbed, TestbedOptions};
 /// Enrolled namespace `bench`: a server and a client pod, a Service `direct` (node to node over
 /// HBONE only) and a Service `routed` whose HTTPRoute sends it through the waypoint. Namespace
 /// `plain` is out of the mesh: the pod-to-pod baseline and the out-of-mesh peer of the node's
-/// plain passthrough. No pod runs an in-process echo server: `run.sh` starts nginx and iperf3
+/// plain passthrough. Its `captured-client` pod gets one capture rule from `run.sh` (not the
+/// node's): HAProxy behind it pays what an enrolled pod's traffic pays before reaching the node,
+/// so the passthrough can be compared like for like. No pod runs an in-process echo server: `run.sh` starts nginx and iperf3
 /// inside the pods, the same backend as everywhere else.
 const TOPOLOGY: &str = r#"
 apiVersion: v1
@@ -93,6 +95,17 @@ spec:
     spec:
       containers:
       - {name: load, image: load}
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: captured-client, namespace: plain}
+spec:
+  selector: {matchLabels: {app: captured-client}}
+  template:
+    metadata: {labels: {app: captured-client}}
+    spec:
+      containers:
+      - {name: load, image: load}
 "#;
 
 /// Builds the topology, writes `DIR/topology.yaml` and `DIR/env` (the `KEY=value` lines also
@@ -162,6 +175,7 @@ async fn serve(testbed: &Testbed, dir: &Path, signals: Signals) -> anyhow::Resul
     };
     let (mesh_client, mesh_server) = (pod("bench", "client")?, pod("bench", "server")?);
     let (plain_client, plain_server) = (pod("plain", "client")?, pod("plain", "server")?);
+    let captured_client = pod("plain", "captured-client")?;
     let env = [
         ("MESH_DIR", dir.display().to_string()),
         ("NODE_NETNS", testbed.node_netns_name().to_string()),
@@ -171,6 +185,7 @@ async fn serve(testbed: &Testbed, dir: &Path, signals: Signals) -> anyhow::Resul
         ("PLAIN_CLIENT_NETNS", plain_client.netns.clone()),
         ("PLAIN_SERVER_NETNS", plain_server.netns.clone()),
         ("PLAIN_SERVER_IP", plain_server.ip.to_string()),
+        ("CAPTURED_CLIENT_NETNS", captured_client.netns.clone()),
         ("WAYPOINT_NETNS", waypoint.netns.clone()),
         ("DIRECT_VIP", vip("direct")?),
         ("ROUTED_VIP", vip("routed")?),
@@ -227,7 +242,7 @@ mod tests {
     fn topology_parses_and_env_renders() {
         let docs = strait_testbed::parse_manifests(TOPOLOGY, "t").unwrap();
         let kinds: Vec<&str> = docs.iter().filter_map(|d| d["kind"].as_str()).collect();
-        assert_eq!(kinds.iter().filter(|k| **k == "Deployment").count(), 4);
+        assert_eq!(kinds.iter().filter(|k| **k == "Deployment").count(), 5);
         assert!(kinds.contains(&"HTTPRoute"));
         let env = render_env(&[("A", "1".into()), ("B", "x-y".into())]);
         assert_eq!(env, "A=1\nB=x-y\n");

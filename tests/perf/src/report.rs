@@ -237,6 +237,11 @@ fn rows() -> Vec<Row> {
             "passthrough",
             "haproxy",
         ),
+        (
+            "bulk TCP Gbit/s: node plain passthrough vs HAProxy TCP (splice) behind the same capture rule",
+            "passthrough",
+            "haproxy-splice-captured",
+        ),
     ] {
         rows.push(row(
             label,

@@ -15,8 +15,8 @@ use strait_testbed::{Pod, PodSpec, Testbed, TestbedOptions};
 /// `plain` is out of the mesh: the pod-to-pod baseline and the out-of-mesh peer of the node's
 /// plain passthrough. Its `captured-client` pod gets one capture rule from `run.sh` (not the
 /// node's): HAProxy behind it pays what an enrolled pod's traffic pays before reaching the node,
-/// so the passthrough can be compared like for like. No pod runs an in-process echo server: `run.sh` starts nginx and iperf3
-/// inside the pods, the same backend as everywhere else.
+/// so the passthrough can be compared like for like. No pod runs an in-process echo server:
+/// `run.sh` starts nginx and iperf3 inside the pods, the same backend as everywhere else.
 const TOPOLOGY: &str = r#"
 apiVersion: v1
 kind: Namespace

@@ -1,11 +1,11 @@
 //! Object change → proxy holding the new version, end to end: the in-process API server,
 //! the controller (watch, debounce, compile of 1,000 routes by default, publish) and a
-//! subscribed proxy over the gRPC config stream. Each round changes one HTTPRoute's path and times until the
-//! proxy has applied a config containing it. Prints p50/p90/p99/max, and how late a 1 ms timer
-//! fired meanwhile on the runtime the controller runs on (with the in-process API server; the
-//! proxy decodes on the blocking pool): a long synchronous step there (a snapshot refresh, a
-//! status pass) would delay everything sharing it, which in a controller includes the CA and
-//! the config stream.
+//! subscribed proxy over the gRPC config stream. Each round changes one HTTPRoute's path and
+//! times until the proxy has applied a config containing it. Prints p50/p90/p99/max, and how
+//! late a 1 ms timer fired meanwhile on the runtime the controller runs on (with the
+//! in-process API server; the proxy decodes on the blocking pool): a long synchronous step
+//! there (a snapshot refresh, a status pass) would delay everything sharing it, which in a
+//! controller includes the CA and the config stream.
 //!
 //! `cargo bench -p strait-controller --bench propagation`; `STRAIT_BENCH_ROUTES=10000` for the
 //! compile benchmark's scale.

@@ -651,15 +651,12 @@ defaults
     timeout server 600s
 EOF
 }
-# haproxy_spliced_listener: HAProxy TCP mode with splice, from 127.0.0.1 to the plain server pod.
-haproxy_spliced_listener() {
-    cat <<EOF
-listen spliced
-    bind 127.0.0.1:$HAPROXY_TCP_SPLICE
-    option splice-request
-    option splice-response
-    server s $PLAIN_SERVER_IP:$IPERF_PORT
-EOF
+# haproxy_tcp_listener NAME PORT [splice]: an HAProxy TCP-mode listener on 127.0.0.1:PORT to
+# the plain server pod, moving bytes with splice when asked.
+haproxy_tcp_listener() {
+    printf 'listen %s\n    bind 127.0.0.1:%s\n' "$1" "$2"
+    [ "${3:-}" = splice ] && printf '    option splice-request\n    option splice-response\n'
+    printf '    server s %s:%s\n' "$PLAIN_SERVER_IP" "$IPERF_PORT"
 }
 # start_mesh_proxies LOG_SUFFIX [PIN...]: the node proxy and the waypoint (NODE_PID,
 # WAYPOINT_PID), fed over the config stream, logging to mesh-node$LOG_SUFFIX.log and
@@ -701,8 +698,8 @@ start_mesh() {
     # server pod, the same wires as the node proxy's in-pod listener.
     {
         haproxy_tcp_head
-        printf 'listen plain\n    bind 127.0.0.1:%s\n    server s %s:%s\n' "$HAPROXY_TCP" "$PLAIN_SERVER_IP" "$IPERF_PORT"
-        haproxy_spliced_listener
+        haproxy_tcp_listener plain "$HAPROXY_TCP"
+        haproxy_tcp_listener spliced "$HAPROXY_TCP_SPLICE" splice
     } >"$WORK/haproxy-tcp.cfg"
     start haproxy-tcp ip netns exec "$PLAIN_CLIENT_NETNS" "${PIN_PROXY[@]}" haproxy -db -f "$WORK/haproxy-tcp.cfg"
     HAPROXY_TCP_PID=$LAST_PID
@@ -712,7 +709,10 @@ start_mesh() {
     # rewrite and the client's segment size (from the pod interface's MTU, not loopback's) then
     # cost HAProxy what they cost the passthrough. The rule matches its own port only, so
     # HAProxy's connection to the server is not taken back.
-    { haproxy_tcp_head; haproxy_spliced_listener; } >"$WORK/haproxy-captured.cfg"
+    {
+        haproxy_tcp_head
+        haproxy_tcp_listener spliced "$HAPROXY_TCP_SPLICE" splice
+    } >"$WORK/haproxy-captured.cfg"
     ip netns exec "$CAPTURED_CLIENT_NETNS" iptables -t nat -A OUTPUT -p tcp -d "$PLAIN_SERVER_IP" \
         --dport "$CAPTURED_PORT" -j REDIRECT --to-ports "$HAPROXY_TCP_SPLICE" ||
         { note "cannot add the capture rule in the captured client pod"; return 1; }

@@ -172,13 +172,12 @@ pub(crate) fn parse_request(
                 transfer_encoding = true;
                 chunked = true;
             }
-            header::CONNECTION => {
-                let options = ConnectionOptions::parse(value.as_bytes());
-                saw_close |= options.close;
-                keep_alive |= options.keep_alive;
-                if options.persistence_only() {
-                    continue;
-                }
+            // Read for persistence whatever it names; kept (the arms below let it through)
+            // only when it names other fields.
+            header::CONNECTION
+                if read_connection(value.as_bytes(), &mut saw_close, &mut keep_alive) =>
+            {
+                continue;
             }
             header::EXPECT => {
                 expect_continue = value.as_bytes().eq_ignore_ascii_case(b"100-continue");
@@ -261,7 +260,7 @@ fn only_chunked(value: &[u8]) -> bool {
 }
 
 /// What a `Connection` field says.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Default)]
 struct ConnectionOptions {
     close: bool,
     keep_alive: bool,
@@ -288,13 +287,17 @@ impl ConnectionOptions {
         }
         options
     }
+}
 
-    /// Whether the field only decides persistence, which the parsed head carries: it names no
-    /// other field, so it can be left out of the map instead of being stripped from it at every
-    /// hop (nginx, for one, sends `Connection: keep-alive` with every response).
-    fn persistence_only(self) -> bool {
-        !self.others
-    }
+/// Adds a `Connection` field's persistence options to a head's flags. Returns whether the field
+/// only decides persistence, which the parsed head carries: it names no other field, so it is
+/// left out of the map instead of being stripped from it at every hop (nginx, for one, sends
+/// `Connection: keep-alive` with every response).
+fn read_connection(value: &[u8], saw_close: &mut bool, keep_alive: &mut bool) -> bool {
+    let options = ConnectionOptions::parse(value);
+    *saw_close |= options.close;
+    *keep_alive |= options.keep_alive;
+    !options.others
 }
 
 fn parse_error_reason(e: httparse::Error) -> &'static str {
@@ -514,13 +517,12 @@ pub(crate) fn parse_response(
                 chunked_only = !transfer_encoding && only_chunked(value.as_bytes());
                 transfer_encoding = true;
             }
-            header::CONNECTION => {
-                let options = ConnectionOptions::parse(value.as_bytes());
-                saw_close |= options.close;
-                keep_alive |= options.keep_alive;
-                if options.persistence_only() {
-                    continue;
-                }
+            // Read for persistence whatever it names; kept (the arms below let it through)
+            // only when it names other fields.
+            header::CONNECTION
+                if read_connection(value.as_bytes(), &mut saw_close, &mut keep_alive) =>
+            {
+                continue;
             }
             _ => {}
         }

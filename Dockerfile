@@ -8,8 +8,9 @@
 # runs as root with NET_ADMIN, SYS_ADMIN and NET_RAW (set by its DaemonSet), and execs
 # iptables-restore inside pod network namespaces, which is why iptables is in the image.
 
-# The compiler crates/strait/hot-text.ld was generated with (named in its header): the script
-# names some functions by their full symbol, which another compiler version renames.
+# The compiler crates/strait/hot-text.ld and crates/strait/bolt-profile.yaml.gz were recorded
+# with (named in their headers): both name functions by their full symbol, which another
+# compiler version renames. bookworm: bolt-19 is in its archive.
 ARG RUST_IMAGE=rust:1.95.0-bookworm
 ARG RUNTIME_IMAGE=debian:bookworm-slim
 
@@ -34,9 +35,14 @@ RUN set -eu; \
 # --- builder ------------------------------------------------------------------------------------
 FROM ${RUST_IMAGE} AS builder
 WORKDIR /src
-# The `dist` profile: release with fat LTO over one codegen unit (see Cargo.toml), the build
-# tests/perf/run.sh measures. LTO runs again at the final link, so the dependency layer saves
-# compiling the dependencies, not the whole-program optimisation.
+# llvm-bolt lays the linked binary out from crates/strait/bolt-profile.yaml.gz (dist.sh).
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends bolt-19 \
+    && rm -rf /var/lib/apt/lists/*
+# The `dist` profile: release with fat LTO over one codegen unit (see Cargo.toml), then the
+# code layout llvm-bolt applies (crates/strait/dist.sh): the build tests/perf/run.sh measures.
+# LTO runs again at the final link, so the dependency layer saves compiling the dependencies,
+# not the whole-program optimisation.
 # Dependency layer: compiles every third-party crate `strait` needs against the stubs.
 COPY --from=recipe /recipe/ ./
 RUN cargo build --profile dist --locked -p strait
@@ -44,8 +50,8 @@ RUN cargo build --profile dist --locked -p strait
 # stubs just compiled: touch them so cargo rebuilds every workspace crate.
 COPY . .
 RUN find . -path ./target -prune -o -type f -name '*.rs' -exec touch {} + \
-    && cargo build --profile dist --locked -p strait \
-    && install -m 0755 target/dist/strait /usr/local/bin/strait \
+    && crates/strait/dist.sh -- --locked >/tmp/dist.out \
+    && install -m 0755 "$(tail -1 /tmp/dist.out)" /usr/local/bin/strait \
     && /usr/local/bin/strait --version
 
 # --- runtime ------------------------------------------------------------------------------------

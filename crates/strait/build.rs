@@ -23,6 +23,13 @@
 //! is applied where the lld bundled with rustup's toolchains links (x86-64 Linux, Rust 1.90 and
 //! later, no other linker configured); `STRAIT_HOT_TEXT=1` applies it elsewhere, `=0` nowhere
 //! (say, when linking with mold, which reads no linker scripts).
+//!
+//! **Input for the post-link optimiser (`STRAIT_BOLT=1`).** `crates/strait/dist.sh` rewrites the
+//! linked binary with `llvm-bolt`, which needs the link's relocations kept (`--emit-relocs`) to
+//! move functions. The `llvm-bolt` Debian 12 ships (LLVM 19) mis-rewrites packed relative
+//! relocations: the rewritten binary jumps to unrelocated addresses at its first indirect call.
+//! So such a build keeps the RELA format whatever `STRAIT_PACK_RELOCS` says; the tighter layout
+//! wins back the memory that costs (docs/architecture.md).
 
 use std::env;
 use std::path::Path;
@@ -33,7 +40,13 @@ const RELR_GLIBC: (u32, u32) = (2, 36);
 fn main() {
     println!("cargo:rerun-if-changed=build.rs");
     println!("cargo:rerun-if-env-changed=STRAIT_PACK_RELOCS");
+    println!("cargo:rerun-if-env-changed=STRAIT_BOLT");
+    let for_bolt = env::var("STRAIT_BOLT").as_deref() == Ok("1");
+    if for_bolt {
+        println!("cargo:rustc-link-arg-bins=-Wl,--emit-relocs");
+    }
     let pack = match env::var("STRAIT_PACK_RELOCS").as_deref() {
+        _ if for_bolt => false,
         Ok("0") => false,
         Ok("1") => true,
         _ => native_glibc_has_relr(),

@@ -40,16 +40,9 @@ if [ -n "$BINARY" ]; then
     BINARY="$(realpath -- "$BINARY")"
 fi
 
-log() { printf '[%s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
-
-if ! command -v valgrind >/dev/null 2>&1; then
-    log "installing valgrind"
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get install -y --no-install-recommends valgrind >/dev/null 2>&1 || {
-        apt-get update >/dev/null 2>&1
-        apt-get install -y --no-install-recommends valgrind >/dev/null
-    }
-fi
+# shellcheck source=tests/perf/training.sh
+. "$ROOT/tests/perf/training.sh"
+install_missing valgrind valgrind
 
 TARGET_DIR="${CARGO_TARGET_DIR:-target}"
 case "$TARGET_DIR" in /*) ;; *) TARGET_DIR="$ROOT/$TARGET_DIR" ;; esac
@@ -64,33 +57,16 @@ PERF="$TARGET_DIR/release/strait-perf"
 WORK="$(mktemp -d /tmp/strait-hot-text.XXXXXX)"
 trap 'rm -rf "$WORK"' EXIT
 mkdir "$WORK/profiles"
-# run.sh starts this in place of strait; callgrind names each profile after the process id.
-# (`strait --version`, which run.sh asks for its report, is not a proxy: it runs as is, as do
-# the standalones standing in for the controller.)
-{
-    echo '#!/bin/bash'
-    printf '[ "$1" = --version ] && exec %q "$@"\n' "$BINARY"
-    printf 'case " $* " in *" --ca-listen "* | *" --config-listen "*) exec %q "$@" ;; esac\n' "$BINARY"
-    printf 'exec valgrind --tool=callgrind --demangle=no --dump-instr=no --callgrind-out-file=%q %q "$@"\n' \
-        "$WORK/profiles/%p.callgrind" "$BINARY"
-} >"$WORK/strait"
-chmod +x "$WORK/strait"
-
-SECTIONS="h1,h2c,mesh,bulk"
-log "training: tests/perf/run.sh --quick --only $SECTIONS, strait under callgrind"
-"$ROOT/tests/perf/run.sh" --quick --only "$SECTIONS" --binary "$WORK/strait" \
-    --out "$WORK/report.md" >"$WORK/run.log" 2>&1 || {
-    tail -20 "$WORK/run.log" >&2
-    echo "the training run failed" >&2
-    exit 1
-}
+# callgrind names each profile after the process id.
+train "$WORK" "$BINARY" valgrind --tool=callgrind --demangle=no --dump-instr=no \
+    --callgrind-out-file="$WORK/profiles/%p.callgrind" "$BINARY"
 profiles=("$WORK"/profiles/*.callgrind)
 [ -e "${profiles[0]}" ] || { echo "the training run left no profile" >&2; exit 1; }
 
-COMMIT="$(git -C "$ROOT" -c safe.directory="$ROOT" describe --always --dirty 2>/dev/null || echo unknown)"
+COMMIT="$(training_commit)"
 # Every role the script lays out must have left a whole profile (a process killed before
 # callgrind finished writing would drop out of the layout unnoticed).
 "$PERF" hot-text --binary "$BINARY" --out "$OUT" --require-roles standalone,node,waypoint \
-    --trained-on "$(basename "$0") on $COMMIT, ${#profiles[@]} processes of run.sh --quick --only $SECTIONS" \
+    --trained-on "$(basename "$0") on $COMMIT, ${#profiles[@]} processes of run.sh --quick --only $TRAINING_SECTIONS" \
     "${profiles[@]}"
 log "written $OUT: rebuild strait to use it"

@@ -150,7 +150,7 @@ note() { printf -- '- %s\n' "$*" >>"$WORK/notes.md"; log "note: $*"; }
 # Tools.
 need=()
 for pair in wrk:wrk h2load:nghttp2-client haproxy:haproxy nginx:nginx iperf3:iperf3 \
-    taskset:util-linux ip:iproute2 iptables:iptables ss:iproute2; do
+    taskset:util-linux ip:iproute2 iptables:iptables ss:iproute2 llvm-bolt-19:bolt-19; do
     command -v "${pair%%:*}" >/dev/null 2>&1 || need+=("${pair#*:}")
 done
 if [ "${#need[@]}" -gt 0 ]; then
@@ -163,8 +163,9 @@ if [ "${#need[@]}" -gt 0 ]; then
 fi
 # Packaged services may have been started by the install: we use our own instances only.
 
-# Strait as it ships: the `dist` profile (release + fat LTO, see Cargo.toml). The harness
-# itself (load generator, mesh helper, report) is an ordinary release build.
+# Strait as it ships: crates/strait/dist.sh's build, the `dist` profile (release + fat LTO, see
+# Cargo.toml) laid out by llvm-bolt from the recorded profile. The harness itself (load
+# generator, mesh helper, report) is an ordinary release build.
 # cargo runs in $ROOT, so a relative CARGO_TARGET_DIR is relative to it.
 TARGET_DIR="${CARGO_TARGET_DIR:-target}"
 case "$TARGET_DIR" in /*) ;; *) TARGET_DIR="$ROOT/$TARGET_DIR" ;; esac
@@ -173,13 +174,26 @@ log "building strait-perf (release)"
 (cd "$ROOT" && cargo build --release -q -p strait-perf)
 if [ -n "$BINARY" ]; then
     STRAIT="$BINARY"
+    LINKED="$STRAIT"
     BUILD="given with --binary: $STRAIT"
 else
-    STRAIT="$TARGET_DIR/dist/strait"
-    BUILD="dist profile: release, fat LTO, one codegen unit"
-    log "building strait (dist profile)"
-    (cd "$ROOT" && cargo build --profile dist -q -p strait)
+    log "building strait (crates/strait/dist.sh)"
+    "$ROOT/crates/strait/dist.sh" >"$WORK/dist.out" 2>"$WORK/dist.log" || {
+        cat "$WORK/dist.log" >&2
+        exit 1
+    }
+    STRAIT="$(tail -1 "$WORK/dist.out")"
+    # dist.sh reports how much of the profile applied: "N out of M functions ... have non-empty
+    # execution profile".
+    PROFILED="$(grep -o -m1 '[0-9]* out of [0-9]* functions' "$WORK/dist.log" || echo "? functions")"
+    BUILD="dist profile: release, fat LTO, one codegen unit; laid out by llvm-bolt from crates/strait/bolt-profile.yaml.gz, $PROFILED profiled"
+    # What llvm-bolt rewrote: the link, laid out by crates/strait/hot-text.ld.
+    LINKED="$TARGET_DIR/dist/strait"
 fi
+# A file just written stays in the page cache as its writer left it, and mapping it then brings
+# in more than the pages a process touches: llvm-bolt's output idled 5-7 MB larger than the
+# same file read back from disk. Dropped from the cache, it is read as a node reads its image.
+dd if="$STRAIT" iflag=nocache count=0 status=none || note "could not drop $STRAIT from the page cache"
 # ...and with the environment its image sets (the Dockerfile's `ENV GLIBC_TUNABLES=`, glibc's
 # allocator tuning), through a wrapper that passes it to every strait process and nothing else.
 IMAGE_ENV="$(sed -n 's/^ENV \(GLIBC_TUNABLES=[^[:space:]]*\)$/\1/p' "$ROOT/Dockerfile")"
@@ -451,11 +465,12 @@ EOF
 
 # ---------------------------------------------------------------------------------------------
 # Machine.
-# How much of the code layout crates/strait/hot-text.ld describes the binary has (the code
-# between its two markers): the script names some functions by symbols that another compiler
-# or dependency version renames, and the idle RSS rows grow back when it no longer applies
-# (docs/architecture.md, "One binary").
-read -r HOT_START HOT_END < <(nm "$STRAIT_BINARY" 2>/dev/null | awk '
+# How much of the code layout crates/strait/hot-text.ld describes the link has (the code
+# between its two markers; llvm-bolt moves the profiled functions out of it afterwards): the
+# script names some functions by symbols that another compiler or dependency version renames,
+# and the idle RSS rows grow back when it no longer applies (docs/architecture.md, "One
+# binary").
+read -r HOT_START HOT_END < <(nm "$LINKED" 2>/dev/null | awk '
     $3 == "__strait_hot_text_start" { start = $1 }
     $3 == "__strait_hot_text_end" { end = $1 }
     END { print start, end }') || true

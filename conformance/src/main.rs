@@ -14,7 +14,7 @@ mod spec;
 mod status;
 mod target;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::Parser;
@@ -65,7 +65,7 @@ async fn main() -> ExitCode {
 }
 
 /// Test folders (those with a cases.yaml), sorted.
-fn test_dirs(corpus: &std::path::Path) -> anyhow::Result<Vec<PathBuf>> {
+fn test_dirs(corpus: &Path) -> anyhow::Result<Vec<PathBuf>> {
     let mut dirs: Vec<PathBuf> = std::fs::read_dir(corpus)
         .map_err(|e| anyhow::anyhow!("{}: {e}", corpus.display()))?
         .filter_map(Result::ok)
@@ -82,11 +82,11 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
         .map(|s| s.to_string())
         .collect();
     features.extend(cli.extra_features.iter().cloned());
-    let work = std::env::temp_dir().join(format!("strait-conformance-{}", std::process::id()));
-    std::fs::create_dir_all(&work)?;
+    let scratch = WorkDir::create()?;
+    let work = scratch.path();
     let mut run = Run {
         corpus: cli.corpus.clone(),
-        work: work.clone(),
+        work: work.to_path_buf(),
         generated: certs::generate()?,
         cluster: cluster::Cluster::default(),
         features: features.clone(),
@@ -129,7 +129,7 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
             } else {
                 if mesh_world.is_none() {
                     mesh_world = Some(
-                        mesh::MeshWorld::start(&cli.corpus, &work)
+                        mesh::MeshWorld::start(&cli.corpus, work)
                             .await
                             .map_err(|e| format!("{e:#}")),
                     );
@@ -162,12 +162,33 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
         let yaml = report::render(&results, &features, &all_features, now_rfc3339())?;
         std::fs::write(path, yaml).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
     }
-    let _ = std::fs::remove_dir(&work);
     let failed = results
         .iter()
         .any(|r| matches!(r.outcome, Outcome::Fail(_)));
     println!("{}", report::summary(&results));
     Ok(!failed)
+}
+
+/// The run's scratch directory (manifests, the mesh world's files), removed with everything in
+/// it when the run ends, however it ends.
+struct WorkDir(PathBuf);
+
+impl WorkDir {
+    fn create() -> anyhow::Result<WorkDir> {
+        let path = std::env::temp_dir().join(format!("strait-conformance-{}", std::process::id()));
+        std::fs::create_dir_all(&path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        Ok(WorkDir(path))
+    }
+
+    fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for WorkDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
 
 fn print_result(r: &TestResult) {

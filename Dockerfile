@@ -58,7 +58,8 @@ RUN find . -path ./target -prune -o -type f -name '*.rs' -exec touch {} + \
 FROM ${RUNTIME_IMAGE}
 # iptables: the node proxy's capture rules (iptables-restore / iptables-save, nf_tables
 # backend by default; the rules live in each pod's own network namespace, so the host's
-# backend does not matter). iproute2: `ip netns` for operators debugging a node.
+# backend does not matter). iproute2: `ip`, with which the node proxy installs the routing
+# that goes with those rules (iptables/README.md), and `ip netns` for operators debugging a node.
 # ca-certificates: TLS to the API server and to backends outside the cluster.
 RUN apt-get update \
     && apt-get install -y --no-install-recommends iptables iproute2 ca-certificates \

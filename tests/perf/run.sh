@@ -722,11 +722,12 @@ start_mesh() {
     start haproxy-tcp ip netns exec "$PLAIN_CLIENT_NETNS" "${PIN_PROXY[@]}" haproxy -db -f "$WORK/haproxy-tcp.cfg"
     HAPROXY_TCP_PID=$LAST_PID
     # The same spliced HAProxy in the captured client pod, reached the way the node's in-pod
-    # listener is: the client dials the server pod and a nat REDIRECT rule, as the node installs
-    # in an enrolled pod, takes the connection to 127.0.0.1. Connection tracking, the address
-    # rewrite and the client's segment size (from the pod interface's MTU, not loopback's) then
-    # cost HAProxy what they cost the passthrough. The rule matches its own port only, so
-    # HAProxy's connection to the server is not taken back.
+    # listener is: the client dials the server pod, a routing rule as the node installs in an
+    # enrolled pod sends the connection through lo from its first lookup (so the client sizes
+    # its segments for loopback, iptables/README.md), and a nat REDIRECT rule takes it to
+    # 127.0.0.1. Connection tracking and the address rewrite then cost HAProxy what they cost
+    # the passthrough. Both rules match their own port only, so HAProxy's connection to the
+    # server is neither rerouted nor taken back.
     {
         haproxy_tcp_head
         haproxy_tcp_listener spliced "$HAPROXY_TCP_SPLICE" splice
@@ -734,6 +735,9 @@ start_mesh() {
     ip netns exec "$CAPTURED_CLIENT_NETNS" iptables -t nat -A OUTPUT -p tcp -d "$PLAIN_SERVER_IP" \
         --dport "$CAPTURED_PORT" -j REDIRECT --to-ports "$HAPROXY_TCP_SPLICE" ||
         { note "cannot add the capture rule in the captured client pod"; return 1; }
+    { ip -n "$CAPTURED_CLIENT_NETNS" route add 0.0.0.0/0 dev lo src "$CAPTURED_CLIENT_IP" table 1337 &&
+        ip -n "$CAPTURED_CLIENT_NETNS" rule add priority 1338 iif lo ipproto tcp dport "$CAPTURED_PORT" lookup 1337; } ||
+        { note "cannot add the capture routing in the captured client pod"; return 1; }
     start haproxy-captured ip netns exec "$CAPTURED_CLIENT_NETNS" "${PIN_PROXY[@]}" haproxy -db -f "$WORK/haproxy-captured.cfg"
     HAPROXY_CAPTURED_PID=$LAST_PID
     start mesh-ca env RUST_LOG=warn "$STRAIT" standalone "$WORK/ca-empty" --no-watch \

@@ -1,20 +1,14 @@
 //! Running iptables inside a pod's network namespace, and reconciling what is there.
 
-use std::io::Write;
-use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
-
 use strait_netns::NetNs;
 
+use crate::program::Program;
 use crate::render::{declared_chains, render_transaction};
 use crate::{CHAIN_PREFIX, CaptureError, CaptureSpec};
 
-/// Directories searched after `PATH`: the iptables programs live in `sbin`, which service
-/// environments often leave out of `PATH`.
-const SBIN_DIRS: &[&str] = &["/usr/local/sbin", "/usr/sbin", "/sbin"];
 const RESTORE: &str = "iptables-restore";
 const SAVE: &str = "iptables-save";
+const PACKAGE: &str = "iptables";
 /// How long `iptables-restore` waits for the xtables lock (legacy backend; nf_tables ignores it)
 /// before failing, instead of failing at once while another tool holds it.
 const LOCK_WAIT: &str = "--wait=30";
@@ -24,30 +18,29 @@ const LOCK_WAIT: &str = "--wait=30";
 /// changes namespace.
 #[derive(Clone, Debug)]
 pub struct Iptables {
-    restore: PathBuf,
-    save: PathBuf,
+    restore: Program,
+    save: Program,
 }
 
 impl Iptables {
     /// Finds `iptables-restore` and `iptables-save` in `PATH`, then in the usual `sbin`
     /// directories. Whichever backend they point to (nf_tables or legacy) is used.
     pub fn locate() -> Result<Iptables, CaptureError> {
-        let mut dirs: Vec<PathBuf> = std::env::var_os("PATH")
-            .map(|path| std::env::split_paths(&path).collect())
-            .unwrap_or_default();
-        dirs.extend(SBIN_DIRS.iter().map(PathBuf::from));
         Ok(Iptables {
-            restore: find(RESTORE, &dirs)?,
-            save: find(SAVE, &dirs)?,
+            restore: Program::locate(RESTORE, PACKAGE)?,
+            save: Program::locate(SAVE, PACKAGE)?,
         })
     }
 
     /// Uses the given programs, for example `iptables-legacy-restore` and `iptables-legacy-save`
     /// on hosts whose pods use the legacy backend. A bare name is looked up in `PATH` when run.
-    pub fn with_binaries(restore: impl Into<PathBuf>, save: impl Into<PathBuf>) -> Iptables {
+    pub fn with_binaries(
+        restore: impl Into<std::path::PathBuf>,
+        save: impl Into<std::path::PathBuf>,
+    ) -> Iptables {
         Iptables {
-            restore: restore.into(),
-            save: save.into(),
+            restore: Program::at(restore, PACKAGE),
+            save: Program::at(save, PACKAGE),
         }
     }
 
@@ -128,103 +121,15 @@ impl Iptables {
 
     /// The whole nat table of `netns` (`iptables-save -t nat`), for diagnostics.
     pub fn save_nat(&self, netns: &NetNs) -> Result<String, CaptureError> {
-        let output = self.run(netns, &self.save, &["-t", "nat"], None)?;
+        let output = self.save.run(netns, &["-t", "nat"], None)?;
         Ok(String::from_utf8_lossy(&output.stdout).into_owned())
     }
 
     fn restore(&self, netns: &NetNs, input: &str) -> Result<(), CaptureError> {
-        self.run(netns, &self.restore, &["--noflush", LOCK_WAIT], Some(input))?;
+        self.restore
+            .run(netns, &["--noflush", LOCK_WAIT], Some(input))?;
         Ok(())
     }
-
-    /// Runs `binary` in `netns`: the child is forked from a thread that entered the namespace,
-    /// so it starts there.
-    fn run(
-        &self,
-        netns: &NetNs,
-        binary: &Path,
-        args: &[&str],
-        input: Option<&str>,
-    ) -> Result<Output, CaptureError> {
-        let spawn_error = |source: std::io::Error| {
-            if source.kind() == std::io::ErrorKind::NotFound {
-                CaptureError::MissingBinary {
-                    binary: binary.display().to_string(),
-                    searched: "not executable or does not exist".to_string(),
-                }
-            } else {
-                CaptureError::Spawn {
-                    binary: binary.to_path_buf(),
-                    netns: netns.path().to_path_buf(),
-                    source,
-                }
-            }
-        };
-        let output = netns.run(|| -> Result<Output, std::io::Error> {
-            let mut child = Command::new(binary)
-                .args(args)
-                .stdin(if input.is_some() {
-                    Stdio::piped()
-                } else {
-                    Stdio::null()
-                })
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped())
-                .spawn()?;
-            let stdin = child.stdin.take();
-            // Feed the input from a second thread so a child that writes a lot before reading
-            // everything cannot deadlock against us.
-            let written = std::thread::scope(|scope| {
-                let writer = scope.spawn(move || -> std::io::Result<()> {
-                    if let (Some(mut stdin), Some(input)) = (stdin, input) {
-                        stdin.write_all(input.as_bytes())?;
-                    }
-                    Ok(())
-                });
-                let output = child.wait_with_output();
-                let written = writer
-                    .join()
-                    .unwrap_or_else(|_| Err(std::io::Error::other("stdin writer panicked")));
-                output.map(|output| (output, written))
-            })?;
-            let (output, written) = written;
-            // A failed write (EPIPE) only matters if the program also reported success.
-            if output.status.success() {
-                written?;
-            }
-            Ok(output)
-        })?;
-        let output = output.map_err(spawn_error)?;
-        if !output.status.success() {
-            return Err(CaptureError::Failed {
-                binary: binary.to_path_buf(),
-                netns: netns.path().to_path_buf(),
-                status: output.status.to_string(),
-                stderr: String::from_utf8_lossy(&output.stderr).trim().to_string(),
-            });
-        }
-        Ok(output)
-    }
-}
-
-/// The first executable file called `name` in `dirs`.
-fn find(name: &str, dirs: &[PathBuf]) -> Result<PathBuf, CaptureError> {
-    dirs.iter()
-        .map(|dir| dir.join(name))
-        .find(|path| {
-            path.metadata()
-                .map(|meta| meta.is_file() && meta.permissions().mode() & 0o111 != 0)
-                .unwrap_or(false)
-        })
-        .ok_or_else(|| CaptureError::MissingBinary {
-            binary: name.to_string(),
-            searched: format!(
-                "searched {}",
-                std::env::join_paths(dirs)
-                    .map(|joined| joined.to_string_lossy().into_owned())
-                    .unwrap_or_else(|_| format!("{dirs:?}"))
-            ),
-        })
 }
 
 /// What of ours an `iptables-save -t nat` dump holds.
@@ -394,21 +299,6 @@ COMMIT
         assert_eq!(
             split_words(r#"A --comment "" -j B"#),
             vec!["A", "--comment", "", "-j", "B"]
-        );
-    }
-
-    #[test]
-    fn missing_programs_are_reported_by_name_and_search_path() {
-        let empty =
-            std::env::temp_dir().join(format!("strait-capture-empty-{}", std::process::id()));
-        let err = find(RESTORE, std::slice::from_ref(&empty)).unwrap_err();
-        let message = err.to_string();
-        assert!(matches!(err, CaptureError::MissingBinary { .. }));
-        assert!(message.contains("iptables-restore not found"), "{message}");
-        assert!(message.contains(&empty.display().to_string()), "{message}");
-        assert!(
-            message.contains("install the iptables package"),
-            "{message}"
         );
     }
 }

@@ -10,10 +10,15 @@
 //! - inbound TCP is redirected to the inbound capture port (15006), except HBONE (15008, which the
 //!   proxy terminates itself), health probes from configured sources, and excluded ports.
 //!
-//! The rules come from the template `iptables/capture.rules` at the repository root (embedded at
-//! build time); `iptables/README.md` explains each rule. [`apply`] converges any previous state
-//! (an older rule set, a crash half-way) to exactly one copy of the current rules in one atomic
-//! `iptables-restore --noflush` transaction, and [`remove`] takes every trace out again.
+//! When the pod's IPv4 address is known, a few policy-routing rules (`routing`) also make the
+//! pod's outbound TCP take loopback's route from its first lookup, so the application's socket
+//! sizes its segments for the loopback hop it really crosses to reach the proxy.
+//!
+//! The rules come from the templates `iptables/capture.rules` and `iptables/routing.batch` at
+//! the repository root (embedded at build time); `iptables/README.md` explains each rule.
+//! [`apply`] converges any previous state (an older rule set, a crash half-way) to exactly one
+//! copy of the current rules, the nat rules in one atomic `iptables-restore --noflush`
+//! transaction, and [`remove`] takes every trace out again.
 //!
 //! Only IPv4 is captured: IPv6 traffic of a pod is left alone, so IPv6 entries in exclusion lists
 //! are accepted (a dual-stack pod may carry them) but have nothing to exclude.
@@ -24,8 +29,11 @@
 mod annotations;
 mod cidr;
 mod iptables;
+mod program;
 mod render;
+mod routing;
 
+use std::net::Ipv4Addr;
 use std::path::PathBuf;
 
 use strait_config::mesh::CaptureExclusions;
@@ -33,7 +41,8 @@ use strait_netns::{NetNs, NetNsError};
 
 pub use annotations::{exclusions_from_annotations, parse_cidr_list, parse_port_list};
 pub use iptables::Iptables;
-pub use render::render;
+pub use render::{render, render_routing};
+pub use routing::{CAPTURE_PRIORITY, END_PRIORITY, EXEMPT_PRIORITY, PolicyRouting, ROUTE_TABLE};
 
 /// `SO_MARK` carried by every socket the proxy opens inside a pod, so its own connections are not
 /// captured again (which would loop).
@@ -73,6 +82,12 @@ pub struct CaptureSpec {
     /// Source CIDRs of health probes (the kubelet connects from the node's address): delivered
     /// to the application directly, so probes keep working in strict mTLS mode.
     pub probe_sources: Vec<String>,
+    /// The pod's IPv4 address. When given, the pod's outbound TCP is routed through loopback
+    /// from its first route lookup (see the crate docs); without it, capture works the same
+    /// with the application's segments sized for the pod's interface. Checked by
+    /// [`render_routing`], not [`CaptureSpec::validate`]: an unusable address costs the routing,
+    /// not the capture.
+    pub pod_ip: Option<Ipv4Addr>,
 }
 
 impl Default for CaptureSpec {
@@ -87,6 +102,7 @@ impl Default for CaptureSpec {
             exclude_outbound_cidrs: Vec::new(),
             exclude_inbound_ports: Vec::new(),
             probe_sources: Vec::new(),
+            pod_ip: None,
         }
     }
 }
@@ -176,7 +192,11 @@ impl CaptureSpec {
     }
 }
 
-fn invalid(field: &'static str, value: impl ToString, reason: impl Into<String>) -> CaptureError {
+pub(crate) fn invalid(
+    field: &'static str,
+    value: impl ToString,
+    reason: impl Into<String>,
+) -> CaptureError {
     CaptureError::InvalidSpec {
         field,
         value: value.to_string(),
@@ -207,13 +227,17 @@ pub enum CaptureError {
         template: &'static str,
         reason: String,
     },
-    /// An iptables program is not installed.
-    #[error("{binary} not found ({searched}): install the iptables package")]
-    MissingBinary { binary: String, searched: String },
+    /// A program (of iptables or iproute2) is not installed.
+    #[error("{binary} not found ({searched}): install the {package} package")]
+    MissingBinary {
+        binary: String,
+        searched: String,
+        package: &'static str,
+    },
     /// The pod's network namespace could not be entered.
     #[error(transparent)]
     NetNs(#[from] NetNsError),
-    /// An iptables program could not be started or talked to.
+    /// A program could not be started or talked to.
     #[error("running {} in network namespace {}: {source}", binary.display(), netns.display())]
     Spawn {
         binary: PathBuf,
@@ -221,7 +245,9 @@ pub enum CaptureError {
         #[source]
         source: std::io::Error,
     },
-    /// An iptables program ran and failed; nothing was changed (restores are atomic).
+    /// A program ran and failed. An iptables restore changed nothing (restores are atomic); an
+    /// `ip -batch` stopped at the failing line, which never leaves the capturing routing rule
+    /// without its exemptions.
     #[error("{} in network namespace {} failed ({status}): {stderr}", binary.display(), netns.display())]
     Failed {
         binary: PathBuf,
@@ -231,20 +257,43 @@ pub enum CaptureError {
     },
 }
 
-/// Installs (or updates) the capture rules in `netns`, with the iptables programs found on this
-/// host. See [`Iptables::apply`].
+/// Installs (or updates) the capture rules in `netns`, with the iptables and iproute2 programs
+/// found on this host: the nat rules first ([`Iptables::apply`]), then the policy routing
+/// ([`PolicyRouting::apply`]), whose route through `lo` would otherwise take connections that
+/// nothing redirects.
+///
+/// The routing only makes captured connections faster: when it cannot be installed (say the
+/// pod's address is not in the namespace), the failure is logged and the pod is captured
+/// without it. Its batch adds the capturing rule last, so a failure never leaves that rule
+/// without its exemptions.
 pub fn apply(netns: &NetNs, spec: &CaptureSpec) -> Result<(), CaptureError> {
-    Iptables::locate()?.apply(netns, spec)
+    let (iptables, routing) = (Iptables::locate()?, PolicyRouting::locate()?);
+    iptables.apply(netns, spec)?;
+    if let Err(e) = routing.apply(netns, spec) {
+        tracing::warn!(
+            netns = %netns.path().display(),
+            error = %e,
+            "capture routing not installed: captured connections keep the interface's segment size"
+        );
+    }
+    Ok(())
 }
 
-/// Removes every capture chain and jump from `netns`. See [`Iptables::remove`].
+/// Removes every capture rule from `netns`: the policy routing first, then every capture chain
+/// and jump.
 pub fn remove(netns: &NetNs) -> Result<(), CaptureError> {
-    Iptables::locate()?.remove(netns)
+    let (iptables, routing) = (Iptables::locate()?, PolicyRouting::locate()?);
+    routing.remove(netns)?;
+    iptables.remove(netns)
 }
 
-/// The capture rules currently in `netns`, `iptables -S` style. See [`Iptables::installed`].
+/// The capture rules currently in `netns`: the nat rules `iptables -S` style
+/// ([`Iptables::installed`]), then the routing rules and routes ([`PolicyRouting::installed`]).
 pub fn installed(netns: &NetNs) -> Result<Vec<String>, CaptureError> {
-    Iptables::locate()?.installed(netns)
+    let (iptables, routing) = (Iptables::locate()?, PolicyRouting::locate()?);
+    let mut lines = iptables.installed(netns)?;
+    lines.extend(routing.installed(netns)?);
+    Ok(lines)
 }
 
 #[cfg(test)]

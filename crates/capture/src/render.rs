@@ -1,12 +1,19 @@
-//! Rendering the rule template into iptables-restore input.
+//! Rendering the rule templates: the nat rules into iptables-restore input, the policy routing
+//! into `ip -batch` input.
+
+use std::net::Ipv4Addr;
 
 use crate::cidr::Cidr;
-use crate::{CHAIN_PREFIX, CaptureError, CaptureSpec};
+use crate::routing::{CAPTURE_PRIORITY, END_PRIORITY, EXEMPT_PRIORITY, ROUTE_TABLE, usable_pod_ip};
+use crate::{CHAIN_PREFIX, CaptureError, CaptureSpec, invalid};
 
-/// Where the template lives in the repository (for error messages).
+/// Where the templates live in the repository (for error messages).
 const TEMPLATE_NAME: &str = "iptables/capture.rules";
+const ROUTING_TEMPLATE_NAME: &str = "iptables/routing.batch";
 /// The capture rules, kept as a file next to their README so they can be reviewed as rules.
 const TEMPLATE: &str = include_str!("../../../iptables/capture.rules");
+/// The policy routing of captured TCP, likewise.
+const ROUTING_TEMPLATE: &str = include_str!("../../../iptables/routing.batch");
 
 /// A placeholder's value: one string, or a list that repeats its line once per item.
 enum Value {
@@ -28,35 +35,7 @@ pub(crate) fn render_transaction(
     cleanup: Vec<String>,
 ) -> Result<String, CaptureError> {
     spec.validate()?;
-    let ipv4 = |texts: &[String]| -> Vec<String> {
-        let mut out: Vec<String> = Vec::new();
-        for text in texts {
-            // Validated above; IPv6 blocks are skipped (IPv6 is not captured at all).
-            if let Ok(cidr) = Cidr::parse(text)
-                && cidr.is_ipv4()
-            {
-                let cidr = cidr.to_string();
-                if !out.contains(&cidr) {
-                    out.push(cidr);
-                }
-            }
-        }
-        out
-    };
-    let ports = |ports: &[u16]| -> Vec<String> {
-        let mut out: Vec<String> = Vec::new();
-        for port in ports {
-            let port = port.to_string();
-            if !out.contains(&port) {
-                out.push(port);
-            }
-        }
-        out
-    };
-    let probe_sources = ipv4(&spec.probe_sources);
-    let outbound_cidrs = ipv4(&spec.exclude_outbound_cidrs);
-    let inbound_ports = ports(&spec.exclude_inbound_ports);
-    let outbound_ports = ports(&spec.exclude_outbound_ports);
+    let lists = Lists::of(spec);
     let mut cleanup = Some(cleanup);
     fill(TEMPLATE_NAME, TEMPLATE, |name| {
         Some(match name {
@@ -65,14 +44,97 @@ pub(crate) fn render_transaction(
             "hbone_port" => Value::One(spec.hbone_port.to_string()),
             "mark" => Value::One(format!("{:#x}", spec.mark)),
             "mark_mask" => Value::One(format!("{:#x}", spec.mark_mask)),
-            "probe_source" => Value::Many(probe_sources.clone()),
-            "exclude_inbound_port" => Value::Many(inbound_ports.clone()),
-            "exclude_outbound_port" => Value::Many(outbound_ports.clone()),
-            "exclude_outbound_cidr" => Value::Many(outbound_cidrs.clone()),
             "cleanup" => Value::Many(cleanup.take().unwrap_or_default()),
-            _ => return None,
+            list => lists.value(list)?,
         })
     })
+}
+
+/// The `ip -4 -batch` input that routes the TCP of a pod whose address is `pod_ip` through
+/// loopback (see [`crate::routing`]), for a namespace that has none of these rules yet.
+pub fn render_routing(spec: &CaptureSpec, pod_ip: Ipv4Addr) -> Result<String, CaptureError> {
+    spec.validate()?;
+    if !usable_pod_ip(pod_ip) {
+        return Err(invalid(
+            "pod_ip",
+            pod_ip,
+            "must be the pod's unicast address: connections take it as their source",
+        ));
+    }
+    let lists = Lists::of(spec);
+    fill(ROUTING_TEMPLATE_NAME, ROUTING_TEMPLATE, |name| {
+        Some(match name {
+            "pod_ip" => Value::One(pod_ip.to_string()),
+            "table" => Value::One(ROUTE_TABLE.to_string()),
+            "exempt_priority" => Value::One(EXEMPT_PRIORITY.to_string()),
+            "capture_priority" => Value::One(CAPTURE_PRIORITY.to_string()),
+            "end_priority" => Value::One(END_PRIORITY.to_string()),
+            "inbound_port" => Value::One(spec.inbound_port.to_string()),
+            "hbone_port" => Value::One(spec.hbone_port.to_string()),
+            "mark" => Value::One(format!("{:#x}", spec.mark)),
+            "mark_mask" => Value::One(format!("{:#x}", spec.mark_mask)),
+            list => lists.value(list)?,
+        })
+    })
+}
+
+/// The list placeholders both templates share, deduplicated; IPv6 blocks are left out (IPv6 is
+/// not captured at all).
+struct Lists {
+    probe_sources: Vec<String>,
+    outbound_cidrs: Vec<String>,
+    inbound_ports: Vec<String>,
+    outbound_ports: Vec<String>,
+}
+
+impl Lists {
+    fn of(spec: &CaptureSpec) -> Lists {
+        Lists {
+            probe_sources: ipv4_blocks(&spec.probe_sources),
+            outbound_cidrs: ipv4_blocks(&spec.exclude_outbound_cidrs),
+            inbound_ports: distinct(&spec.exclude_inbound_ports),
+            outbound_ports: distinct(&spec.exclude_outbound_ports),
+        }
+    }
+
+    fn value(&self, name: &str) -> Option<Value> {
+        let list = match name {
+            "probe_source" => &self.probe_sources,
+            "exclude_inbound_port" => &self.inbound_ports,
+            "exclude_outbound_port" => &self.outbound_ports,
+            "exclude_outbound_cidr" => &self.outbound_cidrs,
+            _ => return None,
+        };
+        Some(Value::Many(list.clone()))
+    }
+}
+
+/// The IPv4 blocks among validated CIDR texts, in canonical form, each once.
+fn ipv4_blocks(texts: &[String]) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for text in texts {
+        if let Ok(cidr) = Cidr::parse(text)
+            && cidr.is_ipv4()
+        {
+            let cidr = cidr.to_string();
+            if !out.contains(&cidr) {
+                out.push(cidr);
+            }
+        }
+    }
+    out
+}
+
+/// Each port once, in order.
+fn distinct(ports: &[u16]) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for port in ports {
+        let port = port.to_string();
+        if !out.contains(&port) {
+            out.push(port);
+        }
+    }
+    out
 }
 
 /// The chains a rendered rule set declares (`:NAME - [0:0]`): the chains that are current.
@@ -176,7 +238,7 @@ mod tests {
              -A STRAIT_INBOUND -p tcp --dport 15008 -j RETURN\n\
              -A STRAIT_INBOUND -p tcp -j REDIRECT --to-ports 15006\n\
              -A STRAIT_OUTBOUND -m mark --mark 0x539/0xfff -j RETURN\n\
-             -A STRAIT_OUTBOUND -o lo -j RETURN\n\
+             -A STRAIT_OUTBOUND -m addrtype --dst-type LOCAL -j RETURN\n\
              -A STRAIT_OUTBOUND -d 127.0.0.0/8 -j RETURN\n\
              -A STRAIT_OUTBOUND -p tcp -j REDIRECT --to-ports 15001\n\
              COMMIT\n"
@@ -199,6 +261,7 @@ mod tests {
             ],
             exclude_inbound_ports: vec![9090],
             probe_sources: vec!["198.18.0.1".into(), "198.18.0.1/32".into()],
+            pod_ip: None,
         };
         let rendered = render(&spec).unwrap();
         let lines: Vec<&str> = rendered.lines().collect();
@@ -225,7 +288,7 @@ mod tests {
             outbound,
             vec![
                 "-A STRAIT_OUTBOUND -m mark --mark 0x42/0xff -j RETURN",
-                "-A STRAIT_OUTBOUND -o lo -j RETURN",
+                "-A STRAIT_OUTBOUND -m addrtype --dst-type LOCAL -j RETURN",
                 "-A STRAIT_OUTBOUND -d 127.0.0.0/8 -j RETURN",
                 "-A STRAIT_OUTBOUND -p tcp --dport 22 -j RETURN",
                 "-A STRAIT_OUTBOUND -p tcp --dport 3306 -j RETURN",
@@ -238,6 +301,47 @@ mod tests {
             !rendered.contains("fd00"),
             "IPv6 is not captured: {rendered}"
         );
+    }
+
+    #[test]
+    fn routing_exempts_what_must_keep_the_pod_routes_before_capturing() {
+        let spec = CaptureSpec {
+            exclude_outbound_ports: vec![22, 22],
+            exclude_outbound_cidrs: vec!["10.0.0.0/8".into(), "fd00::/8".into()],
+            exclude_inbound_ports: vec![9090],
+            probe_sources: vec!["198.18.0.1".into()],
+            ..CaptureSpec::default()
+        };
+        assert_eq!(
+            render_routing(&spec, Ipv4Addr::new(198, 18, 0, 2)).unwrap(),
+            "route replace 0.0.0.0/0 dev lo src 198.18.0.2 table 1337\n\
+             rule add priority 1339 nop\n\
+             rule add priority 1337 fwmark 0x539/0xfff goto 1339\n\
+             rule add priority 1337 ipproto tcp sport 15006 goto 1339\n\
+             rule add priority 1337 ipproto tcp sport 15008 goto 1339\n\
+             rule add priority 1337 ipproto tcp sport 9090 goto 1339\n\
+             rule add priority 1337 to 198.18.0.1/32 goto 1339\n\
+             rule add priority 1337 to 10.0.0.0/8 goto 1339\n\
+             rule add priority 1337 ipproto tcp dport 22 goto 1339\n\
+             rule add priority 1338 iif lo ipproto tcp lookup 1337\n"
+        );
+    }
+
+    #[test]
+    fn routing_needs_a_unicast_pod_address() {
+        for ip in [Ipv4Addr::UNSPECIFIED, Ipv4Addr::LOCALHOST] {
+            let err = render_routing(&CaptureSpec::default(), ip).unwrap_err();
+            assert!(
+                matches!(
+                    err,
+                    CaptureError::InvalidSpec {
+                        field: "pod_ip",
+                        ..
+                    }
+                ),
+                "{err}"
+            );
+        }
     }
 
     #[test]

@@ -12,9 +12,10 @@ use std::task::Poll;
 use std::time::Duration;
 
 use common::{TestNs, privileged};
-use nix::sys::socket::{getsockopt, sockopt::OriginalDst};
+use nix::sys::socket::getsockopt;
+use nix::sys::socket::sockopt::{OriginalDst, TcpMaxSeg};
 use socket2::SockAddr;
-use strait_capture::{CaptureSpec, PROXY_MARK, apply, remove};
+use strait_capture::{CaptureSpec, PROXY_MARK, apply, installed, remove};
 use strait_netns::NetNs;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::timeout;
@@ -95,12 +96,47 @@ fn original_dst(stream: &TcpStream) -> SocketAddr {
     ))
 }
 
+/// The segment size the kernel uses on `stream` (`TCP_MAXSEG`).
+fn segment_size(stream: &TcpStream) -> u32 {
+    getsockopt(stream, TcpMaxSeg).expect("TCP_MAXSEG")
+}
+
 #[tokio::test]
 async fn capture_redirects_and_exclusions_hold() {
     if !privileged() {
         return;
     }
+    capture_holds(None, false).await;
+}
+
+/// With the pod's address, capture also routes the pod's TCP through loopback from the first
+/// lookup: everything above holds the same (every exemption is exercised: each kind of answer
+/// that must leave through the pod's interface), and a captured connection's segments are sized
+/// for loopback, not for the veth.
+#[tokio::test]
+async fn capture_routed_through_loopback_holds() {
+    if !privileged() {
+        return;
+    }
+    capture_holds(Some(POD.parse().unwrap()), false).await;
+}
+
+/// Strict reverse-path filtering would drop every answer whose reverse route is our loopback
+/// route: such a pod gets no routing, and capture works as without it.
+#[tokio::test]
+async fn strict_reverse_path_filtering_keeps_the_pod_routes() {
+    if !privileged() {
+        return;
+    }
+    capture_holds(Some(POD.parse().unwrap()), true).await;
+}
+
+async fn capture_holds(pod_ip: Option<Ipv4Addr>, strict_rp_filter: bool) {
     let Topology { pod, peer } = topology();
+    if strict_rp_filter {
+        pod.exec_with_input(&["sysctl", "-w", "net.ipv4.conf.all.rp_filter=1"], "");
+    }
+    let routed = pod_ip.is_some() && !strict_rp_filter;
     let listen = |ns: &TestNs, name: &'static str, at: SocketAddr| {
         (name, ns.ns.tcp_listener(at, 16).unwrap())
     };
@@ -130,15 +166,38 @@ async fn capture_redirects_and_exclusions_hold() {
         exclude_outbound_cidrs: vec![format!("{EXCLUDED_PEER}/32")],
         exclude_inbound_ports: vec![9090],
         probe_sources: vec![PROBE_SOURCE.to_string()],
+        pod_ip,
         ..CaptureSpec::default()
     };
     apply(&pod.ns, &spec).unwrap();
+    assert_eq!(
+        installed(&pod.ns)
+            .unwrap()
+            .iter()
+            .any(|line| line.starts_with("1338: ")),
+        routed
+    );
 
     // Outbound: redirected to 15001, and the proxy learns where the connection was going.
     let client = connect(&pod.ns, addr(PEER, 8080), None).await;
     let (name, stream) = accepted_by(&pod_side, &client).await;
     assert_eq!(name, "outbound");
     assert_eq!(original_dst(&stream), addr(PEER, 8080));
+    // The application sees its own address as the source, either way.
+    assert_eq!(client.local_addr().unwrap().ip(), addr(POD, 0).ip());
+    // The veth's MTU is 1500: segments of at most 1460 bytes unless routed through loopback.
+    let segment = segment_size(&client);
+    if routed {
+        assert!(
+            segment > 1500,
+            "loopback-sized segments expected: {segment}"
+        );
+    } else {
+        assert!(
+            segment <= 1460,
+            "interface-sized segments expected: {segment}"
+        );
+    }
 
     // The proxy's own (marked) connection goes straight to the server.
     let client = connect(&pod.ns, addr(PEER, 8080), Some(PROXY_MARK)).await;
@@ -187,6 +246,7 @@ async fn capture_redirects_and_exclusions_hold() {
     remove(&pod.ns).unwrap();
     let client = connect(&pod.ns, addr(PEER, 8080), None).await;
     assert_eq!(accepted_by(&peer_side, &client).await.0, "peer");
+    assert!(segment_size(&client) <= 1460);
     let client = connect(&peer.ns, addr(POD, 8080), None).await;
     assert_eq!(accepted_by(&pod_side, &client).await.0, "app");
 }

@@ -224,6 +224,10 @@ async fn install_rules(
 ) -> Result<(), NodeError> {
     let spec = CaptureSpec {
         probe_sources: probe_sources.to_vec(),
+        pod_ip: match workload.ip {
+            std::net::IpAddr::V4(ip) => Some(ip),
+            std::net::IpAddr::V6(_) => None,
+        },
         ..CaptureSpec::default()
     }
     .with_exclusions(&workload.capture);

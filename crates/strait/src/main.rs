@@ -168,6 +168,10 @@ enum IptablesAction {
         /// Inbound sources never captured (health probes), as CIDRs.
         #[arg(long = "probe-source")]
         probe_sources: Vec<String>,
+        /// The pod's IPv4 address: also route its outbound TCP through loopback from the first
+        /// lookup, so the application's segments fit the hop to the proxy (iptables/README.md).
+        #[arg(long)]
+        pod_ip: Option<std::net::Ipv4Addr>,
         /// Print the rules instead of installing them.
         #[arg(long)]
         dry_run: bool,
@@ -444,6 +448,7 @@ fn run_iptables(action: IptablesAction) -> anyhow::Result<()> {
             exclude_outbound_cidrs,
             exclude_inbound_ports,
             probe_sources,
+            pod_ip,
             dry_run,
         } => {
             let spec = strait_capture::CaptureSpec {
@@ -451,10 +456,15 @@ fn run_iptables(action: IptablesAction) -> anyhow::Result<()> {
                 exclude_outbound_cidrs,
                 exclude_inbound_ports,
                 probe_sources,
+                pod_ip,
                 ..strait_capture::CaptureSpec::default()
             };
             if dry_run {
                 print!("{}", strait_capture::render(&spec)?);
+                if let Some(pod_ip) = pod_ip {
+                    println!("# ip -4 -batch -");
+                    print!("{}", strait_capture::render_routing(&spec, pod_ip)?);
+                }
                 return Ok(());
             }
             let handle = strait_netns::NetNs::named(&netns)?;

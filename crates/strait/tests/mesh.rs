@@ -426,6 +426,10 @@ async fn a_killed_node_proxy_converges_and_traffic_resumes() {
         .await;
     let rules = strait_capture::installed(&client_netns).expect("rules readable");
     assert!(!rules.is_empty(), "capture rules installed");
+    assert!(
+        rules.iter().any(|rule| rule.starts_with("1338: ")),
+        "the pod's TCP is routed through loopback: {rules:#?}"
+    );
 
     node.kill().await;
     // The rules stay: the pod's connections fail instead of leaving the mesh.

@@ -186,6 +186,7 @@ async fn serve(testbed: &Testbed, dir: &Path, signals: Signals) -> anyhow::Resul
         ("PLAIN_SERVER_NETNS", plain_server.netns.clone()),
         ("PLAIN_SERVER_IP", plain_server.ip.to_string()),
         ("CAPTURED_CLIENT_NETNS", captured_client.netns.clone()),
+        ("CAPTURED_CLIENT_IP", captured_client.ip.to_string()),
         ("WAYPOINT_NETNS", waypoint.netns.clone()),
         ("DIRECT_VIP", vip("direct")?),
         ("ROUTED_VIP", vip("routed")?),

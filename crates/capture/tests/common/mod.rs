@@ -59,6 +59,30 @@ impl TestNs {
         test_ns
     }
 
+    /// A new namespace with `lo` up and an `eth0` holding `address`, as a pod has (one end of a
+    /// veth pair whose other end stays in the namespace, down).
+    pub fn with_address(address: &str) -> TestNs {
+        let test_ns = TestNs::new();
+        test_ns.ip(&[
+            "link",
+            "add",
+            "eth0",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0-peer",
+        ]);
+        test_ns.ip(&["addr", "add", address, "dev", "eth0"]);
+        test_ns.ip(&["link", "set", "eth0", "up"]);
+        test_ns
+    }
+
+    /// The IPv4 policy-routing rules and every IPv4 route of the namespace.
+    pub fn routing(&self) -> String {
+        self.ip(&["-4", "rule", "show"]) + &self.ip(&["-4", "route", "show", "table", "all"])
+    }
+
     /// `ip -n NAME ARGS...`, which must succeed.
     pub fn ip(&self, args: &[&str]) -> String {
         let mut full = vec!["ip", "-n", &self.name];

@@ -478,7 +478,11 @@ read -r HOT_START HOT_END < <(nm "$LINKED" 2>/dev/null | awk '
     $3 == "__strait_hot_text_end" { end = $1 }
     END { print start, end }') || true
 HOT_PLACED="$(grep -o -m1 '[0-9]* KiB placed' "$ROOT/crates/strait/hot-text.ld" 2>/dev/null | cut -d' ' -f1 || true)"
-if [ -z "$HOT_START" ] || [ -z "$HOT_END" ]; then
+if readelf -S "$LINKED" 2>/dev/null | grep -q '\.note\.bolt_info'; then
+    # A --binary that llvm-bolt already rewrote: its functions moved out from between the
+    # markers, which therefore say nothing about the link's layout.
+    LAYOUT="rewritten by llvm-bolt; the link's crates/strait/hot-text.ld layout cannot be read from it"
+elif [ -z "$HOT_START" ] || [ -z "$HOT_END" ]; then
     LAYOUT="linked without crates/strait/hot-text.ld (no __strait_hot_text_start/_end)"
 else
     HOT_KIB=$(( (16#$HOT_END - 16#$HOT_START) / 1024 ))

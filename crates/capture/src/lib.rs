@@ -42,7 +42,7 @@ use strait_netns::{NetNs, NetNsError};
 pub use annotations::{exclusions_from_annotations, parse_cidr_list, parse_port_list};
 pub use iptables::Iptables;
 pub use render::{render, render_routing};
-pub use routing::{CAPTURE_PRIORITY, END_PRIORITY, EXEMPT_PRIORITY, PolicyRouting, ROUTE_TABLE};
+pub use routing::PolicyRouting;
 
 /// `SO_MARK` carried by every socket the proxy opens inside a pod, so its own connections are not
 /// captured again (which would loop).

@@ -35,18 +35,11 @@ pub(crate) fn render_transaction(
     cleanup: Vec<String>,
 ) -> Result<String, CaptureError> {
     spec.validate()?;
-    let lists = Lists::of(spec);
+    let values = SpecValues::of(spec);
     let mut cleanup = Some(cleanup);
-    fill(TEMPLATE_NAME, TEMPLATE, |name| {
-        Some(match name {
-            "outbound_port" => Value::One(spec.outbound_port.to_string()),
-            "inbound_port" => Value::One(spec.inbound_port.to_string()),
-            "hbone_port" => Value::One(spec.hbone_port.to_string()),
-            "mark" => Value::One(format!("{:#x}", spec.mark)),
-            "mark_mask" => Value::One(format!("{:#x}", spec.mark_mask)),
-            "cleanup" => Value::Many(cleanup.take().unwrap_or_default()),
-            list => lists.value(list)?,
-        })
+    fill(TEMPLATE_NAME, TEMPLATE, |name| match name {
+        "cleanup" => Some(Value::Many(cleanup.take().unwrap_or_default())),
+        name => values.value(name),
     })
 }
 
@@ -61,44 +54,59 @@ pub fn render_routing(spec: &CaptureSpec, pod_ip: Ipv4Addr) -> Result<String, Ca
             "must be the pod's unicast address: connections take it as their source",
         ));
     }
-    let lists = Lists::of(spec);
+    let values = SpecValues::of(spec);
     fill(ROUTING_TEMPLATE_NAME, ROUTING_TEMPLATE, |name| {
-        Some(match name {
-            "pod_ip" => Value::One(pod_ip.to_string()),
-            "table" => Value::One(ROUTE_TABLE.to_string()),
-            "exempt_priority" => Value::One(EXEMPT_PRIORITY.to_string()),
-            "capture_priority" => Value::One(CAPTURE_PRIORITY.to_string()),
-            "end_priority" => Value::One(END_PRIORITY.to_string()),
-            "inbound_port" => Value::One(spec.inbound_port.to_string()),
-            "hbone_port" => Value::One(spec.hbone_port.to_string()),
-            "mark" => Value::One(format!("{:#x}", spec.mark)),
-            "mark_mask" => Value::One(format!("{:#x}", spec.mark_mask)),
-            list => lists.value(list)?,
-        })
+        let number = |n: u32| Some(Value::One(n.to_string()));
+        match name {
+            "pod_ip" => Some(Value::One(pod_ip.to_string())),
+            "table" => number(ROUTE_TABLE),
+            "exempt_priority" => number(EXEMPT_PRIORITY),
+            "capture_priority" => number(CAPTURE_PRIORITY),
+            "end_priority" => number(END_PRIORITY),
+            name => values.value(name),
+        }
     })
 }
 
-/// The list placeholders both templates share, deduplicated; IPv6 blocks are left out (IPv6 is
-/// not captured at all).
-struct Lists {
+/// The placeholders both templates take from the spec: its ports and mark, and its lists,
+/// deduplicated, with IPv6 blocks left out (IPv6 is not captured at all).
+struct SpecValues<'a> {
+    spec: &'a CaptureSpec,
     probe_sources: Vec<String>,
     outbound_cidrs: Vec<String>,
     inbound_ports: Vec<String>,
     outbound_ports: Vec<String>,
 }
 
-impl Lists {
-    fn of(spec: &CaptureSpec) -> Lists {
-        Lists {
+impl SpecValues<'_> {
+    fn of(spec: &CaptureSpec) -> SpecValues<'_> {
+        // Validated before rendering, so every text parses.
+        let ipv4_blocks = |texts: &[String]| {
+            distinct(texts.iter().filter_map(|text| {
+                Cidr::parse(text)
+                    .ok()
+                    .filter(Cidr::is_ipv4)
+                    .map(|cidr| cidr.to_string())
+            }))
+        };
+        let ports = |ports: &[u16]| distinct(ports.iter().map(u16::to_string));
+        SpecValues {
+            spec,
             probe_sources: ipv4_blocks(&spec.probe_sources),
             outbound_cidrs: ipv4_blocks(&spec.exclude_outbound_cidrs),
-            inbound_ports: distinct(&spec.exclude_inbound_ports),
-            outbound_ports: distinct(&spec.exclude_outbound_ports),
+            inbound_ports: ports(&spec.exclude_inbound_ports),
+            outbound_ports: ports(&spec.exclude_outbound_ports),
         }
     }
 
     fn value(&self, name: &str) -> Option<Value> {
+        let spec = self.spec;
         let list = match name {
+            "outbound_port" => return Some(Value::One(spec.outbound_port.to_string())),
+            "inbound_port" => return Some(Value::One(spec.inbound_port.to_string())),
+            "hbone_port" => return Some(Value::One(spec.hbone_port.to_string())),
+            "mark" => return Some(Value::One(format!("{:#x}", spec.mark))),
+            "mark_mask" => return Some(Value::One(format!("{:#x}", spec.mark_mask))),
             "probe_source" => &self.probe_sources,
             "exclude_inbound_port" => &self.inbound_ports,
             "exclude_outbound_port" => &self.outbound_ports,
@@ -109,29 +117,12 @@ impl Lists {
     }
 }
 
-/// The IPv4 blocks among validated CIDR texts, in canonical form, each once.
-fn ipv4_blocks(texts: &[String]) -> Vec<String> {
+/// Each item once, in order of first appearance.
+fn distinct(items: impl IntoIterator<Item = String>) -> Vec<String> {
     let mut out: Vec<String> = Vec::new();
-    for text in texts {
-        if let Ok(cidr) = Cidr::parse(text)
-            && cidr.is_ipv4()
-        {
-            let cidr = cidr.to_string();
-            if !out.contains(&cidr) {
-                out.push(cidr);
-            }
-        }
-    }
-    out
-}
-
-/// Each port once, in order.
-fn distinct(ports: &[u16]) -> Vec<String> {
-    let mut out: Vec<String> = Vec::new();
-    for port in ports {
-        let port = port.to_string();
-        if !out.contains(&port) {
-            out.push(port);
+    for item in items {
+        if !out.contains(&item) {
+            out.push(item);
         }
     }
     out

@@ -68,30 +68,14 @@ impl PolicyRouting {
     /// spec names the pod's IPv4 address, none otherwise. Rules of other owners are kept.
     ///
     /// One `ip -batch` run deletes whatever of ours is there (the capturing rule first, the
-    /// routes last), then adds the route, the exemptions and the capturing rule last. It stops at the first
-    /// failure, which therefore never leaves the capturing rule without its exemptions; in the
-    /// moment between the deletions and the additions, new connections take the pod's own
-    /// routes and are still redirected, with interface-sized segments.
+    /// routes last), then adds the route, the exemptions and the capturing rule last. It stops
+    /// at the first failure, which therefore never leaves the capturing rule without its
+    /// exemptions; in the moment between the deletions and the additions, new connections take
+    /// the pod's own routes and are still redirected, with interface-sized segments.
     pub fn apply(&self, netns: &NetNs, spec: &CaptureSpec) -> Result<(), CaptureError> {
         // Validate and render before touching the namespace.
-        let mut fresh = spec
-            .pod_ip
-            .map(|pod_ip| render_routing(spec, pod_ip))
-            .transpose()?;
-        if fresh.is_some() {
-            let strict = strict_reverse_path(netns)?;
-            if !strict.is_empty() {
-                tracing::warn!(
-                    netns = %netns.path().display(),
-                    interfaces = ?strict,
-                    "strict reverse-path filtering (rp_filter=1): captured connections keep the \
-                     interface's segment size"
-                );
-                fresh = None;
-            }
-        }
-        let state = RoutingState::parse(&self.rules(netns)?, &self.routes(netns)?);
-        let mut batch = state.deletions();
+        let fresh = wanted(netns, spec)?;
+        let mut batch = self.state(netns)?.deletions();
         if let Some(fresh) = &fresh {
             batch.push_str(fresh);
         }
@@ -104,8 +88,7 @@ impl PolicyRouting {
 
     /// Deletes our rules and our table's route; nothing to remove is not an error.
     pub fn remove(&self, netns: &NetNs) -> Result<(), CaptureError> {
-        let state = RoutingState::parse(&self.rules(netns)?, &self.routes(netns)?);
-        let batch = state.deletions();
+        let batch = self.state(netns)?.deletions();
         if !batch.is_empty() {
             self.batch(netns, &batch)?;
         }
@@ -115,7 +98,7 @@ impl PolicyRouting {
     /// Our rules (`ip rule` style, `PRIORITY: selector action`) and our table's routes
     /// (`table 1337: route`) now in `netns`. Empty when none are installed.
     pub fn installed(&self, netns: &NetNs) -> Result<Vec<String>, CaptureError> {
-        let state = RoutingState::parse(&self.rules(netns)?, &self.routes(netns)?);
+        let state = self.state(netns)?;
         Ok(state
             .rules
             .iter()
@@ -129,16 +112,17 @@ impl PolicyRouting {
             .collect())
     }
 
-    fn rules(&self, netns: &NetNs) -> Result<String, CaptureError> {
-        let output = self.ip.run(netns, &["-4", "rule", "show"], None)?;
-        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
-    }
-
-    fn routes(&self, netns: &NetNs) -> Result<String, CaptureError> {
-        let output = self
-            .ip
-            .run(netns, &["-4", "route", "show", "table", "all"], None)?;
-        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+    /// Ours among the namespace's rules (`ip -4 rule show`) and routes
+    /// (`ip -4 route show table all`).
+    fn state(&self, netns: &NetNs) -> Result<RoutingState, CaptureError> {
+        let list = |args: &[&str]| -> Result<String, CaptureError> {
+            let output = self.ip.run(netns, args, None)?;
+            Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+        };
+        Ok(RoutingState::parse(
+            &list(&["-4", "rule", "show"])?,
+            &list(&["-4", "route", "show", "table", "all"])?,
+        ))
     }
 
     fn batch(&self, netns: &NetNs, batch: &str) -> Result<(), CaptureError> {
@@ -199,6 +183,26 @@ impl RoutingState {
         }
         batch
     }
+}
+
+/// The batch that installs the routing `spec` asks for, or `None` when the pod gets none: no
+/// address given, or a strict reverse-path filter that would drop the answers our route meets.
+fn wanted(netns: &NetNs, spec: &CaptureSpec) -> Result<Option<String>, CaptureError> {
+    let Some(pod_ip) = spec.pod_ip else {
+        return Ok(None);
+    };
+    let fresh = render_routing(spec, pod_ip)?;
+    let strict = strict_reverse_path(netns)?;
+    if !strict.is_empty() {
+        tracing::warn!(
+            netns = %netns.path().display(),
+            interfaces = ?strict,
+            "strict reverse-path filtering (rp_filter=1): captured connections keep the \
+             interface's segment size"
+        );
+        return Ok(None);
+    }
+    Ok(Some(fresh))
 }
 
 /// The pod's interfaces that filter by strict reverse path (`rp_filter` 1, the larger of the

@@ -582,18 +582,6 @@ if [ "$HOLD" -eq 0 ]; then
     measure_fed_gateway || note "the gateway fed over the config stream did not start; its idle RSS is not measured (logs: $WORK/strait-fed.log, $WORK/config-stream.log)"
 fi
 
-# watch_rss OUTFILE PID WATCHED...: highest RSS (KiB) of WATCHED while PID runs.
-watch_rss() {
-    local out="$1" pid="$2"; shift 2
-    local max=0 r
-    while kill -0 "$pid" 2>/dev/null; do
-        r="$(rss_kib "$@")"
-        [ "$r" -gt "$max" ] && max="$r"
-        sleep 0.5
-    done
-    echo "$max" >"$out"
-}
-
 # load_h1 ROUND SECTION TARGET URL NETNS PROXY_PIDS...: one wrk run, recorded (CPU of
 # PROXY_PIDS; with RSS_TARGET and RSS_PIDS set, the highest RSS of RSS_PIDS as RSS_TARGET).
 load_h1() {
@@ -606,12 +594,11 @@ load_h1() {
     local wrk_pid=$!
     local watch_pid=""
     if [ -n "${RSS_PIDS:-}" ]; then
+        # The watcher shares the load generator's core and reads /proc without forking: a
+        # shell loop forking every 0.5 s stalled that core and added ~1 ms to every p99.
         # shellcheck disable=SC2086
-        watch_rss "$out.rss" "$wrk_pid" $RSS_PIDS &
+        "${PIN_LOAD[@]}" "$PERF" rss-peak --while "$wrk_pid" $RSS_PIDS >"$out.rss" 2>/dev/null &
         watch_pid=$!
-        # The watcher's reads (a fork every 0.5 s) stay off the proxy's core: one landing there
-        # would preempt the proxy under test mid-request.
-        if [ ${#PIN_LOAD[@]} -gt 0 ]; then taskset -p -c "$LOAD_CPU" "$watch_pid" >/dev/null; fi
     fi
     if ! wait "$wrk_pid"; then
         note "round $round $section/$target: wrk failed: $(tail -1 "$out")"

@@ -2,6 +2,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
@@ -11,6 +12,7 @@ mod hot_text;
 mod mesh;
 mod parse;
 mod report;
+mod rss_peak;
 
 #[derive(Parser)]
 #[command(name = "strait-perf", about = "Helpers of tests/perf/run.sh")]
@@ -37,6 +39,18 @@ enum Command {
         host: String,
         #[arg(long, default_value = "/api/hold")]
         path: String,
+    },
+    /// Print the highest summed VmRSS (KiB) of PIDS and their descendants, sampled while
+    /// WHILE_PID runs, without forking (it shares a core with the load generator).
+    RssPeak {
+        /// Sample until this process exits.
+        #[arg(long = "while")]
+        while_pid: u32,
+        /// Milliseconds between samples.
+        #[arg(long, default_value_t = 500)]
+        interval_ms: u64,
+        #[arg(required = true)]
+        pids: Vec<u32>,
     },
     /// Print `metric<TAB>value` lines from a load generator's output.
     Parse {
@@ -121,6 +135,15 @@ fn main() -> anyhow::Result<()> {
             host,
             path,
         } => runtime()?.block_on(hold::run(addr, count, &host, &path)),
+        Command::RssPeak {
+            while_pid,
+            interval_ms,
+            pids,
+        } => {
+            let peak = rss_peak::run(while_pid, &pids, Duration::from_millis(interval_ms));
+            println!("{peak}");
+            Ok(())
+        }
         Command::Parse { tool } => {
             let out = match tool {
                 Tool::Wrk {

@@ -6,6 +6,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures_util::FutureExt as _;
+use futures_util::future::Either;
 use http::uri::PathAndQuery;
 use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, Version, header};
 use http_body_util::BodyExt;
@@ -210,9 +212,10 @@ pub(crate) fn handle(
         let request_timeout = rule.timeouts.request.filter(|d| !d.is_zero());
         let backend_timeout = rule.timeouts.backend_request.filter(|d| !d.is_zero());
 
-        // Futures are moved by copying their full size, and a request's future is moved a few times
-        // before it first runs. Every upstream exchange is boxed, so this future stays a few hundred
-        // bytes; one allocation costs far less than the copies.
+        // This future is made in its box (`server::pin_in_place`) and never moved, so the plain
+        // exchange is awaited in it rather than boxed again: a second allocation of a few KiB
+        // (beyond glibc's per-thread cache) cost more than the room. Upgrades are boxed, as are
+        // h2c and TLS inside `upstream::send`, so that their larger state is paid by them alone.
         let result = if upgrade {
             let attempt = Box::pin(forward_upgrade(cluster, outgoing, client_upgrade));
             with_timeout(request_timeout.or(backend_timeout), attempt).await
@@ -237,7 +240,7 @@ pub(crate) fn handle(
                     }
                 }
             }
-            let attempt = Box::pin(forward(cluster, outgoing, body, retries, backend_timeout));
+            let attempt = forward(cluster, outgoing, body, retries, backend_timeout);
             with_timeout(request_timeout, attempt).await
         };
         let response = match result {
@@ -275,19 +278,23 @@ pub(crate) fn handle(
     }
 }
 
-async fn with_timeout<F>(limit: Option<Duration>, fut: F) -> Result<Response<Body>, StatusCode>
+/// `fut`, answered 504 when `limit` passes first. Not an `async fn`, which would keep `fut`
+/// twice (as its argument and inside the timeout).
+fn with_timeout<F>(
+    limit: Option<Duration>,
+    fut: F,
+) -> impl Future<Output = Result<Response<Body>, StatusCode>>
 where
     F: Future<Output = Result<Response<Body>, StatusCode>>,
 {
     match limit {
-        Some(limit) => match tokio::time::timeout(limit, fut).await {
-            Ok(result) => result,
-            Err(_) => {
+        Some(limit) => Either::Left(tokio::time::timeout(limit, fut).map(move |outcome| {
+            outcome.unwrap_or_else(|_| {
                 tracing::debug!(?limit, "request timeout: 504");
                 Err(StatusCode::GATEWAY_TIMEOUT)
-            }
-        },
-        None => fut.await,
+            })
+        })),
+        None => Either::Right(fut),
     }
 }
 
@@ -451,10 +458,17 @@ async fn forward(
             return Err(StatusCode::BAD_GATEWAY);
         };
         let guard = InFlight::new(endpoint);
-        let send = upstream::send(cluster.protocol, endpoint, head, body.take());
+        // Each arm makes its send future where it is awaited: one made before the match is
+        // moved (copied) into the arm's.
+        let (protocol, body) = (cluster.protocol, body.take());
         let outcome = match per_attempt {
-            Some(limit) => Box::pin(tokio::time::timeout(limit, send)).await.ok(),
-            None => Some(send.await),
+            Some(limit) => Box::pin(tokio::time::timeout(
+                limit,
+                upstream::send(protocol, endpoint, head, body),
+            ))
+            .await
+            .ok(),
+            None => Some(upstream::send(protocol, endpoint, head, body).await),
         };
         drop(guard);
         previous = Some(endpoint.addr);

@@ -21,6 +21,7 @@ use crate::dial::{BoxIo, Dialer, TcpDialer, dial_within};
 use crate::h1::client::{self, ClientConn, ClientError, Failure};
 use crate::pool::{Checkin, IDLE_TIMEOUT, IdlePool};
 use arc_swap::ArcSwapOption;
+use futures_util::future::Either;
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{HeaderMap, HeaderValue, Method, Request, Response, Uri, Version, header};
 use hyper::body::Incoming;
@@ -402,23 +403,29 @@ async fn connect(dialer: &dyn Dialer, addr: SocketAddr) -> Result<BoxIo, SendErr
 }
 
 /// Sends one request to one endpoint.
-pub(crate) async fn send(
+///
+/// Not an `async fn`: that would keep the request in its own future beside the copy the
+/// chosen path's future keeps. Plain HTTP/1.1, the common case, is the path's future itself;
+/// the others are boxed, so that it carries no room for their larger state.
+pub(crate) fn send(
     protocol: AppProtocol,
     endpoint: &Arc<Endpoint>,
     outgoing: Outgoing,
     body: Body,
-) -> Result<Response<Body>, SendError> {
+) -> impl Future<Output = Result<Response<Body>, SendError>> + Send + '_ {
     if endpoint.tls.is_none() && protocol != AppProtocol::H2c {
-        return send_h1(endpoint, outgoing, body).await;
+        return Either::Left(send_h1(endpoint, outgoing, body));
     }
-    let response = if let Some(origination) = &endpoint.tls
-        && !multiplexed(protocol, endpoint)
-    {
-        Box::pin(send_tls(origination, endpoint, outgoing, body, false)).await?
-    } else {
-        send_h2(protocol, endpoint, outgoing, body).await?
-    };
-    Ok(response.map(|body| Body::Stream(Inbound::Hyper(body))))
+    Either::Right(Box::pin(async move {
+        let response = if let Some(origination) = &endpoint.tls
+            && !multiplexed(protocol, endpoint)
+        {
+            send_tls(origination, endpoint, outgoing, body, false).await?
+        } else {
+            send_h2(protocol, endpoint, outgoing, body).await?
+        };
+        Ok(response.map(|body| Body::Stream(Inbound::Hyper(body))))
+    }))
 }
 
 /// Sends over a pooled plain HTTP/1.1 connection, or a new one when none is idle. The

@@ -262,14 +262,14 @@ pub enum CaptureError {
 /// ([`PolicyRouting::apply`]), whose route through `lo` would otherwise take connections that
 /// nothing redirects.
 ///
-/// The routing only makes captured connections faster: when it cannot be installed (say the
-/// pod's address is not in the namespace), the failure is logged and the pod is captured
-/// without it. Its batch adds the capturing rule last, so a failure never leaves that rule
-/// without its exemptions.
+/// The routing only makes captured connections faster: when it cannot be installed (iproute2
+/// missing, or the pod's address not in the namespace), the failure is logged and the pod is
+/// captured without it. Its batch adds the capturing rule last, so a failure never leaves that
+/// rule without its exemptions.
 pub fn apply(netns: &NetNs, spec: &CaptureSpec) -> Result<(), CaptureError> {
-    let (iptables, routing) = (Iptables::locate()?, PolicyRouting::locate()?);
-    iptables.apply(netns, spec)?;
-    if let Err(e) = routing.apply(netns, spec) {
+    Iptables::locate()?.apply(netns, spec)?;
+    let applied = PolicyRouting::locate().and_then(|routing| routing.apply(netns, spec));
+    if let Err(e) = applied {
         tracing::warn!(
             netns = %netns.path().display(),
             error = %e,
@@ -280,19 +280,24 @@ pub fn apply(netns: &NetNs, spec: &CaptureSpec) -> Result<(), CaptureError> {
 }
 
 /// Removes every capture rule from `netns`: the policy routing first, then every capture chain
-/// and jump.
+/// and jump. Without iproute2 only the nat rules are removed: [`apply`] installs the routing
+/// with the same `ip`, so none of it can be there.
 pub fn remove(netns: &NetNs) -> Result<(), CaptureError> {
-    let (iptables, routing) = (Iptables::locate()?, PolicyRouting::locate()?);
-    routing.remove(netns)?;
+    let iptables = Iptables::locate()?;
+    if let Ok(routing) = PolicyRouting::locate() {
+        routing.remove(netns)?;
+    }
     iptables.remove(netns)
 }
 
 /// The capture rules currently in `netns`: the nat rules `iptables -S` style
-/// ([`Iptables::installed`]), then the routing rules and routes ([`PolicyRouting::installed`]).
+/// ([`Iptables::installed`]), then the routing rules and routes ([`PolicyRouting::installed`]),
+/// which are left out without iproute2 (see [`remove`]).
 pub fn installed(netns: &NetNs) -> Result<Vec<String>, CaptureError> {
-    let (iptables, routing) = (Iptables::locate()?, PolicyRouting::locate()?);
-    let mut lines = iptables.installed(netns)?;
-    lines.extend(routing.installed(netns)?);
+    let mut lines = Iptables::locate()?.installed(netns)?;
+    if let Ok(routing) = PolicyRouting::locate() {
+        lines.extend(routing.installed(netns)?);
+    }
     Ok(lines)
 }
 

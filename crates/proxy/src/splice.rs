@@ -517,17 +517,30 @@ mod tests {
         };
         let request = random_bytes(300_000, 3);
         let answer = random_bytes(8 << 20, 4);
+        // Each side reads while the other writes, as peers do: writing all of the 8 MiB answer
+        // before reading any relied on the sockets' buffers holding it, which they do not
+        // always (the relay's pipe holds 64 KiB).
         let run = async {
-            first.write_all(&request).await.unwrap();
-            first.shutdown().await.unwrap();
-            // The end of stream arrives after every byte, and the other way stays open.
+            let (mut first_read, mut first_write) = first.split();
+            let (mut second_read, mut second_write) = second.split();
             let mut got = Vec::new();
-            second.read_to_end(&mut got).await.unwrap();
+            tokio::join!(
+                async {
+                    first_write.write_all(&request).await.unwrap();
+                    first_write.shutdown().await.unwrap();
+                },
+                // The end of stream arrives after every byte, and the other way stays open.
+                async { second_read.read_to_end(&mut got).await.unwrap() },
+            );
             assert!(got == *request);
-            second.write_all(&answer).await.unwrap();
-            second.shutdown().await.unwrap();
             let mut got = Vec::new();
-            first.read_to_end(&mut got).await.unwrap();
+            tokio::join!(
+                async {
+                    second_write.write_all(&answer).await.unwrap();
+                    second_write.shutdown().await.unwrap();
+                },
+                async { first_read.read_to_end(&mut got).await.unwrap() },
+            );
             assert!(got == *answer);
             relay.await.unwrap().unwrap()
         };

@@ -1,17 +1,18 @@
 //! The HTTP/1.1 server side of client connections (gateway listeners and waypoint tunnels).
 //!
-//! Our own rather than hyper's for two reasons, both measured (docs/performance.md):
-//! - **Idle connections hold no buffers.** A keep-alive connection idle for more than
-//!   [`IDLE_GRACE`] owns only its socket and its task; the read buffer is allocated when the
+//! Our own rather than hyper's for these reasons, all measured (docs/performance.md):
+//! - **Idle connections hold no buffers.** A keep-alive connection idle for more than one to
+//!   two [`IDLE_GRACE`] owns only its socket and its task; the read buffer is allocated when the
 //!   next request arrives and the write buffer when its response is written. hyper keeps about
 //!   24 KiB per connection for the connection's life.
 //! - **Idle connections are small tasks.** The state of a request in flight (its head, the
 //!   handler's response, the body being relayed) is most of a connection's future: about
 //!   2 KiB. It lives in a box allocated when a connection becomes busy and freed when it has
-//!   been idle for [`IDLE_GRACE`], so a parked plaintext keep-alive connection's whole task
+//!   been idle as long, so a parked plaintext keep-alive connection's whole task
 //!   is under 1 KiB. Under load a connection stays busy and allocates the box once.
 //! - **Less work per request.** The head is parsed once into a `Request` whose header values
-//!   share one buffer, and a small response goes out in one write with its head.
+//!   share one buffer, a small response goes out in one write with its head, and no timer is
+//!   armed per request ([`head_clock`]).
 //!
 //! The request body is pulled from the socket only when the handler asks for it
 //! ([`body`]); `Expect: 100-continue` is answered at that moment. A client that closes its
@@ -24,13 +25,14 @@ pub(crate) mod client;
 pub(crate) mod date;
 mod decode;
 pub(crate) mod head;
+mod head_clock;
 pub(crate) mod rewind;
 
 use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::future::poll_fn;
 use std::io::{self, IoSlice};
-use std::pin::Pin;
+use std::pin::{Pin, pin};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
@@ -47,14 +49,18 @@ use crate::body::{Body, Inbound};
 use crate::h1::body::BodySender;
 use crate::h1::decode::{DecodeError, Decoded, Decoder};
 use crate::h1::head::{Framing, HeadError, RequestHead, ResponseContext, ResponseFraming};
+use crate::h1::head_clock::{HeadClock, Tick};
 use crate::h1::rewind::Rewind;
 
 /// A request head must arrive within this long of the connection starting to wait for it
-/// (including the time an idle keep-alive connection waits for its next request).
+/// (including the time an idle keep-alive connection waits for its next request; to within
+/// one [`IDLE_GRACE`], see [`head_clock`]).
 const HEAD_TIMEOUT: Duration = Duration::from_secs(30);
-/// A connection keeps its buffers this long after a request: under load the next request
-/// follows within milliseconds and reuses them instead of allocating anew; a connection idle
-/// for longer gives them back.
+/// A connection keeps its buffers this long (to twice this long) after a request: under load
+/// the next request follows within milliseconds and reuses them instead of allocating anew;
+/// a connection idle for longer gives them back. Also the interval of a busy connection's
+/// timer ([`head_clock`]), and so how long a stop may take to close a connection that has
+/// just gone idle.
 const IDLE_GRACE: Duration = Duration::from_millis(250);
 /// Free space wanted in the read buffer while a request head arrives. Most heads fit in one
 /// allocation this small, which the allocator serves from its per-thread cache; larger heads
@@ -141,7 +147,7 @@ pub(crate) fn serve<I: Io>(
         out: Output::default(),
         cached_headers: None,
         head_deadline: None,
-        served: false,
+        heads: 0,
         read_closed: false,
         linger: false,
     };
@@ -212,9 +218,9 @@ struct Conn<I> {
     /// When the next request head is due, carried over while the connection is parked (the
     /// time a keep-alive connection waits idle counts against [`HEAD_TIMEOUT`]).
     head_deadline: Option<tokio::time::Instant>,
-    /// A request head has been read. The HTTP/2 preface is only looked for before the first,
-    /// however long the client waits (and is parked) before sending it.
-    served: bool,
+    /// Request heads read. The HTTP/2 preface is only looked for before the first, however
+    /// long the client waits (and is parked) before sending it.
+    heads: u64,
     /// The client has closed its side (read returned end of stream).
     read_closed: bool,
     /// The connection closes with client bytes possibly still on the way (a refused head, a
@@ -253,8 +259,15 @@ enum Next {
 impl<I: Io> Conn<I> {
     /// Serves requests until the connection ends or has been idle for [`IDLE_GRACE`].
     async fn run(&mut self) -> io::Result<Finish> {
+        // The busy period's one timer (see `head_clock`).
+        let now = tokio::time::Instant::now();
+        let due_in = self.head_deadline.take().map_or(HEAD_TIMEOUT, |deadline| {
+            deadline.saturating_duration_since(now)
+        });
+        let mut clock = HeadClock::new(self.heads, due_in);
+        let mut timer = pin!(tokio::time::sleep_until(now + IDLE_GRACE));
         loop {
-            let head = match self.next_head().await {
+            let head = match self.next_head(&mut clock, timer.as_mut()).await {
                 Ok(Next::Head(head)) => head,
                 Ok(Next::Http2) => return Ok(Finish::Http2),
                 Ok(Next::Closed) => return Ok(Finish::Close),
@@ -268,7 +281,7 @@ impl<I: Io> Conn<I> {
                     return Ok(Finish::Close);
                 }
             };
-            self.served = true;
+            self.heads += 1;
             match self.exchange(head).await? {
                 After::NextRequest => {}
                 After::Close => return Ok(Finish::Close),
@@ -278,17 +291,17 @@ impl<I: Io> Conn<I> {
     }
 
     /// Waits for the next request head. An idle connection (nothing buffered) gives up its
-    /// buffers and returns [`Next::Idle`] once it has waited [`IDLE_GRACE`], and closes at once
-    /// when the proxy stops. Until the first head, the HTTP/2 preface is looked for too.
-    async fn next_head(&mut self) -> Result<Next, HeadError> {
-        let deadline = self
-            .head_deadline
-            .take()
-            .unwrap_or_else(|| tokio::time::Instant::now() + HEAD_TIMEOUT);
+    /// buffers and returns [`Next::Idle`] once `clock` finds it idle, and closes then if the
+    /// proxy has stopped. Until the first head, the HTTP/2 preface is looked for too.
+    async fn next_head(
+        &mut self,
+        clock: &mut HeadClock,
+        mut timer: Pin<&mut tokio::time::Sleep>,
+    ) -> Result<Next, HeadError> {
         loop {
             if !self.read_buf.is_empty() {
                 let n = self.read_buf.len().min(H2_PREFACE.len());
-                if !self.served && self.read_buf[..n] == H2_PREFACE[..n] {
+                if self.heads == 0 && self.read_buf[..n] == H2_PREFACE[..n] {
                     if n == H2_PREFACE.len() {
                         return Ok(Next::Http2);
                     }
@@ -301,27 +314,27 @@ impl<I: Io> Conn<I> {
             if self.read_closed {
                 return Ok(Next::Closed);
             }
-            let idle = self.read_buf.is_empty();
-            if idle && *self.stop.borrow() {
-                return Ok(Next::Closed);
-            }
-            let wake_at = if idle {
-                deadline.min(tokio::time::Instant::now() + IDLE_GRACE)
-            } else {
-                deadline
-            };
             // A head begun is not cut short by the proxy stopping.
-            match self.wait_for_bytes(wake_at, idle).await {
-                Wait::Bytes => {}
+            match self.wait_for_bytes(timer.as_mut(), false).await {
+                Wait::Bytes => continue,
                 Wait::Closed => return Ok(Next::Closed),
-                Wait::Elapsed if idle => {
-                    self.release_buffers();
-                    self.head_deadline = Some(deadline);
-                    return Ok(Next::Idle);
-                }
-                Wait::Elapsed => {
+                Wait::Elapsed => {}
+            }
+            let idle = self.read_buf.is_empty();
+            match clock.fired(self.heads, !idle) {
+                Tick::Overdue => {
                     tracing::debug!("request head timed out");
                     return Ok(Next::Closed);
+                }
+                _ if idle && *self.stop.borrow() => return Ok(Next::Closed),
+                Tick::Idle => {
+                    self.release_buffers();
+                    self.head_deadline = Some(tokio::time::Instant::now() + clock.remaining());
+                    return Ok(Next::Idle);
+                }
+                Tick::Waiting => {
+                    let now = tokio::time::Instant::now();
+                    timer.as_mut().reset(now + IDLE_GRACE);
                 }
             }
         }
@@ -334,18 +347,20 @@ impl<I: Io> Conn<I> {
         let deadline = self
             .head_deadline
             .unwrap_or_else(|| tokio::time::Instant::now() + HEAD_TIMEOUT);
-        matches!(self.wait_for_bytes(deadline, true).await, Wait::Bytes)
+        let timer = pin!(tokio::time::sleep_until(deadline));
+        matches!(self.wait_for_bytes(timer, true).await, Wait::Bytes)
     }
 
-    /// Reads what the client sends next into the read buffer, unless `until` passes first or
+    /// Reads what the client sends next into the read buffer, unless `timer` fires first or
     /// (with `watch_stop`) the proxy stops.
-    async fn wait_for_bytes(&mut self, until: tokio::time::Instant, watch_stop: bool) -> Wait {
+    async fn wait_for_bytes(
+        &mut self,
+        timer: Pin<&mut tokio::time::Sleep>,
+        watch_stop: bool,
+    ) -> Wait {
         let (io, read_buf, stop) = (&mut self.io, &mut self.read_buf, &mut self.stop);
         let read = poll_fn(|cx| poll_read_more(io, read_buf, cx, HEAD_SPARE));
         let stopped = async {
-            if !watch_stop {
-                return std::future::pending().await;
-            }
             while !*stop.borrow_and_update() {
                 if stop.changed().await.is_err() {
                     return std::future::pending().await;
@@ -353,6 +368,8 @@ impl<I: Io> Conn<I> {
             }
         };
         tokio::select! {
+            // Bytes first: a request that has arrived is served, whatever else happened.
+            biased;
             result = read => match result {
                 Ok(0) => {
                     self.read_closed = true;
@@ -364,8 +381,8 @@ impl<I: Io> Conn<I> {
                     Wait::Closed
                 }
             },
-            () = stopped => Wait::Closed,
-            () = tokio::time::sleep_until(until) => Wait::Elapsed,
+            () = stopped, if watch_stop => Wait::Closed,
+            () = timer => Wait::Elapsed,
         }
     }
 

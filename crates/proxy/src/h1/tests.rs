@@ -543,14 +543,40 @@ async fn an_idle_connection_closes_when_its_next_head_is_overdue() {
     let idle_since = tokio::time::Instant::now();
     let margin = Duration::from_millis(50);
     let mut byte = [0; 1];
-    let early = tokio::time::timeout_at(idle_since + HEAD_TIMEOUT - margin, c.io.read(&mut byte));
+    // Due HEAD_TIMEOUT after it went idle, to within one IDLE_GRACE (see `head_clock`),
+    // and not counted from when it was parked (one to two IDLE_GRACE later).
+    let early = tokio::time::timeout_at(
+        idle_since + HEAD_TIMEOUT - IDLE_GRACE - margin,
+        c.io.read(&mut byte),
+    );
     assert!(early.await.is_err(), "closed before its head was due");
-    // Due HEAD_TIMEOUT after it went idle, not after it was parked (IDLE_GRACE later).
     let read = tokio::time::timeout_at(idle_since + HEAD_TIMEOUT + margin, c.io.read(&mut byte));
     assert_eq!(
         read.await.expect("closed when its head was due").unwrap(),
         0
     );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_head_begun_and_never_finished_is_overdue() {
+    let mut c = start(echo());
+    c.send(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    c.response().await;
+    let waiting_since = tokio::time::Instant::now();
+    // Trickled in slowly enough to span many firings of the connection's timer, never whole.
+    for _ in 0..4 {
+        c.send(b"X").await;
+        tokio::time::sleep(IDLE_GRACE * 3).await;
+    }
+    let margin = Duration::from_millis(50);
+    let mut byte = [0; 1];
+    let early = tokio::time::timeout_at(
+        waiting_since + HEAD_TIMEOUT - IDLE_GRACE - margin,
+        c.io.read(&mut byte),
+    );
+    assert!(early.await.is_err(), "closed before the head was due");
+    let read = tokio::time::timeout_at(waiting_since + HEAD_TIMEOUT + margin, c.io.read(&mut byte));
+    assert_eq!(read.await.expect("a trickled head timed out").unwrap(), 0);
 }
 
 #[test]

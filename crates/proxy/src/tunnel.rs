@@ -179,7 +179,7 @@ impl AsyncWrite for Tunnel {
 /// Relays between a socket and a tunnel until both directions finish, and returns the bytes
 /// moved each way (socket to tunnel, tunnel to socket). An end of stream on one side
 /// half-closes the other while the reverse direction keeps flowing; an error on either side
-/// ends the relay. Each direction holds at most one read buffer of up to [`READ_BUF_MAX`].
+/// ends the relay. Each direction holds at most one read buffer, of up to 256 KiB.
 pub async fn relay<S>(mut socket: S, mut tunnel: Tunnel) -> io::Result<(u64, u64)>
 where
     S: AsyncRead + AsyncWrite + Unpin,

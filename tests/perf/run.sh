@@ -349,9 +349,13 @@ EOF
 backend_conf "$WORK/backend" "127.0.0.1:$BACKEND_H1" "127.0.0.1:$BACKEND_H2C" >"$WORK/backend/nginx.conf"
 
 # nginx as the proxy: Host example.com, PathPrefix /api, a header added, upstream keep-alive.
+# X-Forwarded-For and -Proto as Strait sets them (see the method): the backend gets the same
+# request from each proxy.
 NGINX_PROXY_BLOCK="proxy_pass http://backend; proxy_http_version 1.1;
             proxy_set_header Connection \"\"; proxy_set_header Host \$host;
-            proxy_set_header x-routed-by strait;"
+            proxy_set_header x-routed-by strait;
+            proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
+            proxy_set_header X-Forwarded-Proto \$scheme;"
 {
     nginx_common "$WORK/nginx"
     cat <<EOF
@@ -410,6 +414,8 @@ frontend gateway
 backend fast
     http-reuse always
     http-request add-header x-routed-by strait
+    option forwardfor
+    http-request set-header X-Forwarded-Proto http
     server backend 127.0.0.1:$BACKEND_H1
 backend not_found
     http-request return status 404

@@ -535,26 +535,29 @@ async fn a_client_closing_while_parked_ends_the_connection() {
     assert!(matches!(ended, Ended::Closed));
 }
 
+/// Asserts that the server closes the connection for a head due [`HEAD_TIMEOUT`] after
+/// `waiting_since`: to within one [`IDLE_GRACE`] (see `head_clock`), not before.
+async fn assert_closed_when_head_due(c: &mut Client, waiting_since: tokio::time::Instant) {
+    let margin = Duration::from_millis(50);
+    let mut byte = [0; 1];
+    let early = tokio::time::timeout_at(
+        waiting_since + HEAD_TIMEOUT - IDLE_GRACE - margin,
+        c.io.read(&mut byte),
+    );
+    assert!(early.await.is_err(), "closed before its head was due");
+    let due = tokio::time::timeout_at(waiting_since + HEAD_TIMEOUT + margin, c.io.read(&mut byte));
+    assert_eq!(due.await.expect("open after its head was due").unwrap(), 0);
+}
+
 #[tokio::test(start_paused = true)]
 async fn an_idle_connection_closes_when_its_next_head_is_overdue() {
     let mut c = start(echo());
     c.send(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await;
     c.response().await;
+    // Counted from when it went idle, not from when it was parked (one to two IDLE_GRACE
+    // later).
     let idle_since = tokio::time::Instant::now();
-    let margin = Duration::from_millis(50);
-    let mut byte = [0; 1];
-    // Due HEAD_TIMEOUT after it went idle, to within one IDLE_GRACE (see `head_clock`),
-    // and not counted from when it was parked (one to two IDLE_GRACE later).
-    let early = tokio::time::timeout_at(
-        idle_since + HEAD_TIMEOUT - IDLE_GRACE - margin,
-        c.io.read(&mut byte),
-    );
-    assert!(early.await.is_err(), "closed before its head was due");
-    let read = tokio::time::timeout_at(idle_since + HEAD_TIMEOUT + margin, c.io.read(&mut byte));
-    assert_eq!(
-        read.await.expect("closed when its head was due").unwrap(),
-        0
-    );
+    assert_closed_when_head_due(&mut c, idle_since).await;
 }
 
 #[tokio::test(start_paused = true)]
@@ -568,15 +571,7 @@ async fn a_head_begun_and_never_finished_is_overdue() {
         c.send(b"X").await;
         tokio::time::sleep(IDLE_GRACE * 3).await;
     }
-    let margin = Duration::from_millis(50);
-    let mut byte = [0; 1];
-    let early = tokio::time::timeout_at(
-        waiting_since + HEAD_TIMEOUT - IDLE_GRACE - margin,
-        c.io.read(&mut byte),
-    );
-    assert!(early.await.is_err(), "closed before the head was due");
-    let read = tokio::time::timeout_at(waiting_since + HEAD_TIMEOUT + margin, c.io.read(&mut byte));
-    assert_eq!(read.await.expect("a trickled head timed out").unwrap(), 0);
+    assert_closed_when_head_due(&mut c, waiting_since).await;
 }
 
 #[test]

@@ -9,7 +9,8 @@
 //! has waited for one head the whole interval. That bounds both limits to within one
 //! interval: a connection gives its buffers back after 1-2 intervals of idleness, and a head
 //! is overdue between [`HEAD_TIMEOUT`] less one interval and [`HEAD_TIMEOUT`] after the
-//! connection began to wait for it.
+//! connection began to wait for it. The timer is not re-armed while a request is handled, so
+//! a long exchange (a long poll, a download) is woken by it at most once.
 
 use std::time::Duration;
 

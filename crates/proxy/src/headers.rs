@@ -174,13 +174,16 @@ pub(crate) fn add_forwarded(headers: &mut HeaderMap, client: &HeaderValue, https
             vacant.insert(client.clone());
         }
         Entry::Occupied(mut occupied) => {
-            let existing = occupied.get().as_bytes();
-            let value = if existing.is_empty() {
+            // Field lines of one name are one list (RFC 9110, section 5.3): a hop the client
+            // sent on a second line is kept, ahead of the client itself.
+            let mut joined = Vec::new();
+            for value in occupied.iter().filter(|value| !value.is_empty()) {
+                joined.extend_from_slice(value.as_bytes());
+                joined.extend_from_slice(b", ");
+            }
+            let value = if joined.is_empty() {
                 Some(client.clone())
             } else {
-                let mut joined = Vec::with_capacity(existing.len() + 2 + client.len());
-                joined.extend_from_slice(existing);
-                joined.extend_from_slice(b", ");
                 joined.extend_from_slice(client.as_bytes());
                 HeaderValue::from_bytes(&joined).ok()
             };
@@ -303,15 +306,16 @@ mod tests {
     }
 
     #[test]
-    fn forwarded_for_joins_the_first_value_and_replaces_the_rest() {
+    fn forwarded_for_joins_every_line_and_the_client_into_one() {
         let ip: std::net::IpAddr = "2001:db8::1".parse().unwrap();
         let mut h = map(&[
             ("x-forwarded-for", "10.0.0.1"),
-            ("x-forwarded-for", "10.0.0.2"),
+            ("x-forwarded-for", ""),
+            ("x-forwarded-for", "10.0.0.2, 10.0.0.3"),
         ]);
         add_forwarded(&mut h, &client_address(ip), false);
         let all: Vec<_> = h.get_all(&X_FORWARDED_FOR).iter().collect();
-        assert_eq!(all, ["10.0.0.1, 2001:db8::1"]);
+        assert_eq!(all, ["10.0.0.1, 10.0.0.2, 10.0.0.3, 2001:db8::1"]);
         let mut h = map(&[("x-forwarded-for", "")]);
         add_forwarded(&mut h, &client_address(ip), false);
         assert_eq!(h[&X_FORWARDED_FOR], "2001:db8::1");

@@ -342,6 +342,11 @@ $(nginx_http_common)
         listen $2 reuseport;
         $( [ -n "$3" ] && echo "listen $3 http2 reuseport;" )
         location / { default_type text/plain; return 200 "$BODY"; }
+        # What a proxy sent: the check below compares it across the three.
+        location = /api/echo-fields {
+            default_type text/plain;
+            return 200 "host=\$host x-routed-by=\$http_x_routed_by x-forwarded-for=\$http_x_forwarded_for x-forwarded-proto=\$http_x_forwarded_proto\n";
+        }
     }
 }
 EOF
@@ -539,6 +544,19 @@ for port in "$STRAIT_PORT" "$HAPROXY_H1" "$NGINX_H1"; do
         note "port $port answered 200 for /other: the route match is not applied"
     fi
 done
+# The three must send the backend the same request, the fields each adds included (the
+# backend's /api/echo-fields answers with them): otherwise they do unequal work.
+backend_view() { # PORT
+    timeout 5 bash -c "exec 3<>/dev/tcp/127.0.0.1/$1 || exit 1
+        printf 'GET /api/echo-fields HTTP/1.1\r\nHost: $HOST_HEADER\r\nConnection: close\r\n\r\n' >&3
+        tail -n 1 <&3" 2>/dev/null
+}
+views="$(for port in "$STRAIT_PORT" "$HAPROXY_H1" "$NGINX_H1"; do echo "$(backend_view "$port")"; done)"
+if [ "$(sort -u <<<"$views" | wc -l)" -ne 1 ] || [ -z "$(head -1 <<<"$views")" ]; then
+    note "the proxies do not send the backend the same request fields (Strait, HAProxy, nginx): $(tr '\n' ';' <<<"$views")"
+else
+    log "the backend gets the same fields from each proxy: $(head -1 <<<"$views")"
+fi
 
 proxy_pid() { case "$1" in strait) echo "$STRAIT_PID" ;; haproxy) echo "$HAPROXY_PID" ;; nginx) echo "$NGINX_PID" ;; *) echo "" ;; esac; }
 h1_port() { case "$1" in direct) echo "$BACKEND_H1" ;; strait) echo "$STRAIT_PORT" ;; haproxy) echo "$HAPROXY_H1" ;; nginx) echo "$NGINX_H1" ;; esac; }

@@ -265,15 +265,21 @@ record() {
     done
 }
 
+# http_probe HOST PORT THEN: a bash script sending GET $PATH_URL (Host $HOST_HEADER, closing)
+# to HOST:PORT on fd 3, then running THEN on the answer.
+http_probe() {
+    echo "exec 3<>/dev/tcp/$1/$2 || exit 1
+        printf 'GET $PATH_URL HTTP/1.1\r\nHost: $HOST_HEADER\r\nConnection: close\r\n\r\n' >&3
+        $3"
+}
+
 # http_ok [NETNS] HOST PORT: one HTTP/1.1 request, succeeds on a 200.
 http_ok() {
-    local netns="" host port
+    local netns="" probe
     if [ $# -eq 3 ]; then netns="$1"; shift; fi
-    host="$1"; port="$2"
-    local probe="exec 3<>/dev/tcp/$host/$port || exit 1
-        printf 'GET $PATH_URL HTTP/1.1\r\nHost: $HOST_HEADER\r\nConnection: close\r\n\r\n' >&3
-        IFS= read -r -t 3 line <&3 || exit 1
-        case \"\$line\" in *' 200 '*) exit 0 ;; *) exit 1 ;; esac"
+    # shellcheck disable=SC2016 # expanded by the probe's shell
+    probe="$(http_probe "$1" "$2" 'IFS= read -r -t 3 line <&3 || exit 1
+        case "$line" in *" 200 "*) exit 0 ;; *) exit 1 ;; esac')"
     if [ -n "$netns" ]; then
         timeout 5 ip netns exec "$netns" bash -c "$probe" 2>/dev/null
     else
@@ -547,9 +553,7 @@ done
 # The three must send the backend the same request, the fields each adds included (the
 # backend's /api/echo-fields answers with them): otherwise they do unequal work.
 backend_view() { # PORT
-    timeout 5 bash -c "exec 3<>/dev/tcp/127.0.0.1/$1 || exit 1
-        printf 'GET /api/echo-fields HTTP/1.1\r\nHost: $HOST_HEADER\r\nConnection: close\r\n\r\n' >&3
-        tail -n 1 <&3" 2>/dev/null
+    timeout 5 bash -c "$(PATH_URL=/api/echo-fields http_probe 127.0.0.1 "$1" 'tail -n 1 <&3')" 2>/dev/null
 }
 views="$(for port in "$STRAIT_PORT" "$HAPROXY_H1" "$NGINX_H1"; do echo "$(backend_view "$port")"; done)"
 if [ "$(sort -u <<<"$views" | wc -l)" -ne 1 ] || [ -z "$(head -1 <<<"$views")" ]; then

@@ -42,10 +42,11 @@ impl HeadClock {
     /// A clock started as the timer is armed, with `heads` read so far and the head waited
     /// for due in `due_in` (less, for a connection that waited while parked).
     pub(super) fn new(heads: u64, due_in: Duration) -> HeadClock {
-        let ticks_left = (due_in.as_millis() / IDLE_GRACE.as_millis()).min(HEAD_TICKS.into());
+        let ticks = due_in.as_millis() / IDLE_GRACE.as_millis();
         HeadClock {
             heads_seen: heads,
-            ticks_left: u32::try_from(ticks_left).unwrap_or(HEAD_TICKS),
+            // At most HEAD_TICKS, so the cast keeps the value.
+            ticks_left: ticks.min(u128::from(HEAD_TICKS)) as u32,
         }
     }
 

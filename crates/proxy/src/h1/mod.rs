@@ -336,10 +336,9 @@ impl<I: Io> Conn<I> {
                     self.head_deadline = Some(tokio::time::Instant::now() + clock.remaining());
                     return Ok(Next::Idle);
                 }
-                Tick::Waiting => {
-                    let now = tokio::time::Instant::now();
-                    timer.as_mut().reset(now + IDLE_GRACE);
-                }
+                Tick::Waiting => timer
+                    .as_mut()
+                    .reset(tokio::time::Instant::now() + IDLE_GRACE),
             }
         }
     }

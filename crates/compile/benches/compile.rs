@@ -1,4 +1,6 @@
-//! Compiles 10,000 HTTPRoutes spread over 1,000 hostnames attached to one Gateway.
+//! Compiles HTTPRoutes attached to one Gateway: 10,000 routes spread over 1,000 hostnames and
+//! 100 Services of 2 endpoints (the target's case), and 1,000 routes to 10 Services of 500
+//! endpoints each (many routes sharing large backends).
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -8,18 +10,24 @@ use strait_compile::{CONTROLLER_NAME, CompileInput, compile};
 use strait_config::ObjectRef;
 use strait_model::Snapshot;
 
-fn snapshot() -> Snapshot {
+/// `routes` routes over `hosts` hostnames, sending to `services` Services of `endpoints` ready
+/// endpoints each.
+fn snapshot(routes: usize, hosts: usize, services: usize, endpoints: usize) -> Snapshot {
     let mut text = String::from(
         "apiVersion: gateway.networking.k8s.io/v1\nkind: GatewayClass\nmetadata: {name: strait}\nspec: {controllerName: strait.dev/gateway-controller}\n---\napiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {name: gw, namespace: bench}\nspec:\n  gatewayClassName: strait\n  listeners: [{name: http, port: 80, protocol: HTTP}]\n",
     );
-    for s in 0..100 {
+    for s in 0..services {
+        let addresses: Vec<String> = (0..endpoints)
+            .map(|e| format!("{{addresses: [10.{s}.{}.{}]}}", e / 250, e % 250 + 1))
+            .collect();
         text.push_str(&format!(
-            "---\napiVersion: v1\nkind: Service\nmetadata: {{name: svc-{s}, namespace: bench}}\nspec:\n  ports: [{{name: http, port: 8080}}]\n---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: svc-{s}-1, namespace: bench, labels: {{kubernetes.io/service-name: svc-{s}}}}}\naddressType: IPv4\nports: [{{name: http, port: 3000}}]\nendpoints: [{{addresses: [10.0.{s}.1]}}, {{addresses: [10.0.{s}.2]}}]\n"
+            "---\napiVersion: v1\nkind: Service\nmetadata: {{name: svc-{s}, namespace: bench}}\nspec:\n  ports: [{{name: http, port: 8080}}]\n---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: svc-{s}-1, namespace: bench, labels: {{kubernetes.io/service-name: svc-{s}}}}}\naddressType: IPv4\nports: [{{name: http, port: 3000}}]\nendpoints: [{}]\n",
+            addresses.join(", ")
         ));
     }
-    for r in 0..10_000 {
-        let host = r % 1000;
-        let svc = r % 100;
+    for r in 0..routes {
+        let host = r % hosts;
+        let svc = r % services;
         text.push_str(&format!(
             "---\napiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {{name: route-{r}, namespace: bench}}\nspec:\n  parentRefs: [{{name: gw}}]\n  hostnames: [host-{host}.example.com]\n  rules:\n  - matches: [{{path: {{type: PathPrefix, value: /r{r}}}, headers: [{{name: x-r, value: v{r}}}]}}]\n    filters: [{{type: RequestHeaderModifier, requestHeaderModifier: {{set: [{{name: x-a, value: b}}]}}}}]\n    backendRefs: [{{name: svc-{svc}, port: 8080}}]\n"
         ));
@@ -30,7 +38,6 @@ fn snapshot() -> Snapshot {
 }
 
 fn bench(c: &mut Criterion) {
-    let snapshot = snapshot();
     let addresses: BTreeMap<ObjectRef, Vec<IpAddr>> = BTreeMap::from([(
         ObjectRef {
             namespace: "bench".into(),
@@ -38,15 +45,24 @@ fn bench(c: &mut Criterion) {
         },
         vec![IpAddr::from([127, 0, 0, 1])],
     )]);
-    let input = CompileInput {
-        snapshot: &snapshot,
-        controller_name: CONTROLLER_NAME,
-        gateway_addresses: &addresses,
-        now: "2026-01-01T00:00:00Z",
-    };
-    c.bench_function("compile_10k_routes_1k_hosts", |b| {
-        b.iter(|| compile(std::hint::black_box(&input)))
-    });
+    for (name, snapshot) in [
+        (
+            "compile_10k_routes_1k_hosts",
+            snapshot(10_000, 1_000, 100, 2),
+        ),
+        (
+            "compile_1k_routes_10_services_500_endpoints",
+            snapshot(1_000, 100, 10, 500),
+        ),
+    ] {
+        let input = CompileInput {
+            snapshot: &snapshot,
+            controller_name: CONTROLLER_NAME,
+            gateway_addresses: &addresses,
+            now: "2026-01-01T00:00:00Z",
+        };
+        c.bench_function(name, |b| b.iter(|| compile(std::hint::black_box(&input))));
+    }
 }
 
 criterion_group!(benches, bench);

@@ -19,20 +19,41 @@ pub(crate) struct BackendRefSpec {
     pub port: Option<i32>,
 }
 
-/// Resolves a backendRef of a route (`route_kind` in `route_ns`) to a cluster. A backendRef to
-/// another namespace needs a ReferenceGrant when `grants_required` (Gateway parents); mesh
-/// parents do not (GEP-1426: mesh routes augment Services their callers can already reach).
-pub(crate) fn resolve(
-    ctx: &Context<'_>,
+/// A Service port a backendRef resolved to: what its cluster is made from, once a route that
+/// sends to it is accepted.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct ServiceBackend<'a> {
+    protocol: AppProtocol,
+    port: &'a ServicePort,
+}
+
+impl ServiceBackend<'_> {
+    /// The cluster of `key`, the key this backend resolved with.
+    pub(crate) fn cluster(&self, ctx: &Context<'_>, key: &ClusterKey) -> Cluster {
+        Cluster {
+            protocol: self.protocol,
+            endpoints: endpoints(ctx, &key.namespace, &key.name, self.port),
+            tls: None,
+        }
+    }
+}
+
+/// Resolves a backendRef of a route (`route_kind` in `route_ns`) to a Service port. A
+/// backendRef to another namespace needs a ReferenceGrant when `grants_required` (Gateway
+/// parents); mesh parents do not (GEP-1426: mesh routes augment Services their callers can
+/// already reach).
+pub(crate) fn resolve<'a>(
+    ctx: &Context<'a>,
     route_kind: &str,
     route_ns: &str,
     r: &BackendRefSpec,
     grants_required: bool,
-) -> Result<(ClusterKey, Cluster), RefFailure> {
+) -> Result<(ClusterKey, ServiceBackend<'a>), RefFailure> {
     let group = r.group.as_deref().unwrap_or("");
     let kind = r.kind.as_deref().unwrap_or("Service");
     let namespace = r.namespace.as_deref().unwrap_or(route_ns);
-    let what = format!("Service {namespace}/{}", r.name);
+    // Formatted only into an error: most references resolve.
+    let what = format_args!("Service {namespace}/{}", r.name);
     if !group.is_empty() || kind != "Service" {
         return Err(RefFailure {
             reason: "InvalidKind",
@@ -96,13 +117,11 @@ pub(crate) fn resolve(
         Some("kubernetes.io/ws") => AppProtocol::WebSocket,
         _ => AppProtocol::Http1,
     };
-    let endpoints = endpoints(ctx, namespace, &r.name, service_port);
     Ok((
         key,
-        Cluster {
+        ServiceBackend {
             protocol,
-            endpoints,
-            tls: None,
+            port: service_port,
         },
     ))
 }

@@ -7,7 +7,7 @@ use strait_model::types::GrpcRoute;
 use crate::backends::BackendRefSpec;
 use crate::context::{Context, name, ns};
 use crate::http_route::{
-    RuleBackend, check_regex, match_everything, to_value, translate_rule_actions,
+    RuleBackend, RuleName, check_regex, match_everything, to_value, translate_rule_actions,
 };
 use crate::routes::{Compiled, Scope};
 
@@ -37,12 +37,21 @@ fn method_path(
 }
 
 /// Translates a GRPCRoute's rules for parents of `scope`.
-pub(crate) fn compile_route(ctx: &Context<'_>, route: &GrpcRoute, scope: Scope) -> Compiled {
+pub(crate) fn compile_route<'a>(
+    ctx: &Context<'a>,
+    route: &GrpcRoute,
+    scope: Scope,
+) -> Compiled<'a> {
     use gateway_api::experimental::grpcroutes::GrpcRouteRulesMatchesHeadersType as H;
     let route_ns = ns(&route.metadata);
-    let what = format!("GRPCRoute {route_ns}/{}", name(&route.metadata));
     let mut out = Compiled::new(KIND, scope);
     for (ri, rule) in route.spec.rules.iter().flatten().enumerate() {
+        let what = RuleName {
+            kind: KIND,
+            namespace: route_ns,
+            name: name(&route.metadata),
+            index: ri,
+        };
         let mut matches = Vec::new();
         for m in rule.matches.iter().flatten() {
             let translated = (|| -> Result<HttpMatch, String> {
@@ -75,7 +84,7 @@ pub(crate) fn compile_route(ctx: &Context<'_>, route: &GrpcRoute, scope: Scope) 
                 Ok(m) => matches.push(m),
                 Err(e) => {
                     out.unsupported
-                        .get_or_insert_with(|| format!("{what}: rule {ri}: {e}"));
+                        .get_or_insert_with(|| format!("{what}: {e}"));
                 }
             }
         }
@@ -85,7 +94,7 @@ pub(crate) fn compile_route(ctx: &Context<'_>, route: &GrpcRoute, scope: Scope) 
         let (filters, backends) = translate_rule_actions(
             ctx,
             route_ns,
-            &format!("{what}: rule {ri}"),
+            &what,
             rule.filters.iter().flatten().map(to_value),
             rule.backend_refs.iter().flatten().map(|b| RuleBackend {
                 spec: BackendRefSpec {

@@ -1,5 +1,6 @@
 //! HTTPRoute translation: rules, matches, filters, backends, timeouts and retries.
 
+use std::fmt;
 use std::time::Duration;
 
 use serde_json::Value;
@@ -26,11 +27,20 @@ pub(crate) fn parse_duration(s: &str) -> Result<Option<Duration>, String> {
 }
 
 /// Translates an HTTPRoute's rules for parents of `scope`.
-pub(crate) fn compile_route(ctx: &Context<'_>, route: &HttpRoute, scope: Scope) -> Compiled {
+pub(crate) fn compile_route<'a>(
+    ctx: &Context<'a>,
+    route: &HttpRoute,
+    scope: Scope,
+) -> Compiled<'a> {
     let route_ns = ns(&route.metadata);
     let mut out = Compiled::new(KIND, scope);
-    let what = format!("HTTPRoute {route_ns}/{}", name(&route.metadata));
     for (ri, rule) in route.spec.rules.iter().flatten().enumerate() {
+        let what = RuleName {
+            kind: KIND,
+            namespace: route_ns,
+            name: name(&route.metadata),
+            index: ri,
+        };
         // Matches.
         let mut matches = Vec::new();
         for m in rule.matches.iter().flatten() {
@@ -38,7 +48,7 @@ pub(crate) fn compile_route(ctx: &Context<'_>, route: &HttpRoute, scope: Scope) 
                 Ok(m) => matches.push(m),
                 Err(e) => {
                     out.unsupported
-                        .get_or_insert_with(|| format!("{what}: rule {ri}: {e}"));
+                        .get_or_insert_with(|| format!("{what}: {e}"));
                 }
             }
         }
@@ -48,7 +58,7 @@ pub(crate) fn compile_route(ctx: &Context<'_>, route: &HttpRoute, scope: Scope) 
         let (filters, backends) = translate_rule_actions(
             ctx,
             route_ns,
-            &format!("{what}: rule {ri}"),
+            &what,
             rule.filters.iter().flatten().map(to_value),
             rule.backend_refs.iter().flatten().map(|b| RuleBackend {
                 spec: BackendRefSpec {
@@ -75,7 +85,7 @@ pub(crate) fn compile_route(ctx: &Context<'_>, route: &HttpRoute, scope: Scope) 
                         Ok(d) => *field = d,
                         Err(e) => {
                             out.unsupported
-                                .get_or_insert_with(|| format!("{what}: rule {ri}: {e}"));
+                                .get_or_insert_with(|| format!("{what}: {e}"));
                         }
                     }
                 }
@@ -106,16 +116,16 @@ pub(crate) fn compile_route(ctx: &Context<'_>, route: &HttpRoute, scope: Scope) 
     out
 }
 
-pub(crate) fn resolve_target(
-    ctx: &Context<'_>,
+pub(crate) fn resolve_target<'a>(
+    ctx: &Context<'a>,
     route_ns: &str,
     spec: &BackendRefSpec,
-    out: &mut Compiled,
+    out: &mut Compiled<'a>,
 ) -> BackendTarget {
     let grants_required = out.scope == Scope::Gateway;
     match backends::resolve(ctx, out.kind, route_ns, spec, grants_required) {
-        Ok((key, cluster)) => {
-            out.clusters.push((key.clone(), cluster));
+        Ok((key, backend)) => {
+            out.clusters.push((key.clone(), backend));
             BackendTarget::Cluster(key)
         }
         Err(f) => {
@@ -242,11 +252,11 @@ fn path_modifier(v: Option<&Value>) -> Option<PathModifier> {
 }
 
 /// Translates one filter (rule or backend level, same JSON shape).
-pub(crate) fn translate_filter(
-    ctx: &Context<'_>,
+pub(crate) fn translate_filter<'a>(
+    ctx: &Context<'a>,
     route_ns: &str,
     v: &Value,
-    out: &mut Compiled,
+    out: &mut Compiled<'a>,
 ) -> Result<HttpFilter, String> {
     let ty = v.get("type").and_then(Value::as_str).unwrap_or("");
     let empty = Value::Null;
@@ -353,6 +363,27 @@ pub(crate) fn to_value<T: serde::Serialize>(filter: &T) -> Value {
     serde_json::to_value(filter).unwrap_or(Value::Null)
 }
 
+/// Names a rule in messages (`HTTPRoute ns/name: rule 2`). Formatted only when a message is
+/// written, which is rare: compiling thousands of valid routes formats none.
+pub(crate) struct RuleName<'a> {
+    pub kind: &'static str,
+    pub namespace: &'a str,
+    pub name: &'a str,
+    pub index: usize,
+}
+
+impl fmt::Display for RuleName<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let RuleName {
+            kind,
+            namespace,
+            name,
+            index,
+        } = self;
+        write!(f, "{kind} {namespace}/{name}: rule {index}")
+    }
+}
+
 /// A backendRef of a rule, whatever the route kind.
 pub(crate) struct RuleBackend {
     pub spec: BackendRefSpec,
@@ -362,16 +393,16 @@ pub(crate) struct RuleBackend {
 
 /// Translates a rule's filters and backends (shared by HTTPRoute and GRPCRoute). A filter that
 /// cannot be applied must not be skipped silently: the whole rule then answers 500, naming `what`.
-pub(crate) fn translate_rule_actions(
-    ctx: &Context<'_>,
+pub(crate) fn translate_rule_actions<'a>(
+    ctx: &Context<'a>,
     route_ns: &str,
-    what: &str,
+    what: &RuleName<'_>,
     filters: impl Iterator<Item = Value>,
     backend_refs: impl Iterator<Item = RuleBackend>,
-    out: &mut Compiled,
+    out: &mut Compiled<'a>,
 ) -> (Vec<HttpFilter>, Vec<WeightedBackend>) {
     let mut rule_error: Option<String> = None;
-    let mut translate_all = |values: &mut dyn Iterator<Item = Value>, out: &mut Compiled| {
+    let mut translate_all = |values: &mut dyn Iterator<Item = Value>, out: &mut Compiled<'a>| {
         let mut translated = Vec::new();
         for value in values {
             match translate_filter(ctx, route_ns, &value, out) {

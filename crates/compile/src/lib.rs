@@ -144,11 +144,11 @@ pub fn compile(input: &CompileInput<'_>) -> CompileOutput {
     let mut gateways = gateway::evaluate(&ctx, &classes);
     let listener_sets = listener_sets::evaluate(&ctx, &mut gateways);
     let mut clusters = BTreeMap::new();
-    let route_set = routes::RouteSet::new(ctx.snapshot);
+    let mut route_set = routes::RouteSet::new(ctx.snapshot);
     let mut route_parents = routes::RouteParents::default();
     routes::attach_all(
         &ctx,
-        &route_set,
+        &mut route_set,
         &mut gateways,
         &mut clusters,
         &mut route_parents,

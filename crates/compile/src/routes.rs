@@ -19,6 +19,7 @@ use strait_model::types::{GrpcRoute, HttpRoute};
 
 use crate::ObjectStatus;
 use crate::attachment::{self, Attach};
+use crate::backends::ServiceBackend;
 use crate::conditions::{Condition, render};
 use crate::context::{Context, name, ns};
 use crate::gateway::GatewayState;
@@ -35,7 +36,7 @@ pub(crate) enum Scope {
 }
 
 /// A route translated once per [`Scope`], before attachment.
-pub(crate) struct Compiled {
+pub(crate) struct Compiled<'a> {
     /// `HTTPRoute` or `GRPCRoute` (the `from` kind of ReferenceGrants).
     pub kind: &'static str,
     /// The parents this translation serves.
@@ -45,7 +46,9 @@ pub(crate) struct Compiled {
     pub unsupported: Option<String>,
     /// First backend reference that failed to resolve.
     pub ref_failure: Option<RefFailure>,
-    pub clusters: Vec<(ClusterKey, Cluster)>,
+    /// The Service ports its backends resolved to; their clusters are built when the route is
+    /// accepted, once per cluster whatever the number of routes sending to it.
+    pub clusters: Vec<(ClusterKey, ServiceBackend<'a>)>,
 }
 
 /// HTTPRoute and GRPCRoute parentRefs are distinct generated types of one shape.
@@ -68,7 +71,7 @@ macro_rules! borrow_parent_refs {
     };
 }
 
-impl Compiled {
+impl Compiled<'_> {
     pub(crate) fn new(kind: &'static str, scope: Scope) -> Self {
         Compiled {
             kind,
@@ -128,7 +131,7 @@ impl<'a> AnyRoute<'a> {
         }
     }
 
-    fn compile(self, ctx: &Context<'_>, scope: Scope) -> Compiled {
+    fn compile(self, ctx: &Context<'a>, scope: Scope) -> Compiled<'a> {
         match self {
             AnyRoute::Http(r) => http_route::compile_route(ctx, r, scope),
             AnyRoute::Grpc(r) => grpc_route::compile_route(ctx, r, scope),
@@ -148,8 +151,8 @@ fn creation_timestamp(meta: &ObjectMeta) -> String {
 /// translated on first use only (once per [`Scope`]).
 pub(crate) struct RouteSet<'a> {
     routes: Vec<AnyRoute<'a>>,
-    gateway: Vec<OnceCell<Compiled>>,
-    mesh: Vec<OnceCell<Compiled>>,
+    gateway: Vec<OnceCell<Compiled<'a>>>,
+    mesh: Vec<OnceCell<Compiled<'a>>>,
 }
 
 impl<'a> RouteSet<'a> {
@@ -184,10 +187,10 @@ impl<'a> RouteSet<'a> {
     /// Route `index` translated for parents of `scope`.
     pub(crate) fn compiled(
         &self,
-        ctx: &Context<'_>,
+        ctx: &Context<'a>,
         index: usize,
         scope: Scope,
-    ) -> Option<&Compiled> {
+    ) -> Option<&Compiled<'a>> {
         let route = *self.routes.get(index)?;
         let cells = match scope {
             Scope::Gateway => &self.gateway,
@@ -195,13 +198,24 @@ impl<'a> RouteSet<'a> {
         };
         Some(cells.get(index)?.get_or_init(|| route.compile(ctx, scope)))
     }
+
+    /// Moves the rules out of route `index`'s Gateway translation, for the last listener it
+    /// attaches to (the ones before get copies). Nothing reads those rules afterwards.
+    fn take_gateway_rules(&mut self, index: usize) -> Vec<HttpRule> {
+        self.gateway
+            .get_mut(index)
+            .and_then(OnceCell::get_mut)
+            .map(|compiled| std::mem::take(&mut compiled.rules))
+            .unwrap_or_default()
+    }
 }
 
-/// The route as the route engine receives it, with the given effective hostnames.
+/// The route as the route engine receives it, with the given effective hostnames and its
+/// translated rules.
 pub(crate) fn route_config(
     route: AnyRoute<'_>,
-    compiled: &Compiled,
     hostnames: Vec<String>,
+    rules: Vec<HttpRule>,
 ) -> RouteConfig {
     let meta = route.meta();
     RouteConfig {
@@ -212,12 +226,12 @@ pub(crate) fn route_config(
         },
         creation_timestamp: creation_timestamp(meta),
         hostnames,
-        rules: compiled.rules.clone(),
+        rules,
     }
 }
 
 /// `ResolvedRefs` of a translated route, the same for every parent.
-pub(crate) fn resolved_refs(compiled: &Compiled) -> Condition {
+pub(crate) fn resolved_refs(compiled: &Compiled<'_>) -> Condition {
     match &compiled.ref_failure {
         Some(f) => Condition::new("ResolvedRefs", false, f.reason, f.message.clone()),
         None => Condition::new("ResolvedRefs", true, "ResolvedRefs", "References resolved"),
@@ -283,21 +297,24 @@ impl RouteParents {
 
 /// Attaches every HTTPRoute and GRPCRoute to the listeners of our Gateways, adding the
 /// routes' Gateway and ListenerSet parent entries and collecting the clusters of accepted routes.
-pub(crate) fn attach_all(
-    ctx: &Context<'_>,
-    routes: &RouteSet<'_>,
+pub(crate) fn attach_all<'a>(
+    ctx: &Context<'a>,
+    routes: &mut RouteSet<'a>,
     gateways: &mut [GatewayState<'_>],
     clusters: &mut BTreeMap<ClusterKey, Cluster>,
     parents: &mut RouteParents,
 ) {
     // GRPCRoute backends speak HTTP/2 whatever the Service port says.
     let mut grpc_clusters = BTreeSet::new();
-    for (index, route) in routes.iter() {
+    for index in 0..routes.routes.len() {
+        let route = routes.routes[index];
         let kind = route.kind();
         let meta = route.meta();
         let route_ns = ns(meta);
         let hostnames = route.hostnames();
-        let mut attached_to: BTreeSet<(usize, usize)> = BTreeSet::new();
+        // (gateway, listener, effective hostnames) the route joins, each listener once, filled
+        // once all its parentRefs are judged.
+        let mut placements: Vec<(usize, usize, Vec<String>)> = Vec::new();
         let mut any_accepted = false;
         for (parent_index, pref) in route.parent_refs().into_iter().enumerate() {
             let group = pref.group.unwrap_or(GATEWAY_GROUP);
@@ -339,12 +356,9 @@ pub(crate) fn attach_all(
                 Attach::Accepted(listeners) => {
                     any_accepted = true;
                     for (li, effective) in listeners {
-                        if !attached_to.insert((gi, li)) {
-                            continue;
+                        if !placements.iter().any(|&(g, l, _)| (g, l) == (gi, li)) {
+                            placements.push((gi, li, effective));
                         }
-                        let listener = &mut gateways[gi].listeners[li];
-                        listener.attached_routes += 1;
-                        listener.http_routes.push(route_config(route, c, effective));
                     }
                     Condition::new("Accepted", true, "Accepted", "Route accepted")
                 }
@@ -375,18 +389,55 @@ pub(crate) fn attach_all(
         if !any_accepted {
             continue;
         }
-        if let Some(c) = routes.compiled(ctx, index, Scope::Gateway) {
-            for (key, cluster) in &c.clusters {
-                if kind == "GRPCRoute" {
-                    grpc_clusters.insert(key.clone());
-                }
-                clusters.insert(key.clone(), cluster.clone());
-            }
+        let Some(c) = routes.compiled(ctx, index, Scope::Gateway) else {
+            continue;
+        };
+        merge_clusters(ctx, &c.clusters, kind, clusters, &mut grpc_clusters);
+        // Each listener but the last gets a copy of the rules; the last gets the rules.
+        let last = placements.pop();
+        for (gi, li, effective) in placements {
+            join(
+                gateways,
+                gi,
+                li,
+                route_config(route, effective, c.rules.clone()),
+            );
+        }
+        if let Some((gi, li, effective)) = last {
+            let rules = routes.take_gateway_rules(index);
+            join(gateways, gi, li, route_config(route, effective, rules));
         }
     }
     for key in grpc_clusters {
         if let Some(c) = clusters.get_mut(&key) {
             c.protocol = AppProtocol::H2c;
+        }
+    }
+}
+
+/// Adds an accepted route to listener `li` of Gateway `gi`.
+fn join(gateways: &mut [GatewayState<'_>], gi: usize, li: usize, route: RouteConfig) {
+    let listener = &mut gateways[gi].listeners[li];
+    listener.attached_routes += 1;
+    listener.http_routes.push(route);
+}
+
+/// Adds the clusters of a route's backends to `clusters`, noting those of GRPCRoutes in
+/// `grpc_clusters`. A cluster depends only on its key (the Service port), so each is built
+/// once however many routes send to it.
+pub(crate) fn merge_clusters<'a>(
+    ctx: &Context<'a>,
+    route_clusters: &[(ClusterKey, ServiceBackend<'a>)],
+    kind: &str,
+    clusters: &mut BTreeMap<ClusterKey, Cluster>,
+    grpc_clusters: &mut BTreeSet<ClusterKey>,
+) {
+    for (key, backend) in route_clusters {
+        if kind == "GRPCRoute" && !grpc_clusters.contains(key) {
+            grpc_clusters.insert(key.clone());
+        }
+        if !clusters.contains_key(key) {
+            clusters.insert(key.clone(), backend.cluster(ctx, key));
         }
     }
 }

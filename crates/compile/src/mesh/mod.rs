@@ -18,7 +18,7 @@ use strait_config::{AppProtocol, ObjectRef};
 
 use crate::conditions::Condition;
 use crate::context::Context;
-use crate::routes::{RouteParents, RouteSet, Scope, resolved_refs, route_config};
+use crate::routes::{RouteParents, RouteSet, Scope, merge_clusters, resolved_refs, route_config};
 
 mod capture;
 mod namespaces;
@@ -40,9 +40,9 @@ struct Member<'a> {
 }
 
 /// Compiles the mesh config and adds the Service parent entries of route statuses.
-pub(crate) fn compile(
-    ctx: &Context<'_>,
-    routes: &RouteSet<'_>,
+pub(crate) fn compile<'a>(
+    ctx: &Context<'a>,
+    routes: &RouteSet<'a>,
     route_parents: &mut RouteParents,
 ) -> MeshConfig {
     let namespaces = MeshNamespaces::new(ctx.snapshot);
@@ -85,17 +85,18 @@ pub(crate) fn compile(
         ) else {
             continue;
         };
-        let config = route_config(route, compiled, Vec::new());
+        let config = route_config(route, Vec::new(), compiled.rules.clone());
         for &port in ports {
             tables.add(&parent.service, port, parent.route, &config);
         }
         if applied.insert(parent.route) {
-            for (key, cluster) in &compiled.clusters {
-                if route.kind() == "GRPCRoute" {
-                    grpc_clusters.insert(key.clone());
-                }
-                clusters.insert(key.clone(), cluster.clone());
-            }
+            merge_clusters(
+                ctx,
+                &compiled.clusters,
+                route.kind(),
+                &mut clusters,
+                &mut grpc_clusters,
+            );
         }
     }
 

@@ -28,7 +28,7 @@ fn is_service(pref: &ParentRef<'_>) -> bool {
 }
 
 /// Resolves every Service parentRef of every route, in route order then parentRef order.
-pub(crate) fn resolve(ctx: &Context<'_>, routes: &RouteSet<'_>) -> Vec<ServiceParent> {
+pub(crate) fn resolve<'a>(ctx: &Context<'a>, routes: &RouteSet<'a>) -> Vec<ServiceParent> {
     let mut out = Vec::new();
     for (index, route) in routes.iter() {
         for (parent_index, pref) in route.parent_refs().into_iter().enumerate() {

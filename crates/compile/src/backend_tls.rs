@@ -578,11 +578,11 @@ data: {ca.crt: ""}
         let e = super::evaluate(&ctx, policy);
         assert!(e.tls.is_err());
         assert_eq!(
-            (e.accepted.status, e.accepted.reason.as_str()),
+            (e.accepted.status, &*e.accepted.reason),
             (false, "NoValidCACertificate")
         );
         assert_eq!(
-            (e.resolved_refs.status, e.resolved_refs.reason.as_str()),
+            (e.resolved_refs.status, &*e.resolved_refs.reason),
             (false, "InvalidCACertificateRef")
         );
     }

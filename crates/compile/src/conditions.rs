@@ -1,5 +1,7 @@
 //! Kubernetes `metav1.Condition` values as the API server stores them.
 
+use std::borrow::Cow;
+
 use serde_json::{Value, json};
 
 /// One condition before rendering; `observedGeneration` and `lastTransitionTime` are added by
@@ -8,16 +10,17 @@ use serde_json::{Value, json};
 pub(crate) struct Condition {
     pub kind: &'static str,
     pub status: bool,
-    pub reason: String,
-    pub message: String,
+    /// Most reasons and messages are fixed text, borrowed rather than copied for every object.
+    pub reason: Cow<'static, str>,
+    pub message: Cow<'static, str>,
 }
 
 impl Condition {
     pub(crate) fn new(
         kind: &'static str,
         status: bool,
-        reason: impl Into<String>,
-        message: impl Into<String>,
+        reason: impl Into<Cow<'static, str>>,
+        message: impl Into<Cow<'static, str>>,
     ) -> Self {
         Condition {
             kind,

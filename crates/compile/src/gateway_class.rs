@@ -32,7 +32,7 @@ pub(crate) fn evaluate(ctx: &Context<'_>, statuses: &mut Vec<ObjectStatus>) -> B
             })
         });
         let accepted_cond = match &invalid_parameters {
-            Some(msg) => Condition::new("Accepted", false, "InvalidParameters", msg),
+            Some(msg) => Condition::new("Accepted", false, "InvalidParameters", msg.clone()),
             None => Condition::new("Accepted", true, "Accepted", "Accepted by Strait"),
         };
         let conditions = [

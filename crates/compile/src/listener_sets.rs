@@ -159,9 +159,9 @@ fn mark_conflicted(l: &mut ListenerState, conflict: Conflict) {
     l.conditions
         .retain(|c| !matches!(c.kind, "Accepted" | "Programmed" | "Conflicted"));
     l.conditions
-        .insert(0, Condition::new("Accepted", false, reason, &msg));
+        .insert(0, Condition::new("Accepted", false, reason, msg.clone()));
     l.conditions
-        .insert(1, Condition::new("Programmed", false, reason, &msg));
+        .insert(1, Condition::new("Programmed", false, reason, msg.clone()));
     l.conditions
         .push(Condition::new("Conflicted", true, reason, msg));
 }
@@ -233,7 +233,7 @@ pub(crate) fn evaluate<'a>(
                 key,
                 gateway: gi,
                 conditions: vec![
-                    Condition::new("Accepted", false, "NotAllowed", &msg),
+                    Condition::new("Accepted", false, "NotAllowed", msg.clone()),
                     Condition::new("Programmed", false, "NotAllowed", msg),
                 ],
             });
@@ -268,13 +268,13 @@ pub(crate) fn evaluate<'a>(
                 gw.key
             );
             vec![
-                Condition::new("Accepted", false, "ParentNotAccepted", &msg),
+                Condition::new("Accepted", false, "ParentNotAccepted", msg.clone()),
                 Condition::new("Programmed", false, "ParentNotAccepted", msg),
             ]
         } else if good == 0 {
             let msg = format!("ListenerSet {key}: no valid listener");
             vec![
-                Condition::new("Accepted", false, "ListenersNotValid", &msg),
+                Condition::new("Accepted", false, "ListenersNotValid", msg.clone()),
                 Condition::new("Programmed", false, "ListenersNotValid", msg),
             ]
         } else {

@@ -166,9 +166,9 @@ pub(crate) fn evaluate_as(
                 "Accepted",
                 false,
                 "UnsupportedProtocol",
-                &msg,
+                msg.clone(),
             ));
-            conditions.push(Condition::new("Programmed", false, "Invalid", &msg));
+            conditions.push(Condition::new("Programmed", false, "Invalid", msg.clone()));
             conditions.push(Condition::new(
                 "ResolvedRefs",
                 true,
@@ -187,15 +187,15 @@ pub(crate) fn evaluate_as(
                 "listener {}: conflicts with another listener on port {}",
                 l.name, l.port
             );
-            conditions.push(Condition::new("Accepted", false, reason, &msg));
-            conditions.push(Condition::new("Programmed", false, reason, &msg));
+            conditions.push(Condition::new("Accepted", false, reason, msg.clone()));
+            conditions.push(Condition::new("Programmed", false, reason, msg.clone()));
             conditions.push(Condition::new(
                 "ResolvedRefs",
                 true,
                 "ResolvedRefs",
                 "References resolved",
             ));
-            conditions.push(Condition::new("Conflicted", true, reason, &msg));
+            conditions.push(Condition::new("Conflicted", true, reason, msg.clone()));
         } else {
             routable = !no_valid_ca;
             if no_valid_ca {
@@ -222,7 +222,7 @@ pub(crate) fn evaluate_as(
                 .or(frontend_error.map(|e| (e.reason, e.message)));
             match refs_error {
                 Some((reason, msg)) => {
-                    conditions.push(Condition::new("Programmed", false, "Invalid", &msg));
+                    conditions.push(Condition::new("Programmed", false, "Invalid", msg.clone()));
                     conditions.push(Condition::new("ResolvedRefs", false, reason, msg));
                 }
                 None => {

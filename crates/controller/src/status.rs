@@ -90,9 +90,6 @@ impl StatusWriter {
                 // config pushes and the watches need.
                 tokio::task::yield_now().await;
             }
-            let Some(resource) = api_resource(&desired.kind) else {
-                continue;
-            };
             let key = (
                 desired.kind.clone(),
                 desired.namespace.clone(),
@@ -129,6 +126,10 @@ impl StatusWriter {
                 }
                 continue;
             }
+            // Built here, not for every object checked: it is five strings.
+            let Some(resource) = api_resource(&desired.kind) else {
+                continue;
+            };
             match self
                 .patch(&resource, desired, status, stored.resource_version)
                 .await

@@ -425,9 +425,9 @@ fn join(gateways: &mut [GatewayState<'_>], gi: usize, li: usize, route: RouteCon
 /// Adds the clusters of a route's backends to `clusters`, noting those of GRPCRoutes in
 /// `grpc_clusters`. A cluster depends only on its key (the Service port), so each is built
 /// once however many routes send to it.
-pub(crate) fn merge_clusters<'a>(
-    ctx: &Context<'a>,
-    route_clusters: &[(ClusterKey, ServiceBackend<'a>)],
+pub(crate) fn merge_clusters(
+    ctx: &Context<'_>,
+    route_clusters: &[(ClusterKey, ServiceBackend<'_>)],
     kind: &str,
     clusters: &mut BTreeMap<ClusterKey, Cluster>,
     grpc_clusters: &mut BTreeSet<ClusterKey>,

@@ -844,7 +844,9 @@ if [ "$HOLD" -eq 1 ]; then
     } >"$WORK/hold.env"
     log "holding; processes and addresses are in $WORK/hold.env; Ctrl-C (or SIGTERM) to tear down"
     KEEP_WORK=1
-    while true; do sleep 3600 & wait $!; done
+    # The sleep is recorded so that the teardown kills it: its final `wait` would otherwise
+    # wait out the hour.
+    while true; do sleep 3600 & PIDS+=("$!"); wait $!; done
 fi
 
 # ---------------------------------------------------------------------------------------------
@@ -930,7 +932,9 @@ for target in strait haproxy nginx; do
     printf '0\trss\t%s\tconns_mb\t%s\n0\trss\t%s\tconns_held\t%s\n' "$target" "$rss" "$target" "$held" >>"$WORK/results.tsv"
     opened="$(cat "$WORK/hold-$target.out" 2>/dev/null || true)"
     [ "$held" -ge "$IDLE_CONNS" ] || note "$target: only $held of $IDLE_CONNS idle connections established ($opened; $(head -1 "$WORK/hold-$target.log" 2>/dev/null))"
-    sleep 1
+    # What the burst leaves behind: memory a proxy keeps once those connections are gone.
+    sleep 3
+    printf '0\trss\t%s\tconns_closed_mb\t%s\n' "$target" "$(kib_to_mb "$(rss_kib "$pid")")" >>"$WORK/results.tsv"
 done
 
 # Errors logged by the proxies during the run.

@@ -382,6 +382,7 @@ fn block_on(job: impl Future<Output = anyhow::Result<()>>) -> anyhow::Result<Exi
         .context("starting the runtime")?;
     let flavor = runtime.handle().runtime_flavor();
     tracing::info!(cpus, ?flavor, "runtime started");
+    runtime.spawn(strait::allocator::scavenge_forever());
     runtime.block_on(job).map(|()| ExitCode::SUCCESS)
 }
 

@@ -283,6 +283,11 @@ fn rows() -> Vec<Row> {
         "conns_held",
         "strait",
     ));
+    rows.push(rss(
+        "RSS MB 3 s after those connections closed",
+        "conns_closed_mb",
+        "strait",
+    ));
     for (label, metric, target) in [
         (
             "RSS MB idle: gateway fed over the config stream",

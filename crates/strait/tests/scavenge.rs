@@ -32,10 +32,11 @@ fn scattered_free_heap_is_returned() {
         .run_once()
         .expect("more than the bound was unused");
     let after = HeapReading::now().expect("a reading");
-    // Each 32 KiB block holds at least seven whole pages: at least 7/8 of 64 MiB returns.
+    // Each 32 KiB block holds at least seven whole pages, 7/8 of it; asked for is 3/4 of the
+    // 64 MiB, as the rest of the process may touch pages of its own meanwhile.
     let freed = CONNECTIONS * STATE;
     assert!(
-        released >= freed / 8 * 7 - SCAVENGE_ABOVE / 8,
+        released >= freed / 4 * 3,
         "released {released} of {freed} freed bytes ({before:?} -> {after:?})"
     );
     // What could be released was: a second pass right away finds nothing to do.

@@ -168,7 +168,7 @@ pub(crate) fn evaluate_as(
                 "UnsupportedProtocol",
                 msg.clone(),
             ));
-            conditions.push(Condition::new("Programmed", false, "Invalid", msg.clone()));
+            conditions.push(Condition::new("Programmed", false, "Invalid", msg));
             conditions.push(Condition::new(
                 "ResolvedRefs",
                 true,
@@ -195,7 +195,7 @@ pub(crate) fn evaluate_as(
                 "ResolvedRefs",
                 "References resolved",
             ));
-            conditions.push(Condition::new("Conflicted", true, reason, msg.clone()));
+            conditions.push(Condition::new("Conflicted", true, reason, msg));
         } else {
             routable = !no_valid_ca;
             if no_valid_ca {

@@ -113,17 +113,17 @@ pub struct Scavenger {
 impl Scavenger {
     /// Whether to trim, given the resident heap malloc holds unused; lowers the floor when
     /// that shrank (the fragments were taken again).
-    pub fn should_trim(&mut self, unused: usize) -> bool {
+    fn should_trim(&mut self, unused: usize) -> bool {
         self.floor = self.floor.min(unused);
         unused > self.floor.saturating_add(SCAVENGE_ABOVE)
     }
 
     /// Records the unused resident heap left after a trim.
-    pub fn trimmed(&mut self, unused_after: usize) {
+    fn trimmed(&mut self, unused_after: usize) {
         self.floor = unused_after;
     }
 
-    /// Reads the heap and trims it if [`Self::should_trim`] says so, on this thread; the bytes
+    /// Reads the heap and trims it if the [`Scavenger`]'s rule says so, on this thread; the bytes
     /// that became non-resident, or `None` when nothing was done (or this platform has no glibc).
     pub fn run_once(&mut self) -> Option<usize> {
         let before = HeapReading::now()?;
@@ -175,7 +175,7 @@ impl HeapReading {
 }
 
 /// Has glibc return every whole page of its free blocks, keeping [`TRIM_THRESHOLD`] at the top.
-pub fn release_free_heap() {
+fn release_free_heap() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: malloc_trim only releases pages of blocks that are free.
     unsafe {

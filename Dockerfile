@@ -69,12 +69,6 @@ RUN groupadd --system --gid 65532 strait \
     && useradd --system --uid 65532 --gid 65532 --no-create-home \
         --home-dir /nonexistent --shell /usr/sbin/nologin strait
 COPY --from=builder /usr/local/bin/strait /usr/local/bin/strait
-# glibc keeps 7 freed chunks per size class in a per-thread cache; a proxy frees a burst of
-# same-sized request states whenever a batch of responses completes, and the rest overflowed
-# into the shared bins. 256 per class: 3% fewer instructions per h2c request through the
-# gateway (callgrind: 1,146 fewer, all in malloc and free), no change to idle memory.
-# tests/perf/run.sh runs strait with this line.
-ENV GLIBC_TUNABLES=glibc.malloc.tcache_count=256
 USER 65532:65532
 # 15010 config stream, 15012 CA (controller); 15001/15006/15008 capture and HBONE (proxies);
 # 15020 metrics; 15021 health.

@@ -197,15 +197,6 @@ fi
 # in more than the pages a process touches: llvm-bolt's output idled 5-7 MB larger than the
 # same file read back from disk. Dropped from the cache, it is read as a node reads its image.
 dd if="$STRAIT" iflag=nocache count=0 status=none || note "could not drop $STRAIT from the page cache"
-# ...and with the environment its image sets (the Dockerfile's `ENV GLIBC_TUNABLES=`, glibc's
-# allocator tuning), through a wrapper that passes it to every strait process and nothing else.
-IMAGE_ENV="$(sed -n 's/^ENV \(GLIBC_TUNABLES=[^[:space:]]*\)$/\1/p' "$ROOT/Dockerfile")"
-[ -n "$IMAGE_ENV" ] || { echo "Dockerfile: no ENV GLIBC_TUNABLES= line" >&2; exit 1; }
-printf '#!/bin/sh\nexec env %q %q "$@"\n' "$IMAGE_ENV" "$STRAIT" >"$WORK/strait-as-shipped"
-chmod +x "$WORK/strait-as-shipped"
-BUILD="$BUILD; run with the image's $IMAGE_ENV"
-STRAIT_BINARY="$STRAIT"
-STRAIT="$WORK/strait-as-shipped"
 
 HARD_NOFILE="$(ulimit -Hn)"
 if [ "$HARD_NOFILE" = unlimited ] || [ "$HARD_NOFILE" -gt 65536 ]; then HARD_NOFILE=65536; fi
@@ -517,7 +508,7 @@ fi
     echo "load:     $(cut -d' ' -f1-3 /proc/loadavg) (1/5/15-min load average when the run started; other work on the machine skews every figure)"
     echo "strait:   $("$STRAIT" --version 2>&1 | head -1) ($BUILD)"
     # The compiler that built the binary measured (recorded in its .comment section).
-    echo "rustc:    $(readelf -p .comment "$STRAIT_BINARY" 2>/dev/null | grep -o -m1 'rustc version .*' || echo unknown)"
+    echo "rustc:    $(readelf -p .comment "$STRAIT" 2>/dev/null | grep -o -m1 'rustc version .*' || echo unknown)"
     echo "layout:   $LAYOUT"
     echo "haproxy:  $(haproxy -v 2>&1 | head -1)"
     echo "nginx:    $(nginx -v 2>&1 | head -1)"

@@ -12,7 +12,8 @@ use std::future::Future;
 /// naming `what` when it panicked. What the future awaits (binding listeners, fetching
 /// certificates, timers) is still driven by the runtime: `Handle::block_on` on a current-thread
 /// runtime relies on the thread inside `Runtime::block_on` (the binary's `main`, or a test's)
-/// to drive its I/O and timers, and that thread is free while this one works.
+/// to drive its I/O and timers, and that thread is free while this one works. Afterwards the
+/// thread returns the memory the work freed ([`crate::allocator::collect`]).
 pub(crate) async fn run_aside<F, W>(what: &str, work: W) -> Result<F::Output, String>
 where
     W: FnOnce() -> F + Send + 'static,
@@ -20,9 +21,16 @@ where
     F::Output: Send + 'static,
 {
     let runtime = tokio::runtime::Handle::current();
-    tokio::task::spawn_blocking(move || runtime.block_on(work()))
-        .await
-        .map_err(|error| format!("{what}: {error}"))
+    tokio::task::spawn_blocking(move || {
+        let output = runtime.block_on(work());
+        // What the work freed (a replaced config's tables, the compile's scratch) sits in
+        // this thread's heap, which no runtime thread collects: give it back before the
+        // thread waits, possibly for a long while, for its next job.
+        crate::allocator::collect();
+        output
+    })
+    .await
+    .map_err(|error| format!("{what}: {error}"))
 }
 
 #[cfg(test)]

@@ -9,6 +9,7 @@ pub mod controller;
 pub mod demo;
 pub mod health;
 pub mod mesh;
+pub mod runtime;
 pub mod standalone;
 mod stoppable;
 mod store;

@@ -192,8 +192,6 @@ fn main() -> ExitCode {
         // Colour codes only for a terminal: a pod's log (`kubectl logs`) would show them raw.
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    // Before the proxies allocate their first buffers.
-    strait::allocator::tune();
     // Exactly one crypto provider is compiled in; make it the process default.
     let _ = rustls::crypto::ring::default_provider().install_default();
     let cli = Cli::parse();
@@ -362,27 +360,9 @@ impl ProxyAccess {
     }
 }
 
-/// Runs a long-running command on a runtime sized to the CPUs this process may use (its
-/// affinity and its cgroup's CPU quota): one worker per CPU, or, on one CPU, a current-thread
-/// runtime. With a single worker there is nobody to share tasks with, and the current-thread
-/// scheduler does less per wake-up: through the gateway, h2c served 4% more requests per
-/// second at 4% less CPU per request than on a multi-thread runtime with one worker. The
-/// price is that the command's own future (config watching, signal handling) shares that
-/// thread with the data plane, as it would share the one CPU anyway.
+/// Runs a long-running command on the runtime [`strait::runtime::build`] describes.
 fn block_on(job: impl Future<Output = anyhow::Result<()>>) -> anyhow::Result<ExitCode> {
-    let cpus = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
-    let mut builder = if cpus == 1 {
-        tokio::runtime::Builder::new_current_thread()
-    } else {
-        tokio::runtime::Builder::new_multi_thread()
-    };
-    let runtime = builder
-        .enable_all()
-        .build()
-        .context("starting the runtime")?;
-    let flavor = runtime.handle().runtime_flavor();
-    tracing::info!(cpus, ?flavor, "runtime started");
-    runtime.spawn(strait::allocator::scavenge_forever());
+    let runtime = strait::runtime::build().context("starting the runtime")?;
     runtime.block_on(job).map(|()| ExitCode::SUCCESS)
 }
 

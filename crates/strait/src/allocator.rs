@@ -64,19 +64,16 @@ pub fn collect_if_due() {
 /// Frees the calling thread's empty pages and returns every free span of its heap (and of the
 /// shared arenas) to the kernel now, whether or not its purge delay has passed.
 pub fn collect() {
-    if !tracing::enabled!(tracing::Level::DEBUG) {
-        // SAFETY: mi_collect only frees pages the heap no longer uses; it may run at any time.
-        unsafe { libmimalloc_sys::mi_collect(true) };
-        return;
-    }
-    let before = committed();
-    let started = Instant::now();
-    // SAFETY: as above.
+    // Reading the commit charge costs a `getrusage`: only when the log line will be written.
+    let logged = tracing::enabled!(tracing::Level::DEBUG).then(|| (committed(), Instant::now()));
+    // SAFETY: mi_collect only frees pages the heap no longer uses; it may run at any time.
     unsafe { libmimalloc_sys::mi_collect(true) };
-    let returned = before.saturating_sub(committed());
-    if returned > 0 {
-        let took = started.elapsed();
-        tracing::debug!(returned, ?took, "returned free memory to the kernel");
+    if let Some((before, started)) = logged {
+        let returned = before.saturating_sub(committed());
+        if returned > 0 {
+            let took = started.elapsed();
+            tracing::debug!(returned, ?took, "returned free memory to the kernel");
+        }
     }
 }
 

@@ -273,7 +273,7 @@ fn refuse(stream: TcpStream) {
     drop(stream);
 }
 
-async fn outbound(ctx: &PodCtx, mut stream: TcpStream) {
+async fn outbound(ctx: &PodCtx, stream: TcpStream) {
     let dst = match original_dst(&stream) {
         Ok(dst) => dst,
         Err(e) => {
@@ -312,7 +312,7 @@ async fn outbound(ctx: &PodCtx, mut stream: TcpStream) {
         return refuse(stream);
     };
     let ended = match upstream {
-        Upstream::Plain(mut upstream) => splice::relay(&mut stream, &mut upstream).await,
+        Upstream::Plain(upstream) => splice::relay(stream, upstream).await,
         Upstream::Tunnel(upstream) => hbone::relay(stream, upstream).await,
     };
     if let Err(e) = ended {
@@ -392,7 +392,7 @@ async fn connect_plan(
     }
 }
 
-async fn inbound_plaintext(ctx: &PodCtx, mut stream: TcpStream) {
+async fn inbound_plaintext(ctx: &PodCtx, stream: TcpStream) {
     let workload = ctx.workload.load_full();
     if workload.mtls == MtlsMode::Strict {
         tracing::info!(pod = %ctx.pod, peer = ?stream.peer_addr().ok(), "plaintext inbound refused: namespace requires mutual TLS");
@@ -403,8 +403,8 @@ async fn inbound_plaintext(ctx: &PodCtx, mut stream: TcpStream) {
         Err(_) => return refuse(stream),
     };
     match tokio::time::timeout(CONNECT_TIMEOUT, ctx.netns.connect(dst, Some(PROXY_MARK))).await {
-        Ok(Ok(mut upstream)) => {
-            if let Err(e) = splice::relay(&mut stream, &mut upstream).await {
+        Ok(Ok(upstream)) => {
+            if let Err(e) = splice::relay(stream, upstream).await {
                 tracing::debug!(pod = %ctx.pod, %dst, error = %e, "inbound connection ended");
             }
         }

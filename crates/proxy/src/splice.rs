@@ -30,13 +30,13 @@ use std::fs::File;
 use std::future::poll_fn;
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, TcpStream as StdTcpStream};
-use std::os::fd::{AsFd, OwnedFd};
-use std::task::{Context, Poll, ready};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+use std::task::{Context, Poll};
 
 use nix::errno::Errno;
 use nix::fcntl::{FcntlArg, OFlag, SpliceFFlags, fcntl};
 use tokio::io::Interest;
-use tokio::io::unix::AsyncFd;
+use tokio::io::unix::{AsyncFd, AsyncFdReadyGuard};
 use tokio::net::TcpStream;
 
 /// Pipe capacity asked for each direction. The bytes in a pipe have left the source socket's
@@ -125,17 +125,23 @@ async fn relay_with(
 
 /// A relayed socket, registered with the runtime for exactly the readiness the relay waits for.
 struct Watched {
-    /// Always `Some` between calls: `watch` moves the socket in and out of its registration.
-    socket: Option<Registration>,
-    /// What the registration watches, if there is one.
+    /// Declared before `socket`, so it is dropped (deregistered) while the descriptor is open.
+    registration: Option<AsyncFd<Descriptor>>,
+    socket: StdTcpStream,
+    /// What `registration` watches.
     interest: Option<Interest>,
     /// The socket was once watched for room to write: it stays so (see the module doc).
     keeps_writable: bool,
 }
 
-enum Registration {
-    Bare(StdTcpStream),
-    Watched(AsyncFd<StdTcpStream>),
+/// The socket's descriptor as the registration sees it; the socket itself stays in
+/// [`Watched`], so that a registration can be replaced without moving the socket.
+struct Descriptor(RawFd);
+
+impl AsRawFd for Descriptor {
+    fn as_raw_fd(&self) -> RawFd {
+        self.0
+    }
 }
 
 /// What [`Watched::watch`] changed.
@@ -149,17 +155,10 @@ struct WatchChange {
 impl Watched {
     fn new(socket: StdTcpStream) -> Watched {
         Watched {
-            socket: Some(Registration::Bare(socket)),
+            registration: None,
+            socket,
             interest: None,
             keeps_writable: false,
-        }
-    }
-
-    fn socket(&self) -> &StdTcpStream {
-        match self.socket.as_ref() {
-            Some(Registration::Bare(socket)) => socket,
-            Some(Registration::Watched(fd)) => fd.get_ref(),
-            None => unreachable!("a relayed socket is only moved out inside Watched::watch"),
         }
     }
 
@@ -187,27 +186,16 @@ impl Watched {
             });
         }
         let stopped_reading = self.watches(Interest::READABLE) && !read;
-        let socket = match self.socket.take() {
-            Some(Registration::Bare(socket)) => socket,
-            Some(Registration::Watched(fd)) => fd.into_inner(),
-            None => unreachable!("a relayed socket is only moved out inside Watched::watch"),
-        };
+        self.registration = None;
         self.interest = None;
-        match wanted {
-            None => self.socket = Some(Registration::Bare(socket)),
-            // SAFETY: the stream owns its descriptor, which stays open, and is the one its
-            // `as_raw_fd` returns, until `into_inner` hands the stream back or the `AsyncFd` drops.
-            Some(interest) => match unsafe { AsyncFd::register_with_interest(socket, interest) } {
-                Ok(fd) => {
-                    self.socket = Some(Registration::Watched(fd));
-                    self.interest = wanted;
-                }
-                Err(refused) => {
-                    let (socket, error) = refused.into_parts();
-                    self.socket = Some(Registration::Bare(socket));
-                    return Err(error);
-                }
-            },
+        if let Some(interest) = wanted {
+            let descriptor = Descriptor(self.socket.as_raw_fd());
+            // SAFETY: the descriptor belongs to `self.socket`, which outlives the registration
+            // (dropped first, or replaced here) and is never closed or swapped while it lives.
+            let registration = unsafe { AsyncFd::register_with_interest(descriptor, interest) }
+                .map_err(|refused| refused.into_parts().1)?;
+            self.registration = Some(registration);
+            self.interest = wanted;
         }
         Ok(WatchChange {
             changed: true,
@@ -215,19 +203,29 @@ impl Watched {
         })
     }
 
+    /// The runtime's readiness for `interest`; `None` when the socket is not watched for it.
+    fn poll_guard(
+        &self,
+        cx: &mut Context<'_>,
+        interest: Interest,
+    ) -> Option<Poll<io::Result<AsyncFdReadyGuard<'_, Descriptor>>>> {
+        let registration = self
+            .registration
+            .as_ref()
+            .filter(|_| self.watches(interest))?;
+        Some(if interest.is_readable() {
+            registration.poll_read_ready(cx)
+        } else {
+            registration.poll_write_ready(cx)
+        })
+    }
+
     /// Whether the runtime reports the socket ready for `interest`; it must be watched for it.
     fn poll_ready(&self, cx: &mut Context<'_>, interest: Interest) -> Poll<io::Result<()>> {
-        let Some(Registration::Watched(fd)) =
-            self.socket.as_ref().filter(|_| self.watches(interest))
-        else {
-            return Poll::Pending;
-        };
-        let ready = if interest.is_readable() {
-            ready!(fd.poll_read_ready(cx)).map(drop)
-        } else {
-            ready!(fd.poll_write_ready(cx)).map(drop)
-        };
-        Poll::Ready(ready)
+        match self.poll_guard(cx, interest) {
+            Some(ready) => ready.map_ok(drop),
+            None => Poll::Pending,
+        }
     }
 
     /// Runs `op` on the socket: at once when it is not watched for `interest` (a `WouldBlock`
@@ -239,26 +237,21 @@ impl Watched {
         interest: Interest,
         mut op: impl FnMut(&StdTcpStream) -> io::Result<R>,
     ) -> Option<io::Result<R>> {
-        match self.socket.as_ref() {
-            Some(Registration::Watched(fd)) if self.watches(interest) => loop {
-                let ready = if interest.is_readable() {
-                    fd.poll_read_ready(cx)
-                } else {
-                    fd.poll_write_ready(cx)
-                };
-                let mut guard = match ready {
-                    Poll::Pending => return None,
-                    Poll::Ready(Err(e)) => return Some(Err(e)),
-                    Poll::Ready(Ok(guard)) => guard,
-                };
-                if let Ok(result) = guard.try_io(|fd| op(fd.get_ref())) {
-                    return Some(result);
-                }
-            },
-            _ => match op(self.socket()) {
+        if !self.watches(interest) {
+            return match op(&self.socket) {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => None,
                 result => Some(result),
-            },
+            };
+        }
+        loop {
+            let mut guard = match self.poll_guard(cx, interest)? {
+                Poll::Pending => return None,
+                Poll::Ready(Err(e)) => return Some(Err(e)),
+                Poll::Ready(Ok(guard)) => guard,
+            };
+            if let Ok(result) = guard.try_io(|_| op(&self.socket)) {
+                return Some(result);
+            }
         }
     }
 }
@@ -431,7 +424,7 @@ impl Half {
             }
             if self.eof && self.pending() == 0 {
                 // Every byte before the end of stream was delivered: forward it.
-                dst.socket().shutdown(Shutdown::Write)?;
+                dst.socket.shutdown(Shutdown::Write)?;
                 self.mode = Mode::Idle;
                 self.done = true;
                 return Poll::Ready(Ok(()));

@@ -871,33 +871,41 @@ for round in $(seq "$ROUNDS"); do
     fi
 done
 # ---------------------------------------------------------------------------------------------
-# The mesh as deployed: node proxy and waypoint free to use every CPU (a runtime worker per CPU,
-# sharing the CPUs with the load), at a light load. Its latency shows scheduling delays that a
-# proxy pinned to one worker cannot have, such as a task taken over by a worker whose CPU is busy
-# with another process.
-if [ "$MESH_OK" -eq 1 ] && wants mesh && [ "$NCPU" -ge 2 ]; then
-    log "restarting the node proxy and the waypoint on every CPU"
+# The mesh as deployed: node proxy and waypoint unpinned, sharing the CPUs with the load, at a
+# light load. Its latency shows scheduling delays that a pinned proxy cannot have, such as a
+# wake-up that waits for a CPU busy with another process. Twice: with the default single
+# runtime worker each, then with `STRAIT_WORKERS=auto` (a worker per CPU), whose tasks also
+# move between threads.
+# light_mesh SECTION LOG_SUFFIX [ENV_ASSIGNMENT...]: restart both proxies unpinned with those
+# environment variables, then interleaved rounds of direct, HBONE path and waypoint path.
+light_mesh() {
+    local section="$1" suffix="$2"; shift 2
+    log "restarting the node proxy and the waypoint unpinned${*:+ with $*}"
     kill -TERM "$NODE_PID" "$WAYPOINT_PID" 2>/dev/null
     wait "$NODE_PID" "$WAYPOINT_PID" 2>/dev/null
-    start_mesh_proxies -all-cpus
-    if wait_http "mesh (node, HBONE)" "$MESH_CLIENT_NETNS" "$MESH_SERVER_IP" "$MESH_HTTP_PORT" &&
-        wait_http "mesh (waypoint)" "$MESH_CLIENT_NETNS" "$ROUTED_VIP" 80; then
-        SAVED_CONNS=$WRK_CONNS SAVED_DURATION=$DURATION
-        WRK_CONNS=$LIGHT_CONNS DURATION=1
-        # Warm-up (not recorded): certificates are fetched on the first request.
-        RSS_PIDS="" load_h1 0 warmup mesh-hbone "http://$MESH_SERVER_IP:$MESH_HTTP_PORT$PATH_URL" "$MESH_CLIENT_NETNS" >/dev/null 2>&1 || true
-        RSS_PIDS="" load_h1 0 warmup mesh-waypoint "http://$ROUTED_VIP:80$PATH_URL" "$MESH_CLIENT_NETNS" >/dev/null 2>&1 || true
-        sed -i '/\twarmup\t/d' "$WORK/results.tsv"
-        DURATION=$SAVED_DURATION
-        for round in $(seq "$ROUNDS"); do
-            RSS_PIDS="" load_h1 "$round" mesh-light pod "http://$PLAIN_SERVER_IP:$MESH_HTTP_PORT$PATH_URL" "$PLAIN_CLIENT_NETNS"
-            RSS_PIDS="" load_h1 "$round" mesh-light hbone "http://$MESH_SERVER_IP:$MESH_HTTP_PORT$PATH_URL" "$MESH_CLIENT_NETNS" "$NODE_PID"
-            RSS_PIDS="" load_h1 "$round" mesh-light waypoint "http://$ROUTED_VIP:80$PATH_URL" "$MESH_CLIENT_NETNS" "$NODE_PID" "$WAYPOINT_PID"
-        done
-        WRK_CONNS=$SAVED_CONNS
-    else
-        note "the node proxy and the waypoint did not come back on every CPU: light-load mesh rows skipped"
+    start_mesh_proxies "$suffix" "$@"
+    if ! wait_http "mesh (node, HBONE)" "$MESH_CLIENT_NETNS" "$MESH_SERVER_IP" "$MESH_HTTP_PORT" ||
+        ! wait_http "mesh (waypoint)" "$MESH_CLIENT_NETNS" "$ROUTED_VIP" 80; then
+        note "the node proxy and the waypoint did not come back unpinned${*:+ with $*}: $section rows skipped"
+        return 0
     fi
+    local saved_conns=$WRK_CONNS saved_duration=$DURATION round
+    WRK_CONNS=$LIGHT_CONNS DURATION=1
+    # Warm-up (not recorded): certificates are fetched on the first request.
+    RSS_PIDS="" load_h1 0 warmup mesh-hbone "http://$MESH_SERVER_IP:$MESH_HTTP_PORT$PATH_URL" "$MESH_CLIENT_NETNS" >/dev/null 2>&1 || true
+    RSS_PIDS="" load_h1 0 warmup mesh-waypoint "http://$ROUTED_VIP:80$PATH_URL" "$MESH_CLIENT_NETNS" >/dev/null 2>&1 || true
+    sed -i '/\twarmup\t/d' "$WORK/results.tsv"
+    DURATION=$saved_duration
+    for round in $(seq "$ROUNDS"); do
+        RSS_PIDS="" load_h1 "$round" "$section" pod "http://$PLAIN_SERVER_IP:$MESH_HTTP_PORT$PATH_URL" "$PLAIN_CLIENT_NETNS"
+        RSS_PIDS="" load_h1 "$round" "$section" hbone "http://$MESH_SERVER_IP:$MESH_HTTP_PORT$PATH_URL" "$MESH_CLIENT_NETNS" "$NODE_PID"
+        RSS_PIDS="" load_h1 "$round" "$section" waypoint "http://$ROUTED_VIP:80$PATH_URL" "$MESH_CLIENT_NETNS" "$NODE_PID" "$WAYPOINT_PID"
+    done
+    WRK_CONNS=$saved_conns
+}
+if [ "$MESH_OK" -eq 1 ] && wants mesh && [ "$NCPU" -ge 2 ]; then
+    light_mesh mesh-light -unpinned
+    light_mesh mesh-light-percpu -unpinned-percpu STRAIT_WORKERS=auto
 fi
 
 # ---------------------------------------------------------------------------------------------
@@ -929,7 +937,7 @@ for target in strait haproxy nginx; do
 done
 
 # Errors logged by the proxies during the run.
-for name in strait mesh-node mesh-waypoint mesh-node-all-cpus mesh-waypoint-all-cpus mesh-ca mesh-config config-stream strait-fed; do
+for name in strait mesh-node mesh-waypoint mesh-node-unpinned mesh-waypoint-unpinned mesh-node-unpinned-percpu mesh-waypoint-unpinned-percpu mesh-ca mesh-config config-stream strait-fed; do
     f="$WORK/$name.log"
     [ -s "$f" ] || continue
     n="$(grep -c -iE 'error|warn' "$f" || true)"

@@ -8,6 +8,7 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use strait::AddressMode;
 use strait::mesh::{CaSource, MeshOptions, WaypointSelection};
+use strait::runtime::Workers;
 use strait::standalone::{Standalone, StandaloneOptions};
 use strait::subscribe::ControlPlane;
 use strait_config::ObjectRef;
@@ -58,6 +59,8 @@ enum Command {
         /// Node proxy: serve only pods with this spec.nodeName.
         #[arg(long)]
         node_name: Option<String>,
+        #[command(flatten)]
+        runtime: RuntimeArgs,
     },
     /// The node proxy alone: captures and serves the enrolled pods of DIR that have a network
     /// namespace here, with certificates from the CA at --ca.
@@ -84,6 +87,8 @@ enum Command {
         netns_dir: PathBuf,
         #[command(flatten)]
         access: ProxyAccess,
+        #[command(flatten)]
+        runtime: RuntimeArgs,
         /// Do not reload when files change.
         #[arg(long)]
         no_watch: bool,
@@ -118,6 +123,8 @@ enum Command {
         netns: Option<String>,
         #[command(flatten)]
         access: ProxyAccess,
+        #[command(flatten)]
+        runtime: RuntimeArgs,
         /// Do not reload when files change.
         #[arg(long)]
         no_watch: bool,
@@ -133,6 +140,8 @@ enum Command {
         gateway: String,
         #[command(flatten)]
         access: ProxyAccess,
+        #[command(flatten)]
+        runtime: RuntimeArgs,
     },
     /// The Kubernetes controller: watches the API server, compiles, streams config to proxies,
     /// writes status (as the holder of the `strait-controller` Lease).
@@ -199,12 +208,19 @@ fn main() -> ExitCode {
         Command::Check { paths } => Ok(run_check(&paths)),
         Command::Iptables { action } => run_iptables(action).map(|()| ExitCode::SUCCESS),
         Command::WaitForCapture { timeout } => run_wait_for_capture(timeout),
-        Command::Controller(args) => block_on(strait::controller::run(args, wait_for_signal())),
+        Command::Controller(args) => block_on(
+            Workers::PerCpu,
+            strait::controller::run(args, wait_for_signal()),
+        ),
         Command::Gateway {
             control_plane,
             gateway,
             access,
-        } => block_on(run_gateway(control_plane, gateway, access)),
+            runtime,
+        } => block_on(
+            runtime.or(Workers::PerCpu),
+            run_gateway(control_plane, gateway, access),
+        ),
         Command::Standalone {
             dir,
             port_offset,
@@ -215,21 +231,25 @@ fn main() -> ExitCode {
             ca_listen,
             config_listen,
             node_name,
+            runtime,
         } => {
             let mesh = (!no_mesh).then(|| MeshOptions {
                 ca: CaSource::Local { listen: ca_listen },
                 node_name,
                 ..MeshOptions::all_in_one()
             });
-            block_on(run_standalone(
-                dir,
-                port_offset,
-                address,
-                !no_watch,
-                echo_backends,
-                mesh,
-                config_listen,
-            ))
+            block_on(
+                runtime.or(Workers::PerCpu),
+                run_standalone(
+                    dir,
+                    port_offset,
+                    address,
+                    !no_watch,
+                    echo_backends,
+                    mesh,
+                    config_listen,
+                ),
+            )
         }
         Command::Node {
             dir,
@@ -239,6 +259,7 @@ fn main() -> ExitCode {
             probe_sources,
             netns_dir,
             access,
+            runtime,
             no_watch,
         } => {
             let scope = node_name.clone().map(strait_xds::Scope::node);
@@ -253,14 +274,10 @@ fn main() -> ExitCode {
                 probe_sources,
                 netns_dir: Some(netns_dir),
             };
-            block_on(run_mesh_component(
-                dir,
-                control_plane,
-                scope,
-                !no_watch,
-                access,
-                mesh,
-            ))
+            block_on(
+                runtime.or(Workers::ONE),
+                run_mesh_component(dir, control_plane, scope, !no_watch, access, mesh),
+            )
         }
         Command::Waypoint {
             dir,
@@ -270,6 +287,7 @@ fn main() -> ExitCode {
             ca,
             netns,
             access,
+            runtime,
             no_watch,
         } => {
             let scope = Some(strait_xds::Scope::waypoint(&namespace, &name));
@@ -287,14 +305,10 @@ fn main() -> ExitCode {
                 probe_sources: Vec::new(),
                 netns_dir: None,
             };
-            block_on(run_mesh_component(
-                dir,
-                control_plane,
-                scope,
-                !no_watch,
-                access,
-                mesh,
-            ))
+            block_on(
+                runtime.or(Workers::ONE),
+                run_mesh_component(dir, control_plane, scope, !no_watch, access, mesh),
+            )
         }
     };
     result.unwrap_or_else(fail)
@@ -319,6 +333,23 @@ struct ProxyAccess {
     /// Serve `/healthz/ready` here (with --control-plane: ready once a config is applied).
     #[arg(long, default_value = "0.0.0.0:15021")]
     health_listen: SocketAddr,
+}
+
+/// How many threads serve traffic.
+#[derive(clap::Args, Clone, Copy, Debug)]
+struct RuntimeArgs {
+    /// Runtime worker threads: a number, or `auto` for one per CPU the process may use.
+    /// Default: 1 for `node` and `waypoint`, whose light-load requests cost more CPU and wait
+    /// longer when they cross threads; `auto` for the gateways, which also terminate TLS from
+    /// many clients. One worker can use one CPU at most.
+    #[arg(long, env = "STRAIT_WORKERS", value_name = "N|auto")]
+    workers: Option<Workers>,
+}
+
+impl RuntimeArgs {
+    fn or(self, default: Workers) -> Workers {
+        self.workers.unwrap_or(default)
+    }
 }
 
 impl ProxyAccess {
@@ -360,9 +391,12 @@ impl ProxyAccess {
     }
 }
 
-/// Runs a long-running command on the runtime [`strait::runtime::build`] describes.
-fn block_on(job: impl Future<Output = anyhow::Result<()>>) -> anyhow::Result<ExitCode> {
-    let runtime = strait::runtime::build().context("starting the runtime")?;
+/// Runs a long-running command on a runtime with `workers` workers.
+fn block_on(
+    workers: Workers,
+    job: impl Future<Output = anyhow::Result<()>>,
+) -> anyhow::Result<ExitCode> {
+    let runtime = strait::runtime::build(workers).context("starting the runtime")?;
     runtime.block_on(job).map(|()| ExitCode::SUCCESS)
 }
 

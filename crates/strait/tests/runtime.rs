@@ -1,5 +1,7 @@
-//! The binary sizes its runtime to the CPUs it may use: limited to one CPU, it serves HTTP/1.1
-//! and h2c on a current-thread runtime; given more, on a multi-thread one.
+//! The binary sizes its runtime: the gateways to the CPUs they may use (limited to one CPU, a
+//! gateway serves HTTP/1.1 and h2c on a current-thread runtime; given more, on a multi-thread
+//! one), the node proxy and waypoints to one worker, and `--workers` / `STRAIT_WORKERS` to a
+//! count of the user's.
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -15,6 +17,9 @@ use common::{TempDir, backend_yaml, echo, gateway_yaml, route_yaml};
 
 const BACKEND: &str = "127.0.0.1:39202";
 const LISTENER: &str = "127.0.0.1:39291";
+
+/// The tests share the backend's and the listener's ports: one at a time.
+static PORTS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// A child process killed on drop, also when the test fails.
 struct Running(Child);
@@ -41,6 +46,21 @@ fn config_dir() -> TempDir {
 /// `strait standalone` on `dir` (run under `taskset -c 0` if `one_cpu`), and the runtime it
 /// reported starting.
 fn start(dir: &TempDir, one_cpu: bool) -> (Running, String) {
+    let dir = dir.0.to_str().unwrap();
+    let args = [
+        "standalone",
+        dir,
+        "--no-mesh",
+        "--no-watch",
+        "--address",
+        "127.0.0.1",
+    ];
+    start_with(&args, &[], one_cpu)
+}
+
+/// `strait ARGS` with the environment `env` (under `taskset -c 0` if `one_cpu`), and the
+/// runtime it reported starting.
+fn start_with(args: &[&str], env: &[(&str, &str)], one_cpu: bool) -> (Running, String) {
     let strait = env!("CARGO_BIN_EXE_strait");
     let mut command = if one_cpu {
         let mut command = Command::new("taskset");
@@ -49,16 +69,10 @@ fn start(dir: &TempDir, one_cpu: bool) -> (Running, String) {
     } else {
         Command::new(strait)
     };
-    let dir = dir.0.to_str().unwrap();
     let child = command
-        .args([
-            "standalone",
-            dir,
-            "--no-mesh",
-            "--no-watch",
-            "--address",
-            "127.0.0.1",
-        ])
+        .args(args)
+        .env_remove("STRAIT_WORKERS")
+        .envs(env.iter().copied())
         .env("RUST_LOG", "info")
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -119,6 +133,7 @@ async fn first_answer(h2c: bool) -> Option<u16> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_runtime_follows_the_cpus_the_process_may_use() {
+    let _ports = PORTS.lock().await;
     let _backend = echo(BACKEND, "app").await;
     let dir = config_dir();
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
@@ -141,4 +156,61 @@ async fn the_runtime_follows_the_cpus_the_process_may_use() {
             "h2c, one CPU: {one_cpu}"
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mesh_proxies_run_one_worker_unless_told_otherwise() {
+    let _ports = PORTS.lock().await;
+    let dir = config_dir();
+    let dir = dir.0.to_str().unwrap();
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    // Neither needs its CA or a pod to start its runtime, which is all this test reads.
+    let node = [
+        "node",
+        dir,
+        "--ca",
+        "http://127.0.0.1:9",
+        "--no-watch",
+        "--health-listen",
+        "127.0.0.1:0",
+    ];
+    let waypoint = [
+        "waypoint",
+        dir,
+        "--namespace",
+        "default",
+        "--ca",
+        "http://127.0.0.1:9",
+        "--no-watch",
+        "--health-listen",
+        "127.0.0.1:0",
+    ];
+    for args in [&node[..], &waypoint[..]] {
+        let (_proxy, runtime) = start_with(args, &[], false);
+        assert!(
+            runtime.contains("workers=1") && runtime.contains("CurrentThread"),
+            "{}: {runtime}",
+            args[0]
+        );
+    }
+    let (_node, runtime) = start_with(&[&node[..], &["--workers", "auto"]].concat(), &[], false);
+    assert!(runtime.contains(&format!("workers={cpus}")), "{runtime}");
+
+    // A count from the environment, above the CPUs: that many workers, and the gateway serves.
+    let _backend = echo(BACKEND, "app").await;
+    let wanted = (cpus + 1).to_string();
+    let standalone = [
+        "standalone",
+        dir,
+        "--no-mesh",
+        "--no-watch",
+        "--address",
+        "127.0.0.1",
+    ];
+    let (_strait, runtime) = start_with(&standalone, &[("STRAIT_WORKERS", &wanted)], false);
+    assert!(
+        runtime.contains(&format!("workers={wanted}")) && runtime.contains("MultiThread"),
+        "{runtime}"
+    );
+    assert_eq!(first_answer(false).await, Some(200));
 }

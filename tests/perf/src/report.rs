@@ -180,46 +180,58 @@ fn rows() -> Vec<Row> {
         "hbone",
     ));
     rows.push(mesh("mesh: HBONE path errors + non-2xx", "bad", "hbone"));
-    // The proxies restarted on every CPU (one runtime worker each), at 4 connections.
-    for (label, metric, target) in [
-        ("mesh, every CPU, 4 conns: HBONE path req/s", "rps", "hbone"),
+    // The proxies restarted unpinned, at 4 connections: with their default single runtime
+    // worker, then with a worker per CPU.
+    let light: [(&'static str, &'static str, [&'static str; 5]); 4] = [
         (
-            "mesh, every CPU, 4 conns: HBONE path p50 ms",
-            "p50_ms",
+            "mesh-light",
             "hbone",
+            [
+                "mesh, unpinned, 1 worker, 4 conns: HBONE path req/s",
+                "mesh, unpinned, 1 worker, 4 conns: HBONE path p50 ms",
+                "mesh, unpinned, 1 worker, 4 conns: HBONE path p99 ms",
+                "mesh, unpinned, 1 worker, 4 conns: HBONE path CPU µs/req (node)",
+                "mesh, unpinned, 1 worker, 4 conns: HBONE errors + non-2xx",
+            ],
         ),
         (
-            "mesh, every CPU, 4 conns: HBONE path p99 ms",
-            "p99_ms",
+            "mesh-light",
+            "waypoint",
+            [
+                "mesh, unpinned, 1 worker, 4 conns: waypoint path req/s",
+                "mesh, unpinned, 1 worker, 4 conns: waypoint path p50 ms",
+                "mesh, unpinned, 1 worker, 4 conns: waypoint path p99 ms",
+                "mesh, unpinned, 1 worker, 4 conns: waypoint path CPU µs/req (nodes+waypoint)",
+                "mesh, unpinned, 1 worker, 4 conns: waypoint errors + non-2xx",
+            ],
+        ),
+        (
+            "mesh-light-percpu",
             "hbone",
+            [
+                "mesh, unpinned, a worker per CPU, 4 conns: HBONE path req/s",
+                "mesh, unpinned, a worker per CPU, 4 conns: HBONE path p50 ms",
+                "mesh, unpinned, a worker per CPU, 4 conns: HBONE path p99 ms",
+                "mesh, unpinned, a worker per CPU, 4 conns: HBONE path CPU µs/req (node)",
+                "mesh, unpinned, a worker per CPU, 4 conns: HBONE errors + non-2xx",
+            ],
         ),
         (
-            "mesh, every CPU, 4 conns: HBONE errors + non-2xx",
-            "bad",
-            "hbone",
-        ),
-        (
-            "mesh, every CPU, 4 conns: waypoint path req/s",
-            "rps",
+            "mesh-light-percpu",
             "waypoint",
+            [
+                "mesh, unpinned, a worker per CPU, 4 conns: waypoint path req/s",
+                "mesh, unpinned, a worker per CPU, 4 conns: waypoint path p50 ms",
+                "mesh, unpinned, a worker per CPU, 4 conns: waypoint path p99 ms",
+                "mesh, unpinned, a worker per CPU, 4 conns: waypoint path CPU µs/req (nodes+waypoint)",
+                "mesh, unpinned, a worker per CPU, 4 conns: waypoint errors + non-2xx",
+            ],
         ),
-        (
-            "mesh, every CPU, 4 conns: waypoint path p50 ms",
-            "p50_ms",
-            "waypoint",
-        ),
-        (
-            "mesh, every CPU, 4 conns: waypoint path p99 ms",
-            "p99_ms",
-            "waypoint",
-        ),
-        (
-            "mesh, every CPU, 4 conns: waypoint errors + non-2xx",
-            "bad",
-            "waypoint",
-        ),
-    ] {
-        rows.push(mesh_in("mesh-light", label, metric, target));
+    ];
+    for (section, target, names) in light {
+        for (label, metric) in names.into_iter().zip(METRICS) {
+            rows.push(mesh_in(section, label, metric, target));
+        }
     }
     for (label, strait, haproxy) in [
         (
@@ -551,6 +563,7 @@ mod tests {
 1\trss\tstrait\tidle_mb\t12
 1\tmesh-light\tpod\tp99_ms\t0.5
 1\tmesh-light\thbone\tp99_ms\t1.5
+1\tmesh-light-percpu\thbone\tcpu_us\t40
 # comment
 ";
 
@@ -581,7 +594,14 @@ mod tests {
         );
         assert!(
             t.contains(
-                "| mesh, every CPU, 4 conns: HBONE path p99 ms | 0.5 | 1.5 | — | — | — | — | 3.00 |"
+                "| mesh, unpinned, 1 worker, 4 conns: HBONE path p99 ms | 0.5 | 1.5 | — | — | — | — | 3.00 |"
+            ),
+            "{t}"
+        );
+        // The worker-per-CPU rows read their own section.
+        assert!(
+            t.contains(
+                "| mesh, unpinned, a worker per CPU, 4 conns: HBONE path CPU µs/req (node) | — | 40.0 | — | — | — | — | — |"
             ),
             "{t}"
         );

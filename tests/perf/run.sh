@@ -82,6 +82,8 @@ HOST_HEADER="example.com"
 WRK_THREADS=1
 WRK_CONNS=64
 LIGHT_CONNS=4         # the light-load mesh rows
+# Every Strait process runs its default worker count unless a section says otherwise.
+unset STRAIT_WORKERS
 H2_CLIENTS=16
 H2_STREAMS=10
 IDLE_CONNS=10000

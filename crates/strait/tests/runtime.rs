@@ -46,16 +46,19 @@ fn config_dir() -> TempDir {
 /// `strait standalone` on `dir` (run under `taskset -c 0` if `one_cpu`), and the runtime it
 /// reported starting.
 fn start(dir: &TempDir, one_cpu: bool) -> (Running, String) {
-    let dir = dir.0.to_str().unwrap();
-    let args = [
+    start_with(&standalone(dir.0.to_str().unwrap()), &[], one_cpu)
+}
+
+/// The arguments of a gateway-only `strait standalone` serving `dir` on 127.0.0.1.
+fn standalone(dir: &str) -> [&str; 6] {
+    [
         "standalone",
         dir,
         "--no-mesh",
         "--no-watch",
         "--address",
         "127.0.0.1",
-    ];
-    start_with(&args, &[], one_cpu)
+    ]
 }
 
 /// `strait ARGS` with the environment `env` (under `taskset -c 0` if `one_cpu`), and the
@@ -199,15 +202,7 @@ async fn mesh_proxies_run_one_worker_unless_told_otherwise() {
     // A count from the environment, above the CPUs: that many workers, and the gateway serves.
     let _backend = echo(BACKEND, "app").await;
     let wanted = (cpus + 1).to_string();
-    let standalone = [
-        "standalone",
-        dir,
-        "--no-mesh",
-        "--no-watch",
-        "--address",
-        "127.0.0.1",
-    ];
-    let (_strait, runtime) = start_with(&standalone, &[("STRAIT_WORKERS", &wanted)], false);
+    let (_strait, runtime) = start_with(&standalone(dir), &[("STRAIT_WORKERS", &wanted)], false);
     assert!(
         runtime.contains(&format!("workers={wanted}")) && runtime.contains("MultiThread"),
         "{runtime}"

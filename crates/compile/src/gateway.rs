@@ -1,6 +1,6 @@
 //! Gateway acceptance, addresses and the per-Gateway config.
 
-use std::collections::BTreeSet;
+use std::collections::BTreeMap;
 use std::net::IpAddr;
 
 use strait_config::{GatewayConfig, ListenerConfig, ObjectRef, PortConfig};
@@ -9,6 +9,7 @@ use strait_model::types::Gateway;
 use crate::conditions::Condition;
 use crate::context::{Context, name, ns};
 use crate::listeners::{self, ListenerState};
+use crate::parameters::{Overrides, ParametersRef, ProxyParameters};
 use crate::tls;
 
 /// A Gateway of one of our accepted classes, after validation.
@@ -18,6 +19,8 @@ pub(crate) struct GatewayState<'a> {
     pub key: ObjectRef,
     /// Accepted and Programmed: the data plane serves it.
     pub serve: bool,
+    /// How its proxy is provisioned; `Some` exactly when it is Accepted.
+    pub provision: Option<ProxyParameters>,
     pub conditions: Vec<Condition>,
     /// What `status.addresses` reports and the listeners bind.
     pub addresses: Vec<IpAddr>,
@@ -25,19 +28,26 @@ pub(crate) struct GatewayState<'a> {
 }
 
 /// Validates every Gateway whose class is one of `classes`, sorted by namespace/name.
-pub(crate) fn evaluate<'a>(ctx: &Context<'a>, classes: &BTreeSet<String>) -> Vec<GatewayState<'a>> {
+pub(crate) fn evaluate<'a>(
+    ctx: &Context<'a>,
+    classes: &BTreeMap<String, Overrides>,
+) -> Vec<GatewayState<'a>> {
     let mut out: Vec<GatewayState<'a>> = ctx
         .snapshot
         .gateways
         .iter()
-        .filter(|g| classes.contains(&g.spec.gateway_class_name))
-        .map(|g| evaluate_one(ctx, g))
+        .filter(|g| classes.contains_key(&g.spec.gateway_class_name))
+        .map(|g| evaluate_one(ctx, g, classes))
         .collect();
     out.sort_by(|a, b| a.key.cmp(&b.key));
     out
 }
 
-fn evaluate_one<'a>(ctx: &Context<'a>, gateway: &'a Gateway) -> GatewayState<'a> {
+fn evaluate_one<'a>(
+    ctx: &Context<'a>,
+    gateway: &'a Gateway,
+    classes: &BTreeMap<String, Overrides>,
+) -> GatewayState<'a> {
     let key = ObjectRef {
         namespace: ns(&gateway.metadata).to_string(),
         name: name(&gateway.metadata).to_string(),
@@ -81,26 +91,12 @@ fn evaluate_one<'a>(ctx: &Context<'a>, gateway: &'a Gateway) -> GatewayState<'a>
         requested
     };
 
-    let invalid_parameters = gateway
-        .spec
-        .infrastructure
-        .as_ref()
-        .and_then(|i| i.parameters_ref.as_ref())
-        .and_then(|p| {
-            let found = p.group.is_empty()
-                && p.kind == "ConfigMap"
-                && ctx
-                    .snapshot
-                    .config_maps
-                    .iter()
-                    .any(|c| ns(&c.metadata) == key.namespace && name(&c.metadata) == p.name);
-            (!found).then(|| {
-                format!(
-                    "Gateway {key}: parametersRef {}/{} {} not found or not supported",
-                    p.group, p.kind, p.name
-                )
-            })
-        });
+    let class_parameters = classes
+        .get(&gateway.spec.gateway_class_name)
+        .cloned()
+        .unwrap_or_default();
+    let parameters = parameters(ctx, gateway, &key, &class_parameters);
+    let invalid_parameters = parameters.as_ref().err().cloned();
 
     let valid = listeners.iter().filter(|l| l.routable).count();
     let accepted_cond = if let Some(msg) = invalid_parameters {
@@ -167,10 +163,38 @@ fn evaluate_one<'a>(ctx: &Context<'a>, gateway: &'a Gateway) -> GatewayState<'a>
         gateway,
         key,
         serve: accepted && programmed,
+        provision: parameters.ok().filter(|_| accepted),
         conditions,
         addresses,
         listeners,
     }
+}
+
+/// The parameters of a Gateway's proxy: its own `infrastructure.parametersRef` (a ConfigMap in
+/// its namespace) over its class's.
+fn parameters(
+    ctx: &Context<'_>,
+    gateway: &Gateway,
+    key: &ObjectRef,
+    class: &Overrides,
+) -> Result<ProxyParameters, String> {
+    let own = match gateway
+        .spec
+        .infrastructure
+        .as_ref()
+        .and_then(|i| i.parameters_ref.as_ref())
+    {
+        None => Overrides::default(),
+        Some(p) => ParametersRef {
+            group: &p.group,
+            kind: &p.kind,
+            namespace: Some(&key.namespace),
+            name: &p.name,
+        }
+        .resolve(ctx, &format!("Gateway {key}"))?,
+    };
+    own.over(class)
+        .map_err(|e| format!("Gateway {key}: parameters: {e}"))
 }
 
 impl GatewayState<'_> {

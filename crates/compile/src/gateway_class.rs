@@ -1,39 +1,45 @@
 //! GatewayClass acceptance.
 
-use std::collections::BTreeSet;
+use std::collections::BTreeMap;
 
 use serde_json::json;
 
 use crate::conditions::{Condition, render};
-use crate::context::{Context, name, ns};
+use crate::context::{Context, name};
+use crate::parameters::{Overrides, ParametersRef};
 use crate::{ObjectStatus, SUPPORTED_FEATURES};
 
 /// Accepts every GatewayClass whose controllerName is ours (unless its parametersRef is
-/// invalid); returns the accepted names. Classes of other controllers get no status from us.
-pub(crate) fn evaluate(ctx: &Context<'_>, statuses: &mut Vec<ObjectStatus>) -> BTreeSet<String> {
-    let mut accepted = BTreeSet::new();
+/// invalid); returns the accepted classes by name, with their parameters. Classes of other
+/// controllers get no status from us.
+pub(crate) fn evaluate(
+    ctx: &Context<'_>,
+    statuses: &mut Vec<ObjectStatus>,
+) -> BTreeMap<String, Overrides> {
+    let mut accepted = BTreeMap::new();
     for class in &ctx.snapshot.gateway_classes {
         if class.spec.controller_name != ctx.input.controller_name {
             continue;
         }
         let class_name = name(&class.metadata).to_string();
-        // Strait takes no class parameters except a ConfigMap that must exist.
-        let invalid_parameters = class.spec.parameters_ref.as_ref().and_then(|p| {
-            let found = p.group.is_empty()
-                && p.kind == "ConfigMap"
-                && ctx.snapshot.config_maps.iter().any(|c| {
-                    Some(ns(&c.metadata)) == p.namespace.as_deref() && name(&c.metadata) == p.name
-                });
-            (!found).then(|| {
-                format!(
-                    "GatewayClass {class_name}: parametersRef {}/{} {} not found or not supported",
-                    p.group, p.kind, p.name
-                )
-            })
+        let parameters = match &class.spec.parameters_ref {
+            None => Ok(Overrides::default()),
+            Some(p) => ParametersRef {
+                group: &p.group,
+                kind: &p.kind,
+                namespace: p.namespace.as_deref(),
+                name: &p.name,
+            }
+            .resolve(ctx, &format!("GatewayClass {class_name}")),
+        };
+        // A class whose own keys contradict each other would reject every Gateway of it.
+        let parameters = parameters.and_then(|p| match p.over(&Overrides::default()) {
+            Ok(_) => Ok(p),
+            Err(e) => Err(format!("GatewayClass {class_name}: parameters: {e}")),
         });
-        let accepted_cond = match &invalid_parameters {
-            Some(msg) => Condition::new("Accepted", false, "InvalidParameters", msg.clone()),
-            None => Condition::new("Accepted", true, "Accepted", "Accepted by Strait"),
+        let accepted_cond = match &parameters {
+            Err(msg) => Condition::new("Accepted", false, "InvalidParameters", msg.clone()),
+            Ok(_) => Condition::new("Accepted", true, "Accepted", "Accepted by Strait"),
         };
         let conditions = [
             accepted_cond,
@@ -57,8 +63,8 @@ pub(crate) fn evaluate(ctx: &Context<'_>, statuses: &mut Vec<ObjectStatus>) -> B
                 "supportedFeatures": features,
             }),
         });
-        if invalid_parameters.is_none() {
-            accepted.insert(class_name);
+        if let Ok(parameters) = parameters {
+            accepted.insert(class_name, parameters);
         }
     }
     accepted

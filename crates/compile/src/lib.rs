@@ -3,7 +3,8 @@
 //! No I/O, no clocks, no randomness: the same input always gives the same output, so it can be
 //! tested with YAML fixtures and run identically in the controller and in standalone mode.
 //!
-//! Pipeline: GatewayClasses ([`gateway_class`]) → Gateways and their listeners ([`gateway`],
+//! Pipeline: GatewayClasses ([`gateway_class`]) and the parameters of the proxies provisioned
+//! for them ([`parameters`]) → Gateways and their listeners ([`gateway`],
 //! [`listeners`], [`tls`]) → ListenerSet listeners merged into their Gateway ([`listener_sets`])
 //! → HTTPRoutes and GRPCRoutes attached to listeners ([`routes`], [`attachment`],
 //! [`http_route`], [`grpc_route`], [`backends`]) → the mesh: workloads, Services, waypoints and
@@ -30,6 +31,7 @@ mod listener_sets;
 mod listeners;
 mod mesh;
 mod namespaces;
+pub mod parameters;
 mod reference_grants;
 mod routes;
 mod status;
@@ -133,6 +135,17 @@ pub struct CompileOutput {
     /// to one of those Gateways, their ListenerSets or a Service (only our parent entries, one
     /// status per route whatever the parent kinds). Sorted by kind, namespace, name.
     pub statuses: Vec<ObjectStatus>,
+    /// How the controller provisions each proxy.
+    pub provisioning: Provisioning,
+}
+
+/// The parameters of every proxy the controller provisions.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Provisioning {
+    /// Every Accepted Gateway, and its proxy's parameters; no other Gateway is provisioned.
+    pub gateways: BTreeMap<ObjectRef, parameters::ProxyParameters>,
+    /// Every waypoint's ([`parameters::WAYPOINT_CLASS`]'s parameters, or the defaults).
+    pub waypoints: parameters::ProxyParameters,
 }
 
 /// Compiles a snapshot. Never fails: invalid input becomes status conditions.
@@ -142,6 +155,13 @@ pub fn compile(input: &CompileInput<'_>) -> CompileOutput {
 
     let classes = gateway_class::evaluate(&ctx, &mut statuses);
     let mut gateways = gateway::evaluate(&ctx, &classes);
+    let mut provisioning = Provisioning {
+        gateways: BTreeMap::new(),
+        waypoints: classes
+            .get(parameters::WAYPOINT_CLASS)
+            .and_then(|class| class.over(&Default::default()).ok())
+            .unwrap_or_default(),
+    };
     let listener_sets = listener_sets::evaluate(&ctx, &mut gateways);
     let mut clusters = BTreeMap::new();
     let mut route_set = routes::RouteSet::new(ctx.snapshot);
@@ -162,8 +182,11 @@ pub fn compile(input: &CompileInput<'_>) -> CompileOutput {
         gateways: Vec::new(),
         clusters,
     };
-    for gw in gateways {
+    for mut gw in gateways {
         statuses.push(status::gateway_status(&ctx, &gw));
+        if let Some(parameters) = gw.provision.take() {
+            provisioning.gateways.insert(gw.key.clone(), parameters);
+        }
         if let Some(c) = gw.into_config() {
             config.gateways.push(c);
         }
@@ -175,6 +198,7 @@ pub fn compile(input: &CompileInput<'_>) -> CompileOutput {
         config,
         mesh,
         statuses,
+        provisioning,
     }
 }
 

@@ -855,6 +855,134 @@ fn gateway_class_invalid_parameters() {
     assert!(status(&out, "Gateway", "infra", "extra").is_none());
 }
 
+/// Provisioning parameters: the class's ConfigMap under each Gateway's, the waypoint class's for
+/// every waypoint, and malformed ones reject their object naming the ConfigMap and the key.
+#[test]
+fn proxy_parameters_come_from_class_and_gateway_config_maps() {
+    let out = run(&load(
+        r#"
+apiVersion: v1
+kind: ConfigMap
+metadata: {name: class-params, namespace: strait-system}
+data: {workers: "2", replicas: "3", limits.cpu: "4"}
+---
+apiVersion: v1
+kind: ConfigMap
+metadata: {name: big, namespace: infra}
+data: {workers: auto, requests.cpu: "2"}
+---
+apiVersion: v1
+kind: ConfigMap
+metadata: {name: typo, namespace: infra}
+data: {worker: "2"}
+---
+apiVersion: v1
+kind: ConfigMap
+metadata: {name: waypoint-params, namespace: strait-system}
+data: {workers: "3"}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: GatewayClass
+metadata: {name: sized}
+spec:
+  controllerName: strait.dev/gateway-controller
+  parametersRef: {group: "", kind: ConfigMap, name: class-params, namespace: strait-system}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: GatewayClass
+metadata: {name: strait-waypoint}
+spec:
+  controllerName: strait.dev/gateway-controller
+  parametersRef: {group: "", kind: ConfigMap, name: waypoint-params, namespace: strait-system}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: own, namespace: infra}
+spec:
+  gatewayClassName: sized
+  infrastructure: {parametersRef: {group: "", kind: ConfigMap, name: big}}
+  listeners: [{name: a, port: 80, protocol: HTTP}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: class-only, namespace: infra}
+spec:
+  gatewayClassName: sized
+  listeners: [{name: a, port: 80, protocol: HTTP}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: typo, namespace: infra}
+spec:
+  gatewayClassName: sized
+  infrastructure: {parametersRef: {group: "", kind: ConfigMap, name: typo}}
+  listeners: [{name: a, port: 80, protocol: HTTP}]
+"#,
+    ));
+    let key = |name: &str| ObjectRef {
+        namespace: "infra".into(),
+        name: name.into(),
+    };
+    let gateways = &out.provisioning.gateways;
+    let own = &gateways[&key("own")];
+    assert_eq!(own.workers, Some(strait_config::Workers::PerCpu));
+    assert_eq!(own.replicas, Some(3), "the class's replicas");
+    assert_eq!(own.requests_cpu.as_str(), "2");
+    assert_eq!(own.limits_cpu.as_ref().map(|q| q.as_str()), Some("4"));
+    let class_only = &gateways[&key("class-only")];
+    assert_eq!(class_only.workers, "2".parse().ok());
+    assert_eq!(class_only.requests_cpu.as_str(), "100m");
+    assert!(
+        !gateways.contains_key(&key("typo")),
+        "a rejected Gateway is not provisioned"
+    );
+    let st = status(&out, "Gateway", "infra", "typo").expect("status");
+    assert_eq!(
+        cond(&st["conditions"], "Accepted"),
+        pair("False", "InvalidParameters")
+    );
+    let message = st["conditions"][0]["message"].as_str().unwrap_or_default();
+    assert!(
+        message.starts_with(
+            "Gateway infra/typo: parametersRef ConfigMap infra/typo: unknown key `worker`"
+        ),
+        "{message}"
+    );
+    assert_eq!(out.provisioning.waypoints.workers, "3".parse().ok());
+}
+
+#[test]
+fn a_waypoint_class_with_invalid_parameters_leaves_waypoints_on_the_defaults() {
+    let out = run(&load(
+        r#"
+apiVersion: v1
+kind: ConfigMap
+metadata: {name: waypoint-params, namespace: strait-system}
+data: {workers: "3", requests.memory: 1Gi, limits.memory: 256Mi}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: GatewayClass
+metadata: {name: strait-waypoint}
+spec:
+  controllerName: strait.dev/gateway-controller
+  parametersRef: {group: "", kind: ConfigMap, name: waypoint-params, namespace: strait-system}
+"#,
+    ));
+    let st = status(&out, "GatewayClass", "", "strait-waypoint").expect("status");
+    assert_eq!(
+        cond(&st["conditions"], "Accepted"),
+        pair("False", "InvalidParameters")
+    );
+    assert_eq!(
+        st["conditions"][0]["message"],
+        "GatewayClass strait-waypoint: parameters: requests.memory `1Gi` is above limits.memory `256Mi`"
+    );
+    assert_eq!(
+        out.provisioning.waypoints,
+        crate::parameters::ProxyParameters::default()
+    );
+}
+
 #[test]
 fn frontend_client_validation() {
     let (crt, key) = self_signed();

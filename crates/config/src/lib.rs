@@ -15,6 +15,9 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 pub mod mesh;
+mod workers;
+
+pub use workers::Workers;
 
 /// Everything one proxy process serves, versioned as a whole.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]

@@ -11,6 +11,8 @@ use std::collections::BTreeMap;
 
 use serde_json::{Value, json};
 use strait_compile::CompileOutput;
+use strait_compile::parameters::ProxyParameters;
+use strait_config::ObjectRef;
 use strait_config::mesh::GATEWAY_NAME_LABEL;
 use strait_model::Snapshot;
 
@@ -20,6 +22,8 @@ pub const MANAGED_BY: (&str, &str) = ("app.kubernetes.io/managed-by", "strait");
 pub const HEALTH_PORT: u16 = 15021;
 /// The port waypoints serve HBONE on.
 const HBONE_PORT: u16 = 15008;
+/// The environment variable a proxy reads its runtime's worker count from.
+const WORKERS_ENV: &str = "STRAIT_WORKERS";
 /// Where proxies find their projected token for the CA (audience `strait-ca`).
 pub const CA_TOKEN_DIR: &str = "/var/run/secrets/strait.dev/tokens";
 /// The token file's name inside [`CA_TOKEN_DIR`] (also the audience).
@@ -56,9 +60,14 @@ pub fn desired(
     for gateway in &snapshot.gateways {
         let namespace = gateway.metadata.namespace.clone().unwrap_or_default();
         let name = gateway.metadata.name.clone().unwrap_or_default();
-        if !accepted(output, &namespace, &name) {
+        let key = ObjectRef {
+            namespace: namespace.clone(),
+            name: name.clone(),
+        };
+        // Only Accepted Gateways have parameters.
+        let Some(parameters) = output.provisioning.gateways.get(&key) else {
             continue;
-        }
+        };
         let mut ports: Vec<u16> = gateway
             .spec
             .listeners
@@ -98,6 +107,7 @@ pub fn desired(
                 .and_then(|i| i.annotations.clone())
                 .unwrap_or_default(),
             owner,
+            parameters,
         };
         objects.extend(proxy.objects(&options.image));
     }
@@ -126,6 +136,7 @@ pub fn desired(
             labels: BTreeMap::new(),
             annotations: BTreeMap::new(),
             owner: None,
+            parameters: &output.provisioning.waypoints,
         };
         objects.extend(proxy.objects(&options.image));
     }
@@ -157,22 +168,6 @@ pub fn gateway_service_account(name: &str) -> String {
     format!("{name}-strait")
 }
 
-fn accepted(output: &CompileOutput, namespace: &str, name: &str) -> bool {
-    output.statuses.iter().any(|s| {
-        s.kind == "Gateway"
-            && s.namespace == namespace
-            && s.name == name
-            && s.status
-                .get("conditions")
-                .and_then(Value::as_array)
-                .is_some_and(|conditions| {
-                    conditions
-                        .iter()
-                        .any(|c| c["type"] == "Accepted" && c["status"] == "True")
-                })
-    })
-}
-
 struct Proxy<'a> {
     namespace: &'a str,
     gateway: &'a str,
@@ -184,6 +179,7 @@ struct Proxy<'a> {
     labels: BTreeMap<String, String>,
     annotations: BTreeMap<String, String>,
     owner: Option<Value>,
+    parameters: &'a ProxyParameters,
 }
 
 impl Proxy<'_> {
@@ -218,6 +214,23 @@ impl Proxy<'_> {
             .iter()
             .map(|p| json!({"name": format!("tcp-{p}"), "port": p, "targetPort": p, "protocol": "TCP"}))
             .collect();
+        let parameters = self.parameters;
+        let mut env = vec![
+            json!({"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}),
+        ];
+        if let Some(workers) = parameters.workers {
+            env.push(json!({"name": WORKERS_ENV, "value": workers.to_string()}));
+        }
+        let mut resources = json!({
+            "requests": {
+                "cpu": parameters.requests_cpu.as_str(),
+                "memory": parameters.requests_memory.as_str(),
+            },
+            "limits": {"memory": parameters.limits_memory.as_str()},
+        });
+        if let Some(cpu) = &parameters.limits_cpu {
+            resources["limits"]["cpu"] = json!(cpu.as_str());
+        }
         let mut pod_spec = json!({
             "serviceAccountName": self.service_account,
             // The proxies never call the API server: no API token in their pods.
@@ -227,7 +240,7 @@ impl Proxy<'_> {
                 "name": "strait",
                 "image": image,
                 "args": self.args,
-                "env": [{"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}],
+                "env": env,
                 "ports": container_ports,
                 "readinessProbe": {
                     "httpGet": {"path": "/healthz/ready", "port": HEALTH_PORT},
@@ -239,12 +252,8 @@ impl Proxy<'_> {
                     "periodSeconds": 10,
                     "failureThreshold": 6,
                 },
-                // Requests make the Deployment HPA-ready (CPU utilisation needs them); no CPU
-                // limit so the data path is never throttled.
-                "resources": {
-                    "requests": {"cpu": "100m", "memory": "64Mi"},
-                    "limits": {"memory": "512Mi"},
-                },
+                // Requests make the Deployment HPA-ready (CPU utilisation needs them).
+                "resources": resources,
                 "securityContext": {
                     "runAsNonRoot": true,
                     "runAsUser": 65532,
@@ -280,6 +289,17 @@ impl Proxy<'_> {
             },
             {"name": "ca-root", "configMap": {"name": CA_ROOT_CONFIGMAP, "optional": true}},
         ]);
+        let mut deployment_spec = json!({
+            "selector": {"matchLabels": selector},
+            "template": {
+                "metadata": {"labels": labels, "annotations": self.annotations},
+                "spec": pod_spec,
+            },
+        });
+        // Unset unless asked for, so that an autoscaler may own it.
+        if let Some(replicas) = parameters.replicas {
+            deployment_spec["replicas"] = json!(replicas);
+        }
         vec![
             json!({
                 "apiVersion": "v1",
@@ -290,13 +310,7 @@ impl Proxy<'_> {
                 "apiVersion": "apps/v1",
                 "kind": "Deployment",
                 "metadata": metadata(&self.object_name),
-                "spec": {
-                    "selector": {"matchLabels": selector},
-                    "template": {
-                        "metadata": {"labels": labels, "annotations": self.annotations},
-                        "spec": pod_spec,
-                    },
-                },
+                "spec": deployment_spec,
             }),
             json!({
                 "apiVersion": "v1",
@@ -409,5 +423,78 @@ spec:
             pod["containers"][0]["securityContext"]["capabilities"],
             json!({"drop": ["ALL"]})
         );
+    }
+
+    fn container(deployment: &Value) -> &Value {
+        &deployment["spec"]["template"]["spec"]["containers"][0]
+    }
+
+    fn env(deployment: &Value, name: &str) -> Option<String> {
+        container(deployment)["env"]
+            .as_array()?
+            .iter()
+            .find(|e| e["name"] == name)
+            .map(|e| e["value"].as_str().unwrap_or_default().to_string())
+    }
+
+    #[test]
+    fn parameters_size_the_deployment_and_defaults_leave_replicas_to_others() {
+        let sized = GATEWAY.replace(
+            "spec: {controllerName: strait.dev/gateway-controller}",
+            "spec:\n  controllerName: strait.dev/gateway-controller\n  parametersRef: {group: '', kind: ConfigMap, name: p, namespace: shop}",
+        ) + r#"
+---
+apiVersion: v1
+kind: ConfigMap
+metadata: {name: p, namespace: shop}
+data: {workers: "4", replicas: "2", limits.cpu: "3", limits.memory: 1Gi, requests.memory: 256Mi}
+"#;
+        let snapshot = snapshot(&sized);
+        let mut output = crate::compile_snapshot(&snapshot, strait_compile::CONTROLLER_NAME);
+        let objects = desired(&snapshot, &output, &options());
+        let deployment = &objects[1];
+        assert_eq!(deployment["kind"], "Deployment");
+        assert_eq!(deployment["spec"]["replicas"], 2);
+        assert_eq!(env(deployment, "STRAIT_WORKERS").as_deref(), Some("4"));
+        assert_eq!(
+            container(deployment)["resources"],
+            json!({
+                "requests": {"cpu": "100m", "memory": "256Mi"},
+                "limits": {"cpu": "3", "memory": "1Gi"},
+            })
+        );
+
+        // A waypoint takes the waypoint parameters; unset, they leave the proxy's own worker
+        // default and the replica count alone.
+        output
+            .mesh
+            .waypoints
+            .push(strait_config::mesh::WaypointConfig {
+                gateway: ObjectRef {
+                    namespace: "shop".into(),
+                    name: "waypoint".into(),
+                },
+                service_account: "waypoint".into(),
+                addresses: Vec::new(),
+                services: Vec::new(),
+            });
+        let objects = desired(&snapshot, &output, &options());
+        let waypoint = objects
+            .iter()
+            .find(|o| o["kind"] == "Deployment" && o["metadata"]["name"] == "waypoint")
+            .expect("the waypoint's Deployment");
+        assert_eq!(waypoint["spec"].get("replicas"), None);
+        assert_eq!(env(waypoint, "STRAIT_WORKERS"), None);
+        assert_eq!(
+            container(waypoint)["resources"],
+            json!({"requests": {"cpu": "100m", "memory": "64Mi"}, "limits": {"memory": "512Mi"}})
+        );
+        output.provisioning.waypoints.workers = Some("2".parse().expect("a count"));
+        let objects = desired(&snapshot, &output, &options());
+        let waypoint = objects
+            .iter()
+            .find(|o| o["kind"] == "Deployment" && o["metadata"]["name"] == "waypoint")
+            .expect("the waypoint's Deployment");
+        assert_eq!(env(waypoint, "STRAIT_WORKERS").as_deref(), Some("2"));
     }
 }

@@ -541,6 +541,91 @@ async fn gateways_are_provisioned_repaired_updated_and_cleaned_up() {
     controller.abort();
 }
 
+fn worker_env(deployment: &Value) -> Option<String> {
+    deployment["spec"]["template"]["spec"]["containers"][0]["env"]
+        .as_array()?
+        .iter()
+        .find(|e| e["name"] == "STRAIT_WORKERS")
+        .and_then(|e| e["value"].as_str().map(str::to_string))
+}
+
+/// Parameters ConfigMaps (the class's under the Gateway's) size the gateway's Deployment, and
+/// an edit to either reaches it; a malformed one rejects the Gateway naming the key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parameters_config_maps_size_the_gateway_deployment_and_edits_reach_it() {
+    let server = TestApiServer::start().await.expect("api server");
+    for object in [
+        json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "edge"}}),
+        json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "strait-system"}}),
+        json!({"apiVersion": "v1", "kind": "ConfigMap",
+               "metadata": {"name": "gateway-defaults", "namespace": "strait-system"},
+               "data": {"workers": "2", "limits.cpu": "2"}}),
+        json!({"apiVersion": "v1", "kind": "ConfigMap",
+               "metadata": {"name": "public-params", "namespace": "edge"},
+               "data": {"replicas": "2"}}),
+        json!({"apiVersion": GW, "kind": "GatewayClass", "metadata": {"name": "strait"},
+               "spec": {"controllerName": "strait.dev/gateway-controller",
+                        "parametersRef": {"group": "", "kind": "ConfigMap",
+                                          "name": "gateway-defaults", "namespace": "strait-system"}}}),
+        json!({"apiVersion": GW, "kind": "Gateway", "metadata": {"name": "public", "namespace": "edge"},
+               "spec": {"gatewayClassName": "strait",
+                        "infrastructure": {"parametersRef": {"group": "", "kind": "ConfigMap",
+                                                             "name": "public-params"}},
+                        "listeners": [{"name": "http", "port": 80, "protocol": "HTTP"}]}}),
+    ] {
+        server.create(object).expect("seed object");
+    }
+    let controller = start_with(
+        &server,
+        ConfigHub::new(),
+        provisioning(Duration::from_millis(300)),
+    );
+    let deployment = || {
+        server
+            .get("apps/v1", "Deployment", Some("edge"), "public-strait")
+            .ok()
+    };
+    let first = eventually("the sized Deployment", deployment).await;
+    assert_eq!(first["spec"]["replicas"], 2, "the Gateway's own key");
+    assert_eq!(worker_env(&first).as_deref(), Some("2"), "the class's key");
+    assert_eq!(
+        first["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]["cpu"],
+        "2"
+    );
+
+    let mut params = server
+        .get("v1", "ConfigMap", Some("edge"), "public-params")
+        .expect("the Gateway's ConfigMap");
+    params["data"] = json!({"replicas": "3", "workers": "auto"});
+    server.update(params).expect("edit the parameters");
+    eventually("the edit reaches the Deployment", || {
+        let d = deployment()?;
+        (d["spec"]["replicas"] == 3 && worker_env(&d).as_deref() == Some("auto")).then_some(())
+    })
+    .await;
+
+    let mut params = server
+        .get("v1", "ConfigMap", Some("edge"), "public-params")
+        .expect("the Gateway's ConfigMap");
+    params["data"] = json!({"replicas": "three"});
+    server.update(params).expect("break the parameters");
+    let message = eventually("the Gateway rejected for its parameters", || {
+        let gateway = server.get(GW, "Gateway", Some("edge"), "public").ok()?;
+        let accepted = gateway["status"]["conditions"]
+            .as_array()?
+            .iter()
+            .find(|c| c["type"] == "Accepted" && c["reason"] == "InvalidParameters")?
+            .clone();
+        accepted["message"].as_str().map(str::to_string)
+    })
+    .await;
+    assert_eq!(
+        message,
+        "Gateway edge/public: parametersRef ConfigMap edge/public-params: replicas: `three` is not a number of replicas (0 or more)"
+    );
+    controller.abort();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_controller_removes_objects_it_no_longer_wants() {
     let server = cluster().await;

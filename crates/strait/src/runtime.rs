@@ -1,59 +1,23 @@
 //! The tokio runtime every long-running command runs on.
 
 use std::num::NonZeroUsize;
-use std::str::FromStr;
 use std::time::Duration;
 
 use crate::allocator;
 
-/// How many worker threads a long-running command's runtime gets.
-///
-/// A multi-thread runtime pays for its reach at light load: a worker that wakes two tasks at
-/// once (two sockets ready in one poll, or a task waking another while a third waits) also
-/// wakes an idle worker to take one, and a request then crosses threads through futex waits and
-/// wake-ups. Through the mesh bench at 4 connections, on two CPUs shared with the load, a node
-/// proxy and a waypoint on two workers each spent 39-73% more CPU per request on the waypoint
-/// path than on one (3-20% on the HBONE path) and served 2-31% fewer requests per second; at 64
-/// connections one worker each was as fast. One worker is also a ceiling of one CPU, which is
-/// what `--workers` raises.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Workers {
-    /// One per CPU the process may use: its affinity and its cgroup's CPU quota.
-    PerCpu,
-    /// Exactly this many; one is a current-thread runtime.
-    Fixed(NonZeroUsize),
-}
+pub use strait_config::Workers;
 
-impl Workers {
-    /// A single worker: a current-thread runtime.
-    pub const ONE: Workers = Workers::Fixed(NonZeroUsize::MIN);
-
-    /// The number of workers this setting gives on this machine.
-    pub fn count(self) -> usize {
-        match self {
-            Workers::PerCpu => std::thread::available_parallelism().map_or(1, NonZeroUsize::get),
-            Workers::Fixed(workers) => workers.get(),
-        }
-    }
-}
-
-impl FromStr for Workers {
-    type Err = String;
-
-    /// `auto` (one per CPU) or a number of workers, 1 or more.
-    fn from_str(text: &str) -> Result<Self, Self::Err> {
-        if text.eq_ignore_ascii_case("auto") {
-            return Ok(Workers::PerCpu);
-        }
-        text.parse::<NonZeroUsize>()
-            .map(Workers::Fixed)
-            .map_err(|_| format!("`{text}` is not a number of workers (1 or more) nor `auto`"))
+/// The number of workers `workers` gives on this machine.
+pub fn worker_count(workers: Workers) -> usize {
+    match workers {
+        Workers::PerCpu => std::thread::available_parallelism().map_or(1, NonZeroUsize::get),
+        Workers::Fixed(workers) => workers.get(),
     }
 }
 
 /// The runtime of a long-running command, with `workers` worker threads.
 pub fn build(workers: Workers) -> std::io::Result<tokio::runtime::Runtime> {
-    build_for(workers.count())
+    build_for(worker_count(workers))
 }
 
 /// A runtime with `workers` worker threads: one is a current-thread runtime, which does less
@@ -99,15 +63,9 @@ mod tests {
     use super::*;
 
     #[test]
-    fn workers_parse_as_auto_or_a_positive_count() {
-        assert_eq!("auto".parse(), Ok(Workers::PerCpu));
-        assert_eq!("AUTO".parse(), Ok(Workers::PerCpu));
-        assert_eq!("1".parse(), Ok(Workers::ONE));
-        assert_eq!("3".parse::<Workers>().map(Workers::count), Ok(3));
-        for bad in ["0", "-1", "two", ""] {
-            let error = bad.parse::<Workers>().expect_err(bad);
-            assert!(error.contains(&format!("`{bad}`")), "{error}");
-        }
+    fn a_fixed_count_is_that_many_workers() {
+        assert_eq!(worker_count("3".parse().expect("a count")), 3);
+        assert_eq!(worker_count(Workers::ONE), 1);
     }
 
     #[test]
@@ -116,7 +74,7 @@ mod tests {
         let one = build(Workers::ONE).expect("a runtime");
         assert_eq!(one.handle().runtime_flavor(), RuntimeFlavor::CurrentThread);
         // One more than the CPUs, so that Tokio's own default (a worker per CPU) cannot pass.
-        let wanted = Workers::PerCpu.count() + 1;
+        let wanted = worker_count(Workers::PerCpu) + 1;
         let more = build(Workers::Fixed(
             NonZeroUsize::new(wanted).expect("a count over 0"),
         ))

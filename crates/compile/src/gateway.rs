@@ -9,7 +9,7 @@ use strait_model::types::Gateway;
 use crate::conditions::Condition;
 use crate::context::{Context, name, ns};
 use crate::listeners::{self, ListenerState};
-use crate::parameters::{Overrides, ParametersRef, ProxyParameters};
+use crate::parameters::{Overrides, ParametersRef, ProxyParameters, WAYPOINT_CLASS};
 use crate::tls;
 
 /// A Gateway of one of our accepted classes, after validation.
@@ -27,7 +27,8 @@ pub(crate) struct GatewayState<'a> {
     pub listeners: Vec<ListenerState>,
 }
 
-/// Validates every Gateway whose class is one of `classes`, sorted by namespace/name.
+/// Validates every ingress Gateway whose class is one of `classes`, sorted by namespace/name.
+/// Gateways of the waypoint class are the mesh's ([`crate::mesh`]).
 pub(crate) fn evaluate<'a>(
     ctx: &Context<'a>,
     classes: &BTreeMap<String, Overrides>,
@@ -36,7 +37,10 @@ pub(crate) fn evaluate<'a>(
         .snapshot
         .gateways
         .iter()
-        .filter(|g| classes.contains_key(&g.spec.gateway_class_name))
+        .filter(|g| {
+            g.spec.gateway_class_name != WAYPOINT_CLASS
+                && classes.contains_key(&g.spec.gateway_class_name)
+        })
         .map(|g| evaluate_one(ctx, g, classes))
         .collect();
     out.sort_by(|a, b| a.key.cmp(&b.key));
@@ -172,7 +176,7 @@ fn evaluate_one<'a>(
 
 /// The parameters of a Gateway's proxy: its own `infrastructure.parametersRef` (a ConfigMap in
 /// its namespace) over its class's.
-fn parameters(
+pub(crate) fn parameters(
     ctx: &Context<'_>,
     gateway: &Gateway,
     key: &ObjectRef,

@@ -144,8 +144,9 @@ pub struct CompileOutput {
 pub struct Provisioning {
     /// Every Accepted Gateway, and its proxy's parameters; no other Gateway is provisioned.
     pub gateways: BTreeMap<ObjectRef, parameters::ProxyParameters>,
-    /// Every waypoint's ([`parameters::WAYPOINT_CLASS`]'s parameters, or the defaults).
-    pub waypoints: parameters::ProxyParameters,
+    /// Every waypoint to provision, and its proxy's parameters: those a Service is bound to and
+    /// those declared by an Accepted Gateway of [`parameters::WAYPOINT_CLASS`].
+    pub waypoints: BTreeMap<ObjectRef, parameters::ProxyParameters>,
 }
 
 /// Compiles a snapshot. Never fails: invalid input becomes status conditions.
@@ -155,13 +156,7 @@ pub fn compile(input: &CompileInput<'_>) -> CompileOutput {
 
     let classes = gateway_class::evaluate(&ctx, &mut statuses);
     let mut gateways = gateway::evaluate(&ctx, &classes);
-    let mut provisioning = Provisioning {
-        gateways: BTreeMap::new(),
-        waypoints: classes
-            .get(parameters::WAYPOINT_CLASS)
-            .and_then(|class| class.over(&Default::default()).ok())
-            .unwrap_or_default(),
-    };
+
     let listener_sets = listener_sets::evaluate(&ctx, &mut gateways);
     let mut clusters = BTreeMap::new();
     let mut route_set = routes::RouteSet::new(ctx.snapshot);
@@ -174,6 +169,15 @@ pub fn compile(input: &CompileInput<'_>) -> CompileOutput {
         &mut route_parents,
     );
     let mesh = mesh::compile(&ctx, &route_set, &mut route_parents);
+    let mut provisioning = Provisioning {
+        gateways: BTreeMap::new(),
+        waypoints: mesh::waypoint_gateways::evaluate(
+            &ctx,
+            classes.get(parameters::WAYPOINT_CLASS),
+            &mesh,
+            &mut statuses,
+        ),
+    };
     route_parents.into_statuses(&route_set, &mut statuses);
     listener_sets::statuses(&ctx, &listener_sets, &gateways, &mut statuses);
 

@@ -133,7 +133,7 @@ fn load(extra: &str) -> Snapshot {
 }
 
 fn addresses() -> BTreeMap<ObjectRef, Vec<IpAddr>> {
-    ["gw", "tls", "extra", "foreign"]
+    ["gw", "tls", "extra", "foreign", "edge"]
         .iter()
         .map(|n| {
             (
@@ -897,6 +897,21 @@ spec:
 ---
 apiVersion: gateway.networking.k8s.io/v1
 kind: Gateway
+metadata: {name: edge, namespace: infra}
+spec:
+  gatewayClassName: strait-waypoint
+  listeners: [{name: mesh, port: 15008, protocol: HBONE}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: sized-edge, namespace: infra}
+spec:
+  gatewayClassName: strait-waypoint
+  infrastructure: {parametersRef: {group: "", kind: ConfigMap, name: big}}
+  listeners: [{name: mesh, port: 15008, protocol: HBONE}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
 metadata: {name: own, namespace: infra}
 spec:
   gatewayClassName: sized
@@ -948,26 +963,162 @@ spec:
         ),
         "{message}"
     );
-    assert_eq!(out.provisioning.waypoints.workers, "3".parse().ok());
+    let waypoints = &out.provisioning.waypoints;
+    assert_eq!(
+        waypoints[&key("edge")].workers,
+        "3".parse().ok(),
+        "the class's"
+    );
+    assert_eq!(
+        waypoints[&key("sized-edge")].workers,
+        Some(strait_config::Workers::PerCpu),
+        "its own over the class's"
+    );
+}
+
+const MESH_ROUTE: &str = r#"
+apiVersion: v1
+kind: Namespace
+metadata: {name: shop, labels: {strait.dev/mesh: enabled}}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: cart, namespace: shop}
+spec: {clusterIP: 198.19.0.10, ports: [{name: http, port: 80}]}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: cart, namespace: shop}
+spec:
+  parentRefs: [{group: "", kind: Service, name: cart, port: 80}]
+  rules: [{backendRefs: [{name: cart, port: 80}]}]
+"#;
+
+/// A Gateway of the waypoint class declares a waypoint: provisioned as one (never as an ingress
+/// Gateway), with a status of its own; its listeners can only be HBONE on 15008.
+#[test]
+fn waypoint_class_gateways_are_waypoints_not_ingress_gateways() {
+    let out = run(&load(&format!(
+        r#"{MESH_ROUTE}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: GatewayClass
+metadata: {{name: strait-waypoint}}
+spec: {{controllerName: strait.dev/gateway-controller}}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {{name: edge, namespace: infra}}
+spec:
+  gatewayClassName: strait-waypoint
+  listeners: [{{name: mesh, port: 15008, protocol: HBONE}}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {{name: http, namespace: infra}}
+spec:
+  gatewayClassName: strait-waypoint
+  listeners: [{{name: web, port: 80, protocol: HTTP}}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: http-1, namespace: infra, labels: {{gateway.networking.k8s.io/gateway-name: http}}}}
+spec: {{containers: [{{name: strait, image: strait}}]}}
+status: {{phase: Running, podIP: 198.18.0.9}}
+"#
+    )));
+    let key = |namespace: &str, name: &str| ObjectRef {
+        namespace: namespace.into(),
+        name: name.into(),
+    };
+    let waypoints: Vec<&ObjectRef> = out.provisioning.waypoints.keys().collect();
+    assert_eq!(
+        waypoints,
+        [
+            &key("infra", "edge"),
+            &key("infra", "http"),
+            &key("shop", "waypoint")
+        ],
+        "declared waypoints, and the one the route's Service is bound to"
+    );
+    assert!(
+        !out.provisioning
+            .gateways
+            .contains_key(&key("infra", "edge"))
+            && !out
+                .provisioning
+                .gateways
+                .contains_key(&key("infra", "http")),
+        "no waypoint is provisioned as an ingress Gateway"
+    );
+    assert!(
+        out.config.gateways.iter().all(|g| g.gateway.name != "http"),
+        "nor served as one"
+    );
+
+    let edge = status(&out, "Gateway", "infra", "edge").expect("status");
+    assert_eq!(
+        cond(&edge["conditions"], "Accepted"),
+        pair("True", "Accepted")
+    );
+    assert_eq!(
+        cond(&edge["conditions"], "Programmed"),
+        pair("False", "Pending"),
+        "no waypoint pod runs yet"
+    );
+    assert_eq!(
+        edge["addresses"],
+        serde_json::json!([{"type": "IPAddress", "value": "127.0.0.1"}]),
+        "the address of its Service"
+    );
+    let mesh = listener(edge, "mesh");
+    assert_eq!(
+        cond(&mesh["conditions"], "Accepted"),
+        pair("True", "Accepted")
+    );
+    assert_eq!(mesh["supportedKinds"], serde_json::json!([]));
+
+    let http = status(&out, "Gateway", "infra", "http").expect("status");
+    assert_eq!(
+        cond(&http["conditions"], "Accepted"),
+        pair("True", "ListenersNotValid")
+    );
+    assert_eq!(
+        cond(&http["conditions"], "Programmed"),
+        pair("True", "Programmed"),
+        "its pod runs"
+    );
+    assert_eq!(
+        cond(&listener(http, "web")["conditions"], "Accepted"),
+        pair("False", "UnsupportedProtocol")
+    );
 }
 
 #[test]
 fn a_waypoint_class_with_invalid_parameters_leaves_waypoints_on_the_defaults() {
-    let out = run(&load(
-        r#"
+    let out = run(&load(&format!(
+        r#"{MESH_ROUTE}
+---
 apiVersion: v1
 kind: ConfigMap
-metadata: {name: waypoint-params, namespace: strait-system}
-data: {workers: "3", requests.memory: 1Gi, limits.memory: 256Mi}
+metadata: {{name: waypoint-params, namespace: strait-system}}
+data: {{workers: "3", requests.memory: 1Gi, limits.memory: 256Mi}}
 ---
 apiVersion: gateway.networking.k8s.io/v1
 kind: GatewayClass
-metadata: {name: strait-waypoint}
+metadata: {{name: strait-waypoint}}
 spec:
   controllerName: strait.dev/gateway-controller
-  parametersRef: {group: "", kind: ConfigMap, name: waypoint-params, namespace: strait-system}
-"#,
-    ));
+  parametersRef: {{group: "", kind: ConfigMap, name: waypoint-params, namespace: strait-system}}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {{name: edge, namespace: infra}}
+spec:
+  gatewayClassName: strait-waypoint
+  listeners: [{{name: mesh, port: 15008, protocol: HBONE}}]
+"#
+    )));
     let st = status(&out, "GatewayClass", "", "strait-waypoint").expect("status");
     assert_eq!(
         cond(&st["conditions"], "Accepted"),
@@ -977,10 +1128,16 @@ spec:
         st["conditions"][0]["message"],
         "GatewayClass strait-waypoint: parameters: requests.memory `1Gi` is above limits.memory `256Mi`"
     );
+    let bound = ObjectRef {
+        namespace: "shop".into(),
+        name: "waypoint".into(),
+    };
     assert_eq!(
         out.provisioning.waypoints,
-        crate::parameters::ProxyParameters::default()
+        BTreeMap::from([(bound, crate::parameters::ProxyParameters::default())]),
+        "the bound waypoint still runs, on the defaults; the declared one waits for its class"
     );
+    assert!(status(&out, "Gateway", "infra", "edge").is_none());
 }
 
 #[test]

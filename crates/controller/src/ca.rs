@@ -705,18 +705,24 @@ impl<P: PodCache> ScopeAuthorizer<P> {
                     .then_some(())
                     .ok_or_else(|| {
                         format!(
-                            "caller {username} may not read the config of Gateway                              {gateway_namespace}/{name}: only service account                              {gateway_namespace}/{expected} may"
+                            "caller {username} may not read the config of Gateway \
+                            {gateway_namespace}/{name}: only service account \
+                            {gateway_namespace}/{expected} may"
                         )
                     })
             }
             strait_xds::Scope::Waypoint {
                 namespace: waypoint_namespace,
                 name,
-            } => (namespace == waypoint_namespace).then_some(()).ok_or_else(|| {
-                format!(
-                    "caller {username} may not read the config of waypoint                      {waypoint_namespace}/{name}: only service accounts of                      {waypoint_namespace} may"
-                )
-            }),
+            } => (namespace == waypoint_namespace)
+                .then_some(())
+                .ok_or_else(|| {
+                    format!(
+                        "caller {username} may not read the config of waypoint \
+                    {waypoint_namespace}/{name}: only service accounts of \
+                    {waypoint_namespace} may"
+                    )
+                }),
             strait_xds::Scope::Node { name } => {
                 let is_node_proxy = self
                     .reviewer
@@ -726,13 +732,15 @@ impl<P: PodCache> ScopeAuthorizer<P> {
                     .any(|sa| sa.namespace == namespace && sa.name == account);
                 if !is_node_proxy {
                     return Err(format!(
-                        "caller {username} may not read the config of node {name}: it is not a                          node proxy"
+                        "caller {username} may not read the config of node {name}: it is not a \
+                        node proxy"
                     ));
                 }
                 let node = self.reviewer.caller_node(namespace, user)?;
                 (node == *name).then_some(()).ok_or_else(|| {
                     format!(
-                        "node proxy {username} runs on node {node}, not {name}, and may not                          read that node's config"
+                        "node proxy {username} runs on node {node}, not {name}, and may not \
+                        read that node's config"
                     )
                 })
             }
@@ -748,7 +756,8 @@ impl<P: PodCache> strait_xds::SubscriberAuth for ScopeAuthorizer<P> {
         let scope = &subscriber.hello.scope;
         let Some(token) = subscriber.bearer_token() else {
             return Err(Status::unauthenticated(format!(
-                "config of {scope:?}: no bearer token; send `authorization: Bearer <token>`                  with a service-account token for audience {}",
+                "config of {scope:?}: no bearer token; send `authorization: Bearer <token>` \
+                with a service-account token for audience {}",
                 self.reviewer.options.audiences.join(",")
             )));
         };

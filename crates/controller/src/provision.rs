@@ -11,10 +11,11 @@ use std::collections::BTreeMap;
 
 use serde_json::{Value, json};
 use strait_compile::CompileOutput;
-use strait_compile::parameters::ProxyParameters;
+use strait_compile::parameters::{ProxyParameters, WAYPOINT_CLASS};
 use strait_config::ObjectRef;
 use strait_config::mesh::GATEWAY_NAME_LABEL;
 use strait_model::Snapshot;
+use strait_model::types::Gateway;
 
 /// Label marking objects this provisioner manages (it only ever deletes those).
 pub const MANAGED_BY: (&str, &str) = ("app.kubernetes.io/managed-by", "strait");
@@ -76,16 +77,7 @@ pub fn desired(
             .collect();
         ports.sort_unstable();
         ports.dedup();
-        let infrastructure = gateway.spec.infrastructure.as_ref();
-        let owner = gateway.metadata.uid.as_ref().map(|uid| {
-            json!({
-                "apiVersion": "gateway.networking.k8s.io/v1",
-                "kind": "Gateway",
-                "name": name,
-                "uid": uid,
-                "controller": true,
-            })
-        });
+        let (labels, annotations, owner) = infrastructure(gateway);
         let proxy = Proxy {
             namespace: &namespace,
             gateway: &name,
@@ -100,26 +92,34 @@ pub fn desired(
             ],
             ports,
             service_type: "LoadBalancer",
-            labels: infrastructure
-                .and_then(|i| i.labels.clone())
-                .unwrap_or_default(),
-            annotations: infrastructure
-                .and_then(|i| i.annotations.clone())
-                .unwrap_or_default(),
+            labels,
+            annotations,
             owner,
             parameters,
         };
         objects.extend(proxy.objects(&options.image));
     }
-    for waypoint in &output.mesh.waypoints {
-        let namespace = &waypoint.gateway.namespace;
-        let name = &waypoint.gateway.name;
+    for (waypoint, parameters) in &output.provisioning.waypoints {
+        let ObjectRef { namespace, name } = waypoint;
+        // A Gateway of the waypoint class that declares this waypoint lends it its metadata.
+        let declared = snapshot.gateways.iter().find(|g| {
+            g.spec.gateway_class_name == WAYPOINT_CLASS
+                && g.metadata.namespace.as_ref() == Some(namespace)
+                && g.metadata.name.as_ref() == Some(name)
+        });
+        let (labels, annotations, owner) = declared.map(infrastructure).unwrap_or_default();
+        // The waypoint's SPIFFE identity is its service account: the name node proxies expect.
+        let service_account = output
+            .mesh
+            .waypoints
+            .iter()
+            .find(|w| &w.gateway == waypoint)
+            .map_or_else(|| name.clone(), |w| w.service_account.clone());
         let proxy = Proxy {
             namespace,
             gateway: name,
             object_name: name.clone(),
-            // The waypoint's SPIFFE identity is its service account: the name node proxies expect.
-            service_account: waypoint.service_account.clone(),
+            service_account,
             args: vec![
                 "waypoint".into(),
                 "--control-plane".into(),
@@ -133,10 +133,10 @@ pub fn desired(
             ],
             ports: vec![HBONE_PORT],
             service_type: "ClusterIP",
-            labels: BTreeMap::new(),
-            annotations: BTreeMap::new(),
-            owner: None,
-            parameters: &output.provisioning.waypoints,
+            labels,
+            annotations,
+            owner,
+            parameters,
         };
         objects.extend(proxy.objects(&options.image));
     }
@@ -160,6 +160,36 @@ pub fn desired(
         }
     }
     objects
+}
+
+/// A Gateway's `spec.infrastructure` labels and annotations, and the owner reference that has
+/// its proxy's objects deleted with it.
+fn infrastructure(
+    gateway: &Gateway,
+) -> (
+    BTreeMap<String, String>,
+    BTreeMap<String, String>,
+    Option<Value>,
+) {
+    let infrastructure = gateway.spec.infrastructure.as_ref();
+    let owner = gateway.metadata.uid.as_ref().map(|uid| {
+        json!({
+            "apiVersion": "gateway.networking.k8s.io/v1",
+            "kind": "Gateway",
+            "name": gateway.metadata.name,
+            "uid": uid,
+            "controller": true,
+        })
+    });
+    (
+        infrastructure
+            .and_then(|i| i.labels.clone())
+            .unwrap_or_default(),
+        infrastructure
+            .and_then(|i| i.annotations.clone())
+            .unwrap_or_default(),
+        owner,
+    )
 }
 
 /// The service account (and object name) of the proxy provisioned for Gateway `name`; the
@@ -464,37 +494,81 @@ data: {workers: "4", replicas: "2", limits.cpu: "3", limits.memory: 1Gi, request
             })
         );
 
-        // A waypoint takes the waypoint parameters; unset, they leave the proxy's own worker
-        // default and the replica count alone.
+        // A waypoint's parameters, unset, leave the proxy's own worker default and the replica
+        // count alone.
+        let waypoint_key = ObjectRef {
+            namespace: "shop".into(),
+            name: "waypoint".into(),
+        };
         output
-            .mesh
+            .provisioning
             .waypoints
-            .push(strait_config::mesh::WaypointConfig {
-                gateway: ObjectRef {
-                    namespace: "shop".into(),
-                    name: "waypoint".into(),
-                },
-                service_account: "waypoint".into(),
-                addresses: Vec::new(),
-                services: Vec::new(),
-            });
-        let objects = desired(&snapshot, &output, &options());
-        let waypoint = objects
-            .iter()
-            .find(|o| o["kind"] == "Deployment" && o["metadata"]["name"] == "waypoint")
-            .expect("the waypoint's Deployment");
-        assert_eq!(waypoint["spec"].get("replicas"), None);
-        assert_eq!(env(waypoint, "STRAIT_WORKERS"), None);
+            .insert(waypoint_key.clone(), ProxyParameters::default());
+        let waypoint = |output: &CompileOutput| {
+            desired(&snapshot, output, &options())
+                .into_iter()
+                .find(|o| o["kind"] == "Deployment" && o["metadata"]["name"] == "waypoint")
+                .expect("the waypoint's Deployment")
+        };
+        let defaults = waypoint(&output);
+        assert_eq!(defaults["spec"].get("replicas"), None);
+        assert_eq!(env(&defaults, "STRAIT_WORKERS"), None);
         assert_eq!(
-            container(waypoint)["resources"],
+            container(&defaults)["resources"],
             json!({"requests": {"cpu": "100m", "memory": "64Mi"}, "limits": {"memory": "512Mi"}})
         );
-        output.provisioning.waypoints.workers = Some("2".parse().expect("a count"));
+        assert_eq!(defaults["metadata"].get("ownerReferences"), None);
+        if let Some(p) = output.provisioning.waypoints.get_mut(&waypoint_key) {
+            p.workers = Some("2".parse().expect("a count"));
+        }
+        assert_eq!(
+            env(&waypoint(&output), "STRAIT_WORKERS").as_deref(),
+            Some("2")
+        );
+    }
+
+    #[test]
+    fn a_declared_waypoint_is_provisioned_as_a_waypoint_with_its_gateways_metadata() {
+        let snapshot = snapshot(
+            r#"
+apiVersion: gateway.networking.k8s.io/v1
+kind: GatewayClass
+metadata: {name: strait-waypoint}
+spec: {controllerName: strait.dev/gateway-controller}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: edge, namespace: shop, uid: "77"}
+spec:
+  gatewayClassName: strait-waypoint
+  infrastructure: {labels: {team: mesh}}
+  listeners: [{name: mesh, port: 15008, protocol: HBONE}]
+"#,
+        );
+        let output = crate::compile_snapshot(&snapshot, strait_compile::CONTROLLER_NAME);
         let objects = desired(&snapshot, &output, &options());
-        let waypoint = objects
+        let names: Vec<(&str, &str)> = objects
             .iter()
-            .find(|o| o["kind"] == "Deployment" && o["metadata"]["name"] == "waypoint")
-            .expect("the waypoint's Deployment");
-        assert_eq!(env(waypoint, "STRAIT_WORKERS").as_deref(), Some("2"));
+            .map(|o| {
+                (
+                    o["kind"].as_str().unwrap_or_default(),
+                    o["metadata"]["name"].as_str().unwrap_or_default(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            names,
+            [
+                ("ServiceAccount", "edge"),
+                ("Deployment", "edge"),
+                ("Service", "edge")
+            ],
+            "a waypoint's objects, no ingress gateway's"
+        );
+        let deployment = &objects[1];
+        assert_eq!(container(deployment)["args"][0], "waypoint");
+        assert_eq!(deployment["metadata"]["labels"]["team"], "mesh");
+        assert_eq!(deployment["metadata"]["ownerReferences"][0]["uid"], "77");
+        assert_eq!(objects[2]["spec"]["ports"][0]["port"], 15008);
     }
 }

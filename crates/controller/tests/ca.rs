@@ -902,19 +902,34 @@ async fn the_config_stream_admits_each_proxy_to_its_own_scope_only() {
         error.contains("shop/web-strait") && error.contains("system:serviceaccount:shop:cart"),
         "{error}"
     );
+    assert!(
+        error.ends_with(
+            "caller system:serviceaccount:shop:cart may not read the config of Gateway shop/web: \
+             only service account shop/web-strait may"
+        ),
+        "one line, single-spaced: {error}"
+    );
 
     let (got, error) = subscribe(Scope::gateway("shop", "web"), None).await;
     assert!(
         got.is_empty(),
         "an anonymous subscriber read the gateway's config"
     );
-    assert!(error.expect("refused").contains("no bearer token"));
+    let error = error.expect("refused");
+    assert!(
+        error.contains("no bearer token") && !error.contains("  "),
+        "{error}"
+    );
 
     let (got, error) = subscribe(Scope::node("node-a"), Some("tok-node-a")).await;
     assert_eq!(got, [b"mesh".to_vec()], "{error:?}");
     let (got, error) = subscribe(Scope::node("node-b"), Some("tok-node-a")).await;
     assert!(got.is_empty(), "a node proxy read another node's config");
-    assert!(error.expect("refused").contains("runs on node node-a"));
+    let error = error.expect("refused");
+    assert!(
+        error.contains("runs on node node-a") && !error.contains("  "),
+        "{error}"
+    );
     let (got, _) = subscribe(Scope::node("node-a"), Some("tok-cart")).await;
     assert!(got.is_empty(), "a workload read a node's config");
 

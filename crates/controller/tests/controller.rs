@@ -626,6 +626,63 @@ async fn parameters_config_maps_size_the_gateway_deployment_and_edits_reach_it()
     controller.abort();
 }
 
+/// A Gateway of the waypoint class is provisioned as a waypoint (never as an ingress gateway),
+/// sized by its parameters, and gets a waypoint's status.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_declared_waypoint_is_provisioned_as_one_with_its_parameters() {
+    let server = TestApiServer::start().await.expect("api server");
+    for object in [
+        json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "shop"}}),
+        json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "strait-system"}}),
+        json!({"apiVersion": "v1", "kind": "ConfigMap",
+               "metadata": {"name": "waypoint-size", "namespace": "shop"},
+               "data": {"workers": "2"}}),
+        json!({"apiVersion": GW, "kind": "GatewayClass", "metadata": {"name": "strait-waypoint"},
+               "spec": {"controllerName": "strait.dev/gateway-controller"}}),
+        json!({"apiVersion": GW, "kind": "Gateway", "metadata": {"name": "waypoint", "namespace": "shop"},
+               "spec": {"gatewayClassName": "strait-waypoint",
+                        "infrastructure": {"parametersRef": {"group": "", "kind": "ConfigMap",
+                                                             "name": "waypoint-size"}},
+                        "listeners": [{"name": "mesh", "port": 15008, "protocol": "HBONE"}]}}),
+    ] {
+        server.create(object).expect("seed object");
+    }
+    let controller = start_with(
+        &server,
+        ConfigHub::new(),
+        provisioning(Duration::from_millis(300)),
+    );
+    let deployment = eventually("the waypoint Deployment", || {
+        server
+            .get("apps/v1", "Deployment", Some("shop"), "waypoint")
+            .ok()
+    })
+    .await;
+    let container = &deployment["spec"]["template"]["spec"]["containers"][0];
+    assert_eq!(container["args"][0], "waypoint");
+    assert_eq!(worker_env(&deployment).as_deref(), Some("2"));
+    let gateway = server.get(GW, "Gateway", Some("shop"), "waypoint").unwrap();
+    assert_eq!(
+        deployment["metadata"]["ownerReferences"][0]["uid"],
+        gateway["metadata"]["uid"]
+    );
+    assert!(
+        server
+            .get("apps/v1", "Deployment", Some("shop"), "waypoint-strait")
+            .is_err(),
+        "provisioned as an ingress gateway too"
+    );
+    eventually("the waypoint Gateway's status", || {
+        let gateway = server.get(GW, "Gateway", Some("shop"), "waypoint").ok()?;
+        let status = &gateway["status"];
+        (condition(status, "Accepted").as_deref() == Some("True")
+            && condition(status, "Programmed").as_deref() == Some("False"))
+        .then_some(())
+    })
+    .await;
+    controller.abort();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_controller_removes_objects_it_no_longer_wants() {
     let server = cluster().await;

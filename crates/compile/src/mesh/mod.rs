@@ -26,6 +26,7 @@ mod parents;
 mod protocol;
 mod routes;
 mod services;
+pub(crate) mod waypoint_gateways;
 mod waypoints;
 mod workloads;
 
@@ -195,7 +196,7 @@ pub(crate) fn compile<'a>(
                         ),
                     ),
                     resolved_refs(compiled),
-                    waypoints::readiness(ctx, &parent.service, binding, addresses),
+                    waypoints::readiness(&parent.service, binding, addresses),
                 ]
             }
             Err((reason, message)) => vec![

@@ -668,7 +668,7 @@ fn route_status_details() {
     }
     assert_eq!(
         entry["conditions"][2]["message"],
-        "waypoint Gateway gateway-conformance-mesh/waypoint does not exist: connections to \
+        "waypoint gateway-conformance-mesh/waypoint has no running pods: connections to \
          Service gateway-conformance-mesh/echo are refused"
     );
     let st = route_status(&out, "split-v1");

@@ -12,7 +12,7 @@ use super::routes::RouteTables;
 use super::services;
 use super::workloads;
 use crate::conditions::Condition;
-use crate::context::{Context, name, ns};
+use crate::context::{Context, ns};
 
 /// Implementation-specific route condition: whether the waypoint of a Service parent can carry
 /// traffic. Connections never bypass a missing waypoint, so this is how users learn why they
@@ -93,7 +93,6 @@ pub(crate) fn config<'a>(
 /// `strait.dev/WaypointReady` of a route parent naming `service`. `addresses` are those of
 /// the bound waypoint.
 pub(crate) fn readiness(
-    ctx: &Context<'_>,
     service: &ObjectRef,
     binding: Result<&ObjectRef, Unbound>,
     addresses: &[IpAddr],
@@ -109,24 +108,16 @@ pub(crate) fn readiness(
                 addresses.len()
             ),
         ),
-        Ok(w) => {
-            let exists = ctx
-                .snapshot
-                .gateways
-                .iter()
-                .any(|g| ns(&g.metadata) == w.namespace && name(&g.metadata) == w.name);
-            let why = if exists {
-                format!("waypoint {w} has no running pods")
-            } else {
-                format!("waypoint Gateway {w} does not exist")
-            };
-            Condition::new(
-                WAYPOINT_READY,
-                false,
-                "WaypointUnavailable",
-                format!("{why}: connections to Service {service} are refused"),
-            )
-        }
+        // Whether or not a Gateway declares it: the controller provisions a bound waypoint
+        // either way, so what is missing is a running pod.
+        Ok(w) => Condition::new(
+            WAYPOINT_READY,
+            false,
+            "WaypointUnavailable",
+            format!(
+                "waypoint {w} has no running pods: connections to Service {service} are refused"
+            ),
+        ),
         Err(unbound) => {
             let why = match unbound {
                 Unbound::NotEnrolled => format!(

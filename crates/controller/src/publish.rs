@@ -47,8 +47,10 @@ impl Publisher {
             scopes.insert(scope);
         }
         if let Ok(mesh) = serde_json::to_vec(&output.mesh) {
-            for waypoint in &output.mesh.waypoints {
-                let scope = Scope::waypoint(&waypoint.gateway.namespace, &waypoint.gateway.name);
+            // Every waypoint provisioned, including one declared by a Gateway that no Service
+            // is bound to yet: it serves nothing, but it must get a config to become ready.
+            for waypoint in output.provisioning.waypoints.keys() {
+                let scope = Scope::waypoint(&waypoint.namespace, &waypoint.name);
                 self.hub.publish(&scope, mesh.clone());
                 scopes.insert(scope);
             }
@@ -242,5 +244,35 @@ spec:
             let decoded: ProxyConfig = serde_json::from_slice(&borrowed).unwrap();
             assert_eq!(decoded, owned);
         }
+    }
+
+    #[test]
+    fn a_declared_waypoint_without_services_gets_the_mesh_config() {
+        let report = strait_model::load_str(
+            r#"
+apiVersion: gateway.networking.k8s.io/v1
+kind: GatewayClass
+metadata: {name: strait-waypoint}
+spec: {controllerName: strait.dev/gateway-controller}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: edge, namespace: shop}
+spec:
+  gatewayClassName: strait-waypoint
+  listeners: [{name: mesh, port: 15008, protocol: HBONE}]
+"#,
+            Path::new("declared.yaml"),
+        );
+        assert!(report.errors.is_empty(), "{:?}", report.errors);
+        let output = crate::compile_snapshot(&report.snapshot, strait_compile::CONTROLLER_NAME);
+        assert!(
+            output.mesh.waypoints.is_empty(),
+            "no Service is bound to it"
+        );
+        let mut publisher = Publisher::new(ConfigHub::new());
+        publisher.publish(&output);
+        let scope = Scope::waypoint("shop", "edge");
+        assert!(publisher.hub().current(&scope).is_some());
     }
 }

@@ -77,7 +77,7 @@ pub fn desired(
             .collect();
         ports.sort_unstable();
         ports.dedup();
-        let (labels, annotations, owner) = infrastructure(gateway);
+        let infrastructure = Infrastructure::of(gateway);
         let proxy = Proxy {
             namespace: &namespace,
             gateway: &name,
@@ -92,9 +92,7 @@ pub fn desired(
             ],
             ports,
             service_type: "LoadBalancer",
-            labels,
-            annotations,
-            owner,
+            infrastructure,
             parameters,
         };
         objects.extend(proxy.objects(&options.image));
@@ -107,7 +105,7 @@ pub fn desired(
                 && g.metadata.namespace.as_ref() == Some(namespace)
                 && g.metadata.name.as_ref() == Some(name)
         });
-        let (labels, annotations, owner) = declared.map(infrastructure).unwrap_or_default();
+        let infrastructure = declared.map(Infrastructure::of).unwrap_or_default();
         // The waypoint's SPIFFE identity is its service account: the name node proxies expect.
         let service_account = output
             .mesh
@@ -133,9 +131,7 @@ pub fn desired(
             ],
             ports: vec![HBONE_PORT],
             service_type: "ClusterIP",
-            labels,
-            annotations,
-            owner,
+            infrastructure,
             parameters,
         };
         objects.extend(proxy.objects(&options.image));
@@ -162,34 +158,36 @@ pub fn desired(
     objects
 }
 
-/// A Gateway's `spec.infrastructure` labels and annotations, and the owner reference that has
-/// its proxy's objects deleted with it.
-fn infrastructure(
-    gateway: &Gateway,
-) -> (
-    BTreeMap<String, String>,
-    BTreeMap<String, String>,
-    Option<Value>,
-) {
-    let infrastructure = gateway.spec.infrastructure.as_ref();
-    let owner = gateway.metadata.uid.as_ref().map(|uid| {
-        json!({
-            "apiVersion": "gateway.networking.k8s.io/v1",
-            "kind": "Gateway",
-            "name": gateway.metadata.name,
-            "uid": uid,
-            "controller": true,
-        })
-    });
-    (
-        infrastructure
-            .and_then(|i| i.labels.clone())
-            .unwrap_or_default(),
-        infrastructure
-            .and_then(|i| i.annotations.clone())
-            .unwrap_or_default(),
-        owner,
-    )
+/// What a Gateway lends the objects of its proxy: its `spec.infrastructure` labels and
+/// annotations, and the owner reference that has them deleted with it.
+#[derive(Default)]
+struct Infrastructure {
+    labels: BTreeMap<String, String>,
+    annotations: BTreeMap<String, String>,
+    owner: Option<Value>,
+}
+
+impl Infrastructure {
+    fn of(gateway: &Gateway) -> Infrastructure {
+        let infrastructure = gateway.spec.infrastructure.as_ref();
+        Infrastructure {
+            labels: infrastructure
+                .and_then(|i| i.labels.clone())
+                .unwrap_or_default(),
+            annotations: infrastructure
+                .and_then(|i| i.annotations.clone())
+                .unwrap_or_default(),
+            owner: gateway.metadata.uid.as_ref().map(|uid| {
+                json!({
+                    "apiVersion": "gateway.networking.k8s.io/v1",
+                    "kind": "Gateway",
+                    "name": gateway.metadata.name,
+                    "uid": uid,
+                    "controller": true,
+                })
+            }),
+        }
+    }
 }
 
 /// The service account (and object name) of the proxy provisioned for Gateway `name`; the
@@ -206,15 +204,13 @@ struct Proxy<'a> {
     args: Vec<String>,
     ports: Vec<u16>,
     service_type: &'a str,
-    labels: BTreeMap<String, String>,
-    annotations: BTreeMap<String, String>,
-    owner: Option<Value>,
+    infrastructure: Infrastructure,
     parameters: &'a ProxyParameters,
 }
 
 impl Proxy<'_> {
     fn objects(&self, image: &str) -> Vec<Value> {
-        let mut labels = self.labels.clone();
+        let mut labels = self.infrastructure.labels.clone();
         labels.insert(GATEWAY_NAME_LABEL.into(), self.gateway.to_string());
         labels.insert(MANAGED_BY.0.into(), MANAGED_BY.1.into());
         let selector = json!({ GATEWAY_NAME_LABEL: self.gateway });
@@ -223,9 +219,9 @@ impl Proxy<'_> {
                 "name": name,
                 "namespace": self.namespace,
                 "labels": labels,
-                "annotations": self.annotations,
+                "annotations": self.infrastructure.annotations,
             });
-            if let Some(owner) = &self.owner {
+            if let Some(owner) = &self.infrastructure.owner {
                 meta["ownerReferences"] = json!([owner]);
             }
             meta
@@ -322,7 +318,7 @@ impl Proxy<'_> {
         let mut deployment_spec = json!({
             "selector": {"matchLabels": selector},
             "template": {
-                "metadata": {"labels": labels, "annotations": self.annotations},
+                "metadata": {"labels": labels, "annotations": self.infrastructure.annotations},
                 "spec": pod_spec,
             },
         });

@@ -167,6 +167,7 @@ pub fn compile(input: &CompileInput<'_>) -> CompileOutput {
         &mut gateways,
         &mut clusters,
         &mut route_parents,
+        classes.contains_key(parameters::WAYPOINT_CLASS),
     );
     let mesh = mesh::compile(&ctx, &route_set, &mut route_parents);
     let mut provisioning = Provisioning {

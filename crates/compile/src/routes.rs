@@ -24,6 +24,7 @@ use crate::conditions::{Condition, render};
 use crate::context::{Context, name, ns};
 use crate::gateway::GatewayState;
 use crate::listeners::GATEWAY_GROUP;
+use crate::parameters::WAYPOINT_CLASS;
 use crate::tls::RefFailure;
 use crate::{grpc_route, http_route};
 
@@ -297,12 +298,15 @@ impl RouteParents {
 
 /// Attaches every HTTPRoute and GRPCRoute to the listeners of our Gateways, adding the
 /// routes' Gateway and ListenerSet parent entries and collecting the clusters of accepted routes.
+/// With `waypoint_class` (the waypoint class is ours and accepted), a parentRef to a Gateway of
+/// that class is refused with a parent entry that says where such routes go.
 pub(crate) fn attach_all<'a>(
     ctx: &Context<'a>,
     routes: &mut RouteSet<'a>,
     gateways: &mut [GatewayState<'_>],
     clusters: &mut BTreeMap<ClusterKey, Cluster>,
     parents: &mut RouteParents,
+    waypoint_class: bool,
 ) {
     // GRPCRoute backends speak HTTP/2 whatever the Service port says.
     let mut grpc_clusters = BTreeSet::new();
@@ -320,12 +324,49 @@ pub(crate) fn attach_all<'a>(
             let group = pref.group.unwrap_or(GATEWAY_GROUP);
             let parent_kind = pref.kind.unwrap_or("Gateway");
             let parent_ns = pref.namespace.unwrap_or(route_ns);
+            let mut parent_ref = json!({
+                "group": GATEWAY_GROUP,
+                "kind": parent_kind,
+                "namespace": parent_ns,
+                "name": pref.name,
+            });
+            if let Some(map) = parent_ref.as_object_mut() {
+                if let Some(s) = pref.section_name {
+                    map.insert("sectionName".into(), json!(s));
+                }
+                if let Some(p) = pref.port {
+                    map.insert("port".into(), json!(p));
+                }
+            }
             let (gi, owner) = match (group == GATEWAY_GROUP, parent_kind) {
                 (true, "Gateway") => match gateways
                     .iter()
                     .position(|g| g.key.namespace == parent_ns && g.key.name == pref.name)
                 {
                     Some(gi) => (gi, None),
+                    None if waypoint_class && is_waypoint(ctx, parent_ns, pref.name) => {
+                        if let Some(c) = routes.compiled(ctx, index, Scope::Gateway) {
+                            let refused = Condition::new(
+                                "Accepted",
+                                false,
+                                "NotAllowedByListeners",
+                                format!(
+                                    "Gateway {parent_ns}/{} is a waypoint: routes reach it \
+                                     through the Services they name as parents (group \"\", \
+                                     kind Service)",
+                                    pref.name
+                                ),
+                            );
+                            parents.push(
+                                ctx,
+                                (index, route),
+                                parent_index,
+                                parent_ref,
+                                &[refused, resolved_refs(c)],
+                            );
+                        }
+                        continue;
+                    }
                     None => continue,
                 },
                 (true, "ListenerSet") => {
@@ -364,20 +405,6 @@ pub(crate) fn attach_all<'a>(
                 }
                 Attach::Rejected(reason, msg) => Condition::new("Accepted", false, reason, msg),
             };
-            let mut parent_ref = json!({
-                "group": GATEWAY_GROUP,
-                "kind": parent_kind,
-                "namespace": parent_ns,
-                "name": pref.name,
-            });
-            if let Some(map) = parent_ref.as_object_mut() {
-                if let Some(s) = pref.section_name {
-                    map.insert("sectionName".into(), json!(s));
-                }
-                if let Some(p) = pref.port {
-                    map.insert("port".into(), json!(p));
-                }
-            }
             parents.push(
                 ctx,
                 (index, route),
@@ -413,6 +440,15 @@ pub(crate) fn attach_all<'a>(
             c.protocol = AppProtocol::H2c;
         }
     }
+}
+
+/// Whether Gateway `namespace/name` is of the waypoint class.
+fn is_waypoint(ctx: &Context<'_>, namespace: &str, gateway: &str) -> bool {
+    ctx.snapshot.gateways.iter().any(|g| {
+        g.spec.gateway_class_name == WAYPOINT_CLASS
+            && ns(&g.metadata) == namespace
+            && name(&g.metadata) == gateway
+    })
 }
 
 /// Adds an accepted route to listener `li` of Gateway `gi`.

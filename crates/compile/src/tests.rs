@@ -1020,6 +1020,13 @@ spec:
   gatewayClassName: strait-waypoint
   listeners: [{{name: web, port: 80, protocol: HTTP}}]
 ---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {{name: to-waypoint, namespace: infra}}
+spec:
+  parentRefs: [{{name: edge}}]
+  rules: [{{backendRefs: [{{name: svc, port: 80}}]}}]
+---
 apiVersion: v1
 kind: Pod
 metadata: {{name: http-1, namespace: infra, labels: {{gateway.networking.k8s.io/gateway-name: http}}}}
@@ -1091,6 +1098,18 @@ status: {{phase: Running, podIP: 198.18.0.9}}
     assert_eq!(
         cond(&listener(http, "web")["conditions"], "Accepted"),
         pair("False", "UnsupportedProtocol")
+    );
+
+    let route = status(&out, "HTTPRoute", "infra", "to-waypoint").expect("status");
+    let entry = route_parent(route, "edge");
+    assert_eq!(
+        cond(&entry["conditions"], "Accepted"),
+        pair("False", "NotAllowedByListeners"),
+        "a route cannot attach to a waypoint Gateway: {entry}"
+    );
+    assert_eq!(
+        entry["parentRef"],
+        serde_json::json!({"group": "gateway.networking.k8s.io", "kind": "Gateway", "namespace": "infra", "name": "edge"})
     );
 }
 

@@ -8,6 +8,7 @@
 //! [`WAYPOINT_CLASS`] GatewayClass (or the defaults while it has none or invalid ones, so that a
 //! typo does not take every waypoint of the mesh down with it).
 
+use std::borrow::Cow;
 use std::fmt;
 
 use k8s_openapi::api::core::v1::ConfigMap;
@@ -36,11 +37,12 @@ const LIMITS_MEMORY: &str = "limits.memory";
 
 /// Requests every proxy gets unless told otherwise: enough for the scheduler to place it and
 /// for a CPU autoscaler to have a base, small enough for a quiet namespace.
-const DEFAULT_REQUESTS_CPU: &str = "100m";
-const DEFAULT_REQUESTS_MEMORY: &str = "64Mi";
+const DEFAULT_REQUESTS_CPU: Quantity = Quantity::fixed("100m", 0.1);
+const DEFAULT_REQUESTS_MEMORY: Quantity = Quantity::fixed("64Mi", 64.0 * MIB);
 /// A memory limit keeps a leak from taking the node down; there is no default CPU limit, so
 /// the data path is never throttled.
-const DEFAULT_LIMITS_MEMORY: &str = "512Mi";
+const DEFAULT_LIMITS_MEMORY: Quantity = Quantity::fixed("512Mi", 512.0 * MIB);
+const MIB: f64 = 1024.0 * 1024.0;
 
 /// How one provisioned proxy runs, every source merged.
 #[derive(Clone, Debug, PartialEq)]
@@ -58,9 +60,14 @@ pub struct ProxyParameters {
 
 impl Default for ProxyParameters {
     fn default() -> Self {
-        Overrides::default()
-            .over(&Overrides::default())
-            .expect("the defaults are consistent")
+        ProxyParameters {
+            workers: None,
+            replicas: None,
+            requests_cpu: DEFAULT_REQUESTS_CPU,
+            requests_memory: DEFAULT_REQUESTS_MEMORY,
+            limits_cpu: None,
+            limits_memory: DEFAULT_LIMITS_MEMORY,
+        }
     }
 }
 
@@ -140,24 +147,23 @@ impl Overrides {
             a.clone().or_else(|| b.clone())
         }
         let limits_cpu = pick(&self.limits_cpu, &defaults.limits_cpu);
-        let limits_memory = pick(&self.limits_memory, &defaults.limits_memory)
-            .unwrap_or_else(|| Quantity::builtin(DEFAULT_LIMITS_MEMORY));
-        let request =
-            |set: Option<Quantity>, default: &str, limit: Option<&Quantity>, resource| match set {
-                Some(request) => match limit {
-                    Some(limit) if request.value > limit.value => Err(format!(
-                        "requests.{resource} `{request}` is above limits.{resource} `{limit}`"
-                    )),
-                    _ => Ok(request),
-                },
-                None => {
-                    let default = Quantity::builtin(default);
-                    Ok(match limit {
-                        Some(limit) if limit.value < default.value => limit.clone(),
-                        _ => default,
-                    })
-                }
-            };
+        let limits_memory =
+            pick(&self.limits_memory, &defaults.limits_memory).unwrap_or(DEFAULT_LIMITS_MEMORY);
+        let request = |set: Option<Quantity>,
+                       default: Quantity,
+                       limit: Option<&Quantity>,
+                       resource| match set {
+            Some(request) => match limit {
+                Some(limit) if request.value > limit.value => Err(format!(
+                    "requests.{resource} `{request}` is above limits.{resource} `{limit}`"
+                )),
+                _ => Ok(request),
+            },
+            None => Ok(match limit {
+                Some(limit) if limit.value < default.value => limit.clone(),
+                _ => default,
+            }),
+        };
         Ok(ProxyParameters {
             workers: self.workers.or(defaults.workers),
             replicas: self.replicas.or(defaults.replicas),
@@ -223,7 +229,7 @@ impl ParametersRef<'_> {
 /// value for comparing a request to its limit.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Quantity {
-    text: String,
+    text: Cow<'static, str>,
     value: f64,
 }
 
@@ -270,14 +276,17 @@ impl Quantity {
             }
         };
         Ok(Quantity {
-            text: text.to_string(),
+            text: Cow::Owned(text.to_string()),
             value: number * scale,
         })
     }
 
-    /// One of the defaults above, which are valid by construction.
-    fn builtin(text: &str) -> Quantity {
-        Quantity::parse(text).expect("a built-in default is a quantity")
+    /// A default above, its value worked out by hand (a test parses each to check it).
+    const fn fixed(text: &'static str, value: f64) -> Quantity {
+        Quantity {
+            text: Cow::Borrowed(text),
+            value,
+        }
     }
 
     /// The quantity as written (what the Deployment carries).
@@ -357,10 +366,26 @@ mod tests {
         let defaults = ProxyParameters::default();
         assert_eq!(defaults.workers, None);
         assert_eq!(defaults.replicas, None);
-        assert_eq!(defaults.requests_cpu.as_str(), DEFAULT_REQUESTS_CPU);
-        assert_eq!(defaults.requests_memory.as_str(), DEFAULT_REQUESTS_MEMORY);
+        assert_eq!(defaults.requests_cpu.as_str(), "100m");
+        assert_eq!(defaults.requests_memory.as_str(), "64Mi");
         assert_eq!(defaults.limits_cpu, None, "no CPU limit unless asked for");
-        assert_eq!(defaults.limits_memory.as_str(), DEFAULT_LIMITS_MEMORY);
+        assert_eq!(defaults.limits_memory.as_str(), "512Mi");
+        for fixed in [
+            DEFAULT_REQUESTS_CPU,
+            DEFAULT_REQUESTS_MEMORY,
+            DEFAULT_LIMITS_MEMORY,
+        ] {
+            assert_eq!(
+                Quantity::parse(fixed.as_str()),
+                Ok(fixed.clone()),
+                "{fixed}"
+            );
+        }
+        assert_eq!(
+            Overrides::default().over(&Overrides::default()),
+            Ok(defaults),
+            "nothing set is the defaults"
+        );
     }
 
     #[test]

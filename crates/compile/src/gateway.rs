@@ -95,11 +95,11 @@ fn evaluate_one<'a>(
         requested
     };
 
+    let no_class_parameters = Overrides::default();
     let class_parameters = classes
         .get(&gateway.spec.gateway_class_name)
-        .cloned()
-        .unwrap_or_default();
-    let parameters = parameters(ctx, gateway, &key, &class_parameters);
+        .unwrap_or(&no_class_parameters);
+    let parameters = parameters(ctx, gateway, &key, class_parameters);
     let invalid_parameters = parameters.as_ref().err().cloned();
 
     let valid = listeners.iter().filter(|l| l.routable).count();

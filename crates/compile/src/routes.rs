@@ -324,20 +324,24 @@ pub(crate) fn attach_all<'a>(
             let group = pref.group.unwrap_or(GATEWAY_GROUP);
             let parent_kind = pref.kind.unwrap_or("Gateway");
             let parent_ns = pref.namespace.unwrap_or(route_ns);
-            let mut parent_ref = json!({
-                "group": GATEWAY_GROUP,
-                "kind": parent_kind,
-                "namespace": parent_ns,
-                "name": pref.name,
-            });
-            if let Some(map) = parent_ref.as_object_mut() {
-                if let Some(s) = pref.section_name {
-                    map.insert("sectionName".into(), json!(s));
+            // Built only for the parentRefs that get an entry from us.
+            let parent_ref = || {
+                let mut parent_ref = json!({
+                    "group": GATEWAY_GROUP,
+                    "kind": parent_kind,
+                    "namespace": parent_ns,
+                    "name": pref.name,
+                });
+                if let Some(map) = parent_ref.as_object_mut() {
+                    if let Some(s) = pref.section_name {
+                        map.insert("sectionName".into(), json!(s));
+                    }
+                    if let Some(p) = pref.port {
+                        map.insert("port".into(), json!(p));
+                    }
                 }
-                if let Some(p) = pref.port {
-                    map.insert("port".into(), json!(p));
-                }
-            }
+                parent_ref
+            };
             let (gi, owner) = match (group == GATEWAY_GROUP, parent_kind) {
                 (true, "Gateway") => match gateways
                     .iter()
@@ -361,7 +365,7 @@ pub(crate) fn attach_all<'a>(
                                 ctx,
                                 (index, route),
                                 parent_index,
-                                parent_ref,
+                                parent_ref(),
                                 &[refused, resolved_refs(c)],
                             );
                         }
@@ -409,7 +413,7 @@ pub(crate) fn attach_all<'a>(
                 ctx,
                 (index, route),
                 parent_index,
-                parent_ref,
+                parent_ref(),
                 &[accepted, resolved_refs(c)],
             );
         }

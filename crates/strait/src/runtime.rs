@@ -8,7 +8,7 @@ use crate::allocator;
 pub use strait_config::Workers;
 
 /// The number of workers `workers` gives on this machine.
-pub fn worker_count(workers: Workers) -> usize {
+fn worker_count(workers: Workers) -> usize {
     match workers {
         Workers::PerCpu => std::thread::available_parallelism().map_or(1, NonZeroUsize::get),
         Workers::Fixed(workers) => workers.get(),

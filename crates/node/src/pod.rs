@@ -256,7 +256,7 @@ async fn accept_loop(
 ) {
     strait_proxy::accept::accept_until_stopped(&listener, stop, |stream, _| {
         let ctx = ctx.clone();
-        tokio::spawn(async move {
+        strait_proxy::workers::spawn_connection(stream, move |stream| async move {
             match direction {
                 Direction::Outbound => outbound(&ctx, stream).await,
                 Direction::Inbound => inbound_plaintext(&ctx, stream).await,

@@ -108,6 +108,9 @@ impl From<HboneError> for io::Error {
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 struct PoolKey {
+    /// Each worker keeps its own connections ([`crate::workers`]): a tunnel is relayed by the
+    /// thread that drives its connection.
+    worker: usize,
     local: String,
     peer: SocketAddr,
     peer_id: Option<String>,
@@ -178,6 +181,7 @@ impl HboneClient {
     /// replaced once.
     pub async fn open(&self, to: &TunnelTarget<'_>) -> Result<Tunnel, HboneError> {
         let key = PoolKey {
+            worker: crate::workers::current(),
             local: to.local.id().to_string(),
             peer: to.peer,
             peer_id: to.peer_id.map(ToString::to_string),
@@ -417,13 +421,10 @@ pub async fn serve(
 ) {
     let serve_stop = stop.clone();
     crate::accept::accept_until_stopped(&listener, stop, |stream, peer| {
-        tokio::spawn(serve_connection(
-            stream,
-            peer,
-            identity.clone(),
-            handler.clone(),
-            serve_stop.clone(),
-        ));
+        let (identity, handler, stop) = (identity.clone(), handler.clone(), serve_stop.clone());
+        crate::workers::spawn_connection(stream, move |stream| {
+            serve_connection(stream, peer, identity, handler, stop)
+        });
     })
     .await;
 }

@@ -24,6 +24,7 @@ mod tls;
 mod tunnel;
 mod upstream;
 pub mod waypoint;
+pub mod workers;
 
 use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};

@@ -30,26 +30,39 @@ impl Idle {
     }
 }
 
-/// See the module documentation.
-#[derive(Default)]
+/// See the module documentation. One list per worker ([`crate::workers`]): a connection is
+/// registered with the reactor of the worker that opened it, and is only ever handed out on
+/// that worker again.
 pub(crate) struct IdlePool {
-    idle: Mutex<Vec<Idle>>,
+    idle: Box<[Mutex<Vec<Idle>>]>,
+}
+
+impl Default for IdlePool {
+    fn default() -> IdlePool {
+        IdlePool {
+            idle: (0..crate::workers::count())
+                .map(|_| Mutex::default())
+                .collect(),
+        }
+    }
 }
 
 impl std::fmt::Debug for IdlePool {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("IdlePool")
-            .field("idle", &self.lock().len())
-            .finish()
+        let idle: usize = self.idle.iter().map(|list| lock(list).len()).sum();
+        f.debug_struct("IdlePool").field("idle", &idle).finish()
     }
 }
 
+fn lock(list: &Mutex<Vec<Idle>>) -> MutexGuard<'_, Vec<Idle>> {
+    // A panic while holding the lock cannot leave the Vec inconsistent.
+    list.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 impl IdlePool {
+    /// The calling worker's list.
     fn lock(&self) -> MutexGuard<'_, Vec<Idle>> {
-        // A panic while holding the lock cannot leave the Vec inconsistent.
-        self.idle
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        lock(&self.idle[crate::workers::current() % self.idle.len()])
     }
 
     /// The most recently returned live connection, if any.
@@ -78,22 +91,27 @@ impl IdlePool {
     /// Closes connections idle for longer than [`IDLE_TIMEOUT`] or closed by the peer.
     pub(crate) fn prune(&self) {
         let now = Instant::now();
-        self.lock().retain_mut(|entry| entry.usable(now));
+        for list in &self.idle {
+            lock(list).retain_mut(|entry| entry.usable(now));
+        }
     }
 
-    /// Idle connections held.
+    /// Idle connections held, on every worker.
     #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
-        self.lock().len()
+        self.idle.iter().map(|list| lock(list).len()).sum()
     }
 
-    /// Read buffer capacity held by the idle connections.
+    /// Read buffer capacity held by the idle connections, on every worker.
     #[cfg(test)]
     pub(crate) fn read_capacity(&self) -> usize {
-        self.lock()
-            .iter()
-            .map(|entry| entry.conn.read_capacity())
-            .sum()
+        let capacity = |list| -> usize {
+            lock(list)
+                .iter()
+                .map(|entry| entry.conn.read_capacity())
+                .sum()
+        };
+        self.idle.iter().map(capacity).sum()
     }
 }
 
@@ -118,5 +136,45 @@ impl Checkin {
     /// The exchange ended cleanly: the connection may serve the next request.
     pub(crate) fn finish(self, conn: Box<ClientConn>) {
         self.endpoint.h1.checkin(conn);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Runs `f` on a thread of its own marked as running worker `worker`.
+    fn on_worker<T: Send>(worker: usize, f: impl FnOnce() -> T + Send) -> T {
+        std::thread::scope(|scope| {
+            scope
+                .spawn(|| {
+                    crate::workers::enter(worker);
+                    f()
+                })
+                .join()
+                .expect("no panic")
+        })
+    }
+
+    #[tokio::test]
+    async fn a_connection_is_handed_out_only_on_the_worker_that_returned_it() {
+        let pool = IdlePool {
+            idle: (0..2).map(|_| Mutex::default()).collect(),
+        };
+        // The peer stays open and silent: the connection is usable.
+        let (io, _peer) = tokio::io::duplex(64);
+        let conn = ClientConn::new(Box::new(io));
+        on_worker(1, || pool.checkin(conn));
+        assert_eq!(pool.len(), 1);
+        assert!(on_worker(0, || pool.checkout()).is_none(), "not worker 0's");
+        let conn = on_worker(1, || pool.checkout()).expect("worker 1's connection");
+        assert_eq!(pool.len(), 0);
+        on_worker(1, || pool.checkin(conn));
+        pool.prune();
+        assert_eq!(
+            pool.len(),
+            1,
+            "pruning keeps every worker's live connections"
+        );
     }
 }

@@ -47,13 +47,10 @@ pub(crate) async fn accept_loop(
 ) {
     let serve_stop = stop.clone();
     crate::accept::accept_until_stopped(&listener, stop, |stream, peer| {
-        tokio::spawn(serve_connection(
-            shared.clone(),
-            stream,
-            peer,
-            serve_stop.clone(),
-            tracker.clone(),
-        ));
+        let (shared, stop, tracker) = (shared.clone(), serve_stop.clone(), tracker.clone());
+        crate::workers::spawn_connection(stream, move |stream| {
+            serve_connection(shared, stream, peer, stop, tracker)
+        });
     })
     .await;
 }

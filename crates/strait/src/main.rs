@@ -209,7 +209,7 @@ fn main() -> ExitCode {
         Command::Iptables { action } => run_iptables(action).map(|()| ExitCode::SUCCESS),
         Command::WaitForCapture { timeout } => run_wait_for_capture(timeout),
         Command::Controller(args) => block_on(
-            Workers::PerCpu,
+            strait::runtime::build(Workers::PerCpu),
             strait::controller::run(args, wait_for_signal()),
         ),
         Command::Gateway {
@@ -218,7 +218,7 @@ fn main() -> ExitCode {
             access,
             runtime,
         } => block_on(
-            runtime.or(Workers::PerCpu),
+            strait::runtime::build_proxy(runtime.or(Workers::PerCpu)),
             run_gateway(control_plane, gateway, access),
         ),
         Command::Standalone {
@@ -239,7 +239,7 @@ fn main() -> ExitCode {
                 ..MeshOptions::all_in_one()
             });
             block_on(
-                runtime.or(Workers::PerCpu),
+                strait::runtime::build_proxy(runtime.or(Workers::PerCpu)),
                 run_standalone(
                     dir,
                     port_offset,
@@ -275,7 +275,7 @@ fn main() -> ExitCode {
                 netns_dir: Some(netns_dir),
             };
             block_on(
-                runtime.or(Workers::ONE),
+                strait::runtime::build_proxy(runtime.or(Workers::ONE)),
                 run_mesh_component(dir, control_plane, scope, !no_watch, access, mesh),
             )
         }
@@ -306,7 +306,7 @@ fn main() -> ExitCode {
                 netns_dir: None,
             };
             block_on(
-                runtime.or(Workers::ONE),
+                strait::runtime::build_proxy(runtime.or(Workers::ONE)),
                 run_mesh_component(dir, control_plane, scope, !no_watch, access, mesh),
             )
         }
@@ -338,10 +338,11 @@ struct ProxyAccess {
 /// How many threads serve traffic.
 #[derive(clap::Args, Clone, Copy, Debug)]
 struct RuntimeArgs {
-    /// Runtime worker threads: a number, or `auto` for one per CPU the process may use.
-    /// Default: 1 for `node` and `waypoint`, whose light-load requests cost more CPU and wait
-    /// longer when they cross threads; `auto` for the gateways, which also terminate TLS from
-    /// many clients. One worker can use one CPU at most.
+    /// Worker threads: a number, or `auto` for one per CPU the process may use. Each worker
+    /// serves its share of the connections on a thread of its own. Default: 1 for `node` and
+    /// `waypoint`, whose light-load requests cost least when one thread batches them; `auto`
+    /// for the gateways, which also terminate TLS from many clients. One worker can use one
+    /// CPU at most.
     #[arg(long, env = "STRAIT_WORKERS", value_name = "N|auto")]
     workers: Option<Workers>,
 }
@@ -391,12 +392,12 @@ impl ProxyAccess {
     }
 }
 
-/// Runs a long-running command on a runtime with `workers` workers.
+/// Runs a long-running command on `runtime` (see [`strait::runtime`]).
 fn block_on(
-    workers: Workers,
+    runtime: std::io::Result<tokio::runtime::Runtime>,
     job: impl Future<Output = anyhow::Result<()>>,
 ) -> anyhow::Result<ExitCode> {
-    let runtime = strait::runtime::build(workers).context("starting the runtime")?;
+    let runtime = runtime.context("starting the runtime")?;
     runtime.block_on(job).map(|()| ExitCode::SUCCESS)
 }
 

@@ -15,7 +15,9 @@ fn worker_count(workers: Workers) -> usize {
     }
 }
 
-/// The runtime of a long-running command, with `workers` worker threads.
+/// The controller's runtime, with `workers` worker threads: Tokio's multi-thread runtime (a
+/// current-thread one for one worker, see [`build_for`]), whose work stealing suits the controller's many short tasks (watches, compiles, signing,
+/// config streams) better than handing each a thread for good.
 pub fn build(workers: Workers) -> std::io::Result<tokio::runtime::Runtime> {
     build_for(worker_count(workers))
 }
@@ -29,18 +31,60 @@ pub fn build(workers: Workers) -> std::io::Result<tokio::runtime::Runtime> {
 /// Each runtime thread gives its free memory back before it parks, at most once per
 /// [`allocator::COLLECT_INTERVAL`] (see [`allocator`] for why that is needed).
 pub fn build_for(workers: usize) -> std::io::Result<tokio::runtime::Runtime> {
-    let mut builder = if workers <= 1 {
-        tokio::runtime::Builder::new_current_thread()
+    let runtime = if workers <= 1 {
+        current_thread()?
     } else {
-        let mut builder = tokio::runtime::Builder::new_multi_thread();
-        builder.worker_threads(workers);
-        builder
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(workers)
+            .enable_all()
+            .on_thread_park(allocator::collect_if_due)
+            .build()?;
+        runtime.spawn(collect_forever());
+        runtime
     };
-    let runtime = builder
+    tracing::info!(workers, flavor = ?runtime.handle().runtime_flavor(), "runtime started");
+    Ok(runtime)
+}
+
+/// A proxy's runtime: `workers` shared-nothing workers ([`strait_proxy::workers`]), each a
+/// current-thread runtime on a thread of its own, among which accepted connections are spread.
+/// The returned runtime is worker 0, on the calling thread, which also runs the command's own
+/// future; the others run until the process exits.
+pub fn build_proxy(workers: Workers) -> std::io::Result<tokio::runtime::Runtime> {
+    let count = worker_count(workers);
+    let main = current_thread()?;
+    if count > 1 {
+        let others = (1..count)
+            .map(|_| current_thread())
+            .collect::<std::io::Result<Vec<_>>>()?;
+        let handles = std::iter::once(&main)
+            .chain(&others)
+            .map(|runtime| runtime.handle().clone());
+        strait_proxy::workers::install(strait_proxy::workers::Workers::new(handles))
+            .map_err(|_| std::io::Error::other("the proxy's workers were already started"))?;
+        strait_proxy::workers::enter(0);
+        for (index, runtime) in (1..).zip(others) {
+            std::thread::Builder::new()
+                .name(format!("strait-worker-{index}"))
+                .spawn(move || {
+                    strait_proxy::workers::enter(index);
+                    runtime.block_on(std::future::pending::<()>());
+                })?;
+        }
+    }
+    tracing::info!(
+        workers = count,
+        "proxy runtime started, a current-thread runtime per worker"
+    );
+    Ok(main)
+}
+
+/// A current-thread runtime that collects its free memory (see [`build_for`]).
+fn current_thread() -> std::io::Result<tokio::runtime::Runtime> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .on_thread_park(allocator::collect_if_due)
         .build()?;
-    tracing::info!(workers, flavor = ?runtime.handle().runtime_flavor(), "runtime started");
     runtime.spawn(collect_forever());
     Ok(runtime)
 }

@@ -398,10 +398,15 @@ async fn a_stopped_waypoint_fails_closed_and_recovers() {
         );
     }
 
-    let waypoint = Child::spawn(&waypoint_args);
+    // Back on two workers (the node proxy's one HBONE connection lands on one of them).
+    let waypoint = Child::spawn(&[&waypoint_args[..], &["--workers", "2"]].concat());
     scene
         .eventually(&scene.client, url, "waypoint back", via_waypoint)
         .await;
+    for _ in 0..4 {
+        let r = scene.request(&scene.client, url, &[]).await;
+        assert!(via_waypoint(&r), "through a waypoint on two workers: {r:?}");
+    }
     waypoint.kill().await;
     standalone.shutdown().await;
     scene.testbed.teardown().expect("teardown");
@@ -440,10 +445,19 @@ async fn a_killed_node_proxy_converges_and_traffic_resumes() {
         "traffic flowed without the node proxy: {down:?}"
     );
 
-    let node = Child::spawn(&node_args);
+    // Back on three workers: each connection is served by the worker it is handed to, over
+    // that worker's own HBONE connections.
+    let node = Child::spawn(&[&node_args[..], &["--workers", "3"]].concat());
     scene
         .eventually(&scene.client, url, "node proxy back", via_waypoint)
         .await;
+    for _ in 0..6 {
+        let r = scene.request(&scene.client, url, &[]).await;
+        assert!(
+            via_waypoint(&r),
+            "through a node proxy on three workers: {r:?}"
+        );
+    }
     assert_eq!(
         strait_capture::installed(&client_netns).unwrap(),
         rules,

@@ -1,8 +1,8 @@
-//! The binary sizes its runtime: the gateways to the CPUs they may use (limited to one CPU, a
-//! gateway serves HTTP/1.1 and h2c on a current-thread runtime; given more, on a multi-thread
-//! one), the node proxy and waypoints to one worker, and `--workers` / `STRAIT_WORKERS` to a
-//! count of the user's.
+//! The binary sizes its runtime: the gateways to the CPUs they may use, the node proxy and
+//! waypoints to one worker, and `--workers` / `STRAIT_WORKERS` to a count of the user's. A
+//! proxy runs a current-thread runtime per worker, each on a thread of its own.
 
+use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
@@ -142,12 +142,11 @@ async fn the_runtime_follows_the_cpus_the_process_may_use() {
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     for one_cpu in [true, false] {
         let (_strait, runtime) = start(&dir, one_cpu);
-        let expected = if one_cpu || cpus == 1 {
-            "CurrentThread"
-        } else {
-            "MultiThread"
-        };
-        assert!(runtime.contains(expected), "one CPU: {one_cpu}: {runtime}");
+        let expected = if one_cpu { 1 } else { cpus };
+        assert!(
+            runtime.contains(&format!("workers={expected}")),
+            "one CPU: {one_cpu}: {runtime}"
+        );
         assert_eq!(
             first_answer(false).await,
             Some(200),
@@ -190,11 +189,7 @@ async fn mesh_proxies_run_one_worker_unless_told_otherwise() {
     ];
     for args in [&node[..], &waypoint[..]] {
         let (_proxy, runtime) = start_with(args, &[], false);
-        assert!(
-            runtime.contains("workers=1") && runtime.contains("CurrentThread"),
-            "{}: {runtime}",
-            args[0]
-        );
+        assert!(runtime.contains("workers=1"), "{}: {runtime}", args[0]);
     }
     let (_node, runtime) = start_with(&[&node[..], &["--workers", "auto"]].concat(), &[], false);
     assert!(runtime.contains(&format!("workers={cpus}")), "{runtime}");
@@ -202,10 +197,63 @@ async fn mesh_proxies_run_one_worker_unless_told_otherwise() {
     // A count from the environment, above the CPUs: that many workers, and the gateway serves.
     let _backend = echo(BACKEND, "app").await;
     let wanted = (cpus + 1).to_string();
-    let (_strait, runtime) = start_with(&standalone(dir), &[("STRAIT_WORKERS", &wanted)], false);
-    assert!(
-        runtime.contains(&format!("workers={wanted}")) && runtime.contains("MultiThread"),
-        "{runtime}"
-    );
+    let (strait, runtime) = start_with(&standalone(dir), &[("STRAIT_WORKERS", &wanted)], false);
+    assert!(runtime.contains(&format!("workers={wanted}")), "{runtime}");
     assert_eq!(first_answer(false).await, Some(200));
+    // Worker 0 is the main thread; each other worker has a thread of its own.
+    let expected: BTreeSet<String> = (1..=cpus).map(|i| format!("strait-worker-{i}")).collect();
+    assert_eq!(worker_threads(strait.0.id(), cpus), expected);
+    // Connections open at once are spread over the workers, and each is answered.
+    let mut requests = tokio::task::JoinSet::new();
+    for _ in 0..2 * (cpus + 1) {
+        requests.spawn(get(false));
+    }
+    let answers = requests.join_all().await;
+    assert!(
+        answers.iter().all(|answer| *answer == Some(200)),
+        "{answers:?}"
+    );
+}
+
+/// The names of a process's threads that serve as proxy workers, once there are `expected`
+/// of them (a thread names itself when it starts) or 5 s have passed.
+fn worker_threads(pid: u32, expected: usize) -> BTreeSet<String> {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let names: BTreeSet<String> = std::fs::read_dir(format!("/proc/{pid}/task"))
+            .expect("the process's threads")
+            .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("comm")).ok())
+            .map(|name| name.trim_end().to_owned())
+            .filter(|name| name.starts_with("strait-worker-"))
+            .collect();
+        if names.len() >= expected || Instant::now() > deadline {
+            return names;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn a_proxy_runs_a_current_thread_runtime_per_worker_and_starts_them_once() {
+    use strait::runtime::{Workers, build_proxy};
+    let main = build_proxy("3".parse::<Workers>().expect("a count")).expect("the runtimes");
+    assert_eq!(
+        main.handle().runtime_flavor(),
+        tokio::runtime::RuntimeFlavor::CurrentThread
+    );
+    assert_eq!(strait_proxy::workers::count(), 3);
+    assert_eq!(
+        strait_proxy::workers::current(),
+        0,
+        "the caller runs worker 0"
+    );
+    let threads = worker_threads(std::process::id(), 2);
+    assert_eq!(
+        threads,
+        BTreeSet::from(["strait-worker-1".to_owned(), "strait-worker-2".to_owned()])
+    );
+    assert!(
+        build_proxy("2".parse::<Workers>().expect("a count")).is_err(),
+        "a second set of workers would split connections the first already holds"
+    );
 }

@@ -15,7 +15,7 @@ use crate::upstream::Endpoint;
 
 /// How long a connection may sit idle before it is closed.
 pub(crate) const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
-/// Idle connections kept per endpoint; more are closed on return.
+/// Idle connections kept per endpoint and worker; more are closed on return.
 const MAX_IDLE: usize = 512;
 
 struct Idle {

@@ -254,14 +254,14 @@ async fn accept_loop(
     stop: watch::Receiver<bool>,
     direction: Direction,
 ) {
-    strait_proxy::accept::accept_until_stopped(&listener, stop, |stream, _| {
+    strait_proxy::accept::accept_until_stopped(&listener, stop, |_| {
         let ctx = ctx.clone();
-        strait_proxy::workers::spawn_connection(stream, move |stream| async move {
+        move |stream| async move {
             match direction {
                 Direction::Outbound => outbound(&ctx, stream).await,
                 Direction::Inbound => inbound_plaintext(&ctx, stream).await,
             }
-        });
+        }
     })
     .await;
 }

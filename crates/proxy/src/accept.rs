@@ -6,14 +6,18 @@ use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
-/// Accepts until `stop` flips (or its sender is gone), handing each connection, with
-/// `TCP_NODELAY` set, to `serve`. Accept errors (typically EMFILE) back off briefly instead of
-/// spinning. Connections already handed over are not affected by the stop.
-pub async fn accept_until_stopped(
+/// Accepts until `stop` flips (or its sender is gone). Each connection, with `TCP_NODELAY`
+/// set, is served by what `serve` makes for its peer, on the worker
+/// [`crate::workers::spawn_connection`] picks. Accept errors (typically EMFILE) back off
+/// briefly instead of spinning. Connections already handed over are not affected by the stop.
+pub async fn accept_until_stopped<F, Fut>(
     listener: &TcpListener,
     mut stop: watch::Receiver<bool>,
-    mut serve: impl FnMut(TcpStream, SocketAddr),
-) {
+    mut serve: impl FnMut(SocketAddr) -> F,
+) where
+    F: FnOnce(TcpStream) -> Fut + Send + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
     loop {
         if *stop.borrow() {
             break;
@@ -27,7 +31,7 @@ pub async fn accept_until_stopped(
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
                     let _ = stream.set_nodelay(true);
-                    serve(stream, peer);
+                    crate::workers::spawn_connection(stream, serve(peer));
                 }
                 Err(e) => {
                     tracing::warn!(addr = ?listener.local_addr().ok(), error = %e, "accept failed");

@@ -420,11 +420,9 @@ pub async fn serve(
     stop: watch::Receiver<bool>,
 ) {
     let serve_stop = stop.clone();
-    crate::accept::accept_until_stopped(&listener, stop, |stream, peer| {
+    crate::accept::accept_until_stopped(&listener, stop, |peer| {
         let (identity, handler, stop) = (identity.clone(), handler.clone(), serve_stop.clone());
-        crate::workers::spawn_connection(stream, move |stream| {
-            serve_connection(stream, peer, identity, handler, stop)
-        });
+        move |stream| serve_connection(stream, peer, identity, handler, stop)
     })
     .await;
 }

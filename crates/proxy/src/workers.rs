@@ -9,8 +9,8 @@
 //! Envoy, nginx and HAProxy split the work the same way: a connection belongs to one thread.
 //!
 //! The listeners stay where they are (accepting, rebinding and stopping stay one task each);
-//! [`spawn_connection`] moves each accepted socket to the worker serving the fewest
-//! connections. Per-endpoint connection pools are kept per worker ([`current`]), so a
+//! the accept loop they all share ([`crate::accept`]) hands each accepted socket to
+//! [`spawn_connection`], which moves it to the worker serving the fewest connections. Per-endpoint connection pools are kept per worker ([`current`]), so a
 //! connection never drives a socket registered with another thread's reactor.
 
 use std::cell::Cell;
@@ -53,7 +53,7 @@ pub fn enter(index: usize) {
 
 /// Serves `stream` with `serve` on the installed worker with the fewest connections, or on
 /// the calling runtime when none are installed.
-pub fn spawn_connection<F, Fut>(stream: TcpStream, serve: F)
+pub(crate) fn spawn_connection<F, Fut>(stream: TcpStream, serve: F)
 where
     F: FnOnce(TcpStream) -> Fut + Send + 'static,
     Fut: Future<Output = ()> + Send + 'static,

@@ -21,6 +21,7 @@ use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 
 use crate::upstream::Body;
+use crate::workers::PerWorker;
 
 use rustls::client::WebPkiServerVerifier;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
@@ -41,9 +42,10 @@ pub(crate) enum Origination {
         connector: TlsConnector,
         /// Speak HTTP/2 (ALPN `h2`) rather than HTTP/1.1.
         h2: bool,
-        /// Keep-alive pool of HTTP/1.1 TLS connections, private to this cluster and config
-        /// version (the TLS settings are part of the connection's identity).
-        pool: Box<Client<TlsConnector, Body>>,
+        /// Keep-alive pools of HTTP/1.1 TLS connections, private to this cluster and config
+        /// version (the TLS settings are part of the connection's identity), one per worker
+        /// ([`PerWorker`]).
+        pool: PerWorker<Client<TlsConnector, Body>>,
     },
     /// Requests must fail; the text says why (for logs).
     Invalid(String),
@@ -127,13 +129,14 @@ fn try_build(
         config: Arc::new(config),
         server_name,
     };
-    let pool = Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(Duration::from_secs(60))
-        .pool_timer(TokioTimer::new())
-        .timer(TokioTimer::new())
-        .set_host(false)
-        .build(connector.clone());
-    let pool = Box::new(pool);
+    let pool = PerWorker::new(|| {
+        Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(60))
+            .pool_timer(TokioTimer::new())
+            .timer(TokioTimer::new())
+            .set_host(false)
+            .build(connector.clone())
+    });
     Ok(Origination::Ready {
         connector,
         h2,

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use crate::h1::client::ClientConn;
 use crate::upstream::Endpoint;
+use crate::workers::PerWorker;
 
 /// How long a connection may sit idle before it is closed.
 pub(crate) const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
@@ -34,22 +35,20 @@ impl Idle {
 /// registered with the reactor of the worker that opened it, and is only ever handed out on
 /// that worker again.
 pub(crate) struct IdlePool {
-    idle: Box<[Mutex<Vec<Idle>>]>,
+    idle: PerWorker<Mutex<Vec<Idle>>>,
 }
 
 impl Default for IdlePool {
     fn default() -> IdlePool {
         IdlePool {
-            idle: (0..crate::workers::count())
-                .map(|_| Mutex::default())
-                .collect(),
+            idle: PerWorker::new(Mutex::default),
         }
     }
 }
 
 impl std::fmt::Debug for IdlePool {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let idle: usize = self.idle.iter().map(|list| lock(list).len()).sum();
+        let idle: usize = self.idle.all().map(|list| lock(list).len()).sum();
         f.debug_struct("IdlePool").field("idle", &idle).finish()
     }
 }
@@ -62,7 +61,7 @@ fn lock(list: &Mutex<Vec<Idle>>) -> MutexGuard<'_, Vec<Idle>> {
 impl IdlePool {
     /// The calling worker's list.
     fn lock(&self) -> MutexGuard<'_, Vec<Idle>> {
-        lock(&self.idle[crate::workers::current() % self.idle.len()])
+        lock(self.idle.get())
     }
 
     /// The most recently returned live connection, if any.
@@ -91,7 +90,7 @@ impl IdlePool {
     /// Closes connections idle for longer than [`IDLE_TIMEOUT`] or closed by the peer.
     pub(crate) fn prune(&self) {
         let now = Instant::now();
-        for list in &self.idle {
+        for list in self.idle.all() {
             lock(list).retain_mut(|entry| entry.usable(now));
         }
     }
@@ -99,7 +98,7 @@ impl IdlePool {
     /// Idle connections held, on every worker.
     #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
-        self.idle.iter().map(|list| lock(list).len()).sum()
+        self.idle.all().map(|list| lock(list).len()).sum()
     }
 
     /// Read buffer capacity held by the idle connections, on every worker.
@@ -111,7 +110,7 @@ impl IdlePool {
                 .map(|entry| entry.conn.read_capacity())
                 .sum()
         };
-        self.idle.iter().map(capacity).sum()
+        self.idle.all().map(capacity).sum()
     }
 }
 
@@ -159,7 +158,7 @@ mod tests {
     #[tokio::test]
     async fn a_connection_is_handed_out_only_on_the_worker_that_returned_it() {
         let pool = IdlePool {
-            idle: (0..2).map(|_| Mutex::default()).collect(),
+            idle: PerWorker::with_count(2, Mutex::default),
         };
         // The peer stays open and silent: the connection is usable.
         let (io, _peer) = tokio::io::duplex(64);

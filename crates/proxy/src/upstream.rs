@@ -1,13 +1,16 @@
 //! Upstream side: clusters, endpoint choice and pooled connections.
 //!
-//! HTTP/1.1 keeps idle keep-alive connections per endpoint ([`crate::pool`]). h2c keeps one
-//! multiplexed connection per endpoint. WebSocket upgrades use a dedicated HTTP/1.1 connection,
-//! since an upgraded connection never returns to a pool. Endpoint state (in-flight counters, the
-//! h2 connection) outlives config versions so a config swap does not reset connections.
+//! HTTP/1.1 keeps idle keep-alive connections per endpoint and worker ([`crate::pool`]). h2c
+//! keeps one multiplexed connection per endpoint and worker, as Envoy does: a worker's requests
+//! share it and never wake another worker's thread to reach it. WebSocket upgrades use a
+//! dedicated HTTP/1.1 connection, since an upgraded connection never returns to a pool.
+//! Endpoint state (in-flight counters, the h2 connections) outlives config versions so a config
+//! swap does not reset connections.
 //!
 //! Clusters with a BackendTLSPolicy ([`crate::backend_tls`]) get endpoints of their own, built
-//! per config version: HTTP/1.1 goes through a keep-alive pool private to the cluster, h2
-//! through the endpoint's shared connection, both over TLS with the policy's SNI and trust.
+//! per config version: HTTP/1.1 goes through a keep-alive pool private to the cluster (one per
+//! worker), h2 through the endpoint's connections, both over TLS with the policy's SNI and
+//! trust.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
@@ -20,6 +23,7 @@ use crate::coalesce::{Coalesce, FlushAt};
 use crate::dial::{BoxIo, Dialer, TcpDialer, dial_within};
 use crate::h1::client::{self, ClientConn, ClientError, Failure};
 use crate::pool::{Checkin, IDLE_TIMEOUT, IdlePool};
+use crate::workers::PerWorker;
 use arc_swap::ArcSwapOption;
 use futures_util::future::Either;
 use http::uri::{Authority, PathAndQuery, Scheme};
@@ -48,8 +52,7 @@ pub(crate) struct Endpoint {
     pub(crate) addr: SocketAddr,
     authority: Authority,
     in_flight: AtomicUsize,
-    h2: ArcSwapOption<http2::SendRequest<Body>>,
-    h2_connect: tokio::sync::Mutex<()>,
+    h2: PerWorker<H2Slot>,
     /// Idle plain HTTP/1.1 connections (TLS-originating clusters pool in their origination).
     pub(crate) h1: IdlePool,
     /// Set for endpoints of a cluster with a BackendTLSPolicy. Such endpoints belong to their
@@ -71,8 +74,7 @@ impl Endpoint {
             addr,
             authority,
             in_flight: AtomicUsize::new(0),
-            h2: ArcSwapOption::empty(),
-            h2_connect: tokio::sync::Mutex::new(()),
+            h2: PerWorker::new(H2Slot::default),
             h1: IdlePool::default(),
             tls: None,
             dialer,
@@ -83,24 +85,21 @@ impl Endpoint {
         self.in_flight.load(Ordering::Relaxed)
     }
 
-    /// The shared h2c connection, (re)connecting when there is none or it closed.
+    /// The calling worker's h2 connection, (re)connecting when there is none or it closed.
     async fn h2_sender(&self) -> Result<http2::SendRequest<Body>, SendError> {
-        if let Some(sender) = self.h2.load_full()
-            && !sender.is_closed()
-        {
-            return Ok((*sender).clone());
+        let slot = self.h2.get();
+        if let Some(sender) = slot.open() {
+            return Ok(sender);
         }
         // Boxed so the request's future does not carry the size of a handshake.
-        Box::pin(self.h2_connect()).await
+        Box::pin(self.h2_connect(slot)).await
     }
 
-    async fn h2_connect(&self) -> Result<http2::SendRequest<Body>, SendError> {
-        // Only one task connects; the others wait and reuse its connection.
-        let _connecting = self.h2_connect.lock().await;
-        if let Some(sender) = self.h2.load_full()
-            && !sender.is_closed()
-        {
-            return Ok((*sender).clone());
+    async fn h2_connect(&self, slot: &H2Slot) -> Result<http2::SendRequest<Body>, SendError> {
+        // Only one task of the worker connects; the others wait and reuse its connection.
+        let _connecting = slot.connecting.lock().await;
+        if let Some(sender) = slot.open() {
+            return Ok(sender);
         }
         let stream: BoxIo = match self.tls.as_deref() {
             None => connect(self.dialer.as_ref(), self.addr).await?,
@@ -126,7 +125,7 @@ impl Endpoint {
                 tracing::debug!(%addr, error = %e, "h2c upstream connection closed");
             }
         });
-        self.h2.store(Some(Arc::new(sender.clone())));
+        slot.sender.store(Some(Arc::new(sender.clone())));
         Ok(sender)
     }
 
@@ -135,6 +134,25 @@ impl Endpoint {
         Ok(ClientConn::new(
             connect(self.dialer.as_ref(), self.addr).await?,
         ))
+    }
+}
+
+/// One worker's HTTP/2 connection to an endpoint.
+#[derive(Debug, Default)]
+struct H2Slot {
+    sender: ArcSwapOption<http2::SendRequest<Body>>,
+    /// Held by the task that connects, so that the worker opens one connection, not one per
+    /// request that found none.
+    connecting: tokio::sync::Mutex<()>,
+}
+
+impl H2Slot {
+    /// The connection, unless there is none or it closed.
+    fn open(&self) -> Option<http2::SendRequest<Body>> {
+        self.sender
+            .load_full()
+            .filter(|sender| !sender.is_closed())
+            .map(|sender| (*sender).clone())
     }
 }
 
@@ -501,7 +519,7 @@ async fn send_h2(
     };
     // The cached connection went away (GOAWAY, reset) before taking the request: the
     // request was not sent, so it is safe to send it on a fresh connection.
-    endpoint.h2.store(None);
+    endpoint.h2.get().sender.store(None);
     let mut sender = endpoint.h2_sender().await?;
     sender
         .ready()
@@ -547,8 +565,9 @@ fn multiplexed(protocol: AppProtocol, endpoint: &Endpoint) -> bool {
     }
 }
 
-/// Sends one request over a fresh TLS connection (BackendTLSPolicy). TLS connections are not
-/// pooled: each request pays a handshake, in exchange for no shared state to invalidate.
+/// Sends one request to a TLS-originating endpoint (BackendTLSPolicy) over HTTP/1.1: through
+/// the calling worker's keep-alive pool of the cluster, or for an upgrade over a dedicated
+/// connection.
 async fn send_tls(
     origination: &Origination,
     endpoint: &Endpoint,
@@ -564,7 +583,7 @@ async fn send_tls(
     };
     let mut request = outgoing.into_request(AppProtocol::Http1, endpoint, body);
     if !upgrade {
-        return pool.request(request).await.map_err(|e| {
+        return pool.get().request(request).await.map_err(|e| {
             if e.is_connect() {
                 SendError::Connect(e.into())
             } else {
@@ -655,6 +674,57 @@ mod tests {
             "dead endpoints are forgotten"
         );
         assert_eq!(third[&key("z")].endpoints[0].in_flight(), 0);
+    }
+
+    /// An h2c server answering 200 to everything; counts the connections it accepted.
+    async fn h2c_server() -> (SocketAddr, Arc<AtomicUsize>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let counter = accepted.clone();
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                counter.fetch_add(1, Ordering::SeqCst);
+                let service = hyper::service::service_fn(|_: Request<Incoming>| async {
+                    Ok::<_, std::convert::Infallible>(Response::new(empty()))
+                });
+                tokio::spawn(
+                    hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(stream), service),
+                );
+            }
+        });
+        (addr, accepted)
+    }
+
+    /// Sends one request over the calling worker's h2 connection and checks its answer.
+    async fn get_over_h2(endpoint: &Endpoint) {
+        let mut sender = endpoint.h2_sender().await.expect("connected");
+        let request = Request::builder()
+            .uri(format!("http://{}/", endpoint.addr))
+            .version(Version::HTTP_2)
+            .body(empty())
+            .unwrap();
+        let response = sender.send_request(request).await.expect("answered");
+        assert_eq!(response.status(), 200);
+    }
+
+    #[tokio::test]
+    async fn each_worker_has_its_own_h2_connection_to_an_endpoint() {
+        let (addr, accepted) = h2c_server().await;
+        let mut endpoint = Endpoint::new(addr, Arc::new(TcpDialer)).unwrap();
+        endpoint.h2 = PerWorker::with_count(2, H2Slot::default);
+        for worker in [1, 1, 0, 0, 1] {
+            crate::workers::enter(worker);
+            get_over_h2(&endpoint).await;
+        }
+        crate::workers::enter(0);
+        assert_eq!(
+            accepted.load(Ordering::SeqCst),
+            2,
+            "one connection per worker, reused by its later requests"
+        );
+        assert!(endpoint.h2.all().all(|slot| slot.open().is_some()));
     }
 
     #[test]

@@ -10,8 +10,9 @@
 //!
 //! The listeners stay where they are (accepting, rebinding and stopping stay one task each);
 //! the accept loop they all share ([`crate::accept`]) hands each accepted socket to
-//! [`spawn_connection`], which moves it to the worker serving the fewest connections. Per-endpoint connection pools are kept per worker ([`current`]), so a
-//! connection never drives a socket registered with another thread's reactor.
+//! [`spawn_connection`], which moves it to the worker serving the fewest connections.
+//! Per-endpoint connection state is kept per worker ([`PerWorker`]), so a request never drives
+//! an upstream connection registered with another thread's reactor.
 
 use std::cell::Cell;
 use std::future::Future;
@@ -141,6 +142,42 @@ impl Workers {
                 Err(e) => tracing::warn!(worker = index, error = %e, "connection not registered"),
             }
         });
+    }
+}
+
+/// One `T` per worker, each used by its own worker's thread only ([`PerWorker::get`]).
+///
+/// Per-endpoint connection state (keep-alive lists, multiplexed HTTP/2 connections, TLS
+/// pools) is kept this way: a connection is registered with the reactor of the worker that
+/// opened it, and a request on another worker would reach it only through a cross-thread
+/// wake-up each way.
+pub(crate) struct PerWorker<T>(Box<[T]>);
+
+impl<T> PerWorker<T> {
+    /// One `make()` for each of the [`count`] workers.
+    pub(crate) fn new(make: impl FnMut() -> T) -> PerWorker<T> {
+        PerWorker::with_count(count(), make)
+    }
+
+    /// One `make()` for each of `workers` workers (at least one); tests size it themselves.
+    pub(crate) fn with_count(workers: usize, mut make: impl FnMut() -> T) -> PerWorker<T> {
+        PerWorker((0..workers.max(1)).map(|_| make()).collect())
+    }
+
+    /// The calling worker's.
+    pub(crate) fn get(&self) -> &T {
+        &self.0[current() % self.0.len()]
+    }
+
+    /// Every worker's, for work that spans them (pruning, counting).
+    pub(crate) fn all(&self) -> impl Iterator<Item = &T> {
+        self.0.iter()
+    }
+}
+
+impl<T: std::fmt::Debug> std::fmt::Debug for PerWorker<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.0.iter()).finish()
     }
 }
 

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs every test of the project: formatting, lints, unit and integration tests (the mesh ones
-# on network-namespace topologies, which need root), and the GATEWAY-HTTP and MESH-HTTP
-# conformance suites. Installs the system packages the tests need if missing.
+# on network-namespace topologies, which need root), the GATEWAY-HTTP and MESH-HTTP
+# conformance suites, and the shipped build (crates/strait/dist.sh: LTO, then llvm-bolt) serving
+# the built-in demo. Installs the system packages the tests need if missing.
 #
 #   bash tests/run.sh
 #
@@ -10,7 +11,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 need_packages=()
-for tool in ip:iproute2 iptables:iptables curl:curl; do
+for tool in ip:iproute2 iptables:iptables curl:curl llvm-bolt-19:bolt-19; do
     command -v "${tool%%:*}" >/dev/null 2>&1 || need_packages+=("${tool##*:}")
 done
 if [ ${#need_packages[@]} -gt 0 ]; then
@@ -49,3 +50,27 @@ echo "== conformance: MESH-HTTP"
 cargo run --quiet -p strait-conformance -- \
     --corpus "$corpus" --profile MESH-HTTP \
     --report target/conformance/mesh-http.yaml
+
+echo "== the shipped build serves the demo"
+# The image ships crates/strait/dist.sh's binary, not the one the tests above ran: a different
+# profile (fat LTO), a linker script and llvm-bolt's rewrite, any of which could break it.
+shipped="$(crates/strait/dist.sh | tail -1)"
+demo_log="target/conformance/dist-demo.log"
+"$shipped" standalone --port-offset 30000 --no-watch >"$demo_log" 2>&1 &
+demo_pid=$!
+trap 'kill "$demo_pid" 2>/dev/null || true' EXIT
+# expect CODE HOST PATH: the demo's listener (port 8080 + 30000) answers CODE.
+expect() {
+    local code
+    code="$(curl -s -o /dev/null -w '%{http_code}' --max-time 5 -H "Host: $2" "http://127.0.0.1:38080$3" || true)"
+    [ "$code" = "$1" ] || { echo "shipped build: $2$3 answered ${code:-nothing}, not $1 (log: $demo_log)" >&2; return 1; }
+}
+for _ in $(seq 100); do
+    expect 200 store.example.com /api/items 2>/dev/null && break
+    kill -0 "$demo_pid" 2>/dev/null || { cat "$demo_log" >&2; echo "shipped build: the demo exited" >&2; exit 1; }
+    sleep 0.2
+done
+expect 200 store.example.com /api/items
+expect 301 store.example.com /old/items
+expect 404 other.example.com /
+echo "shipped build ($shipped): the demo answers 200, 301 and 404 as it should"

@@ -28,6 +28,7 @@ use tokio::sync::watch;
 use crate::coalesce::{Coalesce, FlushAt};
 use crate::dial::{BoxIo, Dialer, dial_within};
 pub use crate::tunnel::{Tunnel, relay};
+use crate::workers::PerWorker;
 
 /// The HBONE port of every meshed pod and waypoint.
 pub const HBONE_PORT: u16 = 15008;
@@ -108,9 +109,6 @@ impl From<HboneError> for io::Error {
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 struct PoolKey {
-    /// Each worker keeps its own connections ([`crate::workers`]): a tunnel is relayed by the
-    /// thread that drives its connection.
-    worker: usize,
     local: String,
     peer: SocketAddr,
     peer_id: Option<String>,
@@ -151,7 +149,9 @@ pub struct HboneClient {
     /// Opens the TCP connections under the TLS (the node proxy dials from the source pod's
     /// network namespace with the proxy mark).
     dialer: Arc<dyn Dialer>,
-    pool: Mutex<HashMap<PoolKey, Arc<Slot>>>,
+    /// Each worker keeps its own connections ([`PerWorker`]): a tunnel is relayed by the
+    /// thread that drives its connection.
+    pool: PerWorker<Mutex<HashMap<PoolKey, Arc<Slot>>>>,
 }
 
 /// What a tunnel is opened for.
@@ -172,7 +172,7 @@ impl HboneClient {
     pub fn new(dialer: Arc<dyn Dialer>) -> HboneClient {
         HboneClient {
             dialer,
-            pool: Mutex::new(HashMap::new()),
+            pool: PerWorker::new(Mutex::default),
         }
     }
 
@@ -181,13 +181,12 @@ impl HboneClient {
     /// replaced once.
     pub async fn open(&self, to: &TunnelTarget<'_>) -> Result<Tunnel, HboneError> {
         let key = PoolKey {
-            worker: crate::workers::current(),
             local: to.local.id().to_string(),
             peer: to.peer,
             peer_id: to.peer_id.map(ToString::to_string),
         };
         let slot = {
-            let mut pool = match self.pool.lock() {
+            let mut pool = match self.pool.get().lock() {
                 Ok(guard) => guard,
                 Err(poisoned) => poisoned.into_inner(),
             };
@@ -706,7 +705,7 @@ mod tests {
             assert_eq!(&buf, b"ping");
         }
         assert_eq!(
-            client.pool.lock().unwrap().len(),
+            client.pool.get().lock().unwrap().len(),
             1,
             "one pooled connection"
         );
@@ -803,6 +802,7 @@ mod tests {
         drop(client.open(&target).await.unwrap());
         let slot = client
             .pool
+            .get()
             .lock()
             .unwrap()
             .values()

@@ -16,8 +16,9 @@ fn worker_count(workers: Workers) -> usize {
 }
 
 /// The controller's runtime, with `workers` worker threads: Tokio's multi-thread runtime (a
-/// current-thread one for one worker, see [`build_for`]), whose work stealing suits the controller's many short tasks (watches, compiles, signing,
-/// config streams) better than handing each a thread for good.
+/// current-thread one for one worker, see [`build_for`]), whose work stealing suits the
+/// controller's many short tasks (watches, compiles, signing, config streams) better than
+/// handing each a thread for good.
 pub fn build(workers: Workers) -> std::io::Result<tokio::runtime::Runtime> {
     build_for(worker_count(workers))
 }

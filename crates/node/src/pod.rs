@@ -254,7 +254,7 @@ async fn accept_loop(
     stop: watch::Receiver<bool>,
     direction: Direction,
 ) {
-    strait_proxy::accept::accept_until_stopped(&listener, stop, |_| {
+    strait_proxy::accept::accept_until_stopped(listener, stop, |_| {
         let ctx = ctx.clone();
         move |stream| async move {
             match direction {

@@ -1,23 +1,51 @@
 //! The accept loop every listener of the data plane shares.
+//!
+//! The listener waits for readiness on the runtime it runs on, but the sockets it accepts are
+//! not registered there: each is registered once, with the reactor of the worker that serves
+//! it ([`crate::workers::spawn_connection`]). Accepting through Tokio's `TcpListener` would
+//! register every socket with the accepting worker first, and a hand-over would then take it
+//! out and register it again: two more `epoll_ctl` calls for each connection another worker
+//! serves.
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use nix::sys::socket::SockFlag;
+use socket2::Socket;
+use tokio::io::Interest;
+use tokio::io::unix::AsyncFd;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
-/// Accepts until `stop` flips (or its sender is gone). Each connection, with `TCP_NODELAY`
-/// set, is served by what `serve` makes for its peer, on the worker
+/// Accepts on `listener` until `stop` flips (or its sender is gone). Each connection, with
+/// `TCP_NODELAY` set, is served by what `serve` makes for its peer, on the worker
 /// [`crate::workers::spawn_connection`] picks. Accept errors (typically EMFILE) back off
 /// briefly instead of spinning. Connections already handed over are not affected by the stop.
 pub async fn accept_until_stopped<F, Fut>(
-    listener: &TcpListener,
+    listener: TcpListener,
     mut stop: watch::Receiver<bool>,
     mut serve: impl FnMut(SocketAddr) -> F,
 ) where
     F: FnOnce(TcpStream) -> Fut + Send + 'static,
     Fut: Future<Output = ()> + Send + 'static,
 {
+    let addr = listener.local_addr().ok();
+    let registered = listener.into_std().and_then(|listener| {
+        // SAFETY: the socket owns its descriptor and the `AsyncFd` owns the socket, which is
+        // neither replaced nor closed while registered.
+        unsafe { AsyncFd::register_with_interest(Socket::from(listener), Interest::READABLE) }
+            .map_err(std::io::Error::from)
+    });
+    let listener = match registered {
+        Ok(listener) => listener,
+        Err(e) => {
+            tracing::warn!(?addr, error = %e, "listener not watched; it accepts nothing");
+            return;
+        }
+    };
+    // Non-blocking as Tokio requires of the sockets it registers; not inherited from the
+    // listener on Linux.
+    let flags = (SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC).bits();
     loop {
         if *stop.borrow() {
             break;
@@ -28,17 +56,115 @@ pub async fn accept_until_stopped<F, Fut>(
                     break;
                 }
             }
-            accepted = listener.accept() => match accepted {
-                Ok((stream, peer)) => {
-                    let _ = stream.set_nodelay(true);
-                    crate::workers::spawn_connection(stream, serve(peer));
-                }
-                Err(e) => {
-                    tracing::warn!(addr = ?listener.local_addr().ok(), error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
+            ready = listener.readable() => {
+                let accepted = match ready {
+                    Ok(mut guard) => {
+                        let Ok(accepted) = guard.try_io(|socket| socket.get_ref().accept4(flags))
+                        else {
+                            // Would block: the readiness is cleared; wait for the next.
+                            continue;
+                        };
+                        accepted
+                    }
+                    Err(e) => Err(e),
+                };
+                match accepted {
+                    Ok((socket, peer)) => {
+                        // Not a TCP peer address: cannot happen on a TCP listener; dropped.
+                        let Some(peer) = peer.as_socket() else { continue };
+                        let _ = socket.set_tcp_nodelay(true);
+                        crate::workers::spawn_connection(socket.into(), serve(peer));
+                    }
+                    Err(e) => {
+                        tracing::warn!(?addr, error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
                 }
             }
         }
     }
-    tracing::debug!(addr = ?listener.local_addr().ok(), "listener stopped");
+    tracing::debug!(?addr, "listener stopped");
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::{Read, Write};
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::*;
+
+    /// On a current-thread runtime, as a proxy's worker: a socket handed over in blocking mode
+    /// would stall the worker's only thread on the first read with nothing to read, and no other
+    /// connection would be served.
+    #[tokio::test]
+    async fn serves_each_peer_non_blocking_with_nodelay_until_stopped() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().unwrap();
+        let (stop, stop_rx) = watch::channel(false);
+        let (peers_tx, mut peers) = tokio::sync::mpsc::unbounded_channel();
+        let accepting = tokio::spawn(accept_until_stopped(listener, stop_rx, move |peer| {
+            let peers = peers_tx.clone();
+            move |mut stream: TcpStream| async move {
+                let _ = peers.send((peer, stream.nodelay().unwrap_or(false)));
+                let mut buf = [0u8; 64];
+                while let Ok(n @ 1..) = stream.read(&mut buf).await {
+                    if stream.write_all(&buf[..n]).await.is_err() {
+                        break;
+                    }
+                }
+            }
+        }));
+
+        // The client runs on its own thread: if the runtime's thread is stuck, the echo times
+        // out, and closing the connections then frees the thread, so the test fails, not hangs.
+        let client = tokio::task::spawn_blocking(move || {
+            let silent = std::net::TcpStream::connect(addr).expect("connect");
+            std::thread::sleep(Duration::from_millis(50));
+            let mut talking = std::net::TcpStream::connect(addr).expect("connect");
+            talking
+                .set_read_timeout(Some(Duration::from_secs(3)))
+                .unwrap();
+            talking.write_all(b"ping").unwrap();
+            let mut echoed = [0u8; 4];
+            let result = talking.read_exact(&mut echoed).map(|()| echoed);
+            let ends = [silent.local_addr().unwrap(), talking.local_addr().unwrap()];
+            (result.map_err(|e| e.kind()), ends, talking)
+        });
+        let (echoed, ends, mut talking) = client.await.unwrap();
+        assert_eq!(
+            echoed,
+            Ok(*b"ping"),
+            "a silent connection must not stall the others"
+        );
+        let mut served = Vec::new();
+        for _ in ends {
+            let (peer, nodelay) = peers.recv().await.expect("served");
+            assert!(nodelay, "TCP_NODELAY set on {peer}");
+            served.push(peer);
+        }
+        served.sort();
+        let mut ends = ends.to_vec();
+        ends.sort();
+        assert_eq!(served, ends, "each connection served once, with its peer");
+
+        stop.send(true).unwrap();
+        tokio::time::timeout(Duration::from_secs(5), accepting)
+            .await
+            .expect("the loop ends when stopped")
+            .unwrap();
+        assert!(
+            TcpStream::connect(addr).await.is_err(),
+            "a stopped listener is closed"
+        );
+        // Connections already handed over outlive the stop.
+        tokio::task::spawn_blocking(move || {
+            talking.write_all(b"pong").unwrap();
+            let mut echoed = [0u8; 4];
+            talking.read_exact(&mut echoed).unwrap();
+            assert_eq!(&echoed, b"pong");
+        })
+        .await
+        .unwrap();
+    }
 }

@@ -419,7 +419,7 @@ pub async fn serve(
     stop: watch::Receiver<bool>,
 ) {
     let serve_stop = stop.clone();
-    crate::accept::accept_until_stopped(&listener, stop, |peer| {
+    crate::accept::accept_until_stopped(listener, stop, |peer| {
         let (identity, handler, stop) = (identity.clone(), handler.clone(), serve_stop.clone());
         move |stream| serve_connection(stream, peer, identity, handler, stop)
     })

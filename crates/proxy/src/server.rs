@@ -46,7 +46,7 @@ pub(crate) async fn accept_loop(
     tracker: mpsc::Sender<()>,
 ) {
     let serve_stop = stop.clone();
-    crate::accept::accept_until_stopped(&listener, stop, |peer| {
+    crate::accept::accept_until_stopped(listener, stop, |peer| {
         let (shared, stop, tracker) = (shared.clone(), serve_stop.clone(), tracker.clone());
         move |stream| serve_connection(shared, stream, peer, stop, tracker)
     })

@@ -9,8 +9,9 @@
 //! Envoy, nginx and HAProxy split the work the same way: a connection belongs to one thread.
 //!
 //! The listeners stay where they are (accepting, rebinding and stopping stay one task each);
-//! the accept loop they all share ([`crate::accept`]) hands each accepted socket to
-//! [`spawn_connection`], which moves it to the worker serving the fewest connections.
+//! the accept loop they all share ([`crate::accept`]) hands each accepted socket, not yet
+//! registered with any reactor, to [`spawn_connection`], which registers it with the worker
+//! serving the fewest connections.
 //! Per-endpoint connection state is kept per worker ([`PerWorker`]), so a request never drives
 //! an upstream connection registered with another thread's reactor.
 
@@ -53,8 +54,9 @@ pub fn enter(index: usize) {
 }
 
 /// Serves `stream` with `serve` on the installed worker with the fewest connections, or on
-/// the calling runtime when none are installed.
-pub(crate) fn spawn_connection<F, Fut>(stream: TcpStream, serve: F)
+/// the calling runtime when none are installed. The socket is registered with that worker's
+/// reactor only, so it must not be registered with any yet (see [`crate::accept`]).
+pub(crate) fn spawn_connection<F, Fut>(stream: std::net::TcpStream, serve: F)
 where
     F: FnOnce(TcpStream) -> Fut + Send + 'static,
     Fut: Future<Output = ()> + Send + 'static,
@@ -62,9 +64,19 @@ where
     match WORKERS.get() {
         Some(workers) => workers.spawn_connection(stream, serve),
         None => {
-            tokio::spawn(serve(stream));
+            if let Some(stream) = register(stream, 0) {
+                tokio::spawn(serve(stream));
+            }
         }
     }
+}
+
+/// Registers an accepted socket with the calling worker's reactor; a failure (the reactor
+/// out of memory or gone) loses that connection only.
+fn register(stream: std::net::TcpStream, worker: usize) -> Option<TcpStream> {
+    TcpStream::from_std(stream)
+        .inspect_err(|e| tracing::warn!(worker, error = %e, "connection not registered"))
+        .ok()
 }
 
 struct Worker {
@@ -106,40 +118,37 @@ impl Workers {
     }
 
     /// See [`spawn_connection`].
-    pub fn spawn_connection<F, Fut>(&self, stream: TcpStream, serve: F)
+    pub fn spawn_connection<F, Fut>(&self, stream: std::net::TcpStream, serve: F)
     where
         F: FnOnce(TcpStream) -> Fut + Send + 'static,
         Fut: Future<Output = ()> + Send + 'static,
     {
+        let here = current();
         if self.workers.is_empty() {
-            tokio::spawn(serve(stream));
+            if let Some(stream) = register(stream, here) {
+                tokio::spawn(serve(stream));
+            }
             return;
         }
         let index = self.choose();
         let worker = &self.workers[index];
         worker.connections.fetch_add(1, Ordering::Relaxed);
         let open = Open(worker.connections.clone());
-        if index == current() {
-            tokio::spawn(async move {
-                let _open = open;
-                serve(stream).await;
-            });
+        if index == here {
+            if let Some(stream) = register(stream, index) {
+                tokio::spawn(async move {
+                    let _open = open;
+                    serve(stream).await;
+                });
+            }
             return;
         }
         // A socket is registered with the reactor of the runtime that wraps it: the worker
-        // takes the plain socket and registers it with its own.
-        let stream = match stream.into_std() {
-            Ok(stream) => stream,
-            Err(e) => {
-                tracing::debug!(error = %e, "accepted connection lost before its hand-over");
-                return;
-            }
-        };
+        // registers the plain socket with its own.
         worker.handle.spawn(async move {
             let _open = open;
-            match TcpStream::from_std(stream) {
-                Ok(stream) => serve(stream).await,
-                Err(e) => tracing::warn!(worker = index, error = %e, "connection not registered"),
+            if let Some(stream) = register(stream, index) {
+                serve(stream).await;
             }
         });
     }
@@ -282,6 +291,7 @@ mod tests {
             addr_tx.send(listener.local_addr().unwrap()).unwrap();
             loop {
                 let (stream, _) = listener.accept().await.expect("accept");
+                let stream = stream.into_std().expect("deregistered");
                 let served = served_tx.clone();
                 acceptor.spawn_connection(stream, move |mut stream| async move {
                     let thread = std::thread::current().name().unwrap_or_default().to_owned();

@@ -74,6 +74,13 @@ HAPROXY_H1=18180
 HAPROXY_H2C=18181
 NGINX_H1=18280
 NGINX_H2C=18281
+# The same three as deployed (a worker per CPU, unpinned), for the "as deployed" rows only.
+STRAIT_PERCPU_OFFSET=18700  # listener port 80 -> 18780
+STRAIT_PERCPU_PORT=18780
+HAPROXY_PERCPU_H1=18190
+HAPROXY_PERCPU_H2C=18191
+NGINX_PERCPU_H1=18290
+NGINX_PERCPU_H2C=18291
 CA_PORT=18512         # the mesh CA (loopback only)
 CONFIG_STREAM_PORT=18510  # a standalone serving the config stream to the fed gateway
 MESH_CONFIG_PORT=18511    # a standalone serving the config stream to the node proxy and waypoint
@@ -313,11 +320,11 @@ wait_http() {
 mkdir -p "$WORK/backend" "$WORK/nginx" "$WORK/gateway" "$WORK/tmp"
 BODY='hello, world\n'   # 13 bytes
 
-nginx_common() {
+nginx_common() { # DIR [WORKER_PROCESSES]
     cat <<EOF
 daemon off;
 master_process on;
-worker_processes 1;
+worker_processes ${2:-1};
 worker_rlimit_nofile $HARD_NOFILE;
 pid $1/nginx.pid;
 error_log $1/error.log warn;
@@ -366,8 +373,8 @@ NGINX_PROXY_BLOCK="proxy_pass http://backend; proxy_http_version 1.1;
             proxy_set_header x-routed-by strait;
             proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
             proxy_set_header X-Forwarded-Proto \$scheme;"
-{
-    nginx_common "$WORK/nginx"
+nginx_proxy_conf() { # DIR WORKER_PROCESSES LISTEN_H1_PORT LISTEN_H2C_PORT
+    nginx_common "$1" "$2"
     cat <<EOF
 http {
 $(nginx_http_common)
@@ -378,14 +385,14 @@ $(nginx_http_common)
         keepalive_timeout 600s;
     }
     server {
-        listen 127.0.0.1:$NGINX_H1 default_server;
-        listen 127.0.0.1:$NGINX_H2C http2 default_server;
+        listen 127.0.0.1:$3 default_server;
+        listen 127.0.0.1:$4 http2 default_server;
         server_name _;
         return 404;
     }
     server {
-        listen 127.0.0.1:$NGINX_H1;
-        listen 127.0.0.1:$NGINX_H2C http2;
+        listen 127.0.0.1:$3;
+        listen 127.0.0.1:$4 http2;
         server_name $HOST_HEADER;
         location = /api { $NGINX_PROXY_BLOCK }
         location /api/ { $NGINX_PROXY_BLOCK }
@@ -393,7 +400,8 @@ $(nginx_http_common)
     }
 }
 EOF
-} >"$WORK/nginx/nginx.conf"
+}
+nginx_proxy_conf "$WORK/nginx" 1 "$NGINX_H1" "$NGINX_H2C" >"$WORK/nginx/nginx.conf"
 
 # HAProxy: the same route; HTTP mode for the gateway comparison. It refuses to start unless
 # the open-file limit covers two descriptors per connection, so a low hard limit caps it.
@@ -402,9 +410,10 @@ if [ $((HAPROXY_MAXCONN * 2 + 100)) -gt "$HARD_NOFILE" ]; then
     HAPROXY_MAXCONN=$(((HARD_NOFILE - 100) / 2))
     note "HAProxy maxconn capped at $HAPROXY_MAXCONN by the open-file hard limit ($HARD_NOFILE): it cannot hold $IDLE_CONNS idle connections here"
 fi
-cat >"$WORK/haproxy.cfg" <<EOF
+haproxy_http_cfg() { # THREADS LISTEN_H1_PORT LISTEN_H2C_PORT
+    cat <<EOF
 global
-    nbthread 1
+    nbthread $1
     maxconn $HAPROXY_MAXCONN
 defaults
     mode http
@@ -414,8 +423,8 @@ defaults
     timeout http-keep-alive 600s
     timeout http-request 600s
 frontend gateway
-    bind 127.0.0.1:$HAPROXY_H1
-    bind 127.0.0.1:$HAPROXY_H2C proto h2
+    bind 127.0.0.1:$2
+    bind 127.0.0.1:$3 proto h2
     acl host_ok hdr(host) -i $HOST_HEADER
     acl api path /api
     acl api path_beg /api/
@@ -430,6 +439,8 @@ backend fast
 backend not_found
     http-request return status 404
 EOF
+}
+haproxy_http_cfg 1 "$HAPROXY_H1" "$HAPROXY_H2C" >"$WORK/haproxy.cfg"
 
 # Strait: one Gateway + HTTPRoute, backend = the same nginx via a Service + EndpointSlice.
 cat >"$WORK/gateway/gateway.yaml" <<EOF
@@ -647,27 +658,27 @@ load_h1() {
     log "round $round $section/$target: $(awk -F'\t' '{printf "%s=%s ", $1, $2}' "$out.parsed")"
 }
 
-# load_h2c ROUND TARGET PORT PROXY_PIDS...: one h2load run, recorded.
+# load_h2c ROUND SECTION TARGET PORT PROXY_PIDS...: one h2load run, recorded.
 load_h2c() {
-    local round="$1" target="$2" port="$3"; shift 3
-    local out="$WORK/h2load-$target-$round.txt" log_file="$WORK/h2load-$target-$round.log" before after
+    local round="$1" section="$2" target="$3" port="$4"; shift 4
+    local out="$WORK/h2load-$section-$target-$round.txt" log_file="$WORK/h2load-$section-$target-$round.log" before after
     before="$(cpu_ticks "$@")"
     if ! "${PIN_LOAD[@]}" h2load -t1 -c"$H2_CLIENTS" -m"$H2_STREAMS" -D "$DURATION" \
         --log-file="$log_file" -H ":authority: $HOST_HEADER" \
         "http://127.0.0.1:$port$PATH_URL" >"$out" 2>&1; then
-        note "round $round h2c/$target: h2load failed: $(tail -1 "$out")"
+        note "round $round $section/$target: h2load failed: $(tail -1 "$out")"
         return 0
     fi
     after="$(cpu_ticks "$@")"
     local cpu=()
     [ $# -gt 0 ] && cpu=(--cpu-ticks "$((after - before))" --clk-tck "$CLK_TCK")
     if ! "$PERF" parse h2load "$out" "$log_file" "${cpu[@]}" >"$out.parsed" 2>"$out.err"; then
-        note "round $round h2c/$target: $(cat "$out.err")"
+        note "round $round $section/$target: $(cat "$out.err")"
         return 0
     fi
     rm -f "$log_file"
-    record "$round" h2c "$target" <"$out.parsed"
-    log "round $round h2c/$target: $(awk -F'\t' '{printf "%s=%s ", $1, $2}' "$out.parsed")"
+    record "$round" "$section" "$target" <"$out.parsed"
+    log "round $round $section/$target: $(awk -F'\t' '{printf "%s=%s ", $1, $2}' "$out.parsed")"
 }
 
 # ---------------------------------------------------------------------------------------------
@@ -861,7 +872,7 @@ for round in $(seq "$ROUNDS"); do
     if wants h2c; then
         for target in direct strait haproxy nginx; do
             pid="$(proxy_pid "$target")"
-            load_h2c "$round" "$target" "$(h2c_port "$target")" $pid
+            load_h2c "$round" h2c "$target" "$(h2c_port "$target")" $pid
         done
     fi
     if [ "$MESH_OK" -eq 1 ] && wants mesh; then
@@ -924,6 +935,63 @@ if [ "$MESH_OK" -eq 1 ] && wants mesh && [ "$NCPU" -ge 2 ]; then
 fi
 
 # ---------------------------------------------------------------------------------------------
+# The gateway as deployed: each proxy unpinned with a worker per CPU (Strait's default for a
+# gateway, HAProxy `nbthread`, nginx `worker_processes`), sharing every CPU with the load
+# generator and the backend, as on a node. Started for these rows only, so the pinned
+# single-worker proxies above stay the ones the idle and 10,000-connection rows measure.
+# deployed_gateways: start them; sets PERCPU_PIDS (strait haproxy nginx), or returns 1.
+deployed_gateways() {
+    mkdir -p "$WORK/nginx-percpu"
+    nginx_proxy_conf "$WORK/nginx-percpu" "$NCPU" "$NGINX_PERCPU_H1" "$NGINX_PERCPU_H2C" >"$WORK/nginx-percpu/nginx.conf"
+    haproxy_http_cfg "$NCPU" "$HAPROXY_PERCPU_H1" "$HAPROXY_PERCPU_H2C" >"$WORK/haproxy-percpu.cfg"
+    start strait-percpu env RUST_LOG=warn "$STRAIT" standalone "$WORK/gateway" \
+        --address 127.0.0.1 --port-offset "$STRAIT_PERCPU_OFFSET" --no-mesh --no-watch
+    PERCPU_PIDS=("$LAST_PID")
+    start haproxy-percpu haproxy -db -f "$WORK/haproxy-percpu.cfg"
+    PERCPU_PIDS+=("$LAST_PID")
+    start nginx-percpu nginx -p "$WORK/nginx-percpu" -c "$WORK/nginx-percpu/nginx.conf" -e "$WORK/nginx-percpu/error.log"
+    PERCPU_PIDS+=("$LAST_PID")
+    wait_http "strait gateway (a worker per CPU)" 127.0.0.1 "$STRAIT_PERCPU_PORT" &&
+        wait_http "haproxy (a thread per CPU)" 127.0.0.1 "$HAPROXY_PERCPU_H1" &&
+        wait_http "nginx (a worker per CPU)" 127.0.0.1 "$NGINX_PERCPU_H1"
+}
+if { wants h1 || wants h2c; } && [ "$NCPU" -ge 2 ]; then
+    log "starting Strait, HAProxy and nginx with a worker per CPU ($NCPU), unpinned"
+    if deployed_gateways; then
+        saved_pin=("${PIN_LOAD[@]}")
+        PIN_LOAD=()
+        percpu_pid() { case "$1" in strait) echo "${PERCPU_PIDS[0]}" ;; haproxy) echo "${PERCPU_PIDS[1]}" ;; nginx) echo "${PERCPU_PIDS[2]}" ;; esac; }
+        percpu_h1_port() { case "$1" in direct) echo "$BACKEND_H1" ;; strait) echo "$STRAIT_PERCPU_PORT" ;; haproxy) echo "$HAPROXY_PERCPU_H1" ;; nginx) echo "$NGINX_PERCPU_H1" ;; esac; }
+        percpu_h2c_port() { case "$1" in direct) echo "$BACKEND_H2C" ;; strait) echo "$STRAIT_PERCPU_PORT" ;; haproxy) echo "$HAPROXY_PERCPU_H2C" ;; nginx) echo "$NGINX_PERCPU_H2C" ;; esac; }
+        # Warm-up (not recorded): each worker's connections to the backend.
+        saved_duration=$DURATION
+        DURATION=1
+        for target in strait haproxy nginx; do
+            RSS_PIDS="" load_h1 0 warmup "$target" "http://127.0.0.1:$(percpu_h1_port "$target")$PATH_URL" "" >/dev/null 2>&1 || true
+        done
+        sed -i '/\twarmup\t/d' "$WORK/results.tsv"
+        DURATION=$saved_duration
+        for round in $(seq "$ROUNDS"); do
+            for target in direct strait haproxy nginx; do
+                wants h1 || break
+                # shellcheck disable=SC2046
+                RSS_PIDS="" load_h1 "$round" h1-percpu "$target" "http://127.0.0.1:$(percpu_h1_port "$target")$PATH_URL" "" $(percpu_pid "$target")
+            done
+            for target in direct strait haproxy nginx; do
+                wants h2c || break
+                # shellcheck disable=SC2046
+                load_h2c "$round" h2c-percpu "$target" "$(percpu_h2c_port "$target")" $(percpu_pid "$target")
+            done
+        done
+        PIN_LOAD=("${saved_pin[@]}")
+    else
+        note "a proxy with a worker per CPU did not start: the as-deployed rows are skipped (logs: $WORK/strait-percpu.log, $WORK/haproxy-percpu.log, $WORK/nginx-percpu/error.log)"
+    fi
+    kill -TERM "${PERCPU_PIDS[@]}" 2>/dev/null
+    wait "${PERCPU_PIDS[@]}" 2>/dev/null
+fi
+
+# ---------------------------------------------------------------------------------------------
 # 10,000 idle keep-alive connections per proxy.
 for target in strait haproxy nginx; do
     wants idle || break
@@ -952,7 +1020,7 @@ for target in strait haproxy nginx; do
 done
 
 # Errors logged by the proxies during the run.
-for name in strait mesh-node mesh-waypoint mesh-node-unpinned mesh-waypoint-unpinned mesh-node-unpinned-percpu mesh-waypoint-unpinned-percpu mesh-ca mesh-config config-stream strait-fed; do
+for name in strait strait-percpu mesh-node mesh-waypoint mesh-node-unpinned mesh-waypoint-unpinned mesh-node-unpinned-percpu mesh-waypoint-unpinned-percpu mesh-ca mesh-config config-stream strait-fed; do
     f="$WORK/$name.log"
     [ -s "$f" ] || continue
     n="$(grep -c -iE 'error|warn' "$f" || true)"

@@ -104,7 +104,8 @@ const METRICS: [&str; 5] = ["rps", "p50_ms", "p99_ms", "cpu_us", "bad"];
 
 fn rows() -> Vec<Row> {
     let mut rows = Vec::new();
-    let labels: [(&'static str, [&'static str; 5]); 2] = [
+    // Pinned to one core with one worker each, then as deployed: unpinned, a worker per CPU.
+    let labels: [(&'static str, [&'static str; 5]); 4] = [
         (
             "h1",
             [
@@ -123,6 +124,26 @@ fn rows() -> Vec<Row> {
                 "h2c p99 ms",
                 "h2c proxy CPU µs/req",
                 "h2c errors + non-2xx (all rounds)",
+            ],
+        ),
+        (
+            "h1-percpu",
+            [
+                "HTTP/1.1, unpinned, a worker per CPU: req/s",
+                "HTTP/1.1, unpinned, a worker per CPU: p50 ms",
+                "HTTP/1.1, unpinned, a worker per CPU: p99 ms",
+                "HTTP/1.1, unpinned, a worker per CPU: proxy CPU µs/req",
+                "HTTP/1.1, unpinned, a worker per CPU: errors + non-2xx",
+            ],
+        ),
+        (
+            "h2c-percpu",
+            [
+                "h2c, unpinned, a worker per CPU: req/s",
+                "h2c, unpinned, a worker per CPU: p50 ms",
+                "h2c, unpinned, a worker per CPU: p99 ms",
+                "h2c, unpinned, a worker per CPU: proxy CPU µs/req",
+                "h2c, unpinned, a worker per CPU: errors + non-2xx",
             ],
         ),
     ];
@@ -564,6 +585,9 @@ mod tests {
 1\tmesh-light\tpod\tp99_ms\t0.5
 1\tmesh-light\thbone\tp99_ms\t1.5
 1\tmesh-light-percpu\thbone\tcpu_us\t40
+1\th1-percpu\tdirect\trps\t400
+1\th1-percpu\tstrait\trps\t300
+1\th1-percpu\thaproxy\trps\t200
 # comment
 ";
 
@@ -602,6 +626,13 @@ mod tests {
         assert!(
             t.contains(
                 "| mesh, unpinned, a worker per CPU, 4 conns: HBONE path CPU µs/req (node) | — | 40.0 | — | — | — | — | — |"
+            ),
+            "{t}"
+        );
+        // The as-deployed rows read theirs, and do not feed the pinned targets.
+        assert!(
+            t.contains(
+                "| HTTP/1.1, unpinned, a worker per CPU: req/s | 400.0 | 300.0 | 200.0 | — | 1.50 | — | 0.75 |"
             ),
             "{t}"
         );

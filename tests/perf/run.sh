@@ -658,6 +658,16 @@ load_h1() {
     log "round $round $section/$target: $(awk -F'\t' '{printf "%s=%s ", $1, $2}' "$out.parsed")"
 }
 
+# warm_up NAME URL NETNS: one 1 s wrk run that is not recorded (connection pools, certificates,
+# page cache).
+warm_up() {
+    local saved_duration=$DURATION
+    DURATION=1
+    RSS_PIDS="" load_h1 0 warmup "$1" "$2" "$3" >/dev/null 2>&1 || true
+    DURATION=$saved_duration
+    sed -i '/\twarmup\t/d' "$WORK/results.tsv"
+}
+
 # load_h2c ROUND SECTION TARGET PORT PROXY_PIDS...: one h2load run, recorded.
 load_h2c() {
     local round="$1" section="$2" target="$3" port="$4"; shift 4
@@ -829,17 +839,13 @@ load_bulk() {
 # ---------------------------------------------------------------------------------------------
 # Warm-up (not recorded): connection pools, certificates, page cache.
 log "warming up"
-SAVED_DURATION=$DURATION
-DURATION=1
 for target in direct strait haproxy nginx; do
-    RSS_PIDS="" load_h1 0 warmup "$target" "http://127.0.0.1:$(h1_port "$target")$PATH_URL" "" >/dev/null 2>&1 || true
+    warm_up "$target" "http://127.0.0.1:$(h1_port "$target")$PATH_URL" ""
 done
 if [ "$MESH_OK" -eq 1 ]; then
-    RSS_PIDS="" load_h1 0 warmup mesh-waypoint "http://$ROUTED_VIP:80$PATH_URL" "$MESH_CLIENT_NETNS" >/dev/null 2>&1 || true
-    RSS_PIDS="" load_h1 0 warmup mesh-hbone "http://$MESH_SERVER_IP:$MESH_HTTP_PORT$PATH_URL" "$MESH_CLIENT_NETNS" >/dev/null 2>&1 || true
+    warm_up mesh-waypoint "http://$ROUTED_VIP:80$PATH_URL" "$MESH_CLIENT_NETNS"
+    warm_up mesh-hbone "http://$MESH_SERVER_IP:$MESH_HTTP_PORT$PATH_URL" "$MESH_CLIENT_NETNS"
 fi
-DURATION=$SAVED_DURATION
-sed -i '/\twarmup\t/d' "$WORK/results.tsv"
 
 # --hold: keep everything running for profiling instead of measuring; Ctrl-C tears it down.
 if [ "$HOLD" -eq 1 ]; then
@@ -915,13 +921,11 @@ light_mesh() {
         note "the node proxy and the waypoint did not come back unpinned${*:+ with $*}: $section rows skipped"
         return 0
     fi
-    local saved_conns=$WRK_CONNS saved_duration=$DURATION round
-    WRK_CONNS=$LIGHT_CONNS DURATION=1
-    # Warm-up (not recorded): certificates are fetched on the first request.
-    RSS_PIDS="" load_h1 0 warmup mesh-hbone "http://$MESH_SERVER_IP:$MESH_HTTP_PORT$PATH_URL" "$MESH_CLIENT_NETNS" >/dev/null 2>&1 || true
-    RSS_PIDS="" load_h1 0 warmup mesh-waypoint "http://$ROUTED_VIP:80$PATH_URL" "$MESH_CLIENT_NETNS" >/dev/null 2>&1 || true
-    sed -i '/\twarmup\t/d' "$WORK/results.tsv"
-    DURATION=$saved_duration
+    local saved_conns=$WRK_CONNS round
+    WRK_CONNS=$LIGHT_CONNS
+    # Certificates are fetched on the first request.
+    warm_up mesh-hbone "http://$MESH_SERVER_IP:$MESH_HTTP_PORT$PATH_URL" "$MESH_CLIENT_NETNS"
+    warm_up mesh-waypoint "http://$ROUTED_VIP:80$PATH_URL" "$MESH_CLIENT_NETNS"
     for round in $(seq "$ROUNDS"); do
         RSS_PIDS="" load_h1 "$round" "$section" pod "http://$PLAIN_SERVER_IP:$MESH_HTTP_PORT$PATH_URL" "$PLAIN_CLIENT_NETNS"
         RSS_PIDS="" load_h1 "$round" "$section" hbone "http://$MESH_SERVER_IP:$MESH_HTTP_PORT$PATH_URL" "$MESH_CLIENT_NETNS" "$NODE_PID"
@@ -963,14 +967,10 @@ if { wants h1 || wants h2c; } && [ "$NCPU" -ge 2 ]; then
         percpu_pid() { case "$1" in strait) echo "${PERCPU_PIDS[0]}" ;; haproxy) echo "${PERCPU_PIDS[1]}" ;; nginx) echo "${PERCPU_PIDS[2]}" ;; esac; }
         percpu_h1_port() { case "$1" in direct) echo "$BACKEND_H1" ;; strait) echo "$STRAIT_PERCPU_PORT" ;; haproxy) echo "$HAPROXY_PERCPU_H1" ;; nginx) echo "$NGINX_PERCPU_H1" ;; esac; }
         percpu_h2c_port() { case "$1" in direct) echo "$BACKEND_H2C" ;; strait) echo "$STRAIT_PERCPU_PORT" ;; haproxy) echo "$HAPROXY_PERCPU_H2C" ;; nginx) echo "$NGINX_PERCPU_H2C" ;; esac; }
-        # Warm-up (not recorded): each worker's connections to the backend.
-        saved_duration=$DURATION
-        DURATION=1
+        # Each worker's connections to the backend.
         for target in strait haproxy nginx; do
-            RSS_PIDS="" load_h1 0 warmup "$target" "http://127.0.0.1:$(percpu_h1_port "$target")$PATH_URL" "" >/dev/null 2>&1 || true
+            warm_up "$target" "http://127.0.0.1:$(percpu_h1_port "$target")$PATH_URL" ""
         done
-        sed -i '/\twarmup\t/d' "$WORK/results.tsv"
-        DURATION=$saved_duration
         for round in $(seq "$ROUNDS"); do
             for target in direct strait haproxy nginx; do
                 wants h1 || break

@@ -64,19 +64,28 @@ where
     match WORKERS.get() {
         Some(workers) => workers.spawn_connection(stream, serve),
         None => {
-            if let Some(stream) = register(stream, 0) {
-                tokio::spawn(serve(stream));
-            }
+            tokio::spawn(register_and_serve(stream, serve, None, current()));
         }
     }
 }
 
-/// Registers an accepted socket with the calling worker's reactor; a failure (the reactor
-/// out of memory or gone) loses that connection only.
-fn register(stream: std::net::TcpStream, worker: usize) -> Option<TcpStream> {
-    TcpStream::from_std(stream)
-        .inspect_err(|e| tracing::warn!(worker, error = %e, "connection not registered"))
-        .ok()
+/// Registers an accepted socket with the reactor of the worker this runs on, then serves it,
+/// counted in `open` (if any) until it ends. A failed registration (the reactor out of memory
+/// or gone) loses that connection only.
+async fn register_and_serve<F, Fut>(
+    stream: std::net::TcpStream,
+    serve: F,
+    open: Option<Open>,
+    worker: usize,
+) where
+    F: FnOnce(TcpStream) -> Fut,
+    Fut: Future<Output = ()>,
+{
+    let _open = open;
+    match TcpStream::from_std(stream) {
+        Ok(stream) => serve(stream).await,
+        Err(e) => tracing::warn!(worker, error = %e, "connection not registered"),
+    }
 }
 
 struct Worker {
@@ -125,32 +134,20 @@ impl Workers {
     {
         let here = current();
         if self.workers.is_empty() {
-            if let Some(stream) = register(stream, here) {
-                tokio::spawn(serve(stream));
-            }
+            tokio::spawn(register_and_serve(stream, serve, None, here));
             return;
         }
         let index = self.choose();
         let worker = &self.workers[index];
         worker.connections.fetch_add(1, Ordering::Relaxed);
-        let open = Open(worker.connections.clone());
+        let open = Some(Open(worker.connections.clone()));
+        let task = register_and_serve(stream, serve, open, index);
+        // A socket is registered with the reactor of the runtime whose task wraps it.
         if index == here {
-            if let Some(stream) = register(stream, index) {
-                tokio::spawn(async move {
-                    let _open = open;
-                    serve(stream).await;
-                });
-            }
-            return;
+            tokio::spawn(task);
+        } else {
+            worker.handle.spawn(task);
         }
-        // A socket is registered with the reactor of the runtime that wraps it: the worker
-        // registers the plain socket with its own.
-        worker.handle.spawn(async move {
-            let _open = open;
-            if let Some(stream) = register(stream, index) {
-                serve(stream).await;
-            }
-        });
     }
 }
 

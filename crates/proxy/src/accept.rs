@@ -19,8 +19,11 @@ use tokio::sync::watch;
 
 /// Accepts on `listener` until `stop` flips (or its sender is gone). Each connection, with
 /// `TCP_NODELAY` set, is served by what `serve` makes for its peer, on the worker
-/// [`crate::workers::spawn_connection`] picks. Accept errors (typically EMFILE) back off
-/// briefly instead of spinning. Connections already handed over are not affected by the stop.
+/// [`crate::workers::spawn_connection`] picks. An error that belongs to one pending peer (it
+/// left, or a firewall refused it) is skipped at once; one that says the process or the
+/// system is out of something (typically EMFILE) backs off briefly instead of spinning, and
+/// is logged once per streak, not once per retry. Connections already handed over are not
+/// affected by the stop.
 pub async fn accept_until_stopped<F, Fut>(
     listener: TcpListener,
     mut stop: watch::Receiver<bool>,
@@ -46,6 +49,7 @@ pub async fn accept_until_stopped<F, Fut>(
     // Non-blocking as Tokio requires of the sockets it registers; not inherited from the
     // listener on Linux.
     let flags = (SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC).bits();
+    let mut failed_in_a_row = 0u64;
     loop {
         if *stop.borrow() {
             break;
@@ -70,14 +74,29 @@ pub async fn accept_until_stopped<F, Fut>(
                 };
                 match accepted {
                     Ok((socket, peer)) => {
+                        if failed_in_a_row > 0 {
+                            tracing::info!(?addr, failed = failed_in_a_row, "accepting again");
+                            failed_in_a_row = 0;
+                        }
                         // Not a TCP peer address: cannot happen on a TCP listener; dropped.
                         let Some(peer) = peer.as_socket() else { continue };
                         let _ = socket.set_tcp_nodelay(true);
                         crate::workers::spawn_connection(socket.into(), serve(peer));
                     }
+                    Err(e) if is_one_peers_error(&e) => {
+                        tracing::debug!(?addr, error = %e, "pending connection dropped");
+                    }
                     Err(e) => {
-                        tracing::warn!(?addr, error = %e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        if failed_in_a_row == 0 {
+                            tracing::warn!(
+                                ?addr,
+                                error = %e,
+                                "accept failed; retrying every {} ms until it succeeds",
+                                ACCEPT_BACK_OFF.as_millis()
+                            );
+                        }
+                        failed_in_a_row += 1;
+                        tokio::time::sleep(ACCEPT_BACK_OFF).await;
                     }
                 }
             }
@@ -86,9 +105,42 @@ pub async fn accept_until_stopped<F, Fut>(
     tracing::debug!(?addr, "listener stopped");
 }
 
+/// How long the loop waits after an error that retrying at once would only repeat: long
+/// enough not to spin on a full descriptor table, short enough that clients waiting in the
+/// backlog barely notice once descriptors free up.
+const ACCEPT_BACK_OFF: Duration = Duration::from_millis(50);
+
+/// Whether `error` concerns only the connection `accept` was handing over, so the next one
+/// can be accepted at once. Linux reports a pending connection's network errors (and a
+/// firewall's refusal, EPERM) from `accept` itself, and accept(2) asks callers to retry them
+/// as they would EAGAIN. Everything else (EMFILE, ENFILE, ENOBUFS, ENOMEM, ...) is a shortage
+/// that an immediate retry would hit again.
+fn is_one_peers_error(error: &std::io::Error) -> bool {
+    use nix::errno::Errno;
+    let Some(code) = error.raw_os_error() else {
+        return false;
+    };
+    matches!(
+        Errno::from_raw(code),
+        Errno::ECONNABORTED
+            | Errno::EINTR
+            | Errno::EPERM
+            | Errno::EPROTO
+            | Errno::ENOPROTOOPT
+            | Errno::EHOSTDOWN
+            | Errno::ENONET
+            | Errno::EHOSTUNREACH
+            | Errno::EOPNOTSUPP
+            | Errno::ENETDOWN
+            | Errno::ENETUNREACH
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use std::io::{Read, Write};
+
+    use nix::errno::Errno;
 
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -166,5 +218,25 @@ mod tests {
         })
         .await
         .unwrap();
+    }
+
+    /// A peer's own failure must not pause the listener for everyone else, and a shortage
+    /// must not be retried in a busy loop.
+    #[test]
+    fn skips_one_peers_errors_and_backs_off_on_shortages() {
+        let error = |errno: Errno| std::io::Error::from_raw_os_error(errno as i32);
+        for errno in [
+            Errno::ECONNABORTED,
+            Errno::EPERM,
+            Errno::EPROTO,
+            Errno::ENETUNREACH,
+        ] {
+            assert!(is_one_peers_error(&error(errno)), "{errno} skipped at once");
+        }
+        for errno in [Errno::EMFILE, Errno::ENFILE, Errno::ENOBUFS, Errno::ENOMEM] {
+            assert!(!is_one_peers_error(&error(errno)), "{errno} backs off");
+        }
+        let not_from_the_kernel = std::io::Error::other("reactor gone");
+        assert!(!is_one_peers_error(&not_from_the_kernel));
     }
 }

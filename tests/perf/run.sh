@@ -572,9 +572,13 @@ else
     log "the backend gets the same fields from each proxy: $(head -1 <<<"$views")"
 fi
 
-proxy_pid() { case "$1" in strait) echo "$STRAIT_PID" ;; haproxy) echo "$HAPROXY_PID" ;; nginx) echo "$NGINX_PID" ;; *) echo "" ;; esac; }
-h1_port() { case "$1" in direct) echo "$BACKEND_H1" ;; strait) echo "$STRAIT_PORT" ;; haproxy) echo "$HAPROXY_H1" ;; nginx) echo "$NGINX_H1" ;; esac; }
-h2c_port() { case "$1" in direct) echo "$BACKEND_H2C" ;; strait) echo "$STRAIT_PORT" ;; haproxy) echo "$HAPROXY_H2C" ;; nginx) echo "$NGINX_H2C" ;; esac; }
+# proxy_pid / h1_port / h2c_port TARGET: a contender's process and ports, read from
+# STRAIT_PID, HAPROXY_H1, ...; with PROXY_SET=_PERCPU from STRAIT_PERCPU_PID, HAPROXY_PERCPU_H1,
+# ..., the worker-per-CPU proxies of the as-deployed rows.
+proxy_pid() { case "$1" in strait | haproxy | nginx) value_of "${1^^}${PROXY_SET:-}_PID" ;; *) echo "" ;; esac; }
+h1_port() { case "$1" in direct) echo "$BACKEND_H1" ;; strait) value_of "STRAIT${PROXY_SET:-}_PORT" ;; *) value_of "${1^^}${PROXY_SET:-}_H1" ;; esac; }
+h2c_port() { case "$1" in direct) echo "$BACKEND_H2C" ;; strait) value_of "STRAIT${PROXY_SET:-}_PORT" ;; *) value_of "${1^^}${PROXY_SET:-}_H2C" ;; esac; }
+value_of() { echo "${!1:-}"; }
 
 for target in strait haproxy nginx; do
     printf '0\trss\t%s\tidle_mb\t%s\n' "$target" "$(kib_to_mb "$(rss_kib "$(proxy_pid "$target")")")" >>"$WORK/results.tsv"
@@ -943,18 +947,19 @@ fi
 # gateway, HAProxy `nbthread`, nginx `worker_processes`), sharing every CPU with the load
 # generator and the backend, as on a node. Started for these rows only, so the pinned
 # single-worker proxies above stay the ones the idle and 10,000-connection rows measure.
-# deployed_gateways: start them; sets PERCPU_PIDS (strait haproxy nginx), or returns 1.
+# deployed_gateways: start them; sets STRAIT_PERCPU_PID, HAPROXY_PERCPU_PID and
+# NGINX_PERCPU_PID, or returns 1.
 deployed_gateways() {
     mkdir -p "$WORK/nginx-percpu"
     nginx_proxy_conf "$WORK/nginx-percpu" "$NCPU" "$NGINX_PERCPU_H1" "$NGINX_PERCPU_H2C" >"$WORK/nginx-percpu/nginx.conf"
     haproxy_http_cfg "$NCPU" "$HAPROXY_PERCPU_H1" "$HAPROXY_PERCPU_H2C" >"$WORK/haproxy-percpu.cfg"
     start strait-percpu env RUST_LOG=warn "$STRAIT" standalone "$WORK/gateway" \
         --address 127.0.0.1 --port-offset "$STRAIT_PERCPU_OFFSET" --no-mesh --no-watch
-    PERCPU_PIDS=("$LAST_PID")
+    STRAIT_PERCPU_PID="$LAST_PID"
     start haproxy-percpu haproxy -db -f "$WORK/haproxy-percpu.cfg"
-    PERCPU_PIDS+=("$LAST_PID")
+    HAPROXY_PERCPU_PID="$LAST_PID"
     start nginx-percpu nginx -p "$WORK/nginx-percpu" -c "$WORK/nginx-percpu/nginx.conf" -e "$WORK/nginx-percpu/error.log"
-    PERCPU_PIDS+=("$LAST_PID")
+    NGINX_PERCPU_PID="$LAST_PID"
     wait_http "strait gateway (a worker per CPU)" 127.0.0.1 "$STRAIT_PERCPU_PORT" &&
         wait_http "haproxy (a thread per CPU)" 127.0.0.1 "$HAPROXY_PERCPU_H1" &&
         wait_http "nginx (a worker per CPU)" 127.0.0.1 "$NGINX_PERCPU_H1"
@@ -964,31 +969,31 @@ if { wants h1 || wants h2c; } && [ "$NCPU" -ge 2 ]; then
     if deployed_gateways; then
         saved_pin=("${PIN_LOAD[@]}")
         PIN_LOAD=()
-        percpu_pid() { case "$1" in strait) echo "${PERCPU_PIDS[0]}" ;; haproxy) echo "${PERCPU_PIDS[1]}" ;; nginx) echo "${PERCPU_PIDS[2]}" ;; esac; }
-        percpu_h1_port() { case "$1" in direct) echo "$BACKEND_H1" ;; strait) echo "$STRAIT_PERCPU_PORT" ;; haproxy) echo "$HAPROXY_PERCPU_H1" ;; nginx) echo "$NGINX_PERCPU_H1" ;; esac; }
-        percpu_h2c_port() { case "$1" in direct) echo "$BACKEND_H2C" ;; strait) echo "$STRAIT_PERCPU_PORT" ;; haproxy) echo "$HAPROXY_PERCPU_H2C" ;; nginx) echo "$NGINX_PERCPU_H2C" ;; esac; }
+        PROXY_SET=_PERCPU
         # Each worker's connections to the backend.
         for target in strait haproxy nginx; do
-            warm_up "$target" "http://127.0.0.1:$(percpu_h1_port "$target")$PATH_URL" ""
+            warm_up "$target" "http://127.0.0.1:$(h1_port "$target")$PATH_URL" ""
         done
         for round in $(seq "$ROUNDS"); do
             for target in direct strait haproxy nginx; do
                 wants h1 || break
                 # shellcheck disable=SC2046
-                RSS_PIDS="" load_h1 "$round" h1-percpu "$target" "http://127.0.0.1:$(percpu_h1_port "$target")$PATH_URL" "" $(percpu_pid "$target")
+                RSS_PIDS="" load_h1 "$round" h1-percpu "$target" "http://127.0.0.1:$(h1_port "$target")$PATH_URL" "" $(proxy_pid "$target")
             done
             for target in direct strait haproxy nginx; do
                 wants h2c || break
                 # shellcheck disable=SC2046
-                load_h2c "$round" h2c-percpu "$target" "$(percpu_h2c_port "$target")" $(percpu_pid "$target")
+                load_h2c "$round" h2c-percpu "$target" "$(h2c_port "$target")" $(proxy_pid "$target")
             done
         done
+        PROXY_SET=
         PIN_LOAD=("${saved_pin[@]}")
     else
         note "a proxy with a worker per CPU did not start: the as-deployed rows are skipped (logs: $WORK/strait-percpu.log, $WORK/haproxy-percpu.log, $WORK/nginx-percpu/error.log)"
     fi
-    kill -TERM "${PERCPU_PIDS[@]}" 2>/dev/null
-    wait "${PERCPU_PIDS[@]}" 2>/dev/null
+    # One that failed to start has exited already.
+    kill -TERM "$STRAIT_PERCPU_PID" "$HAPROXY_PERCPU_PID" "$NGINX_PERCPU_PID" 2>/dev/null || true
+    wait "$STRAIT_PERCPU_PID" "$HAPROXY_PERCPU_PID" "$NGINX_PERCPU_PID" 2>/dev/null || true
 fi
 
 # ---------------------------------------------------------------------------------------------

@@ -240,6 +240,28 @@ pid_tree() {
     done
 }
 
+# cores_jiffies: "busy available" jiffies so far of the proxy's core and the load's core
+# (/proc/stat: user+nice+system+irq+softirq, and that plus idle and iowait; time the hypervisor
+# stole is neither); empty when nothing is pinned.
+cores_jiffies() {
+    [ -n "${PROXY_CPU:-}" ] && [ ${#PIN_LOAD[@]} -gt 0 ] || return 0
+    awk -v p="cpu$PROXY_CPU" -v l="cpu$LOAD_CPU" '
+        $1 == p || $1 == l { busy = $2 + $3 + $4 + $7 + $8; j[$1] = busy " " busy + $5 + $6 }
+        END { print j[p], j[l] }' /proc/stat
+}
+
+# cores_busy BEFORE: how busy each pinned core was since BEFORE (a cores_jiffies), as
+# `proxy_core_busy_pct` and `load_core_busy_pct` lines. They tell whose core capped a run: when
+# the load's core is the busier, the proxy had time to spare and req/s is the load's ceiling.
+cores_busy() {
+    [ -n "$1" ] || return 0
+    awk -v a="$1" -v b="$(cores_jiffies)" 'BEGIN {
+        split(a, x, " "); split(b, y, " ")
+        if (y[2] > x[2]) printf "proxy_core_busy_pct\t%.1f\n", 100 * (y[1] - x[1]) / (y[2] - x[2])
+        if (y[4] > x[4]) printf "load_core_busy_pct\t%.1f\n", 100 * (y[3] - x[3]) / (y[4] - x[4])
+    }'
+}
+
 # utime+stime (clock ticks) of the processes and their descendants.
 cpu_ticks() {
     local total=0 pid t
@@ -628,9 +650,10 @@ fi
 # PROXY_PIDS; with RSS_TARGET and RSS_PIDS set, the highest RSS of RSS_PIDS as RSS_TARGET).
 load_h1() {
     local round="$1" section="$2" target="$3" url="$4" netns="$5"; shift 5
-    local out="$WORK/wrk-$section-$target-$round.txt" exec_in=() before after
+    local out="$WORK/wrk-$section-$target-$round.txt" exec_in=() before after cores_before=""
     [ -n "$netns" ] && exec_in=(ip netns exec "$netns")
     before="$(cpu_ticks "$@")"
+    [ -z "$netns" ] && cores_before="$(cores_jiffies)"
     "${exec_in[@]}" "${PIN_LOAD[@]}" wrk -t"$WRK_THREADS" -c"$WRK_CONNS" -d"${DURATION}s" --latency \
         -H "Host: $HOST_HEADER" "$url" >"$out" 2>&1 &
     local wrk_pid=$!
@@ -655,6 +678,7 @@ load_h1() {
         note "round $round $section/$target: $(cat "$out.err")"
         return 0
     fi
+    cores_busy "$cores_before" >>"$out.parsed"
     record "$round" "$section" "$target" <"$out.parsed"
     if [ -n "$watch_pid" ] && [ -s "$out.rss" ]; then
         printf 'load_mb\t%s\n' "$(kib_to_mb "$(cat "$out.rss")")" | record "$round" rss "$RSS_TARGET"
@@ -675,8 +699,9 @@ warm_up() {
 # load_h2c ROUND SECTION TARGET PORT PROXY_PIDS...: one h2load run, recorded.
 load_h2c() {
     local round="$1" section="$2" target="$3" port="$4"; shift 4
-    local out="$WORK/h2load-$section-$target-$round.txt" log_file="$WORK/h2load-$section-$target-$round.log" before after
+    local out="$WORK/h2load-$section-$target-$round.txt" log_file="$WORK/h2load-$section-$target-$round.log" before after cores_before
     before="$(cpu_ticks "$@")"
+    cores_before="$(cores_jiffies)"
     if ! "${PIN_LOAD[@]}" h2load -t1 -c"$H2_CLIENTS" -m"$H2_STREAMS" -D "$DURATION" \
         --log-file="$log_file" -H ":authority: $HOST_HEADER" \
         "http://127.0.0.1:$port$PATH_URL" >"$out" 2>&1; then
@@ -690,6 +715,7 @@ load_h2c() {
         note "round $round $section/$target: $(cat "$out.err")"
         return 0
     fi
+    cores_busy "$cores_before" >>"$out.parsed"
     rm -f "$log_file"
     record "$round" "$section" "$target" <"$out.parsed"
     log "round $round $section/$target: $(awk -F'\t' '{printf "%s=%s ", $1, $2}' "$out.parsed")"

@@ -102,10 +102,15 @@ const fn row(
 /// The load-test metrics, in table order.
 const METRICS: [&str; 5] = ["rps", "p50_ms", "p99_ms", "cpu_us", "bad"];
 
+/// How busy the proxy's core and the load's core were, for the pinned runs.
+const CORE_METRICS: [&str; 2] = ["proxy_core_busy_pct", "load_core_busy_pct"];
+
 fn rows() -> Vec<Row> {
     let mut rows = Vec::new();
     // Pinned to one core with one worker each, then as deployed: unpinned, a worker per CPU.
-    let labels: [(&'static str, [&'static str; 5]); 4] = [
+    // The pinned runs also say which core capped them (`cores_busy` in run.sh).
+    type Labels = [&'static str; 5];
+    let labels: [(&'static str, Labels, &[&'static str]); 4] = [
         (
             "h1",
             [
@@ -114,6 +119,10 @@ fn rows() -> Vec<Row> {
                 "HTTP/1.1 p99 ms",
                 "HTTP/1.1 proxy CPU µs/req",
                 "HTTP/1.1 errors + non-2xx (all rounds)",
+            ],
+            &[
+                "HTTP/1.1 proxy core busy %",
+                "HTTP/1.1 load core busy % (wrk and the backend)",
             ],
         ),
         (
@@ -125,6 +134,10 @@ fn rows() -> Vec<Row> {
                 "h2c proxy CPU µs/req",
                 "h2c errors + non-2xx (all rounds)",
             ],
+            &[
+                "h2c proxy core busy %",
+                "h2c load core busy % (h2load and the backend)",
+            ],
         ),
         (
             "h1-percpu",
@@ -135,6 +148,7 @@ fn rows() -> Vec<Row> {
                 "HTTP/1.1, unpinned, a worker per CPU: proxy CPU µs/req",
                 "HTTP/1.1, unpinned, a worker per CPU: errors + non-2xx",
             ],
+            &[],
         ),
         (
             "h2c-percpu",
@@ -145,14 +159,17 @@ fn rows() -> Vec<Row> {
                 "h2c, unpinned, a worker per CPU: proxy CPU µs/req",
                 "h2c, unpinned, a worker per CPU: errors + non-2xx",
             ],
+            &[],
         ),
     ];
-    for (section, names) in labels {
-        for (label, metric) in names.into_iter().zip(METRICS) {
+    for (section, names, cores) in labels {
+        let cores = cores.iter().copied().zip(CORE_METRICS);
+        for (label, metric) in names.into_iter().zip(METRICS).chain(cores) {
             rows.push(row(
                 label,
                 metric,
-                (metric != "cpu_us").then_some((section, "direct")),
+                (metric != "cpu_us" && metric != "proxy_core_busy_pct")
+                    .then_some((section, "direct")),
                 Some((section, "strait")),
                 Some((section, "haproxy")),
                 Some((section, "nginx")),
@@ -588,6 +605,11 @@ mod tests {
 1\th1-percpu\tdirect\trps\t400
 1\th1-percpu\tstrait\trps\t300
 1\th1-percpu\thaproxy\trps\t200
+1\th1\tdirect\tload_core_busy_pct\t99.5
+1\th1\tstrait\tproxy_core_busy_pct\t92
+1\th1\tstrait\tload_core_busy_pct\t99
+1\th1\thaproxy\tproxy_core_busy_pct\t97
+1\th1\thaproxy\tload_core_busy_pct\t95
 # comment
 ";
 
@@ -636,6 +658,18 @@ mod tests {
             ),
             "{t}"
         );
+        // Which core capped a pinned run: a proxy core has no direct figure.
+        assert!(
+            t.contains("| HTTP/1.1 proxy core busy % | — | 92.0 | 97.0 | — | 0.95 | — | — |"),
+            "{t}"
+        );
+        assert!(
+            t.contains(
+                "| HTTP/1.1 load core busy % (wrk and the backend) | 99.5 | 99.0 | 95.0 | — | 1.04 | — | 0.99 |"
+            ),
+            "{t}"
+        );
+        assert!(!t.contains("unpinned, a worker per CPU: proxy core"), "{t}");
         let targets = targets(&r);
         let by = |what: &str| {
             targets

@@ -251,8 +251,8 @@ cores_jiffies() {
 }
 
 # cores_busy BEFORE: how busy each pinned core was since BEFORE (a cores_jiffies), as
-# `proxy_core_busy_pct` and `load_core_busy_pct` lines. They tell whose core capped a run: when
-# the load's core is the busier, the proxy had time to spare and req/s is the load's ceiling.
+# `proxy_core_busy_pct` and `load_core_busy_pct` lines. They tell whether the proxy capped a run
+# (its core near 100%) or had time to spare, waiting for the load's core or for wake-ups.
 cores_busy() {
     [ -n "$1" ] || return 0
     awk -v a="$1" -v b="$(cores_jiffies)" 'BEGIN {

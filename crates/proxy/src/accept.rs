@@ -110,11 +110,11 @@ pub async fn accept_until_stopped<F, Fut>(
 /// backlog barely notice once descriptors free up.
 const ACCEPT_BACK_OFF: Duration = Duration::from_millis(50);
 
-/// Whether `error` concerns only the connection `accept` was handing over, so the next one
-/// can be accepted at once. Linux reports a pending connection's network errors (and a
-/// firewall's refusal, EPERM) from `accept` itself, and accept(2) asks callers to retry them
-/// as they would EAGAIN. Everything else (EMFILE, ENFILE, ENOBUFS, ENOMEM, ...) is a shortage
-/// that an immediate retry would hit again.
+/// Whether `error` concerns only the connection `accept` was handing over (or the call, if
+/// a signal interrupted it), so the next one can be accepted at once. Linux reports a pending
+/// connection's network errors (and a firewall's refusal, EPERM) from `accept` itself, and
+/// accept(2) asks callers to retry them as they would EAGAIN. Everything else (EMFILE,
+/// ENFILE, ENOBUFS, ENOMEM, ...) is a shortage that an immediate retry would hit again.
 fn is_one_peers_error(error: &std::io::Error) -> bool {
     use nix::errno::Errno;
     let Some(code) = error.raw_os_error() else {

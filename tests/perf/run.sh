@@ -250,14 +250,15 @@ cores_jiffies() {
         END { print j[p], j[l] }' /proc/stat
 }
 
-# cores_busy BEFORE: how busy each pinned core was since BEFORE (a cores_jiffies), as
-# `proxy_core_busy_pct` and `load_core_busy_pct` lines. They tell whether the proxy capped a run
-# (its core near 100%) or had time to spare, waiting for the load's core or for wake-ups.
+# cores_busy BEFORE PROXIES: how busy each pinned core was since BEFORE (a cores_jiffies), as
+# `proxy_core_busy_pct` (unless PROXIES, the number of proxy processes, is 0: direct) and
+# `load_core_busy_pct` lines. They tell whether the proxy capped a run (its core near 100%) or
+# had time to spare, waiting for the load's core or for wake-ups.
 cores_busy() {
     [ -n "$1" ] || return 0
-    awk -v a="$1" -v b="$(cores_jiffies)" 'BEGIN {
+    awk -v a="$1" -v b="$(cores_jiffies)" -v proxies="$2" 'BEGIN {
         split(a, x, " "); split(b, y, " ")
-        if (y[2] > x[2]) printf "proxy_core_busy_pct\t%.1f\n", 100 * (y[1] - x[1]) / (y[2] - x[2])
+        if (proxies > 0 && y[2] > x[2]) printf "proxy_core_busy_pct\t%.1f\n", 100 * (y[1] - x[1]) / (y[2] - x[2])
         if (y[4] > x[4]) printf "load_core_busy_pct\t%.1f\n", 100 * (y[3] - x[3]) / (y[4] - x[4])
     }'
 }
@@ -678,7 +679,7 @@ load_h1() {
         note "round $round $section/$target: $(cat "$out.err")"
         return 0
     fi
-    cores_busy "$cores_before" >>"$out.parsed"
+    cores_busy "$cores_before" "$#" >>"$out.parsed"
     record "$round" "$section" "$target" <"$out.parsed"
     if [ -n "$watch_pid" ] && [ -s "$out.rss" ]; then
         printf 'load_mb\t%s\n' "$(kib_to_mb "$(cat "$out.rss")")" | record "$round" rss "$RSS_TARGET"
@@ -715,7 +716,7 @@ load_h2c() {
         note "round $round $section/$target: $(cat "$out.err")"
         return 0
     fi
-    cores_busy "$cores_before" >>"$out.parsed"
+    cores_busy "$cores_before" "$#" >>"$out.parsed"
     rm -f "$log_file"
     record "$round" "$section" "$target" <"$out.parsed"
     log "round $round $section/$target: $(awk -F'\t' '{printf "%s=%s ", $1, $2}' "$out.parsed")"

@@ -10,8 +10,8 @@
 //! `cargo bench -p strait-controller --bench propagation`; `STRAIT_BENCH_ROUTES=10000` for the
 //! compile benchmark's scale.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::json;
@@ -22,6 +22,7 @@ use strait_test_apiserver::TestApiServer;
 use strait_xds::client::Subscription;
 use strait_xds::server::ConfigHub;
 use strait_xds::{Hello, Scope};
+use tokio::sync::watch;
 
 /// Routes in the API server unless `STRAIT_BENCH_ROUTES` says otherwise.
 const DEFAULT_ROUTES: usize = 1000;
@@ -61,6 +62,12 @@ fn spawn_lateness_probe(stop: Arc<AtomicBool>) -> tokio::task::JoinHandle<Vec<Du
 
 #[tokio::main(flavor = "multi_thread")]
 async fn main() {
+    if std::env::var_os("RUST_LOG").is_some() {
+        // `RUST_LOG=strait_controller=debug` shows each compile's and publish's duration.
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .init();
+    }
     let routes = std::env::var("STRAIT_BENCH_ROUTES")
         .ok()
         .and_then(|v| v.parse::<usize>().ok())
@@ -108,44 +115,44 @@ async fn main() {
         publisher.publish(o)
     }));
 
-    let latest: Arc<Mutex<Option<ProxyConfig>>> = Arc::default();
-    let sink = latest.clone();
+    // The latest applied config, and a signal for each: the wait below checks a config once,
+    // when it arrives, instead of scanning 10,000 routes in a loop on one of the two cores the
+    // controller and the proxy need.
+    let (applied_tx, applied) = watch::channel::<Option<Arc<ProxyConfig>>>(None);
     let _subscription = Subscription::spawn(
         endpoint,
         Hello::new(Scope::gateway("shop", "web"), "bench"),
         move |_, bytes| {
             // Decoded aside, as proxies do: a config of 10,000 routes takes milliseconds, which
             // the lateness probe would otherwise blame on the controller.
-            let sink = sink.clone();
+            let applied_tx = applied_tx.clone();
             async move {
-                let config = tokio::task::spawn_blocking(move || {
-                    serde_json::from_slice::<ProxyConfig>(&bytes).map_err(|e| e.to_string())
+                tokio::task::spawn_blocking(move || {
+                    let config =
+                        serde_json::from_slice::<ProxyConfig>(&bytes).map_err(|e| e.to_string())?;
+                    // The replaced config is freed here too, off the runtime.
+                    applied_tx.send_replace(Some(Arc::new(config)));
+                    Ok::<(), String>(())
                 })
                 .await
-                .map_err(|e| e.to_string())??;
-                *sink.lock().unwrap() = Some(config);
-                Ok(())
+                .map_err(|e| e.to_string())?
             }
         },
     );
     let wait_for = |path: String| {
-        let latest = latest.clone();
+        let mut applied = applied.clone();
         async move {
             let started = Instant::now();
-            loop {
-                if latest
-                    .lock()
-                    .unwrap()
+            let arrived = applied.wait_for(|config| {
+                config
                     .as_ref()
-                    .is_some_and(|c| has_path(c, &path))
-                {
-                    return Some(started.elapsed());
-                }
-                if started.elapsed() > Duration::from_secs(30) {
-                    return None;
-                }
-                tokio::time::sleep(Duration::from_micros(200)).await;
-            }
+                    .is_some_and(|config| has_path(config, &path))
+            });
+            tokio::time::timeout(Duration::from_secs(30), arrived)
+                .await
+                .ok()
+                .and_then(Result::ok)
+                .map(|_| started.elapsed())
         }
     };
     wait_for(format!("/r{}", routes - 1))

@@ -1,13 +1,15 @@
 //! Compiles HTTPRoutes attached to one Gateway: 10,000 routes spread over 1,000 hostnames and
 //! 100 Services of 2 endpoints (the target's case), and 1,000 routes to 10 Services of 500
-//! endpoints each (many routes sharing large backends).
+//! endpoints each (many routes sharing large backends). Then the 10,000 routes' config through
+//! the JSON of the config stream: what the controller serializes and every proxy parses on each
+//! change.
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use strait_compile::{CONTROLLER_NAME, CompileInput, compile};
-use strait_config::ObjectRef;
+use strait_config::{ObjectRef, ProxyConfig};
 use strait_model::Snapshot;
 
 /// `routes` routes over `hosts` hostnames, sending to `services` Services of `endpoints` ready
@@ -45,6 +47,7 @@ fn bench(c: &mut Criterion) {
         },
         vec![IpAddr::from([127, 0, 0, 1])],
     )]);
+    let mut target = None;
     for (name, snapshot) in [
         (
             "compile_10k_routes_1k_hosts",
@@ -62,7 +65,17 @@ fn bench(c: &mut Criterion) {
             now: "2026-01-01T00:00:00Z",
         };
         c.bench_function(name, |b| b.iter(|| compile(std::hint::black_box(&input))));
+        target.get_or_insert_with(|| compile(&input).config);
     }
+    let Some(config) = target else { return };
+    let payload = serde_json::to_vec(&config).expect("config serializes");
+    println!("config of 10,000 routes: {} bytes of JSON", payload.len());
+    c.bench_function("encode_10k_routes_config", |b| {
+        b.iter(|| serde_json::to_vec(std::hint::black_box(&config)))
+    });
+    c.bench_function("decode_10k_routes_config", |b| {
+        b.iter(|| serde_json::from_slice::<ProxyConfig>(std::hint::black_box(&payload)))
+    });
 }
 
 criterion_group!(benches, bench);

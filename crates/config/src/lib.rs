@@ -7,6 +7,11 @@
 //! references) is already taken when a value of this crate exists: the data plane only executes.
 //! Matchers are *not* precompiled here; the route engine builds its own indexes from this data
 //! once per config version.
+//!
+//! A field at its default (`None`, an empty list, unset timeouts) is left out of the serialized
+//! form and read back as that default: a route's empty match lists, filters and timeouts made
+//! up over a third of a 10,000-route config, which the controller serializes and every proxy
+//! parses on each change.
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
@@ -56,7 +61,7 @@ pub struct GatewayConfig {
     /// Client certificate presented when this Gateway originates TLS to a backend
     /// (`spec.tls.backend.clientCertificateRef`). Per Gateway because a cluster may be shared
     /// by Gateways with different certificates.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backend_client_certificate: Option<CertificatePem>,
 }
 
@@ -86,8 +91,10 @@ pub struct ListenerConfig {
     /// `sectionName` of the listener.
     pub name: String,
     /// Listener hostname (`foo.example.com` or `*.example.com`); `None` matches any host.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hostname: Option<String>,
     /// Present for HTTPS listeners.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<ListenerTls>,
     /// HTTPRoutes attached to this listener, hostnames already intersected with the listener's.
     pub http_routes: Vec<HttpRoute>,
@@ -98,6 +105,7 @@ pub struct ListenerConfig {
 pub struct ListenerTls {
     pub certificates: Vec<CertificatePem>,
     /// Frontend client-certificate validation, when configured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub client_validation: Option<ClientValidation>,
 }
 
@@ -142,6 +150,7 @@ pub struct HttpRoute {
     /// `metadata.creationTimestamp` as RFC 3339 (lexically ordered); older routes win ties.
     pub creation_timestamp: String,
     /// Effective hostnames (route ∩ listener). Empty means "any host the listener accepts".
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub hostnames: Vec<String>,
     pub rules: Vec<HttpRule>,
 }
@@ -149,15 +158,19 @@ pub struct HttpRoute {
 /// One rule of an HTTPRoute.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct HttpRule {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
     /// ORed matches. Compile guarantees at least one (the default `PathPrefix /`).
     pub matches: Vec<HttpMatch>,
     /// Rule-level filters, in spec order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub filters: Vec<HttpFilter>,
     /// Weighted backends. Empty means the rule has no backends: answer 500 unless a filter
     /// (redirect) answers first.
     pub backends: Vec<WeightedBackend>,
+    #[serde(default, skip_serializing_if = "is_default")]
     pub timeouts: Timeouts,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry: Option<Retry>,
 }
 
@@ -165,9 +178,12 @@ pub struct HttpRule {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct HttpMatch {
     pub path: PathMatch,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub headers: Vec<HeaderMatch>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub query_params: Vec<QueryParamMatch>,
     /// Upper-case method name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub method: Option<String>,
 }
 
@@ -287,6 +303,7 @@ pub struct WeightedBackend {
     pub weight: u32,
     pub target: BackendTarget,
     /// Backend-level filters, applied after rule-level ones when this backend is chosen.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub filters: Vec<HttpFilter>,
 }
 
@@ -321,7 +338,7 @@ pub struct Cluster {
     /// Ready endpoint addresses with the resolved target port.
     pub endpoints: Vec<SocketAddr>,
     /// Present when a BackendTLSPolicy targets this Service port: the proxy must originate TLS.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<BackendTls>,
 }
 
@@ -363,6 +380,11 @@ pub enum AppProtocol {
     WebSocket,
 }
 
+/// Whether a field holds its type's default, which its serialized form leaves out.
+fn is_default<T: Default + PartialEq>(value: &T) -> bool {
+    *value == T::default()
+}
+
 /// JSON maps need string keys; clusters travel as a list of `(key, cluster)` pairs instead.
 mod cluster_map {
     use super::{Cluster, ClusterKey};
@@ -382,5 +404,159 @@ mod cluster_map {
         Ok(Vec::<(ClusterKey, Cluster)>::deserialize(deserializer)?
             .into_iter()
             .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::mesh::{CaptureExclusions, MeshConfig, MtlsMode, Workload};
+    use super::*;
+
+    fn rule(all_set: bool) -> HttpRule {
+        let filters = || {
+            vec![HttpFilter::RequestHeaderModifier(HeaderModifier {
+                set: vec![("x-a".into(), "b".into())],
+                ..HeaderModifier::default()
+            })]
+        };
+        HttpRule {
+            name: all_set.then(|| "rule".into()),
+            matches: vec![HttpMatch {
+                path: PathMatch::Prefix("/api".into()),
+                headers: if all_set {
+                    vec![HeaderMatch {
+                        name: "x-r".into(),
+                        value: StringMatch::Exact("v".into()),
+                    }]
+                } else {
+                    Vec::new()
+                },
+                query_params: if all_set {
+                    vec![QueryParamMatch {
+                        name: "q".into(),
+                        value: StringMatch::RegularExpression("^a".into()),
+                    }]
+                } else {
+                    Vec::new()
+                },
+                method: all_set.then(|| "GET".into()),
+            }],
+            filters: if all_set { filters() } else { Vec::new() },
+            backends: vec![WeightedBackend {
+                weight: 1,
+                target: BackendTarget::Cluster(ClusterKey {
+                    namespace: "shop".into(),
+                    name: "cart".into(),
+                    port: 80,
+                }),
+                filters: if all_set { filters() } else { Vec::new() },
+            }],
+            timeouts: Timeouts {
+                request: all_set.then(|| Duration::from_secs(10)),
+                backend_request: None,
+            },
+            retry: all_set.then(|| Retry {
+                codes: vec![503],
+                attempts: 2,
+                backoff: None,
+            }),
+        }
+    }
+
+    fn config(all_set: bool) -> ProxyConfig {
+        ProxyConfig {
+            version: 7,
+            gateways: vec![GatewayConfig {
+                gateway: ObjectRef {
+                    namespace: "shop".into(),
+                    name: "web".into(),
+                },
+                addresses: vec![IpAddr::from([127, 0, 0, 1])],
+                ports: vec![PortConfig {
+                    port: 80,
+                    protocol: ListenerProtocol::Http,
+                    listeners: vec![ListenerConfig {
+                        name: "http".into(),
+                        hostname: all_set.then(|| "*.example.com".into()),
+                        tls: None,
+                        http_routes: vec![HttpRoute {
+                            route: RouteRef {
+                                kind: "HTTPRoute".into(),
+                                namespace: "shop".into(),
+                                name: "r".into(),
+                            },
+                            creation_timestamp: "2026-01-01T00:00:00Z".into(),
+                            hostnames: if all_set {
+                                vec!["a.example.com".into()]
+                            } else {
+                                Vec::new()
+                            },
+                            rules: vec![rule(all_set)],
+                        }],
+                    }],
+                }],
+                backend_client_certificate: None,
+            }],
+            clusters: BTreeMap::new(),
+        }
+    }
+
+    #[test]
+    fn defaults_are_left_out_and_read_back() {
+        let sparse = serde_json::to_string(&config(false)).unwrap();
+        for absent in [
+            "\"hostname\"",
+            "\"tls\"",
+            "\"hostnames\"",
+            "\"name\":null",
+            "\"headers\"",
+            "\"query_params\"",
+            "\"method\"",
+            "\"filters\"",
+            "\"timeouts\"",
+            "\"retry\"",
+            "\"backend_client_certificate\"",
+        ] {
+            assert!(!sparse.contains(absent), "{absent} in {sparse}");
+        }
+        for all_set in [false, true] {
+            let config = config(all_set);
+            let json = serde_json::to_vec(&config).unwrap();
+            let decoded: ProxyConfig = serde_json::from_slice(&json).unwrap();
+            assert_eq!(decoded, config, "all_set: {all_set}");
+        }
+        let full = serde_json::to_string(&config(true)).unwrap();
+        assert!(full.contains("\"query_params\"") && full.contains("\"retry\""));
+    }
+
+    #[test]
+    fn mesh_defaults_are_left_out_and_read_back() {
+        let workload = |all_set: bool| Workload {
+            pod: ObjectRef {
+                namespace: "shop".into(),
+                name: "cart-0".into(),
+            },
+            ip: IpAddr::from([198, 18, 0, 2]),
+            service_account: "default".into(),
+            node: all_set.then(|| "node-a".into()),
+            netns: all_set.then(|| "pod-cart".into()),
+            captured: true,
+            mtls: MtlsMode::Strict,
+            capture: CaptureExclusions {
+                outbound_ports: if all_set { vec![5432] } else { Vec::new() },
+                ..CaptureExclusions::default()
+            },
+        };
+        let mesh = MeshConfig {
+            version: 3,
+            trust_domain: "cluster.local".into(),
+            workloads: vec![workload(false), workload(true)],
+            ..MeshConfig::default()
+        };
+        let json = serde_json::to_string(&mesh).unwrap();
+        assert_eq!(json.matches("\"node\"").count(), 1, "{json}");
+        assert_eq!(json.matches("\"capture\"").count(), 1, "{json}");
+        let decoded: MeshConfig = serde_json::from_str(&json).unwrap();
+        assert_eq!(decoded, mesh);
     }
 }

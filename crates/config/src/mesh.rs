@@ -61,15 +61,18 @@ pub struct Workload {
     /// `spec.serviceAccountName` (`default` when unset): with the namespace, its SPIFFE identity.
     pub service_account: String,
     /// `spec.nodeName`: the node proxy of that node serves the pod.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub node: Option<String>,
     /// The named network namespace ([`NETNS_ANNOTATION`]), standalone only; in a cluster the
     /// node proxy discovers it by [`Workload::ip`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub netns: Option<String>,
     /// True for pods of enrolled namespaces: the node proxy captures their traffic and peers
     /// reach them over HBONE. False for waypoint pods (they speak HBONE themselves, uncaptured).
     pub captured: bool,
     pub mtls: MtlsMode,
     /// Capture exclusions from the pod's annotations.
+    #[serde(default, skip_serializing_if = "crate::is_default")]
     pub capture: CaptureExclusions,
 }
 
@@ -101,6 +104,7 @@ pub struct MeshService {
     pub ports: Vec<MeshServicePort>,
     /// The waypoint every connection to this Service must pass. `Some` with an absent or empty
     /// waypoint means connections are refused (fail closed), never sent around it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub waypoint: Option<ObjectRef>,
 }
 
@@ -161,9 +165,11 @@ pub struct WaypointPort {
     /// Producer routes (the Service's namespace), for callers without consumer routes. A
     /// one-listener [`PortConfig`] so the ingress route engine runs it unchanged; route
     /// hostnames are ignored for mesh parents (the Service is the destination).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub producer: Option<PortConfig>,
     /// Consumer routes by the caller's namespace (read from its peer certificate). For a
     /// caller in such a namespace they replace the producer routes.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub consumers: BTreeMap<String, PortConfig>,
 }
 

@@ -5,6 +5,7 @@
 //! recompiles the same cluster, writes nothing.
 
 use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
 use kube::api::{Api, ApiResource, DynamicObject, Patch, PatchParams};
@@ -35,9 +36,10 @@ pub struct StatusWriter {
     client: Client,
     controller_name: String,
     /// Objects known to hold the status we want, by kind, namespace and name: the
-    /// resourceVersion at which they did and the computed status it was merged from. A pass
-    /// skips such an object while both are unchanged, without reading its stored status (which
-    /// means serializing the cached object: thousands of them per pass otherwise).
+    /// resourceVersion at which they did and the fingerprint of the computed status it was
+    /// merged from. A pass skips such an object while both are unchanged, without reading its
+    /// stored status (which means serializing the cached object: thousands of them per pass
+    /// otherwise).
     in_sync: HashMap<(String, String, String), InSync>,
     /// The statuses of the last pass, held so a pass over the same ones (a status-only change
     /// woke the writer, not a compile) can tell by identity.
@@ -48,7 +50,10 @@ pub struct StatusWriter {
 
 struct InSync {
     resource_version: String,
-    desired: Value,
+    /// [`fingerprint`] of the computed status. Holding the status itself would keep a second
+    /// copy of every status the compile produces (10,000 routes' worth, for the life of the
+    /// controller), and comparing two trees costs twice the memory reads of hashing one.
+    desired: u64,
     /// The [`StatusWriter::generation`] whose desired status was last found equal to `desired`.
     checked: u64,
 }
@@ -104,7 +109,7 @@ impl StatusWriter {
             if let (Some(version), Some(mut entry)) = (&version, known.remove(&key))
                 && entry.resource_version == *version
                 && (entry.checked == self.generation
-                    || same_but_transition_times(&entry.desired, &desired.status))
+                    || entry.desired == fingerprint(&desired.status))
             {
                 // Merging `desired` into what is stored gave what is stored, at this very
                 // version; it still does (only `lastTransitionTime`s differ, and those of
@@ -157,7 +162,7 @@ impl StatusWriter {
             key,
             InSync {
                 resource_version: version,
-                desired: desired.status.clone(),
+                desired: fingerprint(&desired.status),
                 checked: self.generation,
             },
         );
@@ -216,32 +221,50 @@ impl StatusWriter {
     }
 }
 
-/// Whether two computed statuses are equal but for the `lastTransitionTime` of their
-/// conditions (each compile stamps new conditions with its own time).
-fn same_but_transition_times(a: &Value, b: &Value) -> bool {
-    match (a, b) {
-        (Value::Object(a), Value::Object(b)) => {
-            let significant = |(key, _): &(&String, &Value)| key.as_str() != "lastTransitionTime";
-            // Maps iterate in key order, so walking both side by side compares them (were the
-            // order ever different, a false "changed" only costs the full comparison).
-            let mut a = a.iter().filter(significant);
-            let mut b = b.iter().filter(significant);
-            loop {
-                match (a.next(), b.next()) {
-                    (None, None) => return true,
-                    (Some((ka, va)), Some((kb, vb)))
-                        if ka == kb && same_but_transition_times(va, vb) => {}
-                    _ => return false,
-                }
+/// A 64-bit hash of a computed status that leaves out the `lastTransitionTime` of its
+/// conditions (each compile stamps new conditions with its own time): two compiles' statuses
+/// of an object have the same fingerprint when they say the same. Two that differ collide with
+/// a chance of 2^-64; the change would then wait for the object's next edit.
+fn fingerprint(status: &Value) -> u64 {
+    let mut hasher = std::hash::DefaultHasher::new();
+    hash_significant(status, &mut hasher);
+    hasher.finish()
+}
+
+fn hash_significant(value: &Value, state: &mut impl Hasher) {
+    // A tag per kind of value, and an end marker after each list and map, so that no two
+    // different trees feed the hasher the same bytes.
+    match value {
+        Value::Null => state.write_u8(0),
+        Value::Bool(b) => {
+            state.write_u8(1);
+            b.hash(state);
+        }
+        Value::Number(n) => {
+            state.write_u8(2);
+            n.hash(state);
+        }
+        Value::String(s) => {
+            state.write_u8(3);
+            s.hash(state);
+        }
+        Value::Array(items) => {
+            state.write_u8(4);
+            state.write_usize(items.len());
+            for item in items {
+                hash_significant(item, state);
             }
         }
-        (Value::Array(a), Value::Array(b)) => {
-            a.len() == b.len()
-                && a.iter()
-                    .zip(b)
-                    .all(|(a, b)| same_but_transition_times(a, b))
+        Value::Object(map) => {
+            state.write_u8(5);
+            for (key, value) in map {
+                if key != "lastTransitionTime" {
+                    key.hash(state);
+                    hash_significant(value, state);
+                }
+            }
+            state.write_u8(6);
         }
-        _ => a == b,
     }
 }
 
@@ -261,4 +284,46 @@ fn api_resource(kind: &str) -> Option<ApiResource> {
         "BackendTLSPolicy" => of::<BackendTlsPolicy>(),
         _ => return None,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::fingerprint;
+
+    fn route_status(message: &str, generation: i64, time: &str) -> serde_json::Value {
+        json!({"parents": [{
+            "parentRef": {"group": "gateway.networking.k8s.io", "kind": "Gateway", "name": "web"},
+            "controllerName": "strait.dev/gateway-controller",
+            "conditions": [{
+                "type": "Accepted", "status": "True", "reason": "Accepted",
+                "message": message, "observedGeneration": generation,
+                "lastTransitionTime": time,
+            }],
+        }]})
+    }
+
+    #[test]
+    fn a_fingerprint_ignores_transition_times_and_nothing_else() {
+        let stamped = |time| fingerprint(&route_status("accepted", 2, time));
+        assert_eq!(
+            stamped("2026-01-01T00:00:00Z"),
+            stamped("2026-12-07T18:00:00Z")
+        );
+        let base = fingerprint(&route_status("accepted", 2, "t"));
+        assert_ne!(base, fingerprint(&route_status("accepted", 3, "t")));
+        assert_ne!(base, fingerprint(&route_status("Accepted", 2, "t")));
+        // Where one value ends and the next begins is part of what is hashed.
+        assert_ne!(
+            fingerprint(&json!({"a": "bc"})),
+            fingerprint(&json!({"ab": "c"}))
+        );
+        assert_ne!(
+            fingerprint(&json!([["a"], []])),
+            fingerprint(&json!([[], ["a"]]))
+        );
+        assert_ne!(fingerprint(&json!({"a": null})), fingerprint(&json!({})));
+        assert_ne!(fingerprint(&json!("1")), fingerprint(&json!(1)));
+    }
 }

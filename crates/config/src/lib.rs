@@ -9,9 +9,9 @@
 //! once per config version.
 //!
 //! A field at its default (`None`, an empty list, unset timeouts) is left out of the serialized
-//! form and read back as that default: a route's empty match lists, filters and timeouts made
-//! up over a third of a 10,000-route config, which the controller serializes and every proxy
-//! parses on each change.
+//! form and read back as that default. The controller serializes a config on each change and
+//! every proxy parses it: for 10,000 single-match routes that left out 34% of the bytes (22%
+//! when each route also has a header match and a filter).
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};

@@ -412,6 +412,11 @@ mod tests {
     use super::mesh::{CaptureExclusions, MeshConfig, MtlsMode, Workload};
     use super::*;
 
+    /// `items` when every optional field is to be set, else none.
+    fn only_if<T>(all_set: bool, items: Vec<T>) -> Vec<T> {
+        if all_set { items } else { Vec::new() }
+    }
+
     fn rule(all_set: bool) -> HttpRule {
         let filters = || {
             vec![HttpFilter::RequestHeaderModifier(HeaderModifier {
@@ -423,25 +428,23 @@ mod tests {
             name: all_set.then(|| "rule".into()),
             matches: vec![HttpMatch {
                 path: PathMatch::Prefix("/api".into()),
-                headers: if all_set {
+                headers: only_if(
+                    all_set,
                     vec![HeaderMatch {
                         name: "x-r".into(),
                         value: StringMatch::Exact("v".into()),
-                    }]
-                } else {
-                    Vec::new()
-                },
-                query_params: if all_set {
+                    }],
+                ),
+                query_params: only_if(
+                    all_set,
                     vec![QueryParamMatch {
                         name: "q".into(),
                         value: StringMatch::RegularExpression("^a".into()),
-                    }]
-                } else {
-                    Vec::new()
-                },
+                    }],
+                ),
                 method: all_set.then(|| "GET".into()),
             }],
-            filters: if all_set { filters() } else { Vec::new() },
+            filters: only_if(all_set, filters()),
             backends: vec![WeightedBackend {
                 weight: 1,
                 target: BackendTarget::Cluster(ClusterKey {
@@ -449,7 +452,7 @@ mod tests {
                     name: "cart".into(),
                     port: 80,
                 }),
-                filters: if all_set { filters() } else { Vec::new() },
+                filters: only_if(all_set, filters()),
             }],
             timeouts: Timeouts {
                 request: all_set.then(|| Duration::from_secs(10)),
@@ -486,11 +489,7 @@ mod tests {
                                 name: "r".into(),
                             },
                             creation_timestamp: "2026-01-01T00:00:00Z".into(),
-                            hostnames: if all_set {
-                                vec!["a.example.com".into()]
-                            } else {
-                                Vec::new()
-                            },
+                            hostnames: only_if(all_set, vec!["a.example.com".into()]),
                             rules: vec![rule(all_set)],
                         }],
                     }],
@@ -543,7 +542,7 @@ mod tests {
             captured: true,
             mtls: MtlsMode::Strict,
             capture: CaptureExclusions {
-                outbound_ports: if all_set { vec![5432] } else { Vec::new() },
+                outbound_ports: only_if(all_set, vec![5432]),
                 ..CaptureExclusions::default()
             },
         };

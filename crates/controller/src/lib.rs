@@ -188,7 +188,9 @@ async fn write_statuses(
         let mut failed = false;
         if let (Some(current), true) = (current, leading) {
             let started = Instant::now();
-            let report = writer.write(&sources, &current).await;
+            // Taken before the pass: updates that arrive during it wake the next one.
+            let updated = sources.take_status_updates();
+            let report = writer.write(&sources, &current, updated.as_ref()).await;
             tracing::debug!(took = ?started.elapsed(), "status pass done");
             // Each failure was logged by the writer, with the object it concerns.
             failed = !report.failed.is_empty();

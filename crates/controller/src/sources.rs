@@ -5,10 +5,10 @@
 //! references are watched, one by name ([`crate::secrets`]); the cluster's other Secrets never
 //! enter this process.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fmt::Debug;
 use std::hash::{Hash as _, Hasher as _};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use futures_util::StreamExt as _;
 use kube::runtime::reflector::{self, Store};
@@ -42,7 +42,45 @@ pub struct Sources {
     pods: Store<Pod>,
     changed: Arc<Notify>,
     status_changed: Arc<Notify>,
+    status_updates: Arc<Mutex<StatusUpdates>>,
     tasks: Vec<JoinHandle<()>>,
+}
+
+/// An object whose status we write: kind, namespace (empty for cluster-scoped kinds), name.
+pub type StatusKey = (String, String, String);
+
+/// Objects whose status alone changed since the status writer last took them, so that it can
+/// check just those instead of every object (our own writes come back as such updates, one
+/// per object written).
+#[derive(Default)]
+struct StatusUpdates {
+    objects: HashSet<StatusKey>,
+    /// More than [`STATUS_UPDATES_KEPT`] objects changed: the writer must check everything.
+    overflowed: bool,
+}
+
+/// Status-only updates remembered one by one; beyond this many, checking every object costs
+/// no more than looking each up.
+const STATUS_UPDATES_KEPT: usize = 16;
+
+impl StatusUpdates {
+    fn record(&mut self, key: StatusKey) {
+        if self.overflowed {
+            return;
+        }
+        if self.objects.len() < STATUS_UPDATES_KEPT || self.objects.contains(&key) {
+            self.objects.insert(key);
+        } else {
+            self.objects.clear();
+            self.overflowed = true;
+        }
+    }
+
+    /// What was recorded (`None`: too much to tell), leaving nothing recorded.
+    fn take(&mut self) -> Option<HashSet<StatusKey>> {
+        let taken = std::mem::take(self);
+        (!taken.overflowed).then_some(taken.objects)
+    }
 }
 
 /// What a reflector signals on an event.
@@ -52,6 +90,22 @@ struct Signals {
     changed: Arc<Notify>,
     /// Raised by a change of nothing but `.status` on a kind whose status we write.
     status_changed: Arc<Notify>,
+    /// Which objects those were.
+    status_updates: Arc<Mutex<StatusUpdates>>,
+}
+
+impl Signals {
+    fn status_updated(&self, kind: &str, meta: &kube::api::ObjectMeta) {
+        self.status_updates
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .record((
+                kind.to_owned(),
+                meta.namespace.clone().unwrap_or_default(),
+                meta.name.clone().unwrap_or_default(),
+            ));
+        self.status_changed.notify_one();
+    }
 }
 
 /// Starts a reflector for `K` across all namespaces. Every event raises `changed`, except an
@@ -111,7 +165,7 @@ where
                     };
                     if before.is_some() {
                         tracing::trace!(kind = kind.as_ref(), "status-only update");
-                        signals.status_changed.notify_one();
+                        signals.status_updated(kind.as_ref(), object.meta());
                         continue;
                     }
                 }
@@ -260,9 +314,11 @@ impl Sources {
     pub fn start(client: &Client) -> Sources {
         let changed = Arc::new(Notify::new());
         let status_changed = Arc::new(Notify::new());
+        let status_updates = Arc::default();
         let signals = Signals {
             changed: changed.clone(),
             status_changed: status_changed.clone(),
+            status_updates: Arc::clone(&status_updates),
         };
         let changed = &signals.changed;
         let mut tasks = Vec::new();
@@ -285,6 +341,7 @@ impl Sources {
             pods: reflect(client, all(), &signals, &mut tasks),
             changed: changed.clone(),
             status_changed,
+            status_updates,
             tasks,
         }
     }
@@ -330,6 +387,15 @@ impl Sources {
     /// `changed`): the status writer's cue to check it again.
     pub fn status_changed(&self) -> Arc<Notify> {
         self.status_changed.clone()
+    }
+
+    /// The objects whose status alone changed since the last call, or `None` when too many did
+    /// to be told one by one (check everything).
+    pub fn take_status_updates(&self) -> Option<HashSet<StatusKey>> {
+        self.status_updates
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
     }
 
     /// The pod cache, shared with the CA's authorizer (node proxies are checked against it
@@ -432,5 +498,39 @@ impl Drop for Sources {
         for task in &self.tasks {
             task.abort();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{STATUS_UPDATES_KEPT, StatusKey, StatusUpdates};
+
+    fn route(name: &str) -> StatusKey {
+        ("HTTPRoute".into(), "shop".into(), name.into())
+    }
+
+    #[test]
+    fn status_updates_are_told_one_by_one_until_there_are_too_many() {
+        let mut updates = StatusUpdates::default();
+        assert_eq!(updates.take(), Some(Default::default()));
+        for _ in 0..2 * STATUS_UPDATES_KEPT {
+            // The same object again and again is one update.
+            updates.record(route("cart"));
+        }
+        updates.record(route("web"));
+        let taken = updates.take().expect("two objects are told one by one");
+        assert_eq!(taken, [route("cart"), route("web")].into_iter().collect());
+        assert_eq!(updates.take(), Some(Default::default()), "taking empties");
+
+        for i in 0..=STATUS_UPDATES_KEPT {
+            updates.record(route(&format!("r{i}")));
+        }
+        assert_eq!(updates.take(), None, "too many to tell: check everything");
+        updates.record(route("cart"));
+        assert_eq!(
+            updates.take(),
+            Some([route("cart")].into_iter().collect()),
+            "told one by one again after the overflow was taken"
+        );
     }
 }

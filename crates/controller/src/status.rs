@@ -4,7 +4,7 @@
 //! `lastTransitionTime`, and nothing is written when nothing changed — so a restart, which
 //! recompiles the same cluster, writes nothing.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
@@ -15,7 +15,7 @@ use strait_compile::ObjectStatus;
 use strait_compile::status_merge::{keep_foreign_entries, keep_transition_times};
 use strait_model::types::*;
 
-use crate::sources::Sources;
+use crate::sources::{Sources, StatusKey};
 
 /// Attempts per object when the stored object moved under us (409).
 const CONFLICT_RETRIES: usize = 3;
@@ -40,7 +40,9 @@ pub struct StatusWriter {
     /// merged from. A pass skips such an object while both are unchanged, without reading its
     /// stored status (which means serializing the cached object: thousands of them per pass
     /// otherwise).
-    in_sync: HashMap<(String, String, String), InSync>,
+    in_sync: HashMap<StatusKey, InSync>,
+    /// The last pass left every object of its statuses in `in_sync`.
+    all_in_sync: bool,
     /// The statuses of the last pass, held so a pass over the same ones (a status-only change
     /// woke the writer, not a compile) can tell by identity.
     last: Option<Arc<Vec<ObjectStatus>>>,
@@ -64,22 +66,30 @@ impl StatusWriter {
             client,
             controller_name: controller_name.to_string(),
             in_sync: HashMap::new(),
+            all_in_sync: false,
             last: None,
             generation: 0,
         }
     }
 
     /// Brings every object's stored status to `statuses`, skipping the ones already there.
+    ///
+    /// `updated` names the objects whose status alone changed since the last pass
+    /// ([`Sources::take_status_updates`]; `None` when too many did). When the last pass was over
+    /// these same statuses and left every object in sync, only those objects can have moved,
+    /// and only they are checked: the echo of each status written, which comes back this way,
+    /// costs a look at one object rather than at thousands.
     pub async fn write(
         &mut self,
         sources: &Sources,
         statuses: &Arc<Vec<ObjectStatus>>,
+        updated: Option<&HashSet<StatusKey>>,
     ) -> WriteReport {
-        if !self
+        let same = self
             .last
             .as_ref()
-            .is_some_and(|last| Arc::ptr_eq(last, statuses))
-        {
+            .is_some_and(|last| Arc::ptr_eq(last, statuses));
+        if !same {
             self.generation += 1;
             if let Some(previous) = self.last.replace(statuses.clone()) {
                 // Possibly the last holder of thousands of statuses: free them elsewhere.
@@ -87,77 +97,111 @@ impl StatusWriter {
             }
         }
         let mut report = WriteReport::default();
-        let mut known =
-            std::mem::replace(&mut self.in_sync, HashMap::with_capacity(statuses.len()));
-        for (index, desired) in statuses.iter().enumerate() {
-            if index % YIELD_EVERY == YIELD_EVERY - 1 {
-                // A pass over thousands of objects must not hold a runtime thread that the
-                // config pushes and the watches need.
-                tokio::task::yield_now().await;
-            }
-            let key = (
-                desired.kind.clone(),
-                desired.namespace.clone(),
-                desired.name.clone(),
-            );
-            let Some(version) =
-                sources.stored_version(&desired.kind, &desired.namespace, &desired.name)
-            else {
-                // Not cached (yet): the next change event brings it, and another pass.
-                continue;
-            };
-            if let (Some(version), Some(mut entry)) = (&version, known.remove(&key))
-                && entry.resource_version == *version
-                && (entry.checked == self.generation
-                    || entry.desired == fingerprint(&desired.status))
-            {
-                // Merging `desired` into what is stored gave what is stored, at this very
-                // version; it still does (only `lastTransitionTime`s differ, and those of
-                // unchanged conditions are taken from the stored status).
-                report.unchanged += 1;
-                entry.checked = self.generation;
-                self.in_sync.insert(key, entry);
-                continue;
-            }
-            let stored = sources.stored_status(&desired.kind, &desired.namespace, &desired.name);
-            let Some(stored) = stored else {
-                continue;
-            };
-            let status = self.merged(&stored.status, &desired.status);
-            if status == stored.status {
-                report.unchanged += 1;
-                if let Some(version) = stored.resource_version {
-                    self.remember(key, version, desired);
+        match updated {
+            Some(updated) if same && self.all_in_sync => {
+                for key in updated {
+                    let Some(desired) = statuses.iter().find(|desired| {
+                        desired.name == key.2 && desired.namespace == key.1 && desired.kind == key.0
+                    }) else {
+                        // Not an object we compute a status for.
+                        continue;
+                    };
+                    let previous = self.in_sync.remove(key);
+                    self.sync(sources, desired, key.clone(), previous, &mut report)
+                        .await;
                 }
-                continue;
             }
-            // Built here, not for every object checked: it is five strings.
-            let Some(resource) = api_resource(&desired.kind) else {
-                continue;
-            };
-            match self
-                .patch(&resource, desired, status, stored.resource_version)
-                .await
-            {
-                Ok(version) => {
-                    report.written += 1;
-                    if let Some(version) = version {
-                        self.remember(key, version, desired);
+            _ => {
+                let mut known =
+                    std::mem::replace(&mut self.in_sync, HashMap::with_capacity(statuses.len()));
+                for (index, desired) in statuses.iter().enumerate() {
+                    if index % YIELD_EVERY == YIELD_EVERY - 1 {
+                        // A pass over thousands of objects must not hold a runtime thread that
+                        // the config pushes and the watches need.
+                        tokio::task::yield_now().await;
                     }
-                }
-                Err(e) => {
-                    tracing::warn!(kind = %desired.kind, namespace = %desired.namespace, name = %desired.name, error = %e, "status not written");
-                    report.failed.push(format!(
-                        "{} {}/{}: {e}",
-                        desired.kind, desired.namespace, desired.name
-                    ));
+                    let key = (
+                        desired.kind.clone(),
+                        desired.namespace.clone(),
+                        desired.name.clone(),
+                    );
+                    let previous = known.remove(&key);
+                    self.sync(sources, desired, key, previous, &mut report)
+                        .await;
                 }
             }
         }
+        // An object left out of sync (not cached yet, a failed or inexact write) is what the
+        // next pass must not skip.
+        self.all_in_sync = self.in_sync.len() == statuses.len();
         report
     }
 
-    fn remember(&mut self, key: (String, String, String), version: String, desired: &ObjectStatus) {
+    /// Brings one object's stored status to `desired`, unless `previous` (what the last pass
+    /// knew of it) shows it is already there; remembers it in `in_sync` once it is.
+    async fn sync(
+        &mut self,
+        sources: &Sources,
+        desired: &ObjectStatus,
+        key: StatusKey,
+        previous: Option<InSync>,
+        report: &mut WriteReport,
+    ) {
+        let Some(version) =
+            sources.stored_version(&desired.kind, &desired.namespace, &desired.name)
+        else {
+            // Not cached (yet): the next change event brings it, and another pass.
+            return;
+        };
+        if let (Some(version), Some(mut entry)) = (&version, previous)
+            && entry.resource_version == *version
+            && (entry.checked == self.generation || entry.desired == fingerprint(&desired.status))
+        {
+            // Merging `desired` into what is stored gave what is stored, at this very
+            // version; it still does (only `lastTransitionTime`s differ, and those of
+            // unchanged conditions are taken from the stored status).
+            report.unchanged += 1;
+            entry.checked = self.generation;
+            self.in_sync.insert(key, entry);
+            return;
+        }
+        let stored = sources.stored_status(&desired.kind, &desired.namespace, &desired.name);
+        let Some(stored) = stored else {
+            return;
+        };
+        let status = self.merged(&stored.status, &desired.status);
+        if status == stored.status {
+            report.unchanged += 1;
+            if let Some(version) = stored.resource_version {
+                self.remember(key, version, desired);
+            }
+            return;
+        }
+        // Built here, not for every object checked: it is five strings.
+        let Some(resource) = api_resource(&desired.kind) else {
+            return;
+        };
+        match self
+            .patch(&resource, desired, status, stored.resource_version)
+            .await
+        {
+            Ok(version) => {
+                report.written += 1;
+                if let Some(version) = version {
+                    self.remember(key, version, desired);
+                }
+            }
+            Err(e) => {
+                tracing::warn!(kind = %desired.kind, namespace = %desired.namespace, name = %desired.name, error = %e, "status not written");
+                report.failed.push(format!(
+                    "{} {}/{}: {e}",
+                    desired.kind, desired.namespace, desired.name
+                ));
+            }
+        }
+    }
+
+    fn remember(&mut self, key: StatusKey, version: String, desired: &ObjectStatus) {
         self.in_sync.insert(
             key,
             InSync {

@@ -41,8 +41,6 @@ pub struct StatusWriter {
     /// stored status (which means serializing the cached object: thousands of them per pass
     /// otherwise).
     in_sync: HashMap<StatusKey, InSync>,
-    /// The last pass left every object of its statuses in `in_sync`.
-    all_in_sync: bool,
     /// The statuses of the last pass, held so a pass over the same ones (a status-only change
     /// woke the writer, not a compile) can tell by identity.
     last: Option<Arc<Vec<ObjectStatus>>>,
@@ -66,7 +64,6 @@ impl StatusWriter {
             client,
             controller_name: controller_name.to_string(),
             in_sync: HashMap::new(),
-            all_in_sync: false,
             last: None,
             generation: 0,
         }
@@ -97,8 +94,11 @@ impl StatusWriter {
             }
         }
         let mut report = WriteReport::default();
+        // Every object of these statuses in sync after the last pass: none was left out (not
+        // cached yet, a failed or inexact write), which a targeted pass would not look at again.
+        let all_in_sync = same && self.in_sync.len() == statuses.len();
         match updated {
-            Some(updated) if same && self.all_in_sync => {
+            Some(updated) if all_in_sync => {
                 for key in updated {
                     let Some(desired) = statuses.iter().find(|desired| {
                         desired.name == key.2 && desired.namespace == key.1 && desired.kind == key.0
@@ -131,9 +131,6 @@ impl StatusWriter {
                 }
             }
         }
-        // An object left out of sync (not cached yet, a failed or inexact write) is what the
-        // next pass must not skip.
-        self.all_in_sync = self.in_sync.len() == statuses.len();
         report
     }
 

@@ -9,6 +9,7 @@ pub mod ca;
 pub mod lease;
 pub mod provision;
 pub mod provisioner;
+pub mod prune;
 pub mod publish;
 pub mod secrets;
 pub mod sources;

@@ -17,6 +17,8 @@ use strait_model::Snapshot;
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
+use crate::prune;
+
 /// How long a compile waits for a newly referenced Secret's first list: long enough that a new
 /// Gateway's certificate is normally there on its first status, short enough that an
 /// unreachable API server does not stall every other change.
@@ -90,7 +92,10 @@ impl ReferencedSecrets {
         let api: Api<Secret> = Api::namespaced(self.client.clone(), namespace);
         let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
         let (reader, writer) = reflector::store();
-        let stream = reflector::reflector(writer, watcher(api, config)).default_backoff();
+        // A Secret applied with `kubectl apply` keeps its whole data a second time in an
+        // annotation: pruned like every cached object.
+        let stream = reflector::reflector(writer, watcher(api, config).modify(prune::metadata))
+            .default_backoff();
         let changed = self.changed.clone();
         let key = format!("{namespace}/{name}");
         let task = tokio::spawn(async move {

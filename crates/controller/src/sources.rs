@@ -17,6 +17,7 @@ use kube::{Api, Client, Resource};
 use serde::de::DeserializeOwned;
 use strait_model::Snapshot;
 
+use crate::prune;
 use crate::secrets::ReferencedSecrets;
 use strait_model::types::*;
 use tokio::sync::Notify;
@@ -112,10 +113,11 @@ impl Signals {
 /// update of nothing but the status of a kind listed in [`STATUS_ONLY_QUIET`] (compile never
 /// reads those statuses; the status writer does, so it raises `status_changed` instead): our
 /// own status writes would otherwise each cost a full recompile that a real change then waits
-/// behind.
+/// behind. Each object is pruned ([`prune`]) before the reflector stores it.
 fn reflect<K>(
     client: &Client,
     config: watcher::Config,
+    prune: fn(&mut K),
     signals: &Signals,
     tasks: &mut Vec<JoinHandle<()>>,
 ) -> Store<K>
@@ -131,7 +133,7 @@ where
 {
     let api: Api<K> = Api::all(client.clone());
     let (reader, writer) = reflector::store();
-    let stream = reflector::reflector(writer, watcher(api, config)).default_backoff();
+    let stream = reflector::reflector(writer, watcher(api, config).modify(prune)).default_backoff();
     let signals = signals.clone();
     let kind = K::kind(&());
     let status_quiet = STATUS_ONLY_QUIET.contains(&kind.as_ref());
@@ -324,21 +326,21 @@ impl Sources {
         let mut tasks = Vec::new();
         let all = watcher::Config::default;
         Sources {
-            gateway_classes: reflect(client, all(), &signals, &mut tasks),
-            gateways: reflect(client, all(), &signals, &mut tasks),
-            http_routes: reflect(client, all(), &signals, &mut tasks),
-            grpc_routes: reflect(client, all(), &signals, &mut tasks),
-            tcp_routes: reflect(client, all(), &signals, &mut tasks),
-            tls_routes: reflect(client, all(), &signals, &mut tasks),
-            reference_grants: reflect(client, all(), &signals, &mut tasks),
-            listener_sets: reflect(client, all(), &signals, &mut tasks),
-            backend_tls_policies: reflect(client, all(), &signals, &mut tasks),
-            services: reflect(client, all(), &signals, &mut tasks),
-            endpoint_slices: reflect(client, all(), &signals, &mut tasks),
-            namespaces: reflect(client, all(), &signals, &mut tasks),
+            gateway_classes: reflect(client, all(), prune::metadata, &signals, &mut tasks),
+            gateways: reflect(client, all(), prune::metadata, &signals, &mut tasks),
+            http_routes: reflect(client, all(), prune::metadata, &signals, &mut tasks),
+            grpc_routes: reflect(client, all(), prune::metadata, &signals, &mut tasks),
+            tcp_routes: reflect(client, all(), prune::metadata, &signals, &mut tasks),
+            tls_routes: reflect(client, all(), prune::metadata, &signals, &mut tasks),
+            reference_grants: reflect(client, all(), prune::metadata, &signals, &mut tasks),
+            listener_sets: reflect(client, all(), prune::metadata, &signals, &mut tasks),
+            backend_tls_policies: reflect(client, all(), prune::metadata, &signals, &mut tasks),
+            services: reflect(client, all(), prune::metadata, &signals, &mut tasks),
+            endpoint_slices: reflect(client, all(), prune::metadata, &signals, &mut tasks),
+            namespaces: reflect(client, all(), prune::metadata, &signals, &mut tasks),
             secrets: ReferencedSecrets::new(client.clone(), changed.clone()),
-            config_maps: reflect(client, all(), &signals, &mut tasks),
-            pods: reflect(client, all(), &signals, &mut tasks),
+            config_maps: reflect(client, all(), prune::metadata, &signals, &mut tasks),
+            pods: reflect(client, all(), prune::pod, &signals, &mut tasks),
             changed: changed.clone(),
             status_changed,
             status_updates,

@@ -9,6 +9,7 @@
 //! precedence over one naming the whole Service.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 use gateway_api::backendtlspolicies::{
     BackendTlsPolicy, BackendTlsPolicyValidation, BackendTlsPolicyValidationSubjectAltNamesType,
@@ -42,7 +43,12 @@ pub(crate) fn apply(ctx: &Context<'_>, config: &mut ProxyConfig, statuses: &mut 
     set_client_certificates(ctx, config);
     let users = cluster_users(config);
 
-    let mut policies: Vec<&BackendTlsPolicy> = ctx.snapshot.backend_tls_policies.iter().collect();
+    let mut policies: Vec<&BackendTlsPolicy> = ctx
+        .snapshot
+        .backend_tls_policies
+        .iter()
+        .map(Arc::as_ref)
+        .collect();
     policies.sort_by_key(|p| order_key(&p.metadata));
     let evaluated: Vec<Evaluated<'_>> = policies.into_iter().map(|p| evaluate(ctx, p)).collect();
 
@@ -527,7 +533,7 @@ data: {ca.crt: ""}
         let mut snapshot = report.snapshot;
         snapshot
             .secrets
-            .push(tls_secret("infra", "client", &crt, &key));
+            .push(tls_secret("infra", "client", &crt, &key).into());
         (snapshot, crt)
     }
 

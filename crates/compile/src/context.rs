@@ -1,6 +1,7 @@
 //! Indexes over the snapshot shared by every compile stage.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::{Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
@@ -49,8 +50,8 @@ pub(crate) fn name(meta: &ObjectMeta) -> &str {
 impl<'a> Context<'a> {
     pub(crate) fn new(input: &'a CompileInput<'a>) -> Self {
         let snapshot = input.snapshot;
-        let services = index(snapshot.services.iter(), |s| &s.metadata);
-        let secrets = index(snapshot.secrets.iter(), |s| &s.metadata);
+        let services = index(snapshot.services.iter().map(Arc::as_ref), |s| &s.metadata);
+        let secrets = index(snapshot.secrets.iter().map(Arc::as_ref), |s| &s.metadata);
         let mut slices: Index<'a, Vec<&'a EndpointSlice>> = HashMap::new();
         for slice in &snapshot.endpoint_slices {
             if let Some(svc) = slice

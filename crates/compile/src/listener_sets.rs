@@ -195,7 +195,7 @@ pub(crate) fn evaluate<'a>(
             gateways
                 .iter()
                 .position(|g| g.key.namespace == parent_ns && g.key.name == p.name)
-                .map(|gi| (gi, set))
+                .map(|gi| (gi, set.as_ref()))
         })
         .collect();
     // Precedence: older first, then "{namespace}/{name}" as one string.
@@ -789,7 +789,7 @@ spec:
             let mut snapshot = strait_model::load_str(&text, Path::new("fixture.yaml")).snapshot;
             snapshot
                 .secrets
-                .push(tls_secret("infra", "cert", &crt, &key));
+                .push(tls_secret("infra", "cert", &crt, &key).into());
             let out = run_snapshot(&snapshot);
             let st = ls_status(&out, "apps", "ls");
             assert_eq!(

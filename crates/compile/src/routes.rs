@@ -161,8 +161,13 @@ impl<'a> RouteSet<'a> {
         let mut routes: Vec<AnyRoute<'a>> = snapshot
             .http_routes
             .iter()
-            .map(AnyRoute::Http)
-            .chain(snapshot.grpc_routes.iter().map(AnyRoute::Grpc))
+            .map(|route| AnyRoute::Http(route))
+            .chain(
+                snapshot
+                    .grpc_routes
+                    .iter()
+                    .map(|route| AnyRoute::Grpc(route)),
+            )
             .collect();
         routes.sort_by(|a, b| {
             (ns(a.meta()), name(a.meta()), a.kind()).cmp(&(ns(b.meta()), name(b.meta()), b.kind()))

@@ -402,16 +402,16 @@ fn gateway_conditions_table() {
         ));
         snapshot
             .secrets
-            .push(tls_secret("infra", "good", &crt, &key));
+            .push(tls_secret("infra", "good", &crt, &key).into());
         snapshot
             .secrets
-            .push(tls_secret("infra", "malformed", "not a cert", "nor a key"));
+            .push(tls_secret("infra", "malformed", "not a cert", "nor a key").into());
         snapshot
             .secrets
-            .push(tls_secret("apps", "apps-cert", &crt, &key));
+            .push(tls_secret("apps", "apps-cert", &crt, &key).into());
         snapshot
             .secrets
-            .push(tls_secret("apps", "granted", &crt, &key));
+            .push(tls_secret("apps", "granted", &crt, &key).into());
         let out = run(&snapshot);
         let gw = status(&out, "Gateway", "infra", "extra")
             .unwrap_or_else(|| panic!("{name}: no Gateway status"));
@@ -1166,12 +1166,12 @@ fn frontend_client_validation() {
     let mut snapshot = load(gateway);
     snapshot
         .secrets
-        .push(tls_secret("infra", "good", &crt, &key));
+        .push(tls_secret("infra", "good", &crt, &key).into());
     let mut cm = k8s_openapi::api::core::v1::ConfigMap::default();
     cm.metadata.namespace = Some("infra".into());
     cm.metadata.name = Some("ca".into());
     cm.data = Some(BTreeMap::from([("ca.crt".to_string(), crt.clone())]));
-    snapshot.config_maps.push(cm);
+    snapshot.config_maps.push(cm.into());
     let out = run(&snapshot);
     let gw = status(&out, "Gateway", "infra", "tls").expect("status");
     assert_eq!(
@@ -1248,10 +1248,10 @@ fn backend_client_certificate_condition() {
         ));
         snapshot
             .secrets
-            .push(tls_secret("infra", "good", &crt, &key));
+            .push(tls_secret("infra", "good", &crt, &key).into());
         snapshot
             .secrets
-            .push(tls_secret("apps", "good", &crt, &key));
+            .push(tls_secret("apps", "good", &crt, &key).into());
         let out = run(&snapshot);
         let gw = status(&out, "Gateway", "infra", "extra").expect("status");
         assert_eq!(

@@ -74,7 +74,7 @@ fn load_test(dir: &Path) -> Snapshot {
     let mut snapshot = report.snapshot;
     snapshot
         .secrets
-        .push(tls_secret("gateway-conformance-web-backend", "certificate"));
+        .push(tls_secret("gateway-conformance-web-backend", "certificate").into());
     for (ns, name) in [
         (
             "gateway-conformance-infra",
@@ -93,7 +93,7 @@ fn load_test(dir: &Path) -> Snapshot {
         cm.metadata.name = Some(name.into());
         let pem = secret_pem(&tls_secret(ns, name), "tls.crt");
         cm.data = Some(BTreeMap::from([("ca.crt".to_string(), pem)]));
-        snapshot.config_maps.push(cm);
+        snapshot.config_maps.push(cm.into());
     }
     for name in [
         "tls-validity-checks-client-certificate",
@@ -106,7 +106,7 @@ fn load_test(dir: &Path) -> Snapshot {
     ] {
         snapshot
             .secrets
-            .push(tls_secret("gateway-conformance-infra", name));
+            .push(tls_secret("gateway-conformance-infra", name).into());
     }
     snapshot
 }
@@ -509,7 +509,8 @@ fn mesh_routes_reach_their_waypoints() {
         );
         let mut snapshot = report.snapshot;
         for n in &mut snapshot.namespaces {
-            n.metadata
+            std::sync::Arc::make_mut(n)
+                .metadata
                 .labels
                 .get_or_insert_with(Default::default)
                 .insert(MESH_LABEL.into(), "enabled".into());

@@ -4,8 +4,8 @@
 //! times until the proxy has applied a config containing it. Prints p50/p90/p99/max, and how
 //! late a 1 ms timer fired meanwhile on the runtime the controller runs on (with the
 //! in-process API server; the proxy decodes on the blocking pool): a long synchronous step
-//! there (a snapshot refresh, a status pass) would delay everything sharing it, which in a
-//! controller includes the CA and the config stream.
+//! there (taking a snapshot, a status pass) would delay everything sharing it, which in a
+//! controller includes the CA and the config stream. Last, the process's peak RSS.
 //!
 //! `cargo bench -p strait-controller --bench propagation`; `STRAIT_BENCH_ROUTES=10000` for the
 //! compile benchmark's scale.
@@ -59,6 +59,11 @@ fn spawn_lateness_probe(stop: Arc<AtomicBool>) -> tokio::task::JoinHandle<Vec<Du
         late
     })
 }
+
+/// The allocator of the `strait` binary the controller ships in: glibc's malloc, spread over
+/// this benchmark's threads, held 2.5 times the heap in RSS.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[tokio::main(flavor = "multi_thread")]
 async fn main() {
@@ -195,4 +200,16 @@ async fn main() {
         quantile(&late, 1.0),
         late.len()
     );
+    if let Some(peak) = peak_rss() {
+        println!(
+            "peak RSS of this process (controller, in-process API server and subscribed proxy): {peak}"
+        );
+    }
+}
+
+/// `VmHWM` of this process, as the kernel reports it.
+fn peak_rss() -> Option<String> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    Some(line["VmHWM:".len()..].trim().to_owned())
 }

@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use k8s_openapi::jiff::Timestamp;
 use kube::Client;
-use strait_compile::{CompileInput, CompileOutput, ObjectStatus, compile};
+use strait_compile::{CompileInput, CompileOutput, compile};
 use strait_config::ObjectRef;
 use strait_config::mesh::GATEWAY_NAME_LABEL;
 use strait_model::Snapshot;
@@ -32,7 +32,7 @@ use crate::lease::LeaseOptions;
 use crate::provision::ProvisionOptions;
 use crate::provisioner::Provisioner;
 use crate::sources::Sources;
-use crate::status::StatusWriter;
+use crate::status::{DesiredStatus, StatusWriter};
 
 /// How the controller runs.
 #[derive(Clone, Debug)]
@@ -79,7 +79,7 @@ pub async fn run(
 ///
 /// Status writes run in a task of their own ([`write_statuses`]): a change that arrives while
 /// they are under way is compiled and published without waiting for them. Taking the
-/// snapshot ([`refresh_aside`]), compiling and publishing run on blocking-pool threads
+/// snapshot ([`snapshot_aside`]), compiling and publishing run on blocking-pool threads
 /// ([`compile_aside`]), as `publish` is called.
 pub async fn run_with_sources(
     client: Client,
@@ -114,10 +114,9 @@ pub async fn run_with_sources(
     resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     resync.reset();
     let controller_name: Arc<str> = options.controller_name.as_str().into();
-    let mut snapshot = Snapshot::default();
     loop {
         let started = Instant::now();
-        let compiled = match current_snapshot(&sources, std::mem::take(&mut snapshot)).await {
+        let compiled = match current_snapshot(&sources).await {
             Some(current) => compile_aside(current, controller_name.clone(), publish).await,
             None => None,
         };
@@ -125,9 +124,9 @@ pub async fn run_with_sources(
             tracing::info!("runtime shutting down: controller stopped");
             return;
         };
-        snapshot = compiled.snapshot;
+        let snapshot = compiled.snapshot;
         publish = compiled.publish;
-        let mut output = compiled.output;
+        let output = compiled.output;
         tracing::debug!(
             compile = ?compiled.compile_time,
             publish = ?started.elapsed().saturating_sub(compiled.compile_time),
@@ -151,7 +150,7 @@ pub async fn run_with_sources(
                 );
             }
         }
-        let statuses = Arc::new(std::mem::take(&mut output.statuses));
+        let statuses = Arc::new(compiled.statuses);
         let superseded = statuses_tx.send_replace(Some(statuses));
         tokio::select! {
             () = changed.notified() => {}
@@ -179,7 +178,7 @@ pub async fn run_with_sources(
 async fn write_statuses(
     mut writer: StatusWriter,
     sources: Arc<Sources>,
-    mut statuses: watch::Receiver<Option<Arc<Vec<ObjectStatus>>>>,
+    mut statuses: watch::Receiver<Option<Arc<Vec<DesiredStatus>>>>,
     mut leader: watch::Receiver<bool>,
 ) {
     let status_changed = sources.status_changed();
@@ -213,35 +212,32 @@ async fn write_statuses(
     }
 }
 
-/// What [`compile_aside`] hands back: the snapshot and the publisher, to be used again, and
-/// the output, for the provisioner and the status writer.
+/// What [`compile_aside`] hands back: the publisher, to be used again, the snapshot and the
+/// output, for the provisioner, and the statuses, for the status writer.
 struct Compiled<P> {
     snapshot: Snapshot,
     output: CompileOutput,
+    statuses: Vec<DesiredStatus>,
     publish: P,
     compile_time: Duration,
 }
 
-/// The snapshot to compile: `previous` brought up to the caches, and once more when the
-/// Secrets its Gateways reference were not all watched yet. `None` means the runtime is
-/// shutting down.
-async fn current_snapshot(sources: &Arc<Sources>, previous: Snapshot) -> Option<Snapshot> {
-    let snapshot = refresh_aside(sources, previous).await?;
+/// The snapshot to compile, taken once more when the Secrets its Gateways reference were not
+/// all watched yet. `None` means the runtime is shutting down.
+async fn current_snapshot(sources: &Arc<Sources>) -> Option<Snapshot> {
+    let snapshot = snapshot_aside(sources).await?;
     if sources.sync_secrets(&snapshot).await {
-        return refresh_aside(sources, snapshot).await;
+        return snapshot_aside(sources).await;
     }
     Some(snapshot)
 }
 
-/// Brings `previous` up to the caches on a blocking-pool thread, for the reason given on
-/// [`compile_aside`]: at 10,000 routes a refresh takes about 16 ms (release build, the
-/// controller's propagation benchmark). `None` means the runtime is shutting down.
-async fn refresh_aside(sources: &Arc<Sources>, previous: Snapshot) -> Option<Snapshot> {
+/// Takes a snapshot on a blocking-pool thread, for the reason given on [`compile_aside`]:
+/// sorting the objects of a large cluster takes milliseconds. `None` means the runtime is
+/// shutting down.
+async fn snapshot_aside(sources: &Arc<Sources>) -> Option<Snapshot> {
     let sources = sources.clone();
-    join_aside(tokio::task::spawn_blocking(move || {
-        sources.refresh(previous)
-    }))
-    .await
+    join_aside(tokio::task::spawn_blocking(move || sources.snapshot())).await
 }
 
 /// Compiles `snapshot` and publishes the output on a blocking-pool thread.
@@ -263,12 +259,19 @@ where
 {
     let work = tokio::task::spawn_blocking(move || {
         let started = Instant::now();
-        let output = compile_snapshot(&snapshot, &controller_name);
+        let mut output = compile_snapshot(&snapshot, &controller_name);
         let compile_time = started.elapsed();
         publish(&output);
+        // Into the form the status writer keeps, here rather than on the runtime's thread: at
+        // 10,000 routes this serializes as many statuses.
+        let statuses = std::mem::take(&mut output.statuses)
+            .into_iter()
+            .map(DesiredStatus::from)
+            .collect();
         Compiled {
             snapshot,
             output,
+            statuses,
             publish,
             compile_time,
         }

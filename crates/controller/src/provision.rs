@@ -105,7 +105,9 @@ pub fn desired(
                 && g.metadata.namespace.as_ref() == Some(namespace)
                 && g.metadata.name.as_ref() == Some(name)
         });
-        let infrastructure = declared.map(Infrastructure::of).unwrap_or_default();
+        let infrastructure = declared
+            .map(|gateway| Infrastructure::of(gateway))
+            .unwrap_or_default();
         // The waypoint's SPIFFE identity is its service account: the name node proxies expect.
         let service_account = output
             .mesh

@@ -145,7 +145,7 @@ spec:
         let report = strait_model::load_str(CLUSTER, Path::new("cluster.yaml"));
         assert!(report.errors.is_empty(), "{:?}", report.errors);
         let mut snapshot = report.snapshot;
-        snapshot.pods = pods;
+        snapshot.pods = pods.into_iter().map(Into::into).collect();
         crate::compile_snapshot(&snapshot, strait_compile::CONTROLLER_NAME).mesh
     }
 

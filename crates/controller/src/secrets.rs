@@ -78,14 +78,10 @@ impl ReferencedSecrets {
         !started.is_empty()
     }
 
-    /// The cached referenced Secrets.
-    pub fn secrets(&self) -> Vec<Secret> {
+    /// The cached referenced Secrets (shared with the cache, not copied).
+    pub fn secrets(&self) -> Vec<Arc<Secret>> {
         let watches = self.watches.lock().unwrap_or_else(|p| p.into_inner());
-        watches
-            .values()
-            .flat_map(|w| w.store.state())
-            .map(|s| (*s).clone())
-            .collect()
+        watches.values().flat_map(|w| w.store.state()).collect()
     }
 
     fn watch(&self, (namespace, name): &SecretKey) -> SecretWatch {

@@ -276,38 +276,19 @@ fn fingerprint<K: serde::Serialize>(object: &K) -> Option<u64> {
     Some(hasher.finish())
 }
 
-/// `store`'s objects sorted by namespace and name, reusing the objects of `previous` (sorted
-/// the same way) whose resourceVersion did not change: a change of one object among thousands
-/// clones one object, not thousands.
-fn refresh<K: Resource<DynamicType = ()> + Clone>(store: &Store<K>, previous: Vec<K>) -> Vec<K> {
-    fn key<K: Resource>(object: &K) -> (Option<&str>, Option<&str>) {
-        (
-            object.meta().namespace.as_deref(),
-            object.meta().name.as_deref(),
-        )
-    }
-    let mut current = store.state();
-    current.sort_by(|a, b| key(a.as_ref()).cmp(&key(b.as_ref())));
-    let mut previous = previous.into_iter().peekable();
-    let mut objects = Vec::with_capacity(current.len());
-    for object in current {
-        while previous
-            .peek()
-            .is_some_and(|old| key(old) < key(object.as_ref()))
-        {
-            previous.next();
-        }
-        let reusable = previous.peek().is_some_and(|old| {
-            key(old) == key(object.as_ref())
-                && old.meta().resource_version.is_some()
-                && old.meta().resource_version == object.meta().resource_version
-        });
-        match previous.next_if(|_| reusable) {
-            Some(old) => objects.push(old),
-            None => objects.push((*object).clone()),
-        }
-    }
+/// `store`'s objects sorted by namespace and name, shared with the store: a snapshot holds
+/// references to the cached objects, never copies of them.
+fn sorted<K: Resource<DynamicType = ()> + Clone>(store: &Store<K>) -> Vec<Arc<K>> {
+    let mut objects = store.state();
+    objects.sort_by(|a, b| namespace_and_name(&**a).cmp(&namespace_and_name(&**b)));
     objects
+}
+
+fn namespace_and_name<K: Resource>(object: &K) -> (Option<&str>, Option<&str>) {
+    (
+        object.meta().namespace.as_deref(),
+        object.meta().name.as_deref(),
+    )
 }
 
 impl Sources {
@@ -407,38 +388,26 @@ impl Sources {
     }
 
     /// Everything currently cached, as compile wants it (sorted by namespace and name so equal
-    /// clusters compile to equal configs).
+    /// clusters compile to equal configs). The objects are the cache's own, shared.
     pub fn snapshot(&self) -> Snapshot {
-        self.refresh(Snapshot::default())
-    }
-
-    /// Like [`Sources::snapshot`], taking over the objects of `previous` (an earlier snapshot
-    /// of these sources) that did not change instead of cloning them again.
-    pub fn refresh(&self, previous: Snapshot) -> Snapshot {
         let mut secrets = self.secrets.secrets();
-        secrets.sort_by(|a, b| {
-            (a.meta().namespace.as_deref(), a.meta().name.as_deref())
-                .cmp(&(b.meta().namespace.as_deref(), b.meta().name.as_deref()))
-        });
+        secrets.sort_by(|a, b| namespace_and_name(&**a).cmp(&namespace_and_name(&**b)));
         Snapshot {
-            gateway_classes: refresh(&self.gateway_classes, previous.gateway_classes),
-            gateways: refresh(&self.gateways, previous.gateways),
-            http_routes: refresh(&self.http_routes, previous.http_routes),
-            grpc_routes: refresh(&self.grpc_routes, previous.grpc_routes),
-            tcp_routes: refresh(&self.tcp_routes, previous.tcp_routes),
-            tls_routes: refresh(&self.tls_routes, previous.tls_routes),
-            reference_grants: refresh(&self.reference_grants, previous.reference_grants),
-            listener_sets: refresh(&self.listener_sets, previous.listener_sets),
-            backend_tls_policies: refresh(
-                &self.backend_tls_policies,
-                previous.backend_tls_policies,
-            ),
-            services: refresh(&self.services, previous.services),
-            endpoint_slices: refresh(&self.endpoint_slices, previous.endpoint_slices),
-            namespaces: refresh(&self.namespaces, previous.namespaces),
+            gateway_classes: sorted(&self.gateway_classes),
+            gateways: sorted(&self.gateways),
+            http_routes: sorted(&self.http_routes),
+            grpc_routes: sorted(&self.grpc_routes),
+            tcp_routes: sorted(&self.tcp_routes),
+            tls_routes: sorted(&self.tls_routes),
+            reference_grants: sorted(&self.reference_grants),
+            listener_sets: sorted(&self.listener_sets),
+            backend_tls_policies: sorted(&self.backend_tls_policies),
+            services: sorted(&self.services),
+            endpoint_slices: sorted(&self.endpoint_slices),
+            namespaces: sorted(&self.namespaces),
             secrets,
-            config_maps: refresh(&self.config_maps, previous.config_maps),
-            pods: refresh(&self.pods, previous.pods),
+            config_maps: sorted(&self.config_maps),
+            pods: sorted(&self.pods),
             sources: Default::default(),
         }
     }

@@ -1,6 +1,7 @@
 //! Multi-document YAML loading with `file:line` diagnostics.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use serde::de::DeserializeOwned;
 use serde_json::Value;
@@ -343,9 +344,9 @@ fn add_object(mut value: Value, source: &Source, report: &mut LoadReport) -> Res
     }
 }
 
-fn push<T: DeserializeOwned>(list: &mut Vec<T>, value: Value) -> Result<(), String> {
+fn push<T: DeserializeOwned>(list: &mut Vec<Arc<T>>, value: Value) -> Result<(), String> {
     let object = serde_json::from_value(value).map_err(|e| e.to_string())?;
-    list.push(object);
+    list.push(Arc::new(object));
     Ok(())
 }
 

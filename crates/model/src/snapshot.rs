@@ -2,6 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use crate::types::*;
 
@@ -41,21 +42,21 @@ impl std::fmt::Display for Source {
 /// (`default` when the document had none, as `kubectl apply` would do).
 #[derive(Clone, Debug, Default)]
 pub struct Snapshot {
-    pub gateway_classes: Vec<GatewayClass>,
-    pub gateways: Vec<Gateway>,
-    pub http_routes: Vec<HttpRoute>,
-    pub grpc_routes: Vec<GrpcRoute>,
-    pub tcp_routes: Vec<TcpRoute>,
-    pub tls_routes: Vec<TlsRoute>,
-    pub reference_grants: Vec<ReferenceGrant>,
-    pub listener_sets: Vec<ListenerSet>,
-    pub backend_tls_policies: Vec<BackendTlsPolicy>,
-    pub services: Vec<Service>,
-    pub endpoint_slices: Vec<EndpointSlice>,
-    pub namespaces: Vec<Namespace>,
-    pub secrets: Vec<Secret>,
-    pub config_maps: Vec<ConfigMap>,
-    pub pods: Vec<Pod>,
+    pub gateway_classes: Vec<Arc<GatewayClass>>,
+    pub gateways: Vec<Arc<Gateway>>,
+    pub http_routes: Vec<Arc<HttpRoute>>,
+    pub grpc_routes: Vec<Arc<GrpcRoute>>,
+    pub tcp_routes: Vec<Arc<TcpRoute>>,
+    pub tls_routes: Vec<Arc<TlsRoute>>,
+    pub reference_grants: Vec<Arc<ReferenceGrant>>,
+    pub listener_sets: Vec<Arc<ListenerSet>>,
+    pub backend_tls_policies: Vec<Arc<BackendTlsPolicy>>,
+    pub services: Vec<Arc<Service>>,
+    pub endpoint_slices: Vec<Arc<EndpointSlice>>,
+    pub namespaces: Vec<Arc<Namespace>>,
+    pub secrets: Vec<Arc<Secret>>,
+    pub config_maps: Vec<Arc<ConfigMap>>,
+    pub pods: Vec<Arc<Pod>>,
     /// Where each object came from, for error messages.
     pub sources: BTreeMap<ObjectKey, Source>,
 }

@@ -8,6 +8,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::net::{IpAddr, Ipv4Addr};
+use std::sync::Arc;
 
 use strait_config::ObjectRef;
 use strait_model::types::Gateway;
@@ -39,8 +40,8 @@ impl AddressAllocator {
     /// Addresses for every Gateway. A Gateway asking for a loopback `IPAddress` in
     /// `spec.addresses` gets exactly that; one asking for another address gets none (it cannot
     /// be served here, and compile reports it as not usable).
-    pub(crate) fn assign(&mut self, gateways: &[Gateway]) -> BTreeMap<ObjectRef, Vec<IpAddr>> {
-        let current: BTreeSet<ObjectRef> = gateways.iter().map(gateway_ref).collect();
+    pub(crate) fn assign(&mut self, gateways: &[Arc<Gateway>]) -> BTreeMap<ObjectRef, Vec<IpAddr>> {
+        let current: BTreeSet<ObjectRef> = gateways.iter().map(|g| gateway_ref(g)).collect();
         self.assigned.retain(|gateway, _| current.contains(gateway));
         let mut result = BTreeMap::new();
         for gateway in gateways {
@@ -106,7 +107,7 @@ mod tests {
     use super::*;
     use std::path::Path;
 
-    fn gateways(yaml: &str) -> Vec<Gateway> {
+    fn gateways(yaml: &str) -> Vec<Arc<Gateway>> {
         strait_model::load_str(yaml, Path::new("g.yaml"))
             .snapshot
             .gateways

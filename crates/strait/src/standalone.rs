@@ -464,7 +464,7 @@ fn spawn_watcher(inner: Arc<Inner>) -> anyhow::Result<tokio::task::JoinHandle<()
 
 fn find_object(snapshot: &Snapshot, kind: &str, namespace: &str, name: &str) -> Option<Value> {
     fn find<T: kube::Resource + serde::Serialize>(
-        list: &[T],
+        list: &[Arc<T>],
         namespace: &str,
         name: &str,
     ) -> Option<Value> {
@@ -473,7 +473,7 @@ fn find_object(snapshot: &Snapshot, kind: &str, namespace: &str, name: &str) -> 
                 o.meta().name.as_deref() == Some(name)
                     && o.meta().namespace.as_deref().unwrap_or("") == namespace
             })
-            .and_then(|o| serde_json::to_value(o).ok())
+            .and_then(|o| serde_json::to_value(&**o).ok())
     }
     match kind {
         "GatewayClass" => find(&snapshot.gateway_classes, namespace, name),

@@ -8,6 +8,7 @@
 
 use std::collections::{HashMap, HashSet, hash_map::DefaultHasher};
 use std::hash::{Hash, Hasher};
+use std::sync::Arc;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
@@ -67,8 +68,10 @@ struct Stamper<'a> {
 }
 
 impl Stamper<'_> {
-    fn list<T: Resource + Serialize>(&mut self, kind: &str, objects: &mut [T]) {
+    fn list<T: Resource + Serialize + Clone>(&mut self, kind: &str, objects: &mut [Arc<T>]) {
         for object in objects {
+            // Just loaded, so not shared yet: this stamps in place rather than copying.
+            let object = Arc::make_mut(object);
             let key = ObjectKey {
                 kind: kind.to_string(),
                 namespace: object.meta().namespace.clone().unwrap_or_default(),

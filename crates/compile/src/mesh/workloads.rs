@@ -93,7 +93,7 @@ pub(crate) fn waypoint_addresses(snapshot: &Snapshot, waypoint: &ObjectRef) -> V
                 && gateway_name(p) == Some(waypoint.name.as_str())
                 && running(p)
         })
-        .flat_map(pod_ips)
+        .flat_map(|pod| pod_ips(pod))
         .collect();
     out.sort();
     out.dedup();

@@ -11,7 +11,7 @@ pub mod provision;
 pub mod provisioner;
 pub mod prune;
 pub mod publish;
-pub mod secrets;
+pub mod referenced;
 pub mod sources;
 pub mod status;
 
@@ -222,11 +222,11 @@ struct Compiled<P> {
     compile_time: Duration,
 }
 
-/// The snapshot to compile, taken once more when the Secrets its Gateways reference were not
-/// all watched yet. `None` means the runtime is shutting down.
+/// The snapshot to compile, taken once more when the Secrets and ConfigMaps it references
+/// were not all watched yet. `None` means the runtime is shutting down.
 async fn current_snapshot(sources: &Arc<Sources>) -> Option<Snapshot> {
     let snapshot = snapshot_aside(sources).await?;
-    if sources.sync_secrets(&snapshot).await {
+    if sources.sync_referenced(&snapshot).await {
         return snapshot_aside(sources).await;
     }
     Some(snapshot)

@@ -18,7 +18,7 @@ use serde::de::DeserializeOwned;
 use strait_model::Snapshot;
 
 use crate::prune;
-use crate::secrets::ReferencedSecrets;
+use crate::referenced::{Referenced, referenced_config_maps, referenced_secrets};
 use strait_model::types::*;
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
@@ -37,9 +37,10 @@ pub struct Sources {
     services: Store<Service>,
     endpoint_slices: Store<EndpointSlice>,
     namespaces: Store<Namespace>,
-    /// Only the Secrets Gateways reference ([`ReferencedSecrets`]), never all of them.
-    secrets: ReferencedSecrets,
-    config_maps: Store<ConfigMap>,
+    /// Only the Secrets Gateways reference ([`crate::referenced`]), never all of them.
+    secrets: Referenced<Secret>,
+    /// Only the ConfigMaps something compile reads references, never all of them.
+    config_maps: Referenced<ConfigMap>,
     pods: Store<Pod>,
     changed: Arc<Notify>,
     status_changed: Arc<Notify>,
@@ -279,7 +280,10 @@ fn fingerprint<K: serde::Serialize>(object: &K) -> Option<u64> {
 /// `store`'s objects sorted by namespace and name, shared with the store: a snapshot holds
 /// references to the cached objects, never copies of them.
 fn sorted<K: Resource<DynamicType = ()> + Clone>(store: &Store<K>) -> Vec<Arc<K>> {
-    let mut objects = store.state();
+    by_name(store.state())
+}
+
+fn by_name<K: Resource>(mut objects: Vec<Arc<K>>) -> Vec<Arc<K>> {
     objects.sort_by(|a, b| namespace_and_name(&**a).cmp(&namespace_and_name(&**b)));
     objects
 }
@@ -319,8 +323,8 @@ impl Sources {
             services: reflect(client, all(), prune::metadata, &signals, &mut tasks),
             endpoint_slices: reflect(client, all(), prune::metadata, &signals, &mut tasks),
             namespaces: reflect(client, all(), prune::metadata, &signals, &mut tasks),
-            secrets: ReferencedSecrets::new(client.clone(), changed.clone()),
-            config_maps: reflect(client, all(), prune::metadata, &signals, &mut tasks),
+            secrets: Referenced::new(client.clone(), changed.clone()),
+            config_maps: Referenced::new(client.clone(), changed.clone()),
             pods: reflect(client, all(), prune::pod, &signals, &mut tasks),
             changed: changed.clone(),
             status_changed,
@@ -350,15 +354,19 @@ impl Sources {
             services,
             endpoint_slices,
             namespaces,
-            config_maps,
             pods
         );
     }
 
-    /// Watches exactly the Secrets `snapshot`'s Gateways reference, waiting for newly watched
-    /// ones to be listed; true if the snapshot should be retaken to include them.
-    pub async fn sync_secrets(&self, snapshot: &Snapshot) -> bool {
-        self.secrets.sync(snapshot).await
+    /// Watches exactly the Secrets and ConfigMaps `snapshot` references, waiting for newly
+    /// watched ones to be listed; true if the snapshot should be retaken to include them.
+    pub async fn sync_referenced(&self, snapshot: &Snapshot) -> bool {
+        let secrets = self.secrets.sync(referenced_secrets(snapshot)).await;
+        let config_maps = self
+            .config_maps
+            .sync(referenced_config_maps(snapshot))
+            .await;
+        secrets || config_maps
     }
 
     /// Raised on every change of any kind.
@@ -390,8 +398,6 @@ impl Sources {
     /// Everything currently cached, as compile wants it (sorted by namespace and name so equal
     /// clusters compile to equal configs). The objects are the cache's own, shared.
     pub fn snapshot(&self) -> Snapshot {
-        let mut secrets = self.secrets.secrets();
-        secrets.sort_by(|a, b| namespace_and_name(&**a).cmp(&namespace_and_name(&**b)));
         Snapshot {
             gateway_classes: sorted(&self.gateway_classes),
             gateways: sorted(&self.gateways),
@@ -405,8 +411,8 @@ impl Sources {
             services: sorted(&self.services),
             endpoint_slices: sorted(&self.endpoint_slices),
             namespaces: sorted(&self.namespaces),
-            secrets,
-            config_maps: sorted(&self.config_maps),
+            secrets: by_name(self.secrets.objects()),
+            config_maps: by_name(self.config_maps.objects()),
             pods: sorted(&self.pods),
             sources: Default::default(),
         }

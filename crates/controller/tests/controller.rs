@@ -726,13 +726,20 @@ fn tls_secret(namespace: &str, name: &str) -> Value {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn only_referenced_secrets_are_read() {
+async fn only_referenced_secrets_and_config_maps_are_read() {
     let server = cluster().await;
     server
         .create(json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "vault"}}))
         .unwrap();
     server.create(tls_secret("vault", "unrelated")).unwrap();
     server.create(tls_secret("shop", "shop-cert")).unwrap();
+    for (namespace, name) in [("vault", "unrelated"), ("shop", "web-params")] {
+        server
+            .create(json!({"apiVersion": "v1", "kind": "ConfigMap",
+                           "metadata": {"name": name, "namespace": namespace},
+                           "data": {"replicas": "1"}}))
+            .unwrap();
+    }
     let paths: Arc<Mutex<Vec<String>>> = Arc::default();
     let seen = paths.clone();
     server.set_request_hook(move |_, path| seen.lock().unwrap().push(path.to_string()));
@@ -745,16 +752,22 @@ async fn only_referenced_secrets_are_read() {
             "name": "https", "port": 443, "protocol": "HTTPS", "hostname": "shop.example.com",
             "tls": {"certificateRefs": [{"name": "shop-cert"}]}
         }));
+    gateway["spec"]["infrastructure"] =
+        json!({"parametersRef": {"group": "", "kind": "ConfigMap", "name": "web-params"}});
     server.update(gateway).unwrap();
-    eventually("the HTTPS listener resolves its certificate", || {
-        let gw = server.get(GW, "Gateway", Some("shop"), "web").ok()?;
-        gw["status"]["listeners"]
-            .as_array()?
-            .iter()
-            .find(|l| l["name"] == "https")
-            .filter(|l| condition(l, "ResolvedRefs").as_deref() == Some("True"))
-            .map(|_| ())
-    })
+    eventually(
+        "the HTTPS listener resolves its certificate, the Gateway its parameters",
+        || {
+            let gw = server.get(GW, "Gateway", Some("shop"), "web").ok()?;
+            condition(&gw["status"], "Accepted").filter(|s| s == "True")?;
+            gw["status"]["listeners"]
+                .as_array()?
+                .iter()
+                .find(|l| l["name"] == "https")
+                .filter(|l| condition(l, "ResolvedRefs").as_deref() == Some("True"))
+                .map(|_| ())
+        },
+    )
     .await;
     let paths = paths.lock().unwrap().clone();
     assert!(
@@ -762,10 +775,16 @@ async fn only_referenced_secrets_are_read() {
         "the referenced Secret was watched in its namespace: {paths:?}"
     );
     assert!(
-        !paths
+        paths
             .iter()
-            .any(|p| p == "/api/v1/secrets" || p.contains("/namespaces/vault/")),
-        "Secrets nobody references were read: {paths:?}"
+            .any(|p| p == "/api/v1/namespaces/shop/configmaps"),
+        "the referenced ConfigMap was watched in its namespace: {paths:?}"
+    );
+    assert!(
+        !paths.iter().any(|p| p == "/api/v1/secrets"
+            || p == "/api/v1/configmaps"
+            || p.contains("/namespaces/vault/")),
+        "Secrets or ConfigMaps nobody references were read: {paths:?}"
     );
     controller.abort();
 }

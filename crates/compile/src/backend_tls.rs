@@ -23,6 +23,7 @@ use strait_config::{
 };
 
 use crate::ObjectStatus;
+use crate::StatusJson;
 use crate::conditions::{Condition, render};
 use crate::context::{Context, name, ns};
 use crate::listeners::GATEWAY_GROUP;
@@ -154,7 +155,7 @@ pub(crate) fn apply(ctx: &Context<'_>, config: &mut ProxyConfig, statuses: &mut 
             kind: "BackendTLSPolicy".into(),
             namespace: policy_ns.into(),
             name: name(&e.policy.metadata).into(),
-            status: json!({ "ancestors": ancestors }),
+            status: StatusJson::new(&json!({ "ancestors": ancestors })),
         });
     }
 }
@@ -593,12 +594,14 @@ data: {ca.crt: ""}
         );
     }
 
-    fn policy_status<'a>(out: &'a CompileOutput, name: &str) -> &'a Value {
-        &out.statuses
+    fn policy_status(out: &CompileOutput, name: &str) -> Value {
+        out.statuses
             .iter()
             .find(|s| s.kind == "BackendTLSPolicy" && s.name == name)
             .unwrap_or_else(|| panic!("no status for {name}"))
             .status
+            .value()
+            .unwrap()
     }
 
     fn condition(conditions: &Value, ty: &str) -> (String, String, Option<i64>) {
@@ -666,7 +669,7 @@ data: {ca.crt: ""}
             "a policy no Gateway of ours reaches gets no status"
         );
         for (name, ancestors, accepted, resolved, generation) in cases {
-            let st = policy_status(&out, name);
+            let st = &policy_status(&out, name);
             let list = st["ancestors"].as_array().expect("ancestors");
             let names: Vec<&str> = list
                 .iter()

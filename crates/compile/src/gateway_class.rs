@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 
 use serde_json::json;
 
+use crate::StatusJson;
 use crate::conditions::{Condition, render};
 use crate::context::{Context, name};
 use crate::parameters::{Overrides, ParametersRef};
@@ -58,10 +59,10 @@ pub(crate) fn evaluate(
             kind: "GatewayClass".into(),
             namespace: String::new(),
             name: class_name.clone(),
-            status: json!({
+            status: StatusJson::new(&json!({
                 "conditions": render(&conditions, class.metadata.generation, ctx.now()),
                 "supportedFeatures": features,
-            }),
+            })),
         });
         if let Ok(parameters) = parameters {
             accepted.insert(class_name, parameters);

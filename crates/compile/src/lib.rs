@@ -35,8 +35,11 @@ pub mod parameters;
 mod reference_grants;
 mod routes;
 mod status;
+mod status_json;
 pub mod status_merge;
 mod tls;
+
+pub use status_json::StatusJson;
 
 /// The `spec.controllerName` of GatewayClasses Strait implements.
 pub const CONTROLLER_NAME: &str = "strait.dev/gateway-controller";
@@ -120,7 +123,7 @@ pub struct ObjectStatus {
     pub namespace: String,
     pub name: String,
     /// The whole `status` block as the API server would store it.
-    pub status: serde_json::Value,
+    pub status: StatusJson,
 }
 
 /// The result of one compilation.

@@ -19,6 +19,7 @@ use strait_config::ObjectRef;
 use strait_model::types::{Gateway, ListenerSet};
 
 use crate::ObjectStatus;
+use crate::StatusJson;
 use crate::conditions::{Condition, render};
 use crate::context::{Context, name, ns};
 use crate::gateway::GatewayState;
@@ -369,10 +370,10 @@ pub(crate) fn statuses(
             kind: "ListenerSet".into(),
             namespace: s.key.namespace.clone(),
             name: s.key.name.clone(),
-            status: json!({
+            status: StatusJson::new(&json!({
                 "conditions": render(&s.conditions, generation, ctx.now()),
                 "listeners": listeners,
-            }),
+            })),
         });
     }
 }
@@ -476,8 +477,8 @@ spec:
         Some((s.to_string(), r.to_string()))
     }
 
-    fn ls_status<'a>(out: &'a CompileOutput, ns: &str, name: &str) -> &'a Value {
-        status(out, "ListenerSet", ns, name).unwrap_or(&Value::Null)
+    fn ls_status(out: &CompileOutput, ns: &str, name: &str) -> Value {
+        status(out, "ListenerSet", ns, name).unwrap_or(Value::Null)
     }
 
     fn attached(out: &CompileOutput) -> Value {
@@ -534,7 +535,7 @@ spec:
                 gateway(allowed),
                 listener_set(ns, "ls", "2026-01-01T00:00:00Z", ONE_LISTENER),
             ]);
-            let st = ls_status(&out, ns, "ls");
+            let st = &ls_status(&out, ns, "ls");
             assert_eq!(cond(&st["conditions"], "Accepted"), want, "case {i}: {st}");
             assert_eq!(
                 cond(&st["conditions"], "Programmed").map(|c| c.0),
@@ -544,7 +545,7 @@ spec:
             assert_eq!(st["conditions"][0]["observedGeneration"], 4, "case {i}");
             assert_eq!(attached(&out), count, "case {i}");
             // The Gateway never lists ListenerSet listeners itself.
-            let gw = status(&out, "Gateway", "infra", "gw").unwrap_or(&Value::Null);
+            let gw = &status(&out, "Gateway", "infra", "gw").unwrap_or(Value::Null);
             assert_eq!(
                 gw["listeners"].as_array().map(Vec::len),
                 Some(1),
@@ -586,8 +587,8 @@ spec:
                 "  - {name: dup, port: 80, protocol: HTTP, hostname: shared.com}\n  - {name: gwdup, port: 80, protocol: HTTP, hostname: gw.com}",
             ),
         ]);
-        let older = ls_status(&out, "infra", "b-older");
-        let newer = ls_status(&out, "infra", "a-newer");
+        let older = &ls_status(&out, "infra", "b-older");
+        let newer = &ls_status(&out, "infra", "a-newer");
         // (status, listener, condition, want)
         let cases = [
             (older, "dup", "Accepted", pair("True", "Accepted")),
@@ -710,7 +711,7 @@ spec:
             ),
         ];
         for (i, (ns, name, parent, kind, want)) in cases.into_iter().enumerate() {
-            let st = status(&out, "HTTPRoute", ns, name).unwrap_or(&Value::Null);
+            let st = &status(&out, "HTTPRoute", ns, name).unwrap_or(Value::Null);
             assert_eq!(
                 st["parents"].as_array().map(Vec::len),
                 Some(1),
@@ -721,9 +722,9 @@ spec:
             assert_eq!(p["parentRef"]["group"], GATEWAY_GROUP, "case {i}");
             assert_eq!(cond(&p["conditions"], "Accepted"), want, "case {i}: {st}");
         }
-        let ls = ls_status(&out, "apps", "ls");
+        let ls = &ls_status(&out, "apps", "ls");
         assert_eq!(listener(ls, "l")["attachedRoutes"], 2);
-        let gw = status(&out, "Gateway", "infra", "gw").unwrap_or(&Value::Null);
+        let gw = &status(&out, "Gateway", "infra", "gw").unwrap_or(Value::Null);
         assert_eq!(listener(gw, "main")["attachedRoutes"], 1);
         // One port, both listeners; the ListenerSet's carries only its own routes.
         let ports = &out.config.gateways[0].ports;
@@ -791,7 +792,7 @@ spec:
                 .secrets
                 .push(tls_secret("infra", "cert", &crt, &key).into());
             let out = run_snapshot(&snapshot);
-            let st = ls_status(&out, "apps", "ls");
+            let st = &ls_status(&out, "apps", "ls");
             assert_eq!(
                 cond(&listener(st, "l")["conditions"], "ResolvedRefs"),
                 refs,

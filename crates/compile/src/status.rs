@@ -3,6 +3,7 @@
 use serde_json::json;
 
 use crate::ObjectStatus;
+use crate::StatusJson;
 use crate::conditions::render;
 use crate::context::Context;
 use crate::gateway::GatewayState;
@@ -25,12 +26,12 @@ pub(crate) fn gateway_status(ctx: &Context<'_>, gw: &GatewayState<'_>) -> Object
         kind: "Gateway".into(),
         namespace: gw.key.namespace.clone(),
         name: gw.key.name.clone(),
-        status: json!({
+        status: StatusJson::new(&json!({
             "addresses": addresses,
             "attachedListenerSets": crate::listener_sets::attached_count(gw),
             "conditions": render(&gw.conditions, generation, ctx.now()),
             "listeners": listeners,
-        }),
+        })),
     }
 }
 

@@ -157,16 +157,11 @@ fn run(snapshot: &Snapshot) -> CompileOutput {
     })
 }
 
-pub(crate) fn status<'a>(
-    out: &'a CompileOutput,
-    kind: &str,
-    ns: &str,
-    name: &str,
-) -> Option<&'a Value> {
+pub(crate) fn status(out: &CompileOutput, kind: &str, ns: &str, name: &str) -> Option<Value> {
     out.statuses
         .iter()
         .find(|s| s.kind == kind && s.namespace == ns && s.name == name)
-        .map(|s| &s.status)
+        .map(|s| s.status.value().unwrap())
 }
 
 /// `(status, reason)` of condition `ty` in a conditions array.
@@ -202,7 +197,7 @@ pub(crate) fn route_parent<'a>(route: &'a Value, gateway: &str) -> &'a Value {
 #[test]
 fn gateway_class_status() {
     let out = run(&load(""));
-    let st = status(&out, "GatewayClass", "", "strait").expect("our class has a status");
+    let st = &status(&out, "GatewayClass", "", "strait").expect("our class has a status");
     assert_eq!(
         cond(&st["conditions"], "Accepted"),
         pair("True", "Accepted")
@@ -413,7 +408,7 @@ fn gateway_conditions_table() {
             .secrets
             .push(tls_secret("apps", "granted", &crt, &key).into());
         let out = run(&snapshot);
-        let gw = status(&out, "Gateway", "infra", "extra")
+        let gw = &status(&out, "Gateway", "infra", "extra")
             .unwrap_or_else(|| panic!("{name}: no Gateway status"));
         assert_eq!(
             cond(&gw["conditions"], "Accepted"),
@@ -454,7 +449,7 @@ fn listener_supported_kinds_and_addresses() {
     let out = run(&load(
         "apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {name: extra, namespace: infra}\nspec:\n  gatewayClassName: strait\n  listeners:\n  - {name: u, port: 80, protocol: UDP}\n  - {name: k, port: 81, protocol: HTTP, allowedRoutes: {kinds: [{kind: HTTPRoute}, {kind: TLSRoute}]}}\n",
     ));
-    let gw = status(&out, "Gateway", "infra", "extra").expect("status");
+    let gw = &status(&out, "Gateway", "infra", "extra").expect("status");
     assert_eq!(listener(gw, "u")["supportedKinds"], serde_json::json!([]));
     assert_eq!(
         listener(gw, "k")["supportedKinds"],
@@ -592,7 +587,7 @@ fn route_conditions_table() {
         };
         let route =
             status(&out, "HTTPRoute", ns, "r").unwrap_or_else(|| panic!("{name}: no status"));
-        let parent = route_parent(route, "gw");
+        let parent = route_parent(&route, "gw");
         assert_eq!(
             cond(&parent["conditions"], "Accepted"),
             pair(accepted.0, accepted.1),
@@ -613,7 +608,7 @@ fn route_conditions_table() {
         for c in parent["conditions"].as_array().into_iter().flatten() {
             assert_eq!(c["observedGeneration"], 7, "{name}");
         }
-        let gw = status(&out, "Gateway", "infra", "gw").expect("gw status");
+        let gw = &status(&out, "Gateway", "infra", "gw").expect("gw status");
         let got: Vec<u64> = ["http", "all", "selected"]
             .iter()
             .map(|l| listener(gw, l)["attachedRoutes"].as_u64().unwrap_or(99))
@@ -646,7 +641,7 @@ fn foreign_parents_get_no_entries() {
     let out = run(&load(
         "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: r, namespace: infra}\nspec:\n  parentRefs: [{name: foreign}, {name: gw, sectionName: http}, {name: missing}]\n---\napiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: only-foreign, namespace: infra}\nspec:\n  parentRefs: [{name: foreign}]\n",
     ));
-    let route = status(&out, "HTTPRoute", "infra", "r").expect("status");
+    let route = &status(&out, "HTTPRoute", "infra", "r").expect("status");
     assert_eq!(route["parents"].as_array().map(Vec::len), Some(1));
     assert_eq!(route["parents"][0]["parentRef"]["sectionName"], "http");
     assert!(status(&out, "HTTPRoute", "infra", "only-foreign").is_none());
@@ -657,7 +652,7 @@ fn cross_namespace_backend_with_grant_resolves() {
     let out = run(&load(
         "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: r, namespace: infra}\nspec:\n  parentRefs: [{name: gw, sectionName: http}]\n  rules: [{backendRefs: [{name: app-svc, namespace: apps, port: 80}]}]\n---\napiVersion: gateway.networking.k8s.io/v1beta1\nkind: ReferenceGrant\nmetadata: {name: g, namespace: apps}\nspec:\n  from: [{group: gateway.networking.k8s.io, kind: HTTPRoute, namespace: infra}]\n  to: [{group: '', kind: Service}]\n",
     ));
-    let route = status(&out, "HTTPRoute", "infra", "r").expect("status");
+    let route = &status(&out, "HTTPRoute", "infra", "r").expect("status");
     assert_eq!(
         cond(&route_parent(route, "gw")["conditions"], "ResolvedRefs"),
         pair("True", "ResolvedRefs")
@@ -846,7 +841,7 @@ fn gateway_class_invalid_parameters() {
     let out = run(&load(
         "apiVersion: gateway.networking.k8s.io/v1\nkind: GatewayClass\nmetadata: {name: bad}\nspec:\n  controllerName: strait.dev/gateway-controller\n  parametersRef: {group: example.com, kind: Params, name: p}\n---\napiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {name: extra, namespace: infra}\nspec:\n  gatewayClassName: bad\n  listeners: [{name: a, port: 80, protocol: HTTP}]\n",
     ));
-    let st = status(&out, "GatewayClass", "", "bad").expect("status");
+    let st = &status(&out, "GatewayClass", "", "bad").expect("status");
     assert_eq!(
         cond(&st["conditions"], "Accepted"),
         pair("False", "InvalidParameters")
@@ -951,7 +946,7 @@ spec:
         !gateways.contains_key(&key("typo")),
         "a rejected Gateway is not provisioned"
     );
-    let st = status(&out, "Gateway", "infra", "typo").expect("status");
+    let st = &status(&out, "Gateway", "infra", "typo").expect("status");
     assert_eq!(
         cond(&st["conditions"], "Accepted"),
         pair("False", "InvalidParameters")
@@ -1063,7 +1058,7 @@ status: {{phase: Running, podIP: 198.18.0.9}}
         "nor served as one"
     );
 
-    let edge = status(&out, "Gateway", "infra", "edge").expect("status");
+    let edge = &status(&out, "Gateway", "infra", "edge").expect("status");
     assert_eq!(
         cond(&edge["conditions"], "Accepted"),
         pair("True", "Accepted")
@@ -1085,7 +1080,7 @@ status: {{phase: Running, podIP: 198.18.0.9}}
     );
     assert_eq!(mesh["supportedKinds"], serde_json::json!([]));
 
-    let http = status(&out, "Gateway", "infra", "http").expect("status");
+    let http = &status(&out, "Gateway", "infra", "http").expect("status");
     assert_eq!(
         cond(&http["conditions"], "Accepted"),
         pair("True", "ListenersNotValid")
@@ -1100,7 +1095,7 @@ status: {{phase: Running, podIP: 198.18.0.9}}
         pair("False", "UnsupportedProtocol")
     );
 
-    let route = status(&out, "HTTPRoute", "infra", "to-waypoint").expect("status");
+    let route = &status(&out, "HTTPRoute", "infra", "to-waypoint").expect("status");
     let entry = route_parent(route, "edge");
     assert_eq!(
         cond(&entry["conditions"], "Accepted"),
@@ -1138,7 +1133,7 @@ spec:
   listeners: [{{name: mesh, port: 15008, protocol: HBONE}}]
 "#
     )));
-    let st = status(&out, "GatewayClass", "", "strait-waypoint").expect("status");
+    let st = &status(&out, "GatewayClass", "", "strait-waypoint").expect("status");
     assert_eq!(
         cond(&st["conditions"], "Accepted"),
         pair("False", "InvalidParameters")
@@ -1173,7 +1168,7 @@ fn frontend_client_validation() {
     cm.data = Some(BTreeMap::from([("ca.crt".to_string(), crt.clone())]));
     snapshot.config_maps.push(cm.into());
     let out = run(&snapshot);
-    let gw = status(&out, "Gateway", "infra", "tls").expect("status");
+    let gw = &status(&out, "Gateway", "infra", "tls").expect("status");
     assert_eq!(
         cond(&gw["conditions"], "InsecureFrontendValidationMode"),
         pair("True", "ConfigurationChanged")
@@ -1253,7 +1248,7 @@ fn backend_client_certificate_condition() {
             .secrets
             .push(tls_secret("apps", "good", &crt, &key).into());
         let out = run(&snapshot);
-        let gw = status(&out, "Gateway", "infra", "extra").expect("status");
+        let gw = &status(&out, "Gateway", "infra", "extra").expect("status");
         assert_eq!(
             cond(&gw["conditions"], "ResolvedRefs"),
             pair(st, reason),
@@ -1288,17 +1283,17 @@ spec:
   - matches: [{method: {type: RegularExpression, service: "(["}}]
 "#,
     ));
-    let st = status(&out, "GRPCRoute", "infra", "g").expect("status");
+    let st = &status(&out, "GRPCRoute", "infra", "g").expect("status");
     assert_eq!(
         cond(&route_parent(st, "gw")["conditions"], "Accepted"),
         pair("True", "Accepted")
     );
-    let bad = status(&out, "GRPCRoute", "infra", "bad").expect("status");
+    let bad = &status(&out, "GRPCRoute", "infra", "bad").expect("status");
     assert_eq!(
         cond(&route_parent(bad, "gw")["conditions"], "Accepted"),
         pair("False", "UnsupportedValue")
     );
-    let gw = status(&out, "Gateway", "infra", "gw").expect("gw");
+    let gw = &status(&out, "Gateway", "infra", "gw").expect("gw");
     assert_eq!(listener(gw, "http")["attachedRoutes"], 1);
     assert!(
         listener(gw, "http")["supportedKinds"]

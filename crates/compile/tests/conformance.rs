@@ -133,17 +133,16 @@ fn run(snapshot: &Snapshot) -> CompileOutput {
     })
 }
 
-fn status<'a>(
-    out: &'a CompileOutput,
-    kind: &str,
-    ns: &str,
-    name: &str,
-) -> Result<&'a Value, String> {
-    out.statuses
+fn status(out: &CompileOutput, kind: &str, ns: &str, name: &str) -> Result<Value, String> {
+    let found = out
+        .statuses
         .iter()
         .find(|s| s.kind == kind && s.namespace == ns && s.name == name)
-        .map(|s| &s.status)
-        .ok_or_else(|| format!("no status for {kind} {ns}/{name}"))
+        .ok_or_else(|| format!("no status for {kind} {ns}/{name}"))?;
+    found
+        .status
+        .value()
+        .map_err(|e| format!("{kind} {ns}/{name}: {e}"))
 }
 
 fn s(v: &Value) -> &str {
@@ -165,17 +164,17 @@ fn all_conditions(conditions: &Value, want: &Value) -> bool {
         .all(|w| has_condition(conditions, w))
 }
 
-fn gateway<'a>(out: &'a CompileOutput, check: &Value) -> Result<&'a Value, String> {
+fn gateway(out: &CompileOutput, check: &Value) -> Result<Value, String> {
     let g = &check["gateway"];
     status(out, "Gateway", s(&g["namespace"]), s(&g["name"]))
 }
 
-fn listener_set<'a>(out: &'a CompileOutput, check: &Value) -> Result<&'a Value, String> {
+fn listener_set(out: &CompileOutput, check: &Value) -> Result<Value, String> {
     let l = &check["listenerset"];
     status(out, "ListenerSet", s(&l["namespace"]), s(&l["name"]))
 }
 
-fn route<'a>(out: &'a CompileOutput, r: &Value) -> Result<&'a Value, String> {
+fn route(out: &CompileOutput, r: &Value) -> Result<Value, String> {
     status(out, s(&r["kind"]), s(&r["namespace"]), s(&r["name"]))
 }
 
@@ -243,7 +242,7 @@ fn check(out: &CompileOutput, c: &Value) -> Result<bool, String> {
     let fail = |m: String| Err(format!("{}: {m}", s(&c["check"])));
     match s(&c["check"]) {
         "gateway_and_routes_accepted" => {
-            let gw = gateway(out, c)?;
+            let gw = &gateway(out, c)?;
             if !gw["addresses"]
                 .as_array()
                 .is_some_and(|a| a.iter().any(|a| a.get("type").is_some()))
@@ -311,7 +310,7 @@ fn check(out: &CompileOutput, c: &Value) -> Result<bool, String> {
             }
         }
         "route_no_accepted_parents" => {
-            let st = route(out, &c["route"]).unwrap_or(&Value::Null);
+            let st = &route(out, &c["route"]).unwrap_or(Value::Null);
             let parents = st["parents"].as_array().cloned().unwrap_or_default();
             let ok = parents.is_empty()
                 || (parents.len() == 1
@@ -324,26 +323,26 @@ fn check(out: &CompileOutput, c: &Value) -> Result<bool, String> {
             }
         }
         "gateway_zero_routes" => {
-            let gw = gateway(out, c)?;
+            let gw = &gateway(out, c)?;
             let ls = gw["listeners"].as_array().cloned().unwrap_or_default();
             if !(ls.is_empty() || (ls.len() == 1 && ls[0]["attachedRoutes"] == 0)) {
                 return fail(format!("got {}", gw["listeners"]));
             }
         }
         "gateway_condition" => {
-            let gw = gateway(out, c)?;
+            let gw = &gateway(out, c)?;
             if !has_condition(&gw["conditions"], &c["condition"]) {
                 return fail(format!("want {} got {}", c["condition"], gw["conditions"]));
             }
         }
         "gatewayclass_condition" => {
-            let gc = status(out, "GatewayClass", "", s(&c["gatewayclass"]))?;
+            let gc = &status(out, "GatewayClass", "", s(&c["gatewayclass"]))?;
             if !has_condition(&gc["conditions"], &c["condition"]) {
                 return fail(format!("got {}", gc["conditions"]));
             }
         }
         "gateway_addresses" => {
-            let gw = gateway(out, c)?;
+            let gw = &gateway(out, c)?;
             if c.get("min").is_some()
                 && !gw["addresses"]
                     .as_array()
@@ -353,32 +352,32 @@ fn check(out: &CompileOutput, c: &Value) -> Result<bool, String> {
             }
         }
         "gateway_listeners" => {
-            let gw = gateway(out, c)?;
+            let gw = &gateway(out, c)?;
             if let Err(e) = listeners_match(gw, c) {
                 return fail(e);
             }
         }
         "listenerset_listeners" => {
-            let ls = listener_set(out, c)?;
+            let ls = &listener_set(out, c)?;
             if let Err(e) = listeners_match(ls, c) {
                 return fail(e);
             }
         }
         "listenerset_condition" => {
-            let ls = listener_set(out, c)?;
+            let ls = &listener_set(out, c)?;
             if !has_condition(&ls["conditions"], &c["condition"]) {
                 return fail(format!("want {} got {}", c["condition"], ls["conditions"]));
             }
         }
         "gateway_attached_listenersets" => {
-            let gw = gateway(out, c)?;
+            let gw = &gateway(out, c)?;
             let got = gw["attachedListenerSets"].as_u64().unwrap_or(0);
             if Some(got) != c["count"].as_u64() {
                 return fail(format!("attachedListenerSets {got} want {}", c["count"]));
             }
         }
         "listenerset_and_routes_accepted" => {
-            let ls = listener_set(out, c)?;
+            let ls = &listener_set(out, c)?;
             let (lns, lname) = (
                 s(&c["listenerset"]["namespace"]),
                 s(&c["listenerset"]["name"]),

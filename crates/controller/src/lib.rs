@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use k8s_openapi::jiff::Timestamp;
 use kube::Client;
-use strait_compile::{CompileInput, CompileOutput, compile};
+use strait_compile::{CompileInput, CompileOutput, ObjectStatus, compile};
 use strait_config::ObjectRef;
 use strait_config::mesh::GATEWAY_NAME_LABEL;
 use strait_model::Snapshot;
@@ -32,7 +32,7 @@ use crate::lease::LeaseOptions;
 use crate::provision::ProvisionOptions;
 use crate::provisioner::Provisioner;
 use crate::sources::Sources;
-use crate::status::{DesiredStatus, StatusWriter};
+use crate::status::StatusWriter;
 
 /// How the controller runs.
 #[derive(Clone, Debug)]
@@ -126,7 +126,7 @@ pub async fn run_with_sources(
         };
         let snapshot = compiled.snapshot;
         publish = compiled.publish;
-        let output = compiled.output;
+        let mut output = compiled.output;
         tracing::debug!(
             compile = ?compiled.compile_time,
             publish = ?started.elapsed().saturating_sub(compiled.compile_time),
@@ -150,7 +150,7 @@ pub async fn run_with_sources(
                 );
             }
         }
-        let statuses = Arc::new(compiled.statuses);
+        let statuses = Arc::new(std::mem::take(&mut output.statuses));
         let superseded = statuses_tx.send_replace(Some(statuses));
         tokio::select! {
             () = changed.notified() => {}
@@ -178,7 +178,7 @@ pub async fn run_with_sources(
 async fn write_statuses(
     mut writer: StatusWriter,
     sources: Arc<Sources>,
-    mut statuses: watch::Receiver<Option<Arc<Vec<DesiredStatus>>>>,
+    mut statuses: watch::Receiver<Option<Arc<Vec<ObjectStatus>>>>,
     mut leader: watch::Receiver<bool>,
 ) {
     let status_changed = sources.status_changed();
@@ -212,12 +212,11 @@ async fn write_statuses(
     }
 }
 
-/// What [`compile_aside`] hands back: the publisher, to be used again, the snapshot and the
-/// output, for the provisioner, and the statuses, for the status writer.
+/// What [`compile_aside`] hands back: the snapshot and the publisher, to be used again, and
+/// the output, for the provisioner and the status writer.
 struct Compiled<P> {
     snapshot: Snapshot,
     output: CompileOutput,
-    statuses: Vec<DesiredStatus>,
     publish: P,
     compile_time: Duration,
 }
@@ -259,19 +258,12 @@ where
 {
     let work = tokio::task::spawn_blocking(move || {
         let started = Instant::now();
-        let mut output = compile_snapshot(&snapshot, &controller_name);
+        let output = compile_snapshot(&snapshot, &controller_name);
         let compile_time = started.elapsed();
         publish(&output);
-        // Into the form the status writer keeps, here rather than on the runtime's thread: at
-        // 10,000 routes this serializes as many statuses.
-        let statuses = std::mem::take(&mut output.statuses)
-            .into_iter()
-            .map(DesiredStatus::from)
-            .collect();
         Compiled {
             snapshot,
             output,
-            statuses,
             publish,
             compile_time,
         }

@@ -5,7 +5,6 @@
 //! recompiles the same cluster, writes nothing.
 
 use std::collections::{HashMap, HashSet};
-use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
 use kube::api::{Api, ApiResource, DynamicObject, Patch, PatchParams};
@@ -22,41 +21,6 @@ const CONFLICT_RETRIES: usize = 3;
 
 /// Objects a pass checks between two yields to the runtime.
 const YIELD_EVERY: usize = 128;
-
-/// A computed status as the writer keeps it between passes: its JSON text and its
-/// [`fingerprint`], not the `serde_json::Value` compile built. As trees, where every small JSON
-/// object is a B-tree node of its own, 10,000 routes' statuses held about 100 MB for the life
-/// of a compile's output; as text they hold about 7 MB. The text is parsed again only for the
-/// objects a pass reads or writes, which after the first pass are the few that changed.
-#[derive(Debug)]
-pub struct DesiredStatus {
-    pub kind: String,
-    /// Empty for cluster-scoped kinds.
-    pub namespace: String,
-    pub name: String,
-    json: Box<str>,
-    fingerprint: u64,
-}
-
-impl From<ObjectStatus> for DesiredStatus {
-    fn from(status: ObjectStatus) -> DesiredStatus {
-        DesiredStatus {
-            fingerprint: fingerprint(&status.status),
-            // A `Value` always serializes: its keys are strings.
-            json: status.status.to_string().into_boxed_str(),
-            kind: status.kind,
-            namespace: status.namespace,
-            name: status.name,
-        }
-    }
-}
-
-impl DesiredStatus {
-    /// The status as compile computed it.
-    fn status(&self) -> Result<Value, serde_json::Error> {
-        serde_json::from_str(&self.json)
-    }
-}
 
 /// What one pass did.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -78,14 +42,15 @@ pub struct StatusWriter {
     in_sync: HashMap<StatusKey, InSync>,
     /// The statuses of the last pass, held so a pass over the same ones (a status-only change
     /// woke the writer, not a compile) can tell by identity.
-    last: Option<Arc<Vec<DesiredStatus>>>,
+    last: Option<Arc<Vec<ObjectStatus>>>,
     /// Counts passes over different statuses.
     generation: u64,
 }
 
 struct InSync {
     resource_version: String,
-    /// [`fingerprint`] of the computed status. Holding the status itself would keep a second
+    /// [`strait_compile::StatusJson::fingerprint`] of the computed status. Holding the status itself would keep
+    /// a second
     /// copy of every status the compile produces (10,000 routes' worth, for the life of the
     /// controller), and comparing two trees costs twice the memory reads of hashing one.
     desired: u64,
@@ -114,7 +79,7 @@ impl StatusWriter {
     pub async fn write(
         &mut self,
         sources: &Sources,
-        statuses: &Arc<Vec<DesiredStatus>>,
+        statuses: &Arc<Vec<ObjectStatus>>,
         updated: Option<&HashSet<StatusKey>>,
     ) -> WriteReport {
         let same = self
@@ -174,7 +139,7 @@ impl StatusWriter {
     async fn sync(
         &mut self,
         sources: &Sources,
-        desired: &DesiredStatus,
+        desired: &ObjectStatus,
         key: StatusKey,
         previous: Option<InSync>,
         report: &mut WriteReport,
@@ -187,7 +152,7 @@ impl StatusWriter {
         };
         if let (Some(version), Some(mut entry)) = (&version, previous)
             && entry.resource_version == *version
-            && (entry.checked == self.generation || entry.desired == desired.fingerprint)
+            && (entry.checked == self.generation || entry.desired == desired.status.fingerprint())
         {
             // Merging `desired` into what is stored gave what is stored, at this very
             // version; it still does (only `lastTransitionTime`s differ, and those of
@@ -201,7 +166,7 @@ impl StatusWriter {
         let Some(stored) = stored else {
             return;
         };
-        let computed = match desired.status() {
+        let computed = match desired.status.value() {
             Ok(computed) => computed,
             Err(e) => {
                 // Text this process serialized itself; unreadable only through a bug.
@@ -251,12 +216,12 @@ impl StatusWriter {
         }
     }
 
-    fn remember(&mut self, key: StatusKey, version: String, desired: &DesiredStatus) {
+    fn remember(&mut self, key: StatusKey, version: String, desired: &ObjectStatus) {
         self.in_sync.insert(
             key,
             InSync {
                 resource_version: version,
-                desired: desired.fingerprint,
+                desired: desired.status.fingerprint(),
                 checked: self.generation,
             },
         );
@@ -276,7 +241,7 @@ impl StatusWriter {
     async fn patch(
         &self,
         resource: &ApiResource,
-        desired: &DesiredStatus,
+        desired: &ObjectStatus,
         computed: &Value,
         mut status: Value,
         mut resource_version: Option<String>,
@@ -316,53 +281,6 @@ impl StatusWriter {
     }
 }
 
-/// A 64-bit hash of a computed status that leaves out the `lastTransitionTime` of its
-/// conditions (each compile stamps new conditions with its own time): two compiles' statuses
-/// of an object have the same fingerprint when they say the same. Two that differ collide with
-/// a chance of 2^-64; the change would then wait for the object's next edit.
-fn fingerprint(status: &Value) -> u64 {
-    let mut hasher = std::hash::DefaultHasher::new();
-    hash_significant(status, &mut hasher);
-    hasher.finish()
-}
-
-fn hash_significant(value: &Value, state: &mut impl Hasher) {
-    // A tag per kind of value, and an end marker after each list and map, so that no two
-    // different trees feed the hasher the same bytes.
-    match value {
-        Value::Null => state.write_u8(0),
-        Value::Bool(b) => {
-            state.write_u8(1);
-            b.hash(state);
-        }
-        Value::Number(n) => {
-            state.write_u8(2);
-            n.hash(state);
-        }
-        Value::String(s) => {
-            state.write_u8(3);
-            s.hash(state);
-        }
-        Value::Array(items) => {
-            state.write_u8(4);
-            state.write_usize(items.len());
-            for item in items {
-                hash_significant(item, state);
-            }
-        }
-        Value::Object(map) => {
-            state.write_u8(5);
-            for (key, value) in map {
-                if key != "lastTransitionTime" {
-                    key.hash(state);
-                    hash_significant(value, state);
-                }
-            }
-            state.write_u8(6);
-        }
-    }
-}
-
 /// The API resource of a kind whose status Strait writes.
 fn api_resource(kind: &str) -> Option<ApiResource> {
     fn of<K: Resource<DynamicType = ()>>() -> ApiResource {
@@ -379,63 +297,4 @@ fn api_resource(kind: &str) -> Option<ApiResource> {
         "BackendTLSPolicy" => of::<BackendTlsPolicy>(),
         _ => return None,
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use serde_json::json;
-
-    use super::{DesiredStatus, fingerprint};
-
-    fn route_status(message: &str, generation: i64, time: &str) -> serde_json::Value {
-        json!({"parents": [{
-            "parentRef": {"group": "gateway.networking.k8s.io", "kind": "Gateway", "name": "web"},
-            "controllerName": "strait.dev/gateway-controller",
-            "conditions": [{
-                "type": "Accepted", "status": "True", "reason": "Accepted",
-                "message": message, "observedGeneration": generation,
-                "lastTransitionTime": time,
-            }],
-        }]})
-    }
-
-    #[test]
-    fn a_kept_status_reads_back_as_computed() {
-        let computed = route_status("accepted", 2, "2026-12-07T18:00:00Z");
-        let kept = DesiredStatus::from(strait_compile::ObjectStatus {
-            kind: "HTTPRoute".into(),
-            namespace: "shop".into(),
-            name: "cart".into(),
-            status: computed.clone(),
-        });
-        assert_eq!(kept.status().unwrap(), computed);
-        assert_eq!(kept.fingerprint, fingerprint(&computed));
-        assert_eq!(
-            (&*kept.kind, &*kept.namespace, &*kept.name),
-            ("HTTPRoute", "shop", "cart")
-        );
-    }
-
-    #[test]
-    fn a_fingerprint_ignores_transition_times_and_nothing_else() {
-        let stamped = |time| fingerprint(&route_status("accepted", 2, time));
-        assert_eq!(
-            stamped("2026-01-01T00:00:00Z"),
-            stamped("2026-12-07T18:00:00Z")
-        );
-        let base = fingerprint(&route_status("accepted", 2, "t"));
-        assert_ne!(base, fingerprint(&route_status("accepted", 3, "t")));
-        assert_ne!(base, fingerprint(&route_status("Accepted", 2, "t")));
-        // Where one value ends and the next begins is part of what is hashed.
-        assert_ne!(
-            fingerprint(&json!({"a": "bc"})),
-            fingerprint(&json!({"ab": "c"}))
-        );
-        assert_ne!(
-            fingerprint(&json!([["a"], []])),
-            fingerprint(&json!([[], ["a"]]))
-        );
-        assert_ne!(fingerprint(&json!({"a": null})), fingerprint(&json!({})));
-        assert_ne!(fingerprint(&json!("1")), fingerprint(&json!(1)));
-    }
 }

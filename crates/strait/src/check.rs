@@ -37,6 +37,19 @@ pub fn check(paths: &[PathBuf]) -> CheckReport {
 
     let mut yaml = String::new();
     for status in &output.statuses {
+        let object = if status.namespace.is_empty() {
+            format!("{} {}", status.kind, status.name)
+        } else {
+            format!("{} {}/{}", status.kind, status.namespace, status.name)
+        };
+        let value = match status.status.value() {
+            Ok(value) => value,
+            Err(e) => {
+                problems.push(format!("{object}: computed status unreadable: {e}"));
+                continue;
+            }
+        };
+        collect_problems(&object, "", &value, &mut problems);
         let mut metadata = BTreeMap::from([("name", json!(status.name))]);
         if !status.namespace.is_empty() {
             metadata.insert("namespace", json!(status.namespace));
@@ -45,16 +58,10 @@ pub fn check(paths: &[PathBuf]) -> CheckReport {
             "apiVersion": api_version(&status.kind),
             "kind": status.kind,
             "metadata": metadata,
-            "status": status.status,
+            "status": value,
         });
         yaml.push_str("---\n");
         yaml.push_str(&serde_saphyr::to_string(&document).unwrap_or_default());
-        let object = if status.namespace.is_empty() {
-            format!("{} {}", status.kind, status.name)
-        } else {
-            format!("{} {}/{}", status.kind, status.namespace, status.name)
-        };
-        collect_problems(&object, "", &status.status, &mut problems);
     }
     CheckReport { yaml, problems }
 }

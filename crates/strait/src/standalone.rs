@@ -15,7 +15,7 @@ use anyhow::Context as _;
 use arc_swap::ArcSwap;
 use k8s_openapi::jiff::Timestamp;
 use serde_json::Value;
-use strait_compile::{CONTROLLER_NAME, CompileInput, ObjectStatus, compile};
+use strait_compile::{CONTROLLER_NAME, CompileInput, ObjectStatus, StatusJson, compile};
 use strait_config::ProxyConfig;
 use strait_config::mesh::MeshConfig;
 use strait_controller::publish::Publisher;
@@ -212,7 +212,14 @@ impl Standalone {
         let mut object = find_object(&published.snapshot, kind, namespace, name)?;
         let key = (kind.to_string(), namespace.to_string(), name.to_string());
         if let (Some(status), Some(map)) = (published.statuses.get(&key), object.as_object_mut()) {
-            map.insert("status".into(), status.status.clone());
+            match status.status.value() {
+                Ok(value) => {
+                    map.insert("status".into(), value);
+                }
+                Err(e) => {
+                    tracing::error!(kind, namespace, name, error = %e, "computed status unreadable")
+                }
+            }
         }
         Some(object)
     }
@@ -309,8 +316,11 @@ impl Inner {
                 status.namespace.clone(),
                 status.name.clone(),
             );
-            if let Some(old) = previous.statuses.get(&key) {
-                keep_transition_times(&old.status, &mut status.status);
+            if let Some(old) = previous.statuses.get(&key)
+                && let (Ok(old), Ok(mut new)) = (old.status.value(), status.status.value())
+            {
+                keep_transition_times(&old, &mut new);
+                status.status = StatusJson::new(&new);
             }
             statuses.insert(key, status);
         }

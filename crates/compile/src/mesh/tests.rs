@@ -261,17 +261,17 @@ fn ip(s: &str) -> IpAddr {
         .unwrap_or_else(|e| panic!("bad IP {s:?} in test: {e}"))
 }
 
-fn route_status<'a>(out: &'a CompileOutput, route: &str) -> &'a Value {
+fn route_status(out: &CompileOutput, route: &str) -> Value {
     let (kind, rest) = route.split_once(' ').unwrap_or(("HTTPRoute", route));
     let key = object(rest);
-    let matching: Vec<&Value> = out
+    let mut matching: Vec<Value> = out
         .statuses
         .iter()
         .filter(|s| s.kind == kind && s.namespace == key.namespace && s.name == key.name)
-        .map(|s| &s.status)
+        .map(|s| s.status.value().unwrap())
         .collect();
     assert_eq!(matching.len(), 1, "{route}: one status, got {matching:?}");
-    matching[0]
+    matching.remove(0)
 }
 
 /// The waypoint port of `service` and `port`, wherever the Service is bound.
@@ -625,7 +625,7 @@ fn mesh_cases() {
         }
 
         for (route, index, parent, conditions) in case.parents {
-            let st = route_status(&out, route);
+            let st = &route_status(&out, route);
             let entry = &st["parents"][*index];
             assert_eq!(entry["controllerName"], CONTROLLER_NAME, "{name}: {route}");
             assert_eq!(entry["parentRef"]["group"], "", "{name}: {route}");
@@ -656,7 +656,7 @@ fn route_status_details() {
         ENABLED,
         &[ECHO_ROUTE, PORT_ROUTES, BAD_PARENTS].join("\n---\n"),
     ));
-    let st = route_status(&out, "echo-route");
+    let st = &route_status(&out, "echo-route");
     let entry = &st["parents"][0];
     // The parentRef as written: no namespace or port when none was given.
     assert_eq!(
@@ -671,12 +671,12 @@ fn route_status_details() {
         "waypoint gateway-conformance-mesh/waypoint has no running pods: connections to \
          Service gateway-conformance-mesh/echo are refused"
     );
-    let st = route_status(&out, "split-v1");
+    let st = &route_status(&out, "split-v1");
     assert_eq!(
         st["parents"][0]["parentRef"],
         json!({"group": "", "kind": "Service", "name": "echo-v1", "port": 80})
     );
-    let st = route_status(&out, "bad");
+    let st = &route_status(&out, "bad");
     let parents = st["parents"].as_array().cloned().unwrap_or_default();
     assert_eq!(parents.len(), 6);
     assert_eq!(
@@ -887,7 +887,7 @@ fn namespace_not_enrolled() {
             .iter()
             .all(|w| w.pod.namespace == CONSUMER)
     );
-    let st = route_status(&out, "echo-route");
+    let st = &route_status(&out, "echo-route");
     assert_eq!(st["parents"][0]["conditions"][2]["reason"], "NoWaypoint");
 }
 
@@ -1069,7 +1069,7 @@ spec:
     - {name: ext, namespace: outside, port: 80}
 "#;
     let out = run(&load(ENABLED, &[WAYPOINT_POD, extra].join("\n---\n")));
-    let st = route_status(&out, "both");
+    let st = &route_status(&out, "both");
     let parents = st["parents"].as_array().cloned().unwrap_or_default();
     assert_eq!(parents.len(), 2, "{st}");
     // spec.parentRefs order: the Service first, then the Gateway (not ours: no entry).

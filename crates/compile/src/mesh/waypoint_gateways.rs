@@ -17,6 +17,7 @@ use strait_model::types::Gateway;
 
 use super::workloads;
 use crate::ObjectStatus;
+use crate::StatusJson;
 use crate::conditions::{Condition, render};
 use crate::context::{Context, name, ns};
 use crate::gateway;
@@ -158,10 +159,10 @@ fn status(
         kind: "Gateway".into(),
         namespace: key.namespace.clone(),
         name: key.name.clone(),
-        status: json!({
+        status: StatusJson::new(&json!({
             "addresses": addresses,
             "conditions": render(&[accepted, programmed], generation, now),
             "listeners": listener_statuses,
-        }),
+        })),
     }
 }

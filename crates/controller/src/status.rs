@@ -49,10 +49,9 @@ pub struct StatusWriter {
 
 struct InSync {
     resource_version: String,
-    /// [`strait_compile::StatusJson::fingerprint`] of the computed status. Holding the status itself would keep
-    /// a second
-    /// copy of every status the compile produces (10,000 routes' worth, for the life of the
-    /// controller), and comparing two trees costs twice the memory reads of hashing one.
+    /// [`strait_compile::StatusJson::fingerprint`] of the computed status. Holding the status
+    /// itself would keep a second copy of every status the compile produces (10,000 routes'
+    /// worth, for the life of the controller).
     desired: u64,
     /// The [`StatusWriter::generation`] whose desired status was last found equal to `desired`.
     checked: u64,

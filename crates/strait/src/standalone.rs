@@ -316,11 +316,14 @@ impl Inner {
                 status.namespace.clone(),
                 status.name.clone(),
             );
-            if let Some(old) = previous.statuses.get(&key)
-                && let (Ok(old), Ok(mut new)) = (old.status.value(), status.status.value())
-            {
-                keep_transition_times(&old, &mut new);
-                status.status = StatusJson::new(&new);
+            if let Some(old) = previous.statuses.get(&key) {
+                if old.status.fingerprint() == status.status.fingerprint() {
+                    // Nothing but transition times differs: every condition keeps its old one.
+                    status.status = old.status.clone();
+                } else if let (Ok(old), Ok(mut new)) = (old.status.value(), status.status.value()) {
+                    keep_transition_times(&old, &mut new);
+                    status.status = StatusJson::new(&new);
+                }
             }
             statuses.insert(key, status);
         }

@@ -291,11 +291,15 @@ async fn service_names_resolve_inside_pods() {
         stdout(&own)
     );
     // The client resolves Service names with the same resolver: here to a VIP nothing serves
-    // without capture, so the request fails, but it fails at the VIP.
+    // without capture, so the request fails, but it fails at the VIP. The node's ICMP
+    // unreachable can come back while `connect` still holds the socket, when it is kept as a
+    // soft error and the SYN is sent again a second later (the first retransmission): that one
+    // fails the connection, so the timeout leaves room for it (with 1 s, one CI run in many
+    // saw the request time out instead).
     let out = testbed
         .exec(
             &v1,
-            &["strait-echo", "client", "http://echo/", "--timeout", "1s"],
+            &["strait-echo", "client", "http://echo/", "--timeout", "5s"],
         )
         .await
         .unwrap();

@@ -154,6 +154,9 @@ struct ReferenceFields {
     /// Whether a reference without a `kind` means this kind (a SecretObjectReference's
     /// default); otherwise the kind must be named.
     kind_by_default: bool,
+    /// Whether GatewayClasses and BackendTLSPolicies may reference this kind, besides Gateways
+    /// and ListenerSets.
+    from_classes_and_policies: bool,
 }
 
 const SECRET_FIELDS: ReferenceFields = ReferenceFields {
@@ -161,6 +164,7 @@ const SECRET_FIELDS: ReferenceFields = ReferenceFields {
     lists: &["certificateRefs", "caCertificateRefs"],
     single: &["clientCertificateRef"],
     kind_by_default: true,
+    from_classes_and_policies: false,
 };
 
 const CONFIG_MAP_FIELDS: ReferenceFields = ReferenceFields {
@@ -168,6 +172,7 @@ const CONFIG_MAP_FIELDS: ReferenceFields = ReferenceFields {
     lists: &["caCertificateRefs"],
     single: &["parametersRef"],
     kind_by_default: false,
+    from_classes_and_policies: true,
 };
 
 /// Every Secret the Gateways and ListenerSets name.
@@ -193,10 +198,13 @@ fn referenced(snapshot: &Snapshot, fields: &ReferenceFields) -> BTreeSet<Referen
         })
     }
     let mut keys = BTreeSet::new();
-    let all = specs(&snapshot.gateway_classes, |c| &c.spec)
-        .chain(specs(&snapshot.gateways, |g| &g.spec))
+    let classes_and_policies = fields.from_classes_and_policies.then(|| {
+        specs(&snapshot.gateway_classes, |c| &c.spec)
+            .chain(specs(&snapshot.backend_tls_policies, |p| &p.spec))
+    });
+    let all = specs(&snapshot.gateways, |g| &g.spec)
         .chain(specs(&snapshot.listener_sets, |l| &l.spec))
-        .chain(specs(&snapshot.backend_tls_policies, |p| &p.spec));
+        .chain(classes_and_policies.into_iter().flatten());
     for (namespace, spec) in all {
         if let Ok(spec) = spec {
             collect(&spec, namespace, fields, &mut keys);
@@ -343,7 +351,9 @@ metadata: {name: cart, namespace: shop}
 spec:
   targetRefs: [{group: "", kind: Service, name: cart}]
   validation:
-    caCertificateRefs: [{group: "", kind: ConfigMap, name: cart-ca}]
+    caCertificateRefs:
+    - {group: "", kind: ConfigMap, name: cart-ca}
+    - {group: "", kind: Secret, name: not-a-kind-policies-take}
     hostname: cart.shop.svc
 "#,
             std::path::Path::new("t.yaml"),

@@ -45,10 +45,6 @@ impl StatusJson {
         StatusJson(text.into_boxed_str())
     }
 
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-
     /// A 64-bit hash of the status without the `lastTransitionTime` of its conditions (each
     /// compile stamps new conditions with its own time): two compiles' statuses of an object
     /// have the same fingerprint when they say the same. Two that differ collide with a chance
@@ -59,7 +55,7 @@ impl StatusJson {
     /// no quote or escape to end it early.
     pub fn fingerprint(&self) -> u64 {
         let mut hasher = std::hash::DefaultHasher::new();
-        let mut rest = self.as_str();
+        let mut rest = &*self.0;
         while let Some(start) = rest.find(TRANSITION_TIME) {
             let value = start + TRANSITION_TIME.len();
             hasher.write(&rest.as_bytes()[..value]);

@@ -271,6 +271,13 @@ fn add(
 mod tests {
     use super::*;
 
+    fn keys(pairs: &[(&str, &str)]) -> BTreeSet<ReferenceKey> {
+        pairs
+            .iter()
+            .map(|(namespace, name)| (namespace.to_string(), name.to_string()))
+            .collect()
+    }
+
     #[test]
     fn listener_backend_and_ca_references_of_kind_secret_are_collected() {
         let report = strait_model::load_str(
@@ -298,16 +305,14 @@ spec:
             std::path::Path::new("t.yaml"),
         );
         assert!(report.errors.is_empty(), "{:?}", report.errors);
-        let keys = referenced_secrets(&report.snapshot);
-        let expected: BTreeSet<ReferenceKey> = [
-            ("certs", "shared-cert"),
-            ("shop", "backend-client"),
-            ("shop", "shop-cert"),
-        ]
-        .into_iter()
-        .map(|(n, s)| (n.to_string(), s.to_string()))
-        .collect();
-        assert_eq!(keys, expected);
+        assert_eq!(
+            referenced_secrets(&report.snapshot),
+            keys(&[
+                ("certs", "shared-cert"),
+                ("shop", "backend-client"),
+                ("shop", "shop-cert"),
+            ])
+        );
     }
 
     #[test]
@@ -359,12 +364,6 @@ spec:
             std::path::Path::new("t.yaml"),
         );
         assert!(report.errors.is_empty(), "{:?}", report.errors);
-        let keys = |pairs: &[(&str, &str)]| -> BTreeSet<ReferenceKey> {
-            pairs
-                .iter()
-                .map(|(n, s)| (n.to_string(), s.to_string()))
-                .collect()
-        };
         assert_eq!(
             referenced_config_maps(&report.snapshot),
             keys(&[

@@ -258,8 +258,9 @@ const STATUS_ONLY_QUIET: [&str; 8] = [
     "BackendTLSPolicy",
 ];
 
-/// A hash of everything in `object` but its status and the metadata every write changes
-/// (`resourceVersion`, `managedFields`); `None` if it does not serialize as an object.
+/// A hash of everything in `object` but its status and the `resourceVersion` every write
+/// changes (`managedFields`, which every write changes too, were pruned before it got here);
+/// `None` if it does not serialize as an object.
 fn fingerprint<K: serde::Serialize>(object: &K) -> Option<u64> {
     let mut value = serde_json::to_value(object).ok()?;
     let map = value.as_object_mut()?;
@@ -269,7 +270,6 @@ fn fingerprint<K: serde::Serialize>(object: &K) -> Option<u64> {
         .and_then(serde_json::Value::as_object_mut)
     {
         meta.remove("resourceVersion");
-        meta.remove("managedFields");
     }
     let bytes = serde_json::to_vec(&value).ok()?;
     let mut hasher = std::collections::hash_map::DefaultHasher::new();
@@ -359,13 +359,14 @@ impl Sources {
     }
 
     /// Watches exactly the Secrets and ConfigMaps `snapshot` references, waiting for newly
-    /// watched ones to be listed; true if the snapshot should be retaken to include them.
+    /// watched ones to be listed (both kinds at once, so a new Gateway naming a certificate and
+    /// a parameters ConfigMap waits for one round trip, not two); true if the snapshot should
+    /// be retaken to include them.
     pub async fn sync_referenced(&self, snapshot: &Snapshot) -> bool {
-        let secrets = self.secrets.sync(referenced_secrets(snapshot)).await;
-        let config_maps = self
-            .config_maps
-            .sync(referenced_config_maps(snapshot))
-            .await;
+        let (secrets, config_maps) = tokio::join!(
+            self.secrets.sync(referenced_secrets(snapshot)),
+            self.config_maps.sync(referenced_config_maps(snapshot)),
+        );
         secrets || config_maps
     }
 
